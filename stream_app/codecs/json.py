@@ -1,0 +1,36 @@
+"""JSON input (orjson).  Money fields are converted to Decimal; they should be JSON strings."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+import orjson
+
+from stream_app.codecs import DecodeError, check_size, event_time_ms
+from stream_app.core.records import RawRecord, SourceRecord
+
+
+class JsonDecoder:
+    def __init__(self, event_time_field: str, decimal_fields: list[str], max_record_bytes: int) -> None:
+        self._event_time_field = event_time_field
+        self._decimal_fields = tuple(decimal_fields)
+        self._max = max_record_bytes
+
+    def decode(self, raw: RawRecord) -> SourceRecord:
+        payload = check_size(raw, self._max)
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError("JSON_DECODE_ERROR", f"not valid JSON (position {exc.pos})") from None
+        if not isinstance(value, dict):
+            raise DecodeError("NOT_AN_OBJECT", f"JSON value is a {type(value).__name__}, expected an object")
+        for name in self._decimal_fields:
+            current = value.get(name)
+            if current is None or isinstance(current, bool):
+                continue
+            try:
+                # A JSON number arrives as float; its shortest repr is the literal that was sent.
+                value[name] = Decimal(current if isinstance(current, str) else repr(current))
+            except (InvalidOperation, TypeError):
+                raise DecodeError("BAD_DECIMAL", f"field {name!r} is not a decimal number") from None
+        return SourceRecord(raw.topic, raw.partition, raw.offset, event_time_ms(value, self._event_time_field), value)

@@ -1,0 +1,194 @@
+"""The one configuration model, validated at start.
+
+Keys are camelCase as in the seed's scenario YAML.  Unknown keys are errors (``extra="forbid"``)
+so a typo never silently falls back to a default.  ``${VAR}`` in any string is replaced by the
+environment variable VAR (an unset variable is an error naming it); that is the only way values
+come from the environment, so there is no chain of fallback keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the offending key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class KafkaSettings(_Model):
+    bootstrapServers: str = Field(min_length=1)
+    inputTopics: list[str] = Field(min_length=1)
+    journalTopic: str = "clearing-journal"
+    deadLetterTopic: str = "clearing-dead-letter"
+    # Partitions of every input topic; Faust's table changelogs are co-partitioned with them.
+    topicPartitions: int = Field(default=1, ge=1)
+    # Replication of the internal topics (table changelogs); 3 on a production cluster.
+    replicationFactor: int = Field(default=1, ge=1)
+    sessionTimeoutMs: int = Field(default=6000, ge=1000)
+    rebalanceTimeoutMs: int = Field(default=10000, ge=1000)
+    heartbeatIntervalMs: int = Field(default=1000, ge=100)
+    commitIntervalMs: int = Field(default=1000, ge=100)
+
+
+class InputSettings(_Model):
+    format: Literal["avro", "json"] = "avro"
+    eventTimeField: str = Field(default="matched_at", min_length=1)
+    # Confluent schema registry; when unset, ids are resolved from ``avroSchemas``.
+    schemaRegistryUrl: str | None = None
+    # Schema id (as written in the wire format) -> .avsc file, relative to the config file.
+    avroSchemas: dict[int, str] = Field(default_factory=lambda: {1: str(REPO_AVRO_DIR / "matched_record.avsc")})
+    # JSON only: fields converted to Decimal (money is never float).
+    decimalFields: list[str] = Field(default_factory=lambda: ["amount"])
+    maxRecordBytes: int = Field(default=1_048_576, ge=1)
+
+
+class WindowSettings(_Model):
+    sizeMs: int = Field(default=6 * 3600 * 1000, ge=1000)
+    graceMs: int = Field(default=0, ge=0)
+    # A partition with no new records for this long closes its windows whose end (+grace)
+    # has passed on the wall clock, so an idle partition never holds a window open forever.
+    idleTimeoutMs: int = Field(default=30_000, ge=100)
+
+
+class TotalsSettings(_Model):
+    amountField: str = "amount"
+    currencyField: str | None = "currency"
+
+
+class WorkerSettings(_Model):
+    mode: Literal["template"] = "template"
+    window: WindowSettings = WindowSettings()
+    maxRecordsPerFile: int = Field(default=1000, ge=1)
+    # Wall-clock flush of a part that has been open this long. Off by default because such
+    # boundaries depend on timing: replay reproduces them only from the recorded offset ranges.
+    flushIntervalMs: int | None = Field(default=None, ge=1)
+    maxBufferedRecords: int = Field(default=50_000, ge=1)
+    lateRecords: Literal["deadLetter", "currentWindow"] = "deadLetter"
+    groupBy: list[str] = Field(default_factory=list)
+    headerTemplate: str = ""
+    recordTemplate: str = Field(min_length=1)
+    footerTemplate: str = ""
+    fileNameTemplate: str = Field(min_length=1)
+    totals: TotalsSettings = TotalsSettings()
+    writeRetryInitialMs: int = Field(default=500, ge=1)
+    writeRetryMaxMs: int = Field(default=30_000, ge=1)
+    batchSize: int = Field(default=2000, ge=1)
+    batchWithinMs: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_file(self) -> "WorkerSettings":
+        if self.maxBufferedRecords < self.maxRecordsPerFile:
+            raise ValueError(
+                "worker.maxBufferedRecords must be >= worker.maxRecordsPerFile "
+                f"({self.maxBufferedRecords} < {self.maxRecordsPerFile})"
+            )
+        return self
+
+
+class LocalSinkSettings(_Model):
+    type: Literal["local"] = "local"
+    localTargetDir: str = Field(min_length=1)
+    manifest: bool = True
+    fileMode: str = "0640"
+
+    @field_validator("fileMode")
+    @classmethod
+    def _octal(cls, value: str) -> str:
+        if not re.fullmatch(r"0?[0-7]{3}", value):
+            raise ValueError("must be an octal permission string such as '0640'")
+        return value
+
+    @property
+    def file_mode_bits(self) -> int:
+        return int(self.fileMode, 8)
+
+
+SinkSettings = Annotated[LocalSinkSettings, Field(discriminator="type")]
+
+
+class AppSettings(_Model):
+    # Also the Kafka consumer group id and the prefix of the state tables' changelog topics.
+    appId: str = Field(default="stream-app", pattern=r"^[A-Za-z0-9._-]+$")
+    workerId: str = Field(default_factory=lambda: os.environ.get("HOSTNAME", "stream-app-0"))
+    kafka: KafkaSettings
+    input: InputSettings = InputSettings()
+    worker: WorkerSettings
+    sink: SinkSettings
+    logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    webPort: int | None = Field(default=None, ge=1, le=65535)
+    # Faust's local data directory; a fresh temporary directory when unset.
+    dataDir: str | None = None
+
+
+def _expand_env(node: Any, path: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_relative_paths(settings: AppSettings, base: Path) -> AppSettings:
+    schemas = {
+        sid: str(p if Path(p).is_absolute() else (base / p).resolve()) for sid, p in settings.input.avroSchemas.items()
+    }
+    sink = settings.sink
+    target = Path(sink.localTargetDir)
+    if not target.is_absolute():
+        sink = sink.model_copy(update={"localTargetDir": str((base / target).resolve())})
+    return settings.model_copy(
+        update={"input": settings.input.model_copy(update={"avroSchemas": schemas}), "sink": sink}
+    )
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> AppSettings:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    try:
+        settings = AppSettings.model_validate(_expand_env(data, ""))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    return _resolve_relative_paths(settings, base_dir or Path.cwd())
+
+
+def load_config(path: str | Path) -> AppSettings:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path), path.resolve().parent)

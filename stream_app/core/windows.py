@@ -1,0 +1,402 @@
+"""File keys, event-time windows and the per-partition state machine that cuts files.
+
+Files are scoped per source partition: a file key is (topic, partition, window, group values),
+so the consumer group's partition ownership is also file ownership and no two workers ever write
+the same file.  Everything a file contains is a function of the partition's record sequence:
+
+* a record belongs to the tumbling window of its event time (plus optional group fields);
+* a window's records are numbered in offset order and part ``n`` holds records
+  ``n*maxRecordsPerFile ..``: count rolls are reproducible;
+* the partition watermark is the largest event time seen so far; a window closes when the
+  watermark reaches ``end + grace`` and a record arriving for a closed window is late.
+
+Two cuts depend on the wall clock and are therefore *not* a function of the records: the
+optional ``flushIntervalMs`` roll and the idle close.  Their results are still exact on replay
+because every finalized part records its offset ranges.
+
+Restart contract: the driver persists, per finalized part, its offset ranges (``WindowFacts``)
+and, per partition, a ``Checkpoint`` (commit offset and the watermark over everything below it).
+A windower built from them skips records below the checkpoint and records already inside a
+finalized part, and otherwise behaves exactly as the original run did.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal, Union
+
+from stream_app.core.records import SourceRecord
+
+CutReason = Literal["count", "watermark", "interval", "idle", "pressure"]
+
+
+class MissingGroupField(ValueError):
+    """A record lacks a field the file key is grouped by."""
+
+    def __init__(self, field_name: str) -> None:
+        super().__init__(f"record has no value for groupBy field {field_name!r}")
+        self.field_name = field_name
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FileKey:
+    topic: str
+    partition: int
+    window_start_ms: int
+    window_end_ms: int
+    group: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def id(self) -> str:
+        parts = [self.topic, str(self.partition), str(self.window_start_ms)]
+        parts.extend(f"{name}={value}" for name, value in self.group)
+        return "/".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPolicy:
+    size_ms: int
+    grace_ms: int
+    max_records_per_file: int
+    late_records: Literal["deadLetter", "currentWindow"] = "deadLetter"
+    idle_timeout_ms: int = 30_000
+    flush_interval_ms: int | None = None
+
+    def start_of(self, event_time_ms: int) -> int:
+        return event_time_ms - (event_time_ms % self.size_ms)
+
+
+class WindowAssigner:
+    """Maps a record to its file key (the Partitioner of Kafka Connect's vocabulary)."""
+
+    def __init__(self, policy: WindowPolicy, group_by: Iterable[str] = ()) -> None:
+        self._policy = policy
+        self._group_by = tuple(group_by)
+
+    def key_for(self, record: SourceRecord, event_time_ms: int | None = None) -> FileKey:
+        start = self._policy.start_of(record.event_time_ms if event_time_ms is None else event_time_ms)
+        group: list[tuple[str, str]] = []
+        for name in self._group_by:
+            value = record.value.get(name)
+            if value is None or value == "":
+                raise MissingGroupField(name)
+            group.append((name, str(value)))
+        return FileKey(record.topic, record.partition, start, start + self._policy.size_ms, tuple(group))
+
+
+def compress_offsets(offsets: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted offsets -> inclusive ``(first, last)`` runs."""
+    ranges: list[tuple[int, int]] = []
+    for off in offsets:
+        if ranges and off == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], off)
+        else:
+            ranges.append((off, off))
+    return ranges
+
+
+@dataclass
+class WindowFacts:
+    """What is durably known about a file window: persisted in the state table."""
+
+    next_part: int = 0
+    closed: bool = False
+    parts: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def holds_offset(self, offset: int) -> bool:
+        return any(first <= offset <= last for ranges in self.parts.values() for first, last in ranges)
+
+    def to_json(self) -> dict:
+        return {
+            "next_part": self.next_part,
+            "closed": self.closed,
+            "parts": {str(p): [list(r) for r in ranges] for p, ranges in self.parts.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "WindowFacts":
+        return cls(
+            next_part=int(data["next_part"]),
+            closed=bool(data["closed"]),
+            parts={int(p): [(int(a), int(b)) for a, b in ranges] for p, ranges in data["parts"].items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Everything below ``offset`` is in finalized files; ``watermark_ms`` is their max event time."""
+
+    offset: int
+    watermark_ms: int | None
+
+    def to_json(self) -> dict:
+        return {"offset": self.offset, "watermark_ms": self.watermark_ms}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Checkpoint":
+        return cls(int(data["offset"]), None if data["watermark_ms"] is None else int(data["watermark_ms"]))
+
+
+@dataclass(slots=True)
+class FileCut:
+    """A part of a file window that is complete and must now be assembled and written."""
+
+    key: FileKey
+    part: int
+    records: list[SourceRecord]
+    reason: CutReason
+    closes_window: bool
+
+    @property
+    def first_offset(self) -> int:
+        return self.records[0].offset
+
+    def offset_ranges(self) -> list[tuple[int, int]]:
+        return compress_offsets(r.offset for r in self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened:
+    key: FileKey
+
+
+@dataclass(frozen=True, slots=True)
+class WindowClosed:
+    key: FileKey
+    parts: int
+    reason: CutReason
+    # True when the close is not implied by the watermark and must be persisted.
+    persist: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LateRecord:
+    record: SourceRecord
+    key: FileKey
+
+
+Output = Union[FileCut, WindowOpened, WindowClosed, LateRecord]
+
+
+@dataclass(slots=True)
+class _OpenWindow:
+    key: FileKey
+    part: int
+    records: list[SourceRecord] = field(default_factory=list)
+    first_buffered_wall_ms: int | None = None
+
+
+FactsLookup = Callable[[FileKey], "WindowFacts | None"]
+
+
+class PartitionWindower:
+    """Deterministic file cutting for one source partition.  Not thread-safe; one owner."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        policy: WindowPolicy,
+        assigner: WindowAssigner,
+        checkpoint: Checkpoint | None = None,
+        facts_lookup: FactsLookup | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self._policy = policy
+        self._assigner = assigner
+        self._lookup = facts_lookup or (lambda key: None)
+        self._next_offset: int | None = checkpoint.offset if checkpoint else None
+        self._floor_offset = checkpoint.offset if checkpoint else 0
+        self._watermark: int | None = checkpoint.watermark_ms if checkpoint else None
+        self._base_watermark = self._watermark
+        self._marks: deque[tuple[int, int]] = deque()  # (offset, watermark after it), increasing
+        self._open: dict[FileKey, _OpenWindow] = {}
+        self._close_heap: list[tuple[int, FileKey]] = []
+        self._pending: dict[tuple[FileKey, int], FileCut] = {}
+        self._facts: dict[FileKey, WindowFacts] = {}
+        self._buffered = 0
+        self.last_record_wall_ms: int | None = None
+
+    # -- inspection -------------------------------------------------------------------------
+    @property
+    def watermark_ms(self) -> int | None:
+        return self._watermark
+
+    @property
+    def buffered_records(self) -> int:
+        """Records held in memory: open parts plus cut parts not yet finalized."""
+        return self._buffered
+
+    @property
+    def open_windows(self) -> list[FileKey]:
+        return list(self._open)
+
+    def facts_for(self, key: FileKey) -> WindowFacts | None:
+        facts = self._facts.get(key)
+        if facts is None:
+            facts = self._lookup(key)
+            if facts is not None:
+                self._facts[key] = facts
+        return facts
+
+    # -- input ------------------------------------------------------------------------------
+    def already_processed(self, offset: int) -> bool:
+        return offset < self._floor_offset or (self._next_offset is not None and offset < self._next_offset)
+
+    def skip(self, offset: int) -> None:
+        """Account for an offset consumed without a windowed record (dead-lettered input)."""
+        if not self.already_processed(offset):
+            self._next_offset = offset + 1
+
+    def process(self, record: SourceRecord, now_wall_ms: int) -> list[Output]:
+        if self.already_processed(record.offset):
+            return []
+        self._next_offset = record.offset + 1
+        self.last_record_wall_ms = now_wall_ms
+        out: list[Output] = []
+        key = self._assigner.key_for(record)
+        facts = self.facts_for(key)
+        if facts is not None and facts.holds_offset(record.offset):
+            pass  # already in a finalized part (re-read after a restart)
+        else:
+            if self._is_closed(key, facts):
+                key = self._late_target(record)
+            if key is None:
+                out.append(LateRecord(record, self._assigner.key_for(record)))
+            else:
+                self._append(key, record, now_wall_ms, out)
+        self._advance_watermark(record.offset, record.event_time_ms, out)
+        return out
+
+    def _is_closed(self, key: FileKey, facts: WindowFacts | None) -> bool:
+        if facts is not None and facts.closed:
+            return True
+        return self._watermark is not None and key.window_end_ms + self._policy.grace_ms <= self._watermark
+
+    def _late_target(self, record: SourceRecord) -> FileKey | None:
+        if self._policy.late_records != "currentWindow" or self._watermark is None:
+            return None
+        key = self._assigner.key_for(record, event_time_ms=self._watermark)
+        return None if self._is_closed(key, self.facts_for(key)) else key
+
+    def _append(self, key: FileKey, record: SourceRecord, now_wall_ms: int, out: list[Output]) -> None:
+        window = self._open.get(key)
+        if window is None:
+            facts = self.facts_for(key)
+            window = _OpenWindow(key, facts.next_part if facts else 0)
+            self._open[key] = window
+            heapq.heappush(self._close_heap, (key.window_end_ms, key))
+            if facts is None:
+                out.append(WindowOpened(key))
+        if not window.records:
+            window.first_buffered_wall_ms = now_wall_ms
+        window.records.append(record)
+        self._buffered += 1
+        if len(window.records) >= self._policy.max_records_per_file:
+            out.append(self._cut(window, "count", closes_window=False))
+
+    def _advance_watermark(self, offset: int, event_time_ms: int, out: list[Output]) -> None:
+        if self._watermark is not None and event_time_ms <= self._watermark:
+            return
+        self._watermark = event_time_ms
+        self._marks.append((offset, event_time_ms))
+        grace = self._policy.grace_ms
+        while self._close_heap and self._close_heap[0][0] + grace <= event_time_ms:
+            _, key = heapq.heappop(self._close_heap)
+            window = self._open.pop(key, None)
+            if window is not None:
+                self._close(window, "watermark", persist=False, out=out)
+
+    # -- cuts -------------------------------------------------------------------------------
+    def _cut(self, window: _OpenWindow, reason: CutReason, closes_window: bool) -> FileCut:
+        cut = FileCut(window.key, window.part, window.records, reason, closes_window)
+        self._pending[(cut.key, cut.part)] = cut
+        window.part += 1
+        window.records = []
+        window.first_buffered_wall_ms = None
+        return cut
+
+    def _close(self, window: _OpenWindow, reason: CutReason, persist: bool, out: list[Output]) -> None:
+        if window.records:
+            out.append(self._cut(window, reason, closes_window=True))
+        out.append(WindowClosed(window.key, window.part, reason, persist))
+
+    def cut_idle(self, now_wall_ms: int) -> list[Output]:
+        """Close windows of an idle partition whose end (+grace) has passed on the wall clock."""
+        if self.last_record_wall_ms is None or now_wall_ms - self.last_record_wall_ms < self._policy.idle_timeout_ms:
+            return []
+        out: list[Output] = []
+        for key in sorted(k for k in self._open if k.window_end_ms + self._policy.grace_ms <= now_wall_ms):
+            self._close(self._open.pop(key), "idle", persist=True, out=out)
+        return out
+
+    def cut_interval(self, now_wall_ms: int) -> list[Output]:
+        interval = self._policy.flush_interval_ms
+        if interval is None:
+            return []
+        return [
+            self._cut(w, "interval", closes_window=False)
+            for w in sorted(self._open.values(), key=lambda w: w.key)
+            if w.records and w.first_buffered_wall_ms is not None and now_wall_ms - w.first_buffered_wall_ms >= interval
+        ]
+
+    def cut_largest(self) -> list[Output]:
+        """Backpressure relief: cut the largest open part early (recorded as reason 'pressure')."""
+        candidates = [w for w in self._open.values() if w.records]
+        if not candidates:
+            return []
+        window = max(candidates, key=lambda w: (len(w.records), w.key))
+        return [self._cut(window, "pressure", closes_window=False)]
+
+    # -- finalization and commit ------------------------------------------------------------
+    def pending_cuts(self) -> list[FileCut]:
+        return sorted(self._pending.values(), key=lambda c: (c.key, c.part))
+
+    def mark_finalized(self, cut: FileCut) -> WindowFacts:
+        """The cut's file is durable: drop its records and return the facts to persist."""
+        del self._pending[(cut.key, cut.part)]
+        self._buffered -= len(cut.records)
+        facts = self.facts_for(cut.key) or WindowFacts()
+        facts.parts[cut.part] = cut.offset_ranges()
+        facts.next_part = max(facts.next_part, cut.part + 1)
+        facts.closed = facts.closed or cut.closes_window
+        self._facts[cut.key] = facts
+        return facts
+
+    def mark_closed(self, key: FileKey) -> WindowFacts:
+        """Persist an idle close so that records arriving later count as late after a restart."""
+        facts = self.facts_for(key) or WindowFacts()
+        facts.closed = True
+        self._facts[key] = facts
+        return facts
+
+    def commit_offset(self) -> int | None:
+        """Lowest offset not yet in a finalized file (what the consumer may commit)."""
+        lows = [w.records[0].offset for w in self._open.values() if w.records]
+        lows.extend(c.first_offset for c in self._pending.values())
+        if lows:
+            return min(lows)
+        return self._next_offset
+
+    def checkpoint(self) -> Checkpoint | None:
+        offset = self.commit_offset()
+        if offset is None:
+            return None
+        while self._marks and self._marks[0][0] < offset:
+            self._base_watermark = self._marks.popleft()[1]
+        self._forget_settled_facts()
+        return Checkpoint(offset, self._base_watermark)
+
+    def _forget_settled_facts(self) -> None:
+        # Facts of windows closed by the checkpoint watermark are no longer needed in memory:
+        # the watermark alone marks their records late, and the table still holds them.
+        if self._base_watermark is None:
+            return
+        horizon = self._base_watermark - self._policy.grace_ms
+        pending_keys = {k for k, _ in self._pending}
+        for key in [k for k in self._facts if k.window_end_ms <= horizon]:
+            if key not in self._open and key not in pending_keys:
+                del self._facts[key]

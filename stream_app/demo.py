@@ -1,0 +1,193 @@
+"""A realistic sample of matched card-clearing records, generated from a seed.
+
+Same seed and count -> same records in the same partitions and order -> byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Iterator
+
+from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.config import REPO_AVRO_DIR
+
+MATCHED_RECORD_SCHEMA_ID = 1
+DEMO_START = datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc)
+
+_MERCHANTS = [
+    ("M100234", "CORNER BAKERY LTD", "5462", "GB"),
+    ("M204511", "CITY FUEL STATION", "5541", "DE"),
+    ("M309872", "NORDIC BOOKS AB", "5942", "SE"),
+    ("M411290", "HOTEL LUMIERE", "7011", "FR"),
+    ("M512003", "METRO GROCERY", "5411", "NL"),
+    ("M618440", "SKYLINE AIRWAYS", "4511", "IE"),
+    ("M720981", "PHARMA PLUS", "5912", "ES"),
+    ("M834117", "TECH HAVEN ONLINE", "5732", "DE"),
+]
+_CURRENCY_BY_COUNTRY = {"GB": "GBP", "SE": "SEK"}
+_SCHEMES = [("VISA", "4"), ("MASTERCARD", "5")]
+_ACQUIRERS = ["ACQ-000451", "ACQ-001877", "ACQ-009320"]
+_ISSUERS = ["ISS-424242", "ISS-535110", "ISS-601100", "ISS-377412"]
+
+
+def matched_records(count: int, seed: int, span_hours: float = 26.0) -> Iterator[dict]:
+    """Records with event times rising through ``span_hours`` from DEMO_START (small jitter)."""
+    rng = random.Random(seed)
+    step_ms = span_hours * 3600 * 1000 / max(count, 1)
+    for i in range(count):
+        merchant_id, merchant_name, mcc, country = rng.choice(_MERCHANTS)
+        scheme, pan_prefix = rng.choice(_SCHEMES)
+        jitter = rng.randint(-120_000, 120_000)  # up to 2 minutes out of order
+        matched_at = DEMO_START + timedelta(milliseconds=max(0, int(i * step_ms) + jitter))
+        tx_type = rng.choices(["PURCHASE", "REFUND", "CASH_ADVANCE", "REVERSAL"], [90, 6, 2, 2])[0]
+        amount = Decimal(rng.randint(100, 250_000)).scaleb(-2)
+        yield {
+            "record_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "match_id": f"MT{rng.getrandbits(40):012d}",
+            "matched_at": matched_at,
+            "transaction_at": matched_at - timedelta(seconds=rng.randint(5, 36 * 3600)),
+            "amount": amount,
+            "currency": _CURRENCY_BY_COUNTRY.get(country, "EUR"),
+            "transaction_type": tx_type,
+            "scheme": scheme,
+            "acquirer_id": rng.choice(_ACQUIRERS),
+            "issuer_id": rng.choice(_ISSUERS),
+            "merchant_id": merchant_id,
+            "merchant_name": merchant_name,
+            "merchant_category_code": mcc,
+            "merchant_country": country,
+            "terminal_id": None if rng.random() < 0.2 else f"T{rng.randint(0, 99_999_999):08d}",
+            "masked_pan": f"{pan_prefix}{rng.randint(0, 99_999):05d}******{rng.randint(0, 9999):04d}",
+            "auth_code": f"{rng.randint(0, 999_999):06d}",
+            "arn": "".join(str(rng.randint(0, 9)) for _ in range(23)),
+            "stan": f"{rng.randint(0, 999_999):06d}",
+        }
+
+
+def encoded_matched_records(count: int, seed: int) -> Iterator[bytes]:
+    schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+    for record in matched_records(count, seed):
+        yield encode_confluent(MATCHED_RECORD_SCHEMA_ID, schema, record)
+
+
+DEMO_CONFIG = """\
+appId: stream-app-demo
+workerId: demo-worker-1
+kafka:
+  bootstrapServers: "{bootstrap}"
+  inputTopics: [{topic}]
+  journalTopic: {journal}
+  deadLetterTopic: {dead_letter}
+  topicPartitions: {partitions}
+input:
+  format: avro
+  eventTimeField: matched_at
+worker:
+  mode: template
+  window:
+    sizeMs: 21600000      # 6 h tumbling windows
+    graceMs: 300000       # records may arrive up to 5 minutes out of order
+    idleTimeoutMs: 1500   # close finished windows quickly once the sample is consumed
+  maxRecordsPerFile: {max_records}
+  maxBufferedRecords: 50000
+  fileNameTemplate: "CLR_{{{{ window_start | ts('%Y%m%d_%H%M') }}}}_P{{{{ partition }}}}_{{{{ '%03d' % (part + 1) }}}}.txt"
+  headerTemplate: |
+    HDR|CLEARING|V01|{{{{ file_key }}}}|{{{{ window_start | ts }}}}|{{{{ window_end | ts }}}}|{{{{ '%03d' % (part + 1) }}}}
+  recordTemplate: |
+    DTL|{{{{ '%07d' % seq }}}}|{{{{ record.record_id }}}}|{{{{ record.arn }}}}|{{{{ record.matched_at | ts }}}}|{{{{ record.transaction_type | pad(12) }}}}|{{{{ record.scheme | pad(10) }}}}|{{{{ record.masked_pan }}}}|{{{{ record.amount | minor_units | pad(12, 'right', '0') }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_id }}}}|{{{{ record.merchant_name | pad(24) }}}}|{{{{ record.merchant_category_code }}}}|{{{{ record.acquirer_id }}}}|{{{{ record.issuer_id }}}}|{{{{ record.auth_code }}}}
+  footerTemplate: |
+    {{% for ccy, t in totals.by_currency.items() %}}TOT|{{{{ ccy }}}}|{{{{ '%07d' % t.count }}}}|{{{{ t.amount | money }}}}
+    {{% endfor %}}TRL|{{{{ '%07d' % totals.count }}}}|{{{{ totals.amount | money }}}}
+sink:
+  type: local
+  localTargetDir: "{out}"
+  manifest: true
+"""
+
+
+def spawn_worker(config_path: str, log_path: str) -> "subprocess.Popen[bytes]":
+    """Start ``stream-app worker`` as a child process (the demo and the e2e tests use this)."""
+    log_file = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_app.cli", "worker", "--config", config_path],
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_worker(proc: "subprocess.Popen[bytes]", timeout_s: float = 20.0) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    files: list[dict]
+    journal_counts: dict[str, int]
+    dead_letters: int
+    records: int
+
+
+def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootstrap: str | None = None,
+             timeout_s: float = 240.0) -> DemoResult:
+    from stream_app.broker import EmbeddedBroker, create_topics
+    from stream_app.kafka_tools import produce, read_dead_letters, read_journal
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="stream-app-demo-"))
+    broker = None
+    if bootstrap is None:
+        broker = EmbeddedBroker(log_file=work / "broker.log")
+        bootstrap = broker.start()
+    topic, journal, dead = "matched-records", "clearing-journal", "clearing-dead-letter"
+    try:
+        create_topics(bootstrap, {topic: partitions, journal: 1, dead: 1})
+        poison = [b"\x07not-avro", b"\x00\x00\x00\x00\x01\x02"]  # wrong magic byte, truncated record
+        values = [(i % partitions, None, v) for i, v in enumerate(encoded_matched_records(records, seed))]
+        values += [(i % partitions, None, v) for i, v in enumerate(poison)]
+        produce(bootstrap, topic, values)
+        config_path = work / "demo-config.yaml"
+        config_path.write_text(DEMO_CONFIG.format(
+            bootstrap=bootstrap, topic=topic, journal=journal, dead_letter=dead, partitions=partitions,
+            max_records=max(1, records // 20), out=str(out_dir.resolve())))
+        proc = spawn_worker(str(config_path), str(work / "worker.log"))
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                events = read_journal(bootstrap, journal, timeout_s=3, idle_s=1)
+                created = {e["event_id"]: e for e in events if e["event_type"] == "created"}
+                if sum(e["records"] for e in created.values()) >= records:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}; see {work / 'worker.log'}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"demo did not finish in {timeout_s}s; see {work / 'worker.log'}")
+                time.sleep(1)
+        finally:
+            stop_worker(proc)
+        counts: dict[str, int] = {}
+        for event in events:
+            counts[event["event_type"]] = counts.get(event["event_type"], 0) + 1
+        dead_letters = read_dead_letters(bootstrap, dead, expect=len(poison), timeout_s=10)
+        files = sorted(created.values(), key=lambda e: e["file_name"])
+        return DemoResult(out_dir, files, counts, len(dead_letters), records)
+    finally:
+        if broker is not None:
+            broker.stop()

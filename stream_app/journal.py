@@ -1,0 +1,95 @@
+"""Journal events: one Avro record per lifecycle step, published to the journal topic.
+
+Event ids are derived from what the event is about (file key, part, attempt), so a step repeated
+after a restart publishes the same id and consumers de-duplicate on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Iterable
+
+from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.config import REPO_AVRO_DIR
+from stream_app.core.windows import FileCut, FileKey
+
+# Schema ids written in the wire-format header of journal and dead-letter records when no
+# schema registry is configured; consumers read them with the files in avro/.
+JOURNAL_SCHEMA_ID = 1001
+DEAD_LETTER_SCHEMA_ID = 1002
+
+JOURNAL_SCHEMA = load_schema(REPO_AVRO_DIR / "journal_event.avsc")
+
+
+def event_id(*parts: Any) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _offsets(cut: FileCut) -> list[dict]:
+    return [
+        {"topic": cut.key.topic, "partition": cut.key.partition, "first": first, "last": last}
+        for first, last in cut.offset_ranges()
+    ]
+
+
+class Journal:
+    """Builds journal events; ``publish`` is injected (Kafka producer in the worker)."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+
+    def _event(self, event_type: str, eid: str, key: FileKey | None = None, **fields: Any) -> dict:
+        event: dict[str, Any] = {
+            "event_id": eid,
+            "event_type": event_type,
+            "occurred_at": now_ms(),
+            "worker_id": self.worker_id,
+            "file_key": key.id if key else None,
+            "window_start": key.window_start_ms if key else None,
+            "window_end": key.window_end_ms if key else None,
+            "offsets": [],
+        }
+        event.update(fields)
+        return event
+
+    def opened(self, key: FileKey) -> dict:
+        return self._event("opened", event_id("opened", key.id), key)
+
+    def closed(self, key: FileKey, parts: int, reason: str) -> dict:
+        return self._event("closed", event_id("closed", key.id), key, part=parts, reason=reason)
+
+    def created(self, cut: FileCut, name: str, size: int, sha256: str) -> dict:
+        return self._event(
+            "created", event_id("created", cut.key.id, cut.part), cut.key, part=cut.part, file_name=name,
+            records=len(cut.records), bytes=size, sha256=sha256, reason=cut.reason, offsets=_offsets(cut),
+        )
+
+    def write_failed(self, cut: FileCut, name: str | None, error_class: str, message: str, attempt: int) -> dict:
+        return self._event(
+            "write-failed", event_id("write-failed", cut.key.id, cut.part, attempt), cut.key, part=cut.part,
+            file_name=name, records=len(cut.records), error_class=error_class, error_message=message,
+            attempt=attempt, offsets=_offsets(cut),
+        )
+
+    def finalize_failed(self, cut: FileCut, error_class: str, message: str, attempt: int) -> dict:
+        return self._event(
+            "finalize-failed", event_id("finalize-failed", cut.key.id, cut.part, attempt), cut.key, part=cut.part,
+            records=len(cut.records), error_class=error_class, error_message=message, attempt=attempt,
+            offsets=_offsets(cut),
+        )
+
+    def flush_summary(self, files: int, records: int, size: int, failed: int) -> dict:
+        eid = event_id("flush-summary", self.worker_id, time.time_ns())
+        return self._event(
+            "flush-summary", eid, None, records=records, bytes=size, part=files,
+            reason=f"files={files} failed={failed}",
+        )
+
+
+def encode_events(events: Iterable[dict]) -> list[bytes]:
+    return [encode_confluent(JOURNAL_SCHEMA_ID, JOURNAL_SCHEMA, e) for e in events]

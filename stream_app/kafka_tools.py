@@ -1,0 +1,98 @@
+"""Small confluent-kafka helpers used by the demo and the tests: produce, read back, offsets."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from typing import Any, Iterable
+
+import fastavro
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from stream_app.journal import JOURNAL_SCHEMA
+from stream_app.deadletter import DEAD_LETTER_SCHEMA
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]]) -> int:
+    """Produce (partition, key, value) in order; returns how many were acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False,
+                         "max.in.flight.requests.per.connection": 1, "acks": "all"})
+    errors: list[str] = []
+    count = 0
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for partition, key, value in values:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+        producer.poll(0)
+    producer.flush(60)
+    if errors:
+        raise RuntimeError(f"{len(errors)} records were not delivered: {errors[0]}")
+    return count
+
+
+def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 10.0,
+               idle_s: float = 2.0) -> list[Any]:
+    """Read a topic from the beginning on assigned partitions (no group membership, no commits).
+
+    Stops at ``expect`` records, after ``idle_s`` without new records, or at ``timeout_s``.  The
+    embedded broker's high watermark can lag what is readable, so this counts what it reads.
+    """
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    })
+    messages: list[Any] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return messages
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
+        deadline = time.monotonic() + timeout_s
+        last_seen = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.consume(1000, timeout=0.2)
+            good = [m for m in batch if m.error() is None]
+            messages.extend(good)
+            if good:
+                last_seen = time.monotonic()
+            if expect is not None and len(messages) >= expect:
+                break
+            if expect is None and time.monotonic() - last_seen > idle_s:
+                break
+    finally:
+        consumer.close()
+    return messages
+
+
+def decode_avro(payload: bytes, schema: Any) -> dict:
+    buf = io.BytesIO(payload)
+    buf.seek(5)
+    return fastavro.schemaless_reader(buf, schema, None)
+
+
+def read_journal(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
+    return [decode_avro(m.value(), JOURNAL_SCHEMA) for m in read_topic(bootstrap, topic, **kwargs)]
+
+
+def read_dead_letters(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
+    return [decode_avro(m.value(), DEAD_LETTER_SCHEMA) for m in read_topic(bootstrap, topic, **kwargs)]
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """Committed offset per partition of a consumer group (-1001 when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in tps}

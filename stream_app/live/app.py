@@ -1,0 +1,212 @@
+"""The live worker: a Faust app whose agent feeds fetched batches into the shared pipeline.
+
+Commit discipline: the agent reads with ``noack_take`` so Faust never acks on its own.  After
+files are finalized the pipeline reports, per partition, the lowest offset that is not yet in a
+finalized file; the runtime persists that checkpoint in a table and only then acks the held
+events *below* it, in offset order.  Faust commits acked offsets (after flushing the producer,
+so journal events, dead letters and table updates are durable first).  Acking strictly in
+offset order matters: Faust commits the first run of acked offsets even over unacked gaps while
+a partition has no committed offset yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections import deque
+from typing import Any, Iterable, Sequence
+
+import faust
+from faust.types import TP as FaustTP
+
+from stream_app.config import AppSettings
+from stream_app.core.records import RawRecord
+from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
+from stream_app.deadletter import dead_letter
+from stream_app.journal import encode_events
+from stream_app.pipeline import TP, FilePipeline, FlushSummary
+from stream_app.wiring import build_pipeline
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class FaustStateStore:
+    """Window facts in a Faust windowed table keyed by file window; checkpoints in a plain table.
+
+    Writes name their changelog partition explicitly (the source partition of the file key), so
+    they also work from the timer, outside stream iteration.  Faust recovers both tables from
+    their changelogs before the agent sees records of a newly assigned partition.
+    """
+
+    def __init__(self, app: faust.App, settings: AppSettings) -> None:
+        partitions = settings.kafka.topicPartitions
+        size_s = settings.worker.window.sizeMs / 1000
+        self._windows = app.Table("file-windows", default=None, partitions=partitions).tumbling(size_s).table
+        self._checkpoints = app.Table("partition-checkpoints", default=None, partitions=partitions)
+
+    def _window_key(self, key: FileKey) -> tuple:
+        window_range = self._windows.window.ranges(key.window_start_ms / 1000)[0]
+        return (key.id, tuple(window_range))
+
+    def get_facts(self, key: FileKey) -> WindowFacts | None:
+        data = self._windows.data.get(self._window_key(key))
+        return WindowFacts.from_json(data) if data is not None else None
+
+    def put_facts(self, key: FileKey, facts: WindowFacts) -> None:
+        table_key = self._window_key(key)
+        value = facts.to_json()
+        self._windows.data[table_key] = value
+        self._windows.send_changelog(key.partition, table_key, value)
+
+    @staticmethod
+    def _tp_key(tp: TP) -> str:
+        return f"{tp[0]}:{tp[1]}"
+
+    def get_checkpoint(self, tp: TP) -> Checkpoint | None:
+        data = self._checkpoints.data.get(self._tp_key(tp))
+        return Checkpoint.from_json(data) if data is not None else None
+
+    def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None:
+        key, value = self._tp_key(tp), checkpoint.to_json()
+        self._checkpoints.data[key] = value
+        self._checkpoints.send_changelog(tp[1], key, value)
+
+
+class FaustPublisher:
+    def __init__(self, app: faust.App, settings: AppSettings) -> None:
+        self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
+        self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
+        self._worker_id = settings.workerId
+        self.dead_letters = 0
+
+    def journal(self, event: dict, partition_key: str) -> None:
+        (payload,) = encode_events([event])
+        self._journal.send_soon(key=partition_key.encode(), value=payload)
+
+    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
+        self.dead_letters += 1
+        log.warning("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
+        self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id))
+
+
+class LiveRuntime:
+    """Glue between Faust events and the pipeline: batching, acks, backpressure, timers."""
+
+    def __init__(self, app: faust.App, settings: AppSettings) -> None:
+        self._settings = settings
+        self.publisher = FaustPublisher(app, settings)
+        self.state = FaustStateStore(app, settings)
+        self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher)
+        self._held: dict[TP, deque[tuple[int, Any]]] = {}
+        self._lock = asyncio.Lock()
+        self._max_buffered = settings.worker.maxBufferedRecords
+
+    # -- agent ------------------------------------------------------------------------------
+    async def on_batch(self, events: Sequence[Any]) -> None:
+        raws = []
+        for event in events:
+            msg = event.message
+            tp = (msg.topic, msg.partition)
+            self._held.setdefault(tp, deque()).append((msg.offset, event))
+            raws.append(RawRecord(
+                msg.topic, msg.partition, msg.offset,
+                int(msg.timestamp * 1000) if msg.timestamp else None,
+                msg.key, msg.value, _headers(msg.headers),
+            ))
+        async with self._lock:
+            self.pipeline.process(raws, _now_ms())
+            await self._flush_and_commit()
+        await self._apply_backpressure()
+
+    async def _apply_backpressure(self) -> None:
+        """Hold the agent (so Faust stops fetching) while too many records are unfinalized."""
+        while self.pipeline.buffered_records >= self._max_buffered:
+            async with self._lock:
+                if not self.pipeline.failing and not self.pipeline.due_cuts(_now_ms()):
+                    if not self.pipeline.relieve_pressure():
+                        return
+                await self._flush_and_commit()
+            if self.pipeline.buffered_records >= self._max_buffered:
+                await asyncio.sleep(0.1)
+
+    # -- timer ------------------------------------------------------------------------------
+    async def on_tick(self) -> None:
+        async with self._lock:
+            self.pipeline.tick(_now_ms())
+            await self._flush_and_commit()
+
+    # -- finalize + commit ------------------------------------------------------------------
+    async def _flush_and_commit(self) -> None:
+        cuts = self.pipeline.due_cuts(_now_ms())
+        summary = FlushSummary()
+        for cut in cuts:
+            outcome = await asyncio.to_thread(self.pipeline.write_cut, cut)
+            self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
+        if cuts:
+            self.pipeline.finish_flush(summary)
+        for tp, checkpoint in self.pipeline.advance_checkpoints().items():
+            self._ack_below(tp, checkpoint.offset)
+
+    def _ack_below(self, tp: TP, offset: int) -> None:
+        held = self._held.get(tp)
+        while held and held[0][0] < offset:
+            held.popleft()[1].ack()
+
+    def on_revoked(self, tps: Iterable[FaustTP]) -> None:
+        revoked = [(tp.topic, tp.partition) for tp in tps]
+        for tp in revoked:
+            self._held.pop(tp, None)
+        self.pipeline.revoke(revoked)
+
+
+def _headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, dict) else headers
+    return tuple((str(k), v) for k, v in items)
+
+
+def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
+    kafka = settings.kafka
+    app = faust.App(
+        settings.appId,
+        broker=[f"kafka://{host.strip()}" for host in kafka.bootstrapServers.split(",")],
+        store="memory://",
+        datadir=settings.dataDir or tempfile.mkdtemp(prefix=f"{settings.appId}-"),
+        topic_partitions=kafka.topicPartitions,
+        topic_replication_factor=kafka.replicationFactor,
+        broker_session_timeout=kafka.sessionTimeoutMs / 1000,
+        broker_rebalance_timeout=kafka.rebalanceTimeoutMs / 1000,
+        broker_heartbeat_interval=kafka.heartbeatIntervalMs / 1000,
+        broker_commit_interval=kafka.commitIntervalMs / 1000,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        stream_wait_empty=False,
+        web_enabled=settings.webPort is not None,
+        web_port=settings.webPort or 6066,
+        table_standby_replicas=0,
+    )
+    runtime = LiveRuntime(app, settings)
+    source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")
+    worker = settings.worker
+
+    @app.agent(source, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.noack_take(worker.batchSize, within=worker.batchWithinMs / 1000):
+            await runtime.on_batch(events)
+
+    @app.timer(interval=0.25, name="flush-timer")
+    async def flush_timer() -> None:
+        await runtime.on_tick()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        runtime.on_revoked(revoked)
+
+    return app, runtime

@@ -1,0 +1,305 @@
+"""The record-to-file pipeline shared by the live worker and replay.
+
+source batch -> decode -> windowing (per partition) -> assemble -> sink -> facts/checkpoint.
+
+It never imports Kafka or Faust: the driver hands it raw records and gets back what to publish
+(journal events, dead letters) and which offsets are safe to commit.  Writing a file is split in
+two so that the driver can run the blocking I/O in a thread: ``write_cut`` touches only the
+assembler and the sink; ``apply_write`` updates state on the driver's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from stream_app.codecs import DecodeError, Decoder
+from stream_app.core.records import RawRecord
+from stream_app.core.template import AssemblyError, TemplateAssembler
+from stream_app.core.windows import (
+    Checkpoint,
+    FileCut,
+    FileKey,
+    LateRecord,
+    MissingGroupField,
+    Output,
+    PartitionWindower,
+    WindowAssigner,
+    WindowClosed,
+    WindowFacts,
+    WindowOpened,
+    WindowPolicy,
+)
+from stream_app.journal import Journal
+from stream_app.sinks.base import Sink, SinkError, WriteResult
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class StateStore(Protocol):
+    """Durable window facts and partition checkpoints (a Faust table in the live worker)."""
+
+    def get_facts(self, key: FileKey) -> WindowFacts | None: ...
+
+    def put_facts(self, key: FileKey, facts: WindowFacts) -> None: ...
+
+    def get_checkpoint(self, tp: TP) -> Checkpoint | None: ...
+
+    def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None: ...
+
+
+class Publisher(Protocol):
+    def journal(self, event: dict, partition_key: str) -> None: ...
+
+    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None: ...
+
+
+class MemoryStateStore:
+    """State that lives as long as the process (replay, unit tests)."""
+
+    def __init__(self) -> None:
+        self.facts: dict[FileKey, WindowFacts] = {}
+        self.checkpoints: dict[TP, Checkpoint] = {}
+
+    def get_facts(self, key: FileKey) -> WindowFacts | None:
+        return self.facts.get(key)
+
+    def put_facts(self, key: FileKey, facts: WindowFacts) -> None:
+        self.facts[key] = facts
+
+    def get_checkpoint(self, tp: TP) -> Checkpoint | None:
+        return self.checkpoints.get(tp)
+
+    def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None:
+        self.checkpoints[tp] = checkpoint
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    name: str | None = None
+    result: WriteResult | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    assembly_failed: bool = False
+
+
+@dataclass(slots=True)
+class _Retry:
+    attempt: int = 0
+    not_before_ms: int = 0
+
+
+@dataclass
+class FlushSummary:
+    files: int = 0
+    records: int = 0
+    bytes: int = 0
+    failed: int = 0
+    names: list[str] = field(default_factory=list)
+
+
+class FilePipeline:
+    def __init__(
+        self,
+        policy: WindowPolicy,
+        group_by: Sequence[str],
+        decoder: Decoder,
+        assembler: TemplateAssembler,
+        sink: Sink,
+        state: StateStore,
+        publisher: Publisher,
+        journal: Journal,
+        retry_initial_ms: int = 500,
+        retry_max_ms: int = 30_000,
+        mode: str = "template",
+    ) -> None:
+        self._policy = policy
+        self._assigner = WindowAssigner(policy, group_by)
+        self._decoder = decoder
+        self._assembler = assembler
+        self._sink = sink
+        self._state = state
+        self._publisher = publisher
+        self._journal = journal
+        self._retry_initial = retry_initial_ms
+        self._retry_max = retry_max_ms
+        self._mode = mode
+        self._windowers: dict[TP, PartitionWindower] = {}
+        self._retries: dict[tuple[FileKey, int], _Retry] = {}
+        self._published_checkpoints: dict[TP, Checkpoint] = {}
+        self.failing = False  # some cut is waiting for a retry
+
+    # -- partitions -------------------------------------------------------------------------
+    def windower(self, tp: TP) -> PartitionWindower:
+        windower = self._windowers.get(tp)
+        if windower is None:
+            checkpoint = self._state.get_checkpoint(tp)
+            windower = PartitionWindower(tp[0], tp[1], self._policy, self._assigner, checkpoint, self._state.get_facts)
+            self._windowers[tp] = windower
+            if checkpoint is not None:
+                self._published_checkpoints[tp] = checkpoint
+        return windower
+
+    def revoke(self, tps: Sequence[TP]) -> None:
+        """Forget partitions this worker no longer owns: their records are re-read by the new owner."""
+        for tp in tps:
+            windower = self._windowers.pop(tp, None)
+            self._published_checkpoints.pop(tp, None)
+            if windower is not None:
+                for cut in windower.pending_cuts():
+                    self._retries.pop((cut.key, cut.part), None)
+
+    @property
+    def buffered_records(self) -> int:
+        return sum(w.buffered_records for w in self._windowers.values())
+
+    def open_windows(self) -> int:
+        return sum(len(w.open_windows) for w in self._windowers.values())
+
+    # -- input ------------------------------------------------------------------------------
+    def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
+        """Decode and window a batch (records of one partition in offset order, or mixed)."""
+        for raw in raws:
+            windower = self.windower((raw.topic, raw.partition))
+            if windower.already_processed(raw.offset):
+                continue
+            try:
+                record = self._decoder.decode(raw)
+                outputs = windower.process(record, now_wall_ms)
+            except DecodeError as exc:
+                self._publisher.dead_letter(raw, exc.reason, exc.detail)
+                windower.skip(raw.offset)
+                continue
+            except MissingGroupField as exc:
+                self._publisher.dead_letter(raw, "MISSING_GROUP_FIELD", str(exc))
+                windower.skip(raw.offset)
+                continue
+            self._handle_outputs(outputs, raw)
+
+    def _handle_outputs(self, outputs: list[Output], raw: RawRecord | None = None) -> None:
+        for out in outputs:
+            if isinstance(out, WindowOpened):
+                self._publisher.journal(self._journal.opened(out.key), out.key.id)
+            elif isinstance(out, WindowClosed):
+                if out.persist:
+                    self._state.put_facts(out.key, self.windower((out.key.topic, out.key.partition)).mark_closed(out.key))
+                self._publisher.journal(self._journal.closed(out.key, out.parts, out.reason), out.key.id)
+            elif isinstance(out, LateRecord):
+                assert raw is not None and raw.offset == out.record.offset
+                self._publisher.dead_letter(
+                    raw, "LATE_RECORD", f"window {out.key.id} was already closed by the watermark"
+                )
+            # FileCut: held by its windower as pending until finalized
+
+    def tick(self, now_wall_ms: int) -> None:
+        """Wall-clock cuts: idle partitions and the optional flush interval."""
+        for windower in list(self._windowers.values()):
+            self._handle_outputs(windower.cut_idle(now_wall_ms))
+            self._handle_outputs(windower.cut_interval(now_wall_ms))
+
+    def relieve_pressure(self) -> bool:
+        """Cut the largest open part early; False when nothing can be cut."""
+        best = max(self._windowers.values(), key=lambda w: w.buffered_records, default=None)
+        return bool(best and best.cut_largest())
+
+    # -- finalization -----------------------------------------------------------------------
+    def due_cuts(self, now_wall_ms: int) -> list[FileCut]:
+        due = []
+        for windower in self._windowers.values():
+            for cut in windower.pending_cuts():
+                retry = self._retries.get((cut.key, cut.part))
+                if retry is None or retry.not_before_ms <= now_wall_ms:
+                    due.append(cut)
+        return due
+
+    def write_cut(self, cut: FileCut) -> WriteOutcome:
+        """Assemble and store one cut.  Thread-safe: touches only the assembler and the sink."""
+        try:
+            assembled = self._assembler.assemble(cut)
+        except AssemblyError as exc:
+            return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True)
+        try:
+            result = self._sink.write(assembled.name, assembled.body)
+        except SinkError as exc:
+            return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
+        try:
+            self._sink.record_manifest(assembled.name, self._manifest_entry(cut, result))
+        except SinkError as exc:
+            return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
+        return WriteOutcome(name=assembled.name, result=result)
+
+    def _manifest_entry(self, cut: FileCut, result: WriteResult) -> dict:
+        return {
+            "name": result.name,
+            "records": len(cut.records),
+            "bytes": result.bytes,
+            "sha256": result.sha256,
+            "file_key": cut.key.id,
+            "window_start": cut.key.window_start_ms,
+            "window_end": cut.key.window_end_ms,
+            "part": cut.part,
+            "reason": cut.reason,
+            "mode": self._mode,
+            "offsets": [
+                {"topic": cut.key.topic, "partition": cut.key.partition, "ranges": [list(r) for r in cut.offset_ranges()]}
+            ],
+        }
+
+    def apply_write(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
+        windower = self._windowers.get((cut.key.topic, cut.key.partition))
+        if windower is None or (cut.key, cut.part) not in {(c.key, c.part) for c in windower.pending_cuts()}:
+            return  # partition revoked while the write ran; the new owner re-creates the file
+        if outcome.result is None:
+            retry = self._retries.setdefault((cut.key, cut.part), _Retry())
+            retry.attempt += 1
+            backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
+            retry.not_before_ms = now_wall_ms + int(backoff * random.uniform(0.5, 1.0))
+            assert outcome.error_class is not None and outcome.error_message is not None
+            if outcome.assembly_failed:
+                event = self._journal.finalize_failed(cut, outcome.error_class, outcome.error_message, retry.attempt)
+            else:
+                event = self._journal.write_failed(
+                    cut, outcome.name, outcome.error_class, outcome.error_message, retry.attempt
+                )
+            self._publisher.journal(event, cut.key.id)
+            log.warning(
+                "file %s part %d failed (%s, attempt %d); retrying in %d ms",
+                cut.key.id, cut.part, outcome.error_class, retry.attempt, backoff,
+            )
+            summary.failed += 1
+            return
+        self._retries.pop((cut.key, cut.part), None)
+        result = outcome.result
+        self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256), cut.key.id)
+        self._state.put_facts(cut.key, windower.mark_finalized(cut))
+        summary.files += 1
+        summary.records += len(cut.records)
+        summary.bytes += result.bytes
+        summary.names.append(result.name)
+
+    def finish_flush(self, summary: FlushSummary) -> None:
+        self.failing = bool(self._retries)
+        if summary.files or summary.failed:
+            self._publisher.journal(
+                self._journal.flush_summary(summary.files, summary.records, summary.bytes, summary.failed),
+                self._journal.worker_id,
+            )
+
+    # -- commit -----------------------------------------------------------------------------
+    def advance_checkpoints(self) -> dict[TP, Checkpoint]:
+        """Persist and return the checkpoints that moved; the driver commits below them."""
+        moved: dict[TP, Checkpoint] = {}
+        for tp, windower in self._windowers.items():
+            checkpoint = windower.checkpoint()
+            if checkpoint is None:
+                continue
+            previous = self._published_checkpoints.get(tp)
+            if previous is None or checkpoint.offset > previous.offset:
+                self._state.put_checkpoint(tp, checkpoint)
+                self._published_checkpoints[tp] = checkpoint
+                moved[tp] = checkpoint
+        return moved

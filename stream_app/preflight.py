@@ -1,0 +1,130 @@
+"""Start-time checks: everything that can be known wrong before the first record arrives."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from stream_app.config import AppSettings, ConfigError
+from stream_app.core.records import SourceRecord
+from stream_app.core.template import AssemblyError
+from stream_app.core.windows import FileCut, FileKey
+from stream_app.sinks.base import SinkError
+from stream_app.wiring import build_assembler, build_sink
+
+_SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
+
+
+def sample_value(schema: Any) -> Any:
+    """A plausible value for an Avro schema, so templates can be rendered before any data."""
+    if isinstance(schema, list):  # union: first non-null branch
+        branches = [b for b in schema if b != "null"]
+        return sample_value(branches[0]) if branches else None
+    if isinstance(schema, str):
+        return {"string": "SAMPLE", "bytes": b"", "int": 1, "long": 1, "float": 1.0, "double": 1.0,
+                "boolean": True, "null": None}.get(schema, "SAMPLE")
+    logical = schema.get("logicalType")
+    if logical == "decimal":
+        return Decimal(1).scaleb(-int(schema.get("scale", 0)))
+    if logical in ("timestamp-millis", "timestamp-micros"):
+        return _SAMPLE_TIME
+    if logical == "date":
+        return _SAMPLE_TIME.date()
+    kind = schema.get("type")
+    if kind == "record":
+        return {f["name"]: sample_value(f["type"]) for f in schema["fields"]}
+    if kind == "enum":
+        return schema["symbols"][0]
+    if kind == "array":
+        return [sample_value(schema["items"])]
+    if kind == "map":
+        return {"key": sample_value(schema["values"])}
+    if kind == "fixed":
+        return b"\0" * int(schema["size"])
+    return sample_value(kind)
+
+
+def _sample_records(settings: AppSettings) -> list[dict] | None:
+    if settings.input.format != "avro" or settings.input.schemaRegistryUrl or not settings.input.avroSchemas:
+        return None
+    samples = []
+    for schema_id, path in sorted(settings.input.avroSchemas.items()):
+        try:
+            schema = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"input.avroSchemas.{schema_id}: cannot read {path}: {exc}") from None
+        value = sample_value(schema)
+        if not isinstance(value, dict):
+            raise ConfigError(f"input.avroSchemas.{schema_id}: {path} is not a record schema")
+        for name in [settings.input.eventTimeField, *settings.worker.groupBy]:
+            if name not in value:
+                key = "input.eventTimeField" if name == settings.input.eventTimeField else "worker.groupBy"
+                raise ConfigError(f"{key}: field {name!r} is not in schema {path}")
+        samples.append(value)
+    return samples
+
+
+def _check_file_names(settings: AppSettings) -> None:
+    """Distinct file keys must render distinct names, or two files would collide."""
+    assembler = build_assembler(settings)
+    size = settings.worker.window.sizeMs
+    group = tuple((name, "G1") for name in settings.worker.groupBy)
+    base = FileKey("topic", 0, 0, size, group)
+    variants = {
+        "partition": (FileKey("topic", 1, 0, size, group), 0),
+        "window": (FileKey("topic", 0, size, 2 * size, group), 0),
+        "part": (base, 1),
+    }
+    if len(settings.kafka.inputTopics) > 1:
+        variants["topic"] = (FileKey("other-topic", 0, 0, size, group), 0)
+    for name in settings.worker.groupBy:
+        other = tuple((n, "G2" if n == name else "G1") for n, _ in group)
+        variants[f"group field {name}"] = (FileKey("topic", 0, 0, size, other), 0)
+    try:
+        base_name = assembler.file_name(base, 0, 1)
+        for what, (key, part) in variants.items():
+            if assembler.file_name(key, part, 1) == base_name:
+                raise ConfigError(
+                    f"worker.fileNameTemplate: files that differ only in {what} get the same name; "
+                    f"include {{{{ {_variable_for(what)} }}}} in the template"
+                )
+    except AssemblyError as exc:
+        raise ConfigError(f"worker.{exc}") from None
+
+
+def _variable_for(what: str) -> str:
+    if what.startswith("group field "):
+        return f"group.{what.removeprefix('group field ')}"
+    return {"window": "window_start", "part": "part", "partition": "partition", "topic": "topic"}[what]
+
+
+def run_preflight(settings: AppSettings) -> list[str]:
+    """Raise ``ConfigError`` naming the bad key; return what was checked."""
+    checked = ["configuration schema"]
+    try:
+        assembler = build_assembler(settings)
+    except AssemblyError as exc:
+        raise ConfigError(f"worker.{exc}") from None
+    checked.append("templates compile")
+    _check_file_names(settings)
+    checked.append("file names are unique per file key and safe")
+    samples = _sample_records(settings)
+    if samples is not None:
+        for value in samples:
+            records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]
+            cut = FileCut(FileKey(settings.kafka.inputTopics[0], 0, 0, settings.worker.window.sizeMs), 0, records,
+                          "count", False)
+            try:
+                assembler.assemble(cut)
+            except AssemblyError as exc:
+                raise ConfigError(f"worker.{exc}") from None
+        checked.append("templates render a sample record of every input schema")
+    try:
+        build_sink(settings).check_writable()
+    except SinkError as exc:
+        raise ConfigError(f"sink.localTargetDir: {exc}") from None
+    checked.append("sink is writable")
+    return checked

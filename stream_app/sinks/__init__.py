@@ -1,0 +1,1 @@
+"""Sinks store finished files.  They know names and bytes, never records."""

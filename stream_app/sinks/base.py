@@ -1,0 +1,48 @@
+"""The sink interface: one atomic ``write`` of a complete file."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class SinkError(Exception):
+    """A write that failed; ``error_class`` is stable (EIO, ENOSPC, EACCES, FILE_CONFLICT, ...)."""
+
+    def __init__(self, message: str, error_class: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.transient = transient
+
+
+class FileConflict(SinkError):
+    """A file of that name exists with different bytes: never overwritten."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} exists with different content; refusing to overwrite", "FILE_CONFLICT", False)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    name: str
+    location: str
+    bytes: int
+    sha256: str
+    # The identical file was already there (a re-finalize after restart): nothing was written.
+    already_present: bool
+
+
+class Sink(Protocol):
+    def check_writable(self) -> None:
+        """Raise ``SinkError`` when the sink cannot take files (preflight, readiness)."""
+
+    def write(self, name: str, body: bytes) -> WriteResult:
+        """Store ``body`` as ``name`` so that it becomes visible only when complete."""
+
+    def record_manifest(self, name: str, entry: dict) -> None:
+        """Append the manifest entry for a stored file (after the file itself)."""
+
+
+def os_error_class(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)

@@ -1,0 +1,98 @@
+"""Local directory sink: ``NAME.tmp`` + fsync + atomic rename + directory fsync."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import orjson
+
+from stream_app.core.naming import check_file_name
+from stream_app.sinks.base import FileConflict, SinkError, WriteResult, os_error_class
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LocalSink:
+    def __init__(self, target_dir: str | Path, file_mode: int = 0o640, manifest: bool = True) -> None:
+        self.target_dir = Path(target_dir)
+        self._mode = file_mode
+        self._manifest = manifest
+        self._manifested: set[str] | None = None
+
+    def check_writable(self) -> None:
+        if not self.target_dir.is_dir():
+            raise SinkError(f"target directory {self.target_dir} does not exist", "ENOENT")
+        if not os.access(self.target_dir, os.W_OK | os.X_OK):
+            raise SinkError(f"target directory {self.target_dir} is not writable", "EACCES")
+
+    def write(self, name: str, body: bytes) -> WriteResult:
+        check_file_name(name)
+        final = self.target_dir / name
+        tmp = self.target_dir / f"{name}.tmp"
+        sha = hashlib.sha256(body).hexdigest()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self._mode)
+            try:
+                os.fchmod(fd, self._mode)  # umask must not loosen or tighten what was configured
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if final.exists():
+                tmp.unlink()
+                if _sha256_of(final) != sha:
+                    raise FileConflict(name)
+                return WriteResult(name, str(final), len(body), sha, already_present=True)
+            os.rename(tmp, final)
+            _fsync_dir(self.target_dir)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise SinkError(f"writing {name} failed: {exc.strerror}", os_error_class(exc)) from None
+        return WriteResult(name, str(final), len(body), sha, already_present=False)
+
+    def record_manifest(self, name: str, entry: dict) -> None:
+        if not self._manifest:
+            return
+        path = self.target_dir / MANIFEST_NAME
+        if self._manifested is None:
+            self._manifested = set()
+            if path.exists():
+                for line in path.read_bytes().splitlines():
+                    if line.strip():
+                        self._manifested.add(orjson.loads(line)["name"])
+        if name in self._manifested:
+            return
+        line = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) + b"\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self._mode)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SinkError(f"appending to {MANIFEST_NAME} failed: {exc.strerror}", os_error_class(exc)) from None
+        self._manifested.add(name)

@@ -1,0 +1,68 @@
+"""Builds the pipeline's parts from the validated settings (shared by worker, replay, preflight)."""
+
+from __future__ import annotations
+
+from stream_app.codecs import Decoder
+from stream_app.codecs.avro import AvroDecoder, SchemaResolver
+from stream_app.codecs.json import JsonDecoder
+from stream_app.config import AppSettings
+from stream_app.core.template import TemplateAssembler
+from stream_app.core.windows import WindowPolicy
+from stream_app.journal import Journal
+from stream_app.pipeline import FilePipeline, Publisher, StateStore
+from stream_app.sinks.base import Sink
+from stream_app.sinks.local import LocalSink
+
+
+def window_policy(settings: AppSettings) -> WindowPolicy:
+    worker = settings.worker
+    return WindowPolicy(
+        size_ms=worker.window.sizeMs,
+        grace_ms=worker.window.graceMs,
+        max_records_per_file=worker.maxRecordsPerFile,
+        late_records=worker.lateRecords,
+        idle_timeout_ms=worker.window.idleTimeoutMs,
+        flush_interval_ms=worker.flushIntervalMs,
+    )
+
+
+def build_decoder(settings: AppSettings) -> Decoder:
+    inp = settings.input
+    if inp.format == "json":
+        return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes)
+    resolver = SchemaResolver(inp.avroSchemas, inp.schemaRegistryUrl)
+    return AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes)
+
+
+def build_assembler(settings: AppSettings) -> TemplateAssembler:
+    worker = settings.worker
+    return TemplateAssembler(
+        worker.headerTemplate,
+        worker.recordTemplate,
+        worker.footerTemplate,
+        worker.fileNameTemplate,
+        amount_field=worker.totals.amountField,
+        currency_field=worker.totals.currencyField,
+    )
+
+
+def build_sink(settings: AppSettings) -> Sink:
+    sink = settings.sink
+    return LocalSink(sink.localTargetDir, sink.file_mode_bits, sink.manifest)
+
+
+def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher) -> FilePipeline:
+    worker = settings.worker
+    return FilePipeline(
+        window_policy(settings),
+        worker.groupBy,
+        build_decoder(settings),
+        build_assembler(settings),
+        build_sink(settings),
+        state,
+        publisher,
+        Journal(settings.workerId),
+        retry_initial_ms=worker.writeRetryInitialMs,
+        retry_max_ms=worker.writeRetryMaxMs,
+        mode=worker.mode,
+    )
