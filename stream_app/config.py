@@ -117,6 +117,7 @@ class LocalSinkSettings(_Model):
 
 
 SinkSettings = Annotated[LocalSinkSettings, Field(discriminator="type")]
+_SINK_TAGS = {"local"}
 
 
 class AppSettings(_Model):
@@ -152,7 +153,10 @@ def _expand_env(node: Any, path: str) -> Any:
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = list(err["loc"])
+        if len(loc) > 1 and loc[0] == "sink" and loc[1] in _SINK_TAGS:
+            del loc[1]  # pydantic puts the union tag in the path; users never wrote it
+        key = ".".join(str(p) for p in loc) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

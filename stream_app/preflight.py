@@ -109,9 +109,9 @@ def run_preflight(settings: AppSettings) -> list[str]:
     except AssemblyError as exc:
         raise ConfigError(f"worker.{exc}") from None
     checked.append("templates compile")
+    samples = _sample_records(settings)
     _check_file_names(settings)
     checked.append("file names are unique per file key and safe")
-    samples = _sample_records(settings)
     if samples is not None:
         for value in samples:
             records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]

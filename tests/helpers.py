@@ -1,0 +1,63 @@
+"""Shared test helpers (no fixtures here; see conftest.py)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream_app.config import AppSettings, parse_config
+from stream_app.core.records import RawRecord
+
+TEMPLATE_WORKER: dict[str, Any] = {
+    "mode": "template",
+    "window": {"sizeMs": 3_600_000, "graceMs": 0, "idleTimeoutMs": 1000},
+    "maxRecordsPerFile": 1000,
+    "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_p{{ partition }}_{{ part }}.txt",
+    "headerTemplate": "H|{{ file_key }}|{{ record_count }}\n",
+    "recordTemplate": "D|{{ seq }}|{{ record.record_id }}|{{ record.amount | money }}|{{ record.currency }}\n",
+    "footerTemplate": "T|{{ totals.count }}|{{ totals.amount | money }}"
+                      "{% for c, t in totals.by_currency.items() %}|{{ c }}={{ t.amount | money }}{% endfor %}\n",
+}
+
+
+def config_dict(out_dir: Path, bootstrap: str = "127.0.0.1:9", topic: str = "in", **worker: Any) -> dict:
+    merged = copy.deepcopy(TEMPLATE_WORKER)
+    for key, value in worker.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return {
+        "appId": "test-app",
+        "workerId": "test-worker",
+        "kafka": {"bootstrapServers": bootstrap, "inputTopics": [topic]},
+        "worker": merged,
+        "sink": {"type": "local", "localTargetDir": str(out_dir)},
+    }
+
+
+def settings_for(out_dir: Path, **worker: Any) -> AppSettings:
+    return parse_config(config_dict(out_dir, **worker))
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class CollectingPublisher:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.dead: list[tuple[RawRecord, str, str]] = []
+
+    def journal(self, event: dict, partition_key: str) -> None:
+        self.events.append(event)
+
+    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
+        self.dead.append((raw, reason, detail))
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event_type"] == kind]

@@ -1,0 +1,90 @@
+"""Configuration errors name the bad key; preflight catches what can be known before data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stream_app.cli import main
+from stream_app.config import ConfigError, load_config, parse_config
+from stream_app.preflight import run_preflight
+from tests.helpers import config_dict, write_config
+
+
+def test_unknown_key_is_named(tmp_path):
+    data = config_dict(tmp_path)
+    data["worker"]["maxRecordPerFile"] = 10
+    with pytest.raises(ConfigError, match=r"worker\.maxRecordPerFile: unknown key"):
+        parse_config(data)
+
+
+def test_missing_and_invalid_keys_are_named(tmp_path):
+    data = config_dict(tmp_path)
+    del data["worker"]["recordTemplate"]
+    data["worker"]["maxRecordsPerFile"] = 0
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "worker.recordTemplate: Field required" in str(err.value)
+    assert "worker.maxRecordsPerFile" in str(err.value)
+
+
+def test_buffer_must_hold_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="maxBufferedRecords"):
+        parse_config(config_dict(tmp_path, maxRecordsPerFile=100, maxBufferedRecords=10))
+
+
+def test_environment_references(tmp_path, monkeypatch):
+    data = config_dict(tmp_path, bootstrap="${TEST_BOOTSTRAP}")
+    with pytest.raises(ConfigError, match=r"kafka.bootstrapServers: environment variable TEST_BOOTSTRAP"):
+        parse_config(data)
+    monkeypatch.setenv("TEST_BOOTSTRAP", "kafka-1:9092")
+    assert parse_config(data).kafka.bootstrapServers == "kafka-1:9092"
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    data = config_dict(Path("out"))
+    cfg = write_config(tmp_path / "c.yaml", data)
+    assert load_config(cfg).sink.localTargetDir == str(tmp_path / "out")
+
+
+def test_preflight_passes_on_a_good_config(tmp_path):
+    checked = run_preflight(parse_config(config_dict(tmp_path)))
+    assert "templates render a sample record of every input schema" in checked
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("recordTemplate", "{{ record.amout }}", "worker.recordTemplate"),
+    ("headerTemplate", "{% if %}", "worker.headerTemplate"),
+    ("fileNameTemplate", "F_{{ part }}.txt", "worker.fileNameTemplate: files that differ only in partition"),
+    ("fileNameTemplate", "F_{{ partition }}_{{ part }}.txt", "differ only in window"),
+    ("fileNameTemplate", "../F_{{ partition }}_{{ part }}_{{ window_start | ts }}.txt", "worker.fileNameTemplate"),
+    ("groupBy", ["acquirer_id"], "group.acquirer_id"),
+    ("groupBy", ["no_such_field"], "worker.groupBy: field 'no_such_field'"),
+])
+def test_preflight_names_the_bad_key(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        run_preflight(parse_config(config_dict(tmp_path, **{key: value})))
+
+
+def test_preflight_checks_the_event_time_field_and_target_dir(tmp_path):
+    data = config_dict(tmp_path)
+    data["input"] = {"eventTimeField": "settled_at"}
+    with pytest.raises(ConfigError, match="input.eventTimeField"):
+        run_preflight(parse_config(data))
+    with pytest.raises(ConfigError, match="sink.localTargetDir"):
+        run_preflight(parse_config(config_dict(tmp_path / "missing")))
+
+
+def test_preflight_command_exit_codes(tmp_path):
+    runner = CliRunner()
+    good = write_config(tmp_path / "good.yaml", config_dict(tmp_path))
+    result = runner.invoke(main, ["preflight", "--config", str(good)])
+    assert result.exit_code == 0, result.output
+    bad_data = config_dict(tmp_path)
+    bad_data["sink"]["localTargetDirectory"] = "x"
+    bad = write_config(tmp_path / "bad.yaml", bad_data)
+    result = runner.invoke(main, ["preflight", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "sink.localTargetDirectory: unknown key" in result.output

@@ -1,0 +1,103 @@
+"""Template mode: sandbox, strict variables, safe file names, exact decimal totals, determinism."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from stream_app.core.naming import UnsafeFileName, check_file_name
+from stream_app.core.records import SourceRecord
+from stream_app.core.template import AssemblyError, TemplateAssembler
+from stream_app.core.windows import FileCut, FileKey
+
+KEY = FileKey("matched", 2, 1_772_409_600_000, 1_772_431_200_000)
+
+
+def assembler(**overrides) -> TemplateAssembler:
+    templates = {
+        "header": "H|{{ window_start | ts }}|{{ part }}\n",
+        "record": "D|{{ seq }}|{{ record.id }}|{{ record.amount | money }}\n",
+        "footer": "T|{{ totals.count }}|{{ totals.amount | money }}\n",
+        "file_name": "CLR_{{ window_start | ts('%Y%m%d%H') }}_{{ partition }}_{{ part }}.txt",
+    }
+    templates.update(overrides)
+    return TemplateAssembler(templates["header"], templates["record"], templates["footer"], templates["file_name"])
+
+
+def cut(values, part=0) -> FileCut:
+    records = [SourceRecord("matched", 2, i, KEY.window_start_ms, v) for i, v in enumerate(values)]
+    return FileCut(KEY, part, records, "count", False)
+
+
+def test_renders_only_what_the_templates_produce():
+    out = assembler().assemble(cut([{"id": "a", "amount": Decimal("1.50")}, {"id": "b", "amount": Decimal("2")}]))
+    assert out.name == "CLR_2026030200_2_0.txt"
+    assert out.body == b"H|2026-03-02T00:00:00Z|0\nD|1|a|1.50\nD|2|b|2.00\nT|2|3.50\n"
+
+
+def test_totals_are_exact_where_floats_are_not():
+    values = [{"id": str(i), "amount": Decimal("0.10"), "currency": "EUR"} for i in range(10)]
+    values.append({"id": "x", "amount": Decimal("0.20"), "currency": "USD"})
+    body = assembler(footer="{{ totals.amount }}|{{ totals.by_currency['EUR'].amount }}|"
+                            "{{ totals.by_currency['USD'].count }}").assemble(cut(values)).body
+    assert body.endswith(b"1.20|1.00|1")
+    assert sum([0.1] * 10) != 1.0  # what a float sum would have printed
+
+
+def test_float_money_is_rejected():
+    with pytest.raises(AssemblyError) as err:
+        assembler().assemble(cut([{"id": "a", "amount": 1.5}]))
+    assert err.value.error_class == "BAD_AMOUNT"
+
+
+@pytest.mark.parametrize("escape", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ record.__class__ }}",
+    "{{ cycler.__init__.__globals__.os }}",
+    "{{ range.__self__ }}",
+])
+def test_sandbox_blocks_template_escapes(escape):
+    with pytest.raises(AssemblyError) as err:
+        assembler(record=escape).assemble(cut([{"id": "a", "amount": Decimal(1)}]))
+    assert "recordTemplate" in str(err.value)
+
+
+def test_undefined_variables_are_errors_not_blanks():
+    with pytest.raises(AssemblyError, match="amout"):
+        assembler(record="{{ record.amout }}").assemble(cut([{"id": "a", "amount": Decimal(1)}]))
+    with pytest.raises(AssemblyError, match="now"):
+        assembler(file_name="F_{{ now }}.txt").file_name(KEY, 0, 1)
+
+
+@pytest.mark.parametrize("template", [
+    "../{{ part }}.txt", "/etc/{{ part }}", "a/b_{{ part }}.txt", "{{ '..' }}", "x\\{{ part }}",
+    "{{ part }}.tmp", ".hidden{{ part }}", "manifest.jsonl", "",
+])
+def test_file_names_cannot_leave_the_target_directory(template):
+    with pytest.raises(AssemblyError) as err:
+        assembler(file_name=template).file_name(KEY, 0, 1)
+    assert err.value.error_class in ("UNSAFE_FILE_NAME",)
+
+
+def test_check_file_name_accepts_plain_names():
+    assert check_file_name("CLR_20260302_P1_001.txt") == "CLR_20260302_P1_001.txt"
+    with pytest.raises(UnsafeFileName):
+        check_file_name("a\x00b")
+
+
+def test_same_records_same_bytes():
+    values = [{"id": str(i), "amount": Decimal(i).scaleb(-2)} for i in range(50)]
+    a, b = assembler().assemble(cut(values, 3)), assembler().assemble(cut(values, 3))
+    assert a == b
+
+
+def test_record_value_is_never_in_error_messages():
+    secret = "4111111111111111"
+    with pytest.raises(AssemblyError) as err:
+        assembler(record="{{ record.pan | int(base=2) + [] }}").assemble(cut([{"id": "a", "pan": secret,
+                                                                                "amount": Decimal(1)}]))
+    assert secret not in str(err.value)
+    with pytest.raises(AssemblyError) as err:
+        assembler(record="{{ record.pan | pad(4) }}").assemble(cut([{"id": "a", "pan": secret, "amount": Decimal(1)}]))
+    assert secret not in str(err.value) and "width 4" in str(err.value)
