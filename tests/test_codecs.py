@@ -1,0 +1,98 @@
+"""Decoders turn every kind of bad input into a reason code, never an unhandled exception."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from stream_app.codecs import DecodeError
+from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
+from stream_app.codecs.json import JsonDecoder
+from stream_app.config import REPO_AVRO_DIR
+from stream_app.core.records import RawRecord
+from stream_app.demo import matched_records
+
+SCHEMA_PATH = str(REPO_AVRO_DIR / "matched_record.avsc")
+
+
+def raw(value: bytes | None) -> RawRecord:
+    return RawRecord("t", 1, 7, None, None, value)
+
+
+@pytest.fixture(scope="module")
+def avro():
+    return AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 1_000_000)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return next(matched_records(1, seed=3))
+
+
+def test_avro_round_trip_keeps_decimals_and_event_time(avro, sample):
+    payload = encode_confluent(1, load_schema(SCHEMA_PATH), sample)
+    record = avro.decode(raw(payload))
+    assert record.value["amount"] == sample["amount"] and isinstance(record.value["amount"], Decimal)
+    assert record.event_time_ms == int(sample["matched_at"].timestamp() * 1000)
+    assert (record.topic, record.partition, record.offset) == ("t", 1, 7)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda p: b"\x01" + p[1:], "BAD_MAGIC_BYTE"),
+    (lambda p: p[:3], "TRUNCATED_AVRO"),
+    (lambda p: p[:40], "AVRO_DECODE_ERROR"),
+    (lambda p: p + b"\x00\x01", "AVRO_DECODE_ERROR"),
+    (lambda p: p[:1] + b"\x00\x00\x00\x63" + p[5:], "UNKNOWN_SCHEMA_ID"),
+])
+def test_avro_poison(avro, sample, mutate, reason):
+    payload = encode_confluent(1, load_schema(SCHEMA_PATH), sample)
+    with pytest.raises(DecodeError) as err:
+        avro.decode(raw(mutate(payload)))
+    assert err.value.reason == reason
+
+
+def test_oversized_and_null(sample):
+    decoder = AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 10)
+    with pytest.raises(DecodeError, match="OVERSIZED_RECORD"):
+        decoder.decode(raw(b"\x00" * 11))
+    with pytest.raises(DecodeError, match="NULL_VALUE"):
+        decoder.decode(raw(None))
+
+
+def test_missing_event_time_in_avro_schema(sample):
+    decoder = AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "settled_at", 1_000_000)
+    with pytest.raises(DecodeError) as err:
+        decoder.decode(raw(encode_confluent(1, load_schema(SCHEMA_PATH), sample)))
+    assert err.value.reason == "MISSING_EVENT_TIME"
+
+
+@pytest.fixture
+def js():
+    return JsonDecoder("matched_at", ["amount"], 10_000)
+
+
+def test_json_decimals_and_iso_time(js):
+    record = js.decode(raw(json.dumps({"matched_at": "2026-03-02T01:00:00Z", "amount": "0.10"}).encode()))
+    assert record.value["amount"] == Decimal("0.10")
+    assert record.event_time_ms == 1_772_413_200_000
+    number = js.decode(raw(b'{"matched_at": 5, "amount": 0.1}'))
+    assert number.value["amount"] == Decimal("0.1")
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"{not json", "JSON_DECODE_ERROR"),
+    (b"[1, 2]", "NOT_AN_OBJECT"),
+    (b'"text"', "NOT_AN_OBJECT"),
+    (b'{"amount": "1"}', "MISSING_EVENT_TIME"),
+    (b'{"matched_at": null}', "MISSING_EVENT_TIME"),
+    (b'{"matched_at": "yesterday"}', "BAD_EVENT_TIME"),
+    (b'{"matched_at": "2026-03-02T01:00:00"}', "BAD_EVENT_TIME"),
+    (b'{"matched_at": 1, "amount": "12,50"}', "BAD_DECIMAL"),
+])
+def test_json_poison(js, payload, reason):
+    with pytest.raises(DecodeError) as err:
+        js.decode(raw(payload))
+    assert err.value.reason == reason
+    assert "12,50" not in err.value.detail

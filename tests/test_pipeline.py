@@ -1,0 +1,111 @@
+"""The shared pipeline without a broker: retries, commit points, dead letters, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.config import REPO_AVRO_DIR
+from stream_app.core.records import RawRecord
+from stream_app.demo import matched_records
+from stream_app.journal import Journal
+from stream_app.pipeline import FilePipeline, FlushSummary, MemoryStateStore
+from stream_app.replay import flush_due, run_records
+from stream_app.sinks.base import SinkError
+from stream_app.sinks.local import LocalSink
+from stream_app.wiring import build_assembler, build_decoder, window_policy
+from tests.helpers import CollectingPublisher, settings_for
+
+SCHEMA = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+
+
+def raws(count: int, seed: int = 1, partitions: int = 1) -> list[RawRecord]:
+    out = []
+    for i, rec in enumerate(matched_records(count, seed, span_hours=5)):
+        p = i % partitions
+        out.append(RawRecord("in", p, i // partitions, None, None, encode_confluent(1, SCHEMA, rec)))
+    return out
+
+
+class FlakySink(LocalSink):
+    def __init__(self, target: Path, failures: int) -> None:
+        super().__init__(target)
+        self.failures = failures
+
+    def write(self, name: str, body: bytes):
+        if self.failures > 0:
+            self.failures -= 1
+            raise SinkError(f"writing {name} failed: Input/output error", "EIO")
+        return super().write(name, body)
+
+
+def pipeline(out: Path, sink=None, **worker) -> tuple[FilePipeline, CollectingPublisher, MemoryStateStore]:
+    settings = settings_for(out, **worker)
+    publisher, state = CollectingPublisher(), MemoryStateStore()
+    p = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
+                     build_assembler(settings), sink or LocalSink(out), state, publisher, Journal("w1"),
+                     retry_initial_ms=100, retry_max_ms=1000)
+    return p, publisher, state
+
+
+def test_write_failure_keeps_the_batch_backs_off_and_retries(tmp_path):
+    sink = FlakySink(tmp_path, failures=2)
+    p, pub, state = pipeline(tmp_path, sink, maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
+    p.process(raws(10), now_wall_ms=0)
+    flush_due(p, 0)
+    assert [e["attempt"] for e in pub.of_type("write-failed")] == [1]
+    assert pub.of_type("write-failed")[0]["error_class"] == "EIO"
+    assert state.get_checkpoint(("in", 0)).offset == 0 and p.buffered_records == 10
+    assert p.due_cuts(10) == []                    # backing off: 50..100 ms with jitter
+    flush_due(p, 100)
+    assert [e["attempt"] for e in pub.of_type("write-failed")] == [1, 2]
+    assert p.due_cuts(120) == []                   # second backoff is 100..200 ms
+    flush_due(p, 400)
+    assert len(pub.of_type("created")) == 1 and p.buffered_records == 0
+    assert state.get_checkpoint(("in", 0)).offset == 10
+    assert len(list(tmp_path.glob("*.txt"))) == 1
+
+
+def test_template_failure_is_finalize_failed_and_blocks_the_commit(tmp_path):
+    p, pub, state = pipeline(tmp_path, recordTemplate="{{ record.amount | pad(2) }}\n", maxRecordsPerFile=5,
+                             window={"sizeMs": 86_400_000})
+    p.process(raws(5), 0)
+    flush_due(p, 0)
+    (event,) = pub.of_type("finalize-failed")
+    assert event["error_class"] == "TEMPLATE_ERROR" and "width 2" in event["error_message"]
+    assert state.get_checkpoint(("in", 0)).offset == 0
+
+
+def test_bad_records_are_dead_lettered_and_do_not_block_commits(tmp_path):
+    p, pub, state = pipeline(tmp_path, maxRecordsPerFile=3, window={"sizeMs": 86_400_000})
+    good = raws(3)
+    bad = RawRecord("in", 0, 3, 123, b"k", b"\x05garbage", (("trace", b"1"),))
+    shifted = [RawRecord("in", 0, 4 + i, None, None, r.value) for i, r in enumerate(raws(3, seed=2))]
+    p.process(good + [bad] + shifted, 0)
+    flush_due(p, 0)
+    assert [(d[0].offset, d[1]) for d in pub.dead] == [(3, "BAD_MAGIC_BYTE")]
+    assert state.get_checkpoint(("in", 0)).offset == 7
+
+
+def test_run_records_is_deterministic_and_partition_scoped(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    records = raws(300, partitions=2)
+    for out in (a, b):
+        p, pub, _ = pipeline(out, maxRecordsPerFile=40)
+        summary = run_records(p, records, batch_size=37)
+        late = [d for d in pub.dead if d[1] == "LATE_RECORD"]
+        assert summary.records + len(late) == 300 and len(late) < 5
+    files_a = sorted(f.name for f in a.glob("F_*"))
+    assert files_a == sorted(f.name for f in b.glob("F_*")) and len(files_a) > 6
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in files_a)
+    assert any("_p1_" in n for n in files_a) and any("_p0_" in n for n in files_a)
+
+
+def test_flush_summary_and_window_events(tmp_path):
+    p, pub, _ = pipeline(tmp_path, maxRecordsPerFile=1000)
+    run_records(p, raws(100))
+    assert {e["event_type"] for e in pub.events} >= {"opened", "closed", "created", "flush-summary"}
+    assert len(pub.of_type("opened")) == len(pub.of_type("closed")) == 5  # 5 one-hour windows
+    assert sum(e["records"] for e in pub.of_type("created")) == 100
+    assert isinstance(FlushSummary().names, list)
