@@ -1,0 +1,112 @@
+"""A live worker subprocess on its own topics, with helpers to observe it from outside."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from stream_app.broker import create_topics
+from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.config import REPO_AVRO_DIR, parse_config
+from stream_app.core.records import RawRecord
+from stream_app.demo import matched_records, spawn_worker, stop_worker
+from stream_app.journal import Journal
+from stream_app.kafka_tools import committed_offsets, produce, read_dead_letters, read_journal
+from stream_app.pipeline import FilePipeline, MemoryStateStore
+from stream_app.replay import run_records
+from stream_app.sinks.local import LocalSink
+from stream_app.wiring import build_assembler, build_decoder, window_policy
+from tests.helpers import CollectingPublisher, config_dict, write_config
+
+SCHEMA = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+
+
+def avro_values(count: int, seed: int = 7, span_hours: float = 5.0) -> list[bytes]:
+    return [encode_confluent(1, SCHEMA, r) for r in matched_records(count, seed, span_hours)]
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.5, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+class LiveWorker:
+    def __init__(self, bootstrap: str, tmp_path: Path, partitions: int = 1, input_format: str = "avro",
+                 **worker: Any) -> None:
+        uid = uuid.uuid4().hex[:8]
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.topic, self.journal_topic, self.dead_topic = f"in-{uid}", f"journal-{uid}", f"dead-{uid}"
+        self.app_id = f"app-{uid}"
+        self.out = tmp_path / "out"
+        self.out.mkdir(exist_ok=True)
+        self.log = tmp_path / "worker.log"
+        data = config_dict(self.out, bootstrap=bootstrap, topic=self.topic, **worker)
+        data["appId"] = self.app_id
+        data["kafka"].update(journalTopic=self.journal_topic, deadLetterTopic=self.dead_topic,
+                             topicPartitions=partitions, commitIntervalMs=300)
+        data["input"] = {"format": input_format}
+        data["dataDir"] = str(tmp_path / "faust-data")
+        self.config_data = data
+        self.config_path = write_config(tmp_path / "worker.yaml", data)
+        self.produced: list[RawRecord] = []
+        self._next_offset = [0] * partitions
+        self.proc = None
+        create_topics(bootstrap, {self.topic: partitions, self.journal_topic: 1, self.dead_topic: 1})
+
+    def start(self) -> "LiveWorker":
+        self.proc = spawn_worker(str(self.config_path), str(self.log))
+        return self
+
+    def stop(self) -> int:
+        return stop_worker(self.proc) if self.proc else 0
+
+    def kill(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def produce(self, values: Iterable[bytes | tuple[int, bytes]], headers: Any = None) -> None:
+        batch = []
+        for i, item in enumerate(values):
+            partition, value = item if isinstance(item, tuple) else (i % self.partitions, item)
+            batch.append((partition, None, value))
+            self.produced.append(RawRecord(self.topic, partition, self._next_offset[partition], None, None, value))
+            self._next_offset[partition] += 1
+        produce(self.bootstrap, self.topic, batch)
+
+    def journal(self) -> list[dict]:
+        return read_journal(self.bootstrap, self.journal_topic, timeout_s=5, idle_s=0.5)
+
+    def created(self) -> list[dict]:
+        return [e for e in self.journal() if e["event_type"] == "created"]
+
+    def dead_letters(self, expect: int) -> list[dict]:
+        return read_dead_letters(self.bootstrap, self.dead_topic, expect=expect, timeout_s=30)
+
+    def committed(self) -> dict[int, int]:
+        return committed_offsets(self.bootstrap, self.app_id, self.topic, self.partitions)
+
+    def files(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(self.out.iterdir()) if p.name != "manifest.jsonl"}
+
+    def reference_files(self, tmp_path: Path) -> dict[str, bytes]:
+        """What the pure core makes of everything produced (the offline/replay path)."""
+        out = tmp_path / "reference"
+        out.mkdir(exist_ok=True)
+        settings = parse_config(self.config_data)
+        pipeline = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
+                                build_assembler(settings), LocalSink(out, manifest=False), MemoryStateStore(),
+                                CollectingPublisher(), Journal("reference"))
+        run_records(pipeline, sorted(self.produced, key=lambda r: (r.partition, r.offset)))
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}

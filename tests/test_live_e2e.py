@@ -1,0 +1,172 @@
+"""The live worker as a real subprocess against a real broker: files, commits, journal, faults."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from tests.harness import LiveWorker, avro_values, wait_for
+
+pytestmark = pytest.mark.e2e
+H = 3_600_000
+
+
+def _records_in(created: list[dict]) -> int:
+    return sum(e["records"] for e in {e["event_id"]: e for e in created}.values())
+
+
+def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=25)
+    values = avro_values(240, seed=11, span_hours=3.5)
+    worker.produce(values)
+    worker.start()
+    try:
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 240, 90,
+                 what="all records in files")
+        late = worker.dead_letters(0)
+        assert all(d["reason"] == "LATE_RECORD" for d in late)
+        wait_for(lambda: worker.committed() == {0: 120, 1: 120}, 30, what="commits at the end")
+    finally:
+        assert worker.stop() == 0
+    files = worker.files()
+    assert files == worker.reference_files(tmp_path)       # live bytes == pure core bytes
+    assert not list(worker.out.glob("*.tmp"))
+    events = worker.journal()
+    kinds = {e["event_type"] for e in events}
+    assert {"opened", "closed", "created", "flush-summary"} <= kinds
+    created = [e for e in events if e["event_type"] == "created"]
+    assert sorted(e["file_name"] for e in created) == sorted(files)
+    assert any(e["reason"] == "count" for e in created) and any(e["reason"] == "watermark" for e in created)
+    for e in created:
+        assert e["sha256"] and e["bytes"] == len(files[e["file_name"]]) and e["offsets"]
+    manifest = (worker.out / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == len(files)
+
+
+def test_commit_never_passes_unfinalized_records_of_interleaved_windows(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=5,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    from stream_app.demo import matched_records
+    from tests.harness import SCHEMA
+    from stream_app.codecs.avro import encode_confluent
+    from datetime import timedelta
+
+    base = list(matched_records(10, seed=5, span_hours=0.1))
+
+    def at(rec, hours):
+        return encode_confluent(1, SCHEMA, {**rec, "matched_at": rec["matched_at"] + timedelta(hours=hours)})
+
+    # offset 0: window A; offsets 1-5: window B (fills a part); A stays open.
+    worker.produce([at(base[0], 0)] + [at(r, 1) for r in base[1:6]])
+    worker.start()
+    try:
+        wait_for(lambda: len(worker.files()) == 1, 60, what="window B's file")
+        for _ in range(6):  # several commit intervals: the commit must not pass offset 0
+            assert worker.committed()[0] in (0, -1001)
+            time.sleep(0.5)
+        worker.produce([at(r, 0) for r in base[6:10]])  # window A reaches 5 records
+        wait_for(lambda: len(worker.files()) == 2, 60, what="window A's file")
+        wait_for(lambda: worker.committed()[0] == 10, 30, what="commit after A is finalized")
+    finally:
+        worker.stop()
+    created = worker.created()
+    assert sorted(tuple((o["first"], o["last"]) for o in e["offsets"]) for e in created) == [
+        ((0, 0), (6, 9)), ((1, 5),)]
+
+
+def test_flush_by_time_cuts_a_part_before_the_window_closes(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, flushIntervalMs=800,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.produce(avro_values(3, span_hours=0.1))
+    worker.start()
+    try:
+        (event,) = wait_for(worker.created, 60, what="an interval cut")
+        assert event["reason"] == "interval" and event["records"] == 3
+        wait_for(lambda: worker.committed()[0] == 3, 30, what="commit after the interval cut")
+    finally:
+        worker.stop()
+
+
+def test_write_failure_keeps_the_batch_and_retries_until_the_sink_recovers(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=4, writeRetryInitialMs=200,
+                        writeRetryMaxMs=1000, window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    values = avro_values(8, span_hours=0.1)
+    worker.produce(values[:4])
+    worker.start()
+    try:
+        wait_for(lambda: worker.committed()[0] == 4, 60, what="first file committed")
+        moved = worker.out.with_name("out-moved")
+        worker.out.rename(moved)  # the target directory disappears: writes fail with ENOENT
+        worker.produce(values[4:])
+        failures = wait_for(lambda: [e for e in worker.journal() if e["event_type"] == "write-failed"][1:], 60,
+                            what="two write-failed events")
+        assert failures[0]["error_class"] == "ENOENT" and failures[0]["attempt"] >= 1
+        assert worker.committed()[0] == 4  # nothing past the failed file is committed
+        moved.rename(worker.out)
+        wait_for(lambda: worker.committed()[0] == 8, 60, what="commit after recovery")
+    finally:
+        worker.stop()
+    assert len(worker.files()) == 2 and worker.files() == worker.reference_files(tmp_path)
+    assert not list(worker.out.glob("*.tmp"))
+
+
+def test_poison_avro_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=3,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    good = avro_values(3, span_hours=0.1)
+    poison = [b"\x07not avro at all", good[0][:20], b"\x00\x00\x00\x00\x63" + good[0][5:]]
+    worker.produce([good[0], poison[0], good[1], poison[1], poison[2], good[2]])
+    worker.start()
+    try:
+        dead = worker.dead_letters(expect=3)
+        wait_for(lambda: worker.committed()[0] == 6, 60, what="commit past the poison records")
+    finally:
+        worker.stop()
+    assert [(d["source_offset"], d["reason"]) for d in dead] == [
+        (1, "BAD_MAGIC_BYTE"), (3, "AVRO_DECODE_ERROR"), (4, "UNKNOWN_SCHEMA_ID")]
+    assert [d["original_value"] for d in dead] == poison
+    assert all(d["source_topic"] == worker.topic and d["source_partition"] == 0 for d in dead)
+    assert len(worker.files()) == 1
+
+
+def test_poison_json_goes_to_the_dead_letter_topic(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, input_format="json", maxRecordsPerFile=2,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    ok = b'{"record_id": "r1", "matched_at": "2026-03-02T01:00:00Z", "amount": "10.00", "currency": "EUR"}'
+    ok2 = b'{"record_id": "r2", "matched_at": "2026-03-02T01:30:00Z", "amount": "0.10", "currency": "EUR"}'
+    worker.produce([ok, b"{broken", b"[1,2,3]", b'{"record_id": "r3", "amount": "1.00"}', ok2])
+    worker.start()
+    try:
+        dead = worker.dead_letters(expect=3)
+        wait_for(lambda: worker.committed()[0] == 5, 60, what="commit past the poison records")
+    finally:
+        worker.stop()
+    assert [d["reason"] for d in dead] == ["JSON_DECODE_ERROR", "NOT_AN_OBJECT", "MISSING_EVENT_TIME"]
+    (body,) = worker.files().values()
+    assert b"D|1|r1|10.00|EUR\nD|2|r2|0.10|EUR\n" in body and b"T|2|10.10|EUR=10.10\n" in body
+
+
+def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=20,
+                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
+    values = avro_values(600, seed=23, span_hours=6)
+    worker.produce(values[:300])
+    worker.start()
+    try:
+        wait_for(lambda: len(worker.files()) >= 3, 60, what="some files before the crash")
+        worker.kill()
+        worker.produce(values[300:])
+        worker.start()
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 600, 120,
+                 what="all records after restart")
+        wait_for(lambda: worker.committed() == {0: 300, 1: 300}, 30, what="final commits")
+    finally:
+        worker.stop()
+    assert worker.files() == worker.reference_files(tmp_path)
+    assert not list(worker.out.glob("*.tmp"))
+    ids_by_name: dict[str, set] = {}
+    for e in worker.created():
+        ids_by_name.setdefault(e["file_name"], set()).add(e["event_id"])
+    assert all(len(ids) == 1 for ids in ids_by_name.values())  # a repeat carries the same id
