@@ -82,7 +82,7 @@ def encoded_matched_records(count: int, seed: int) -> Iterator[bytes]:
 
 
 DEMO_CONFIG = """\
-appId: stream-app-demo
+appId: {app_id}
 workerId: demo-worker-1
 kafka:
   bootstrapServers: "{bootstrap}"
@@ -103,7 +103,7 @@ worker:
   maxBufferedRecords: 50000
   fileNameTemplate: "CLR_{{{{ window_start | ts('%Y%m%d_%H%M') }}}}_P{{{{ partition }}}}_{{{{ '%03d' % (part + 1) }}}}.txt"
   headerTemplate: |
-    HDR|CLEARING|V01|{{{{ file_key }}}}|{{{{ window_start | ts }}}}|{{{{ window_end | ts }}}}|{{{{ '%03d' % (part + 1) }}}}
+    HDR|CLEARING|V01|P{{{{ partition }}}}|{{{{ window_start | ts }}}}|{{{{ window_end | ts }}}}|{{{{ '%03d' % (part + 1) }}}}
   recordTemplate: |
     DTL|{{{{ '%07d' % seq }}}}|{{{{ record.record_id }}}}|{{{{ record.arn }}}}|{{{{ record.matched_at | ts }}}}|{{{{ record.transaction_type | pad(12) }}}}|{{{{ record.scheme | pad(10) }}}}|{{{{ record.masked_pan }}}}|{{{{ record.amount | minor_units | pad(12, 'right', '0') }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_id }}}}|{{{{ record.merchant_name | pad(24) }}}}|{{{{ record.merchant_category_code }}}}|{{{{ record.acquirer_id }}}}|{{{{ record.issuer_id }}}}|{{{{ record.auth_code }}}}
   footerTemplate: |
@@ -157,6 +157,9 @@ def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootst
         broker = EmbeddedBroker(log_file=work / "broker.log")
         bootstrap = broker.start()
     topic, journal, dead = "matched-records", "clearing-journal", "clearing-dead-letter"
+    if broker is None:  # a shared cluster: fresh topics so that earlier runs do not leak in
+        suffix = uuid.uuid4().hex[:8]
+        topic, journal, dead = f"{topic}-{suffix}", f"{journal}-{suffix}", f"{dead}-{suffix}"
     try:
         create_topics(bootstrap, {topic: partitions, journal: 1, dead: 1})
         poison = [b"\x07not-avro", b"\x00\x00\x00\x00\x01\x02"]  # wrong magic byte, truncated record
@@ -165,7 +168,7 @@ def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootst
         produce(bootstrap, topic, values)
         config_path = work / "demo-config.yaml"
         config_path.write_text(DEMO_CONFIG.format(
-            bootstrap=bootstrap, topic=topic, journal=journal, dead_letter=dead, partitions=partitions,
+            app_id=f"stream-app-demo-{uuid.uuid4().hex[:8]}", bootstrap=bootstrap, topic=topic, journal=journal, dead_letter=dead, partitions=partitions,
             max_records=max(1, records // 20), out=str(out_dir.resolve())))
         proc = spawn_worker(str(config_path), str(work / "worker.log"))
         try:
