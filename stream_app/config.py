@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
+REPO_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -68,8 +69,17 @@ class TotalsSettings(_Model):
     currencyField: str | None = "currency"
 
 
+class SchemaRef(_Model):
+    id: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+
+
 class WorkerSettings(_Model):
-    mode: Literal["template"] = "template"
+    mode: Literal["template", "structured"] = "template"
+    # Structured mode: the schema pack schemas/<id>/<version>/pack.yaml.
+    schema_: SchemaRef | None = Field(default=None, alias="schema")
+    # Streaming append (seed V1) is a start-time setting; not available with mode: structured.
+    streamingAppendEnabled: bool = False
     window: WindowSettings = WindowSettings()
     maxRecordsPerFile: int = Field(default=1000, ge=1)
     # Wall-clock flush of a part that has been open this long. Off by default because such
@@ -79,7 +89,7 @@ class WorkerSettings(_Model):
     lateRecords: Literal["deadLetter", "currentWindow"] = "deadLetter"
     groupBy: list[str] = Field(default_factory=list)
     headerTemplate: str = ""
-    recordTemplate: str = Field(min_length=1)
+    recordTemplate: str | None = None
     footerTemplate: str = ""
     fileNameTemplate: str = Field(min_length=1)
     totals: TotalsSettings = TotalsSettings()
@@ -87,6 +97,28 @@ class WorkerSettings(_Model):
     writeRetryMaxMs: int = Field(default=30_000, ge=1)
     batchSize: int = Field(default=2000, ge=1)
     batchWithinMs: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> "WorkerSettings":
+        if self.mode == "template":
+            if not self.recordTemplate:
+                raise ValueError("worker.recordTemplate is required with mode: template")
+            if self.schema_ is not None:
+                raise ValueError("worker.schema applies to mode: structured only")
+        else:
+            if self.schema_ is None:
+                raise ValueError("worker.schema (id and version) is required with mode: structured")
+            templates = [k for k in ("headerTemplate", "recordTemplate", "footerTemplate") if getattr(self, k)]
+            if templates:
+                raise ValueError(f"worker.{templates[0]} applies to mode: template only; the schema pack "
+                                 "defines the layout in structured mode")
+            if self.streamingAppendEnabled:
+                raise ValueError("worker.streamingAppendEnabled: streaming append is not supported with "
+                                 "mode: structured")
+        if self.streamingAppendEnabled:
+            raise ValueError("worker.streamingAppendEnabled: streaming append is not available in this "
+                             "version; leave it false")
+        return self
 
     @model_validator(mode="after")
     def _buffer_holds_a_file(self) -> "WorkerSettings":
@@ -132,6 +164,8 @@ class AppSettings(_Model):
     webPort: int | None = Field(default=None, ge=1, le=65535)
     # Faust's local data directory; a fresh temporary directory when unset.
     dataDir: str | None = None
+    # Where schema packs live (structured mode), relative to the config file.
+    schemasDir: str = str(REPO_SCHEMAS_DIR)
 
 
 def _expand_env(node: Any, path: str) -> Any:
@@ -172,9 +206,12 @@ def _resolve_relative_paths(settings: AppSettings, base: Path) -> AppSettings:
     target = Path(sink.localTargetDir)
     if not target.is_absolute():
         sink = sink.model_copy(update={"localTargetDir": str((base / target).resolve())})
-    return settings.model_copy(
-        update={"input": settings.input.model_copy(update={"avroSchemas": schemas}), "sink": sink}
-    )
+    schemas_dir = Path(settings.schemasDir)
+    return settings.model_copy(update={
+        "input": settings.input.model_copy(update={"avroSchemas": schemas}),
+        "sink": sink,
+        "schemasDir": str(schemas_dir if schemas_dir.is_absolute() else (base / schemas_dir).resolve()),
+    })
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> AppSettings:

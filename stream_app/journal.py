@@ -83,6 +83,16 @@ class Journal:
             offsets=_offsets(cut),
         )
 
+    def validation_failed(self, cut: FileCut, message: str, source: tuple[str, int, int] | None,
+                          attempt: int) -> dict:
+        offsets = _offsets(cut) if source is None else [
+            {"topic": source[0], "partition": source[1], "first": source[2], "last": source[2]}]
+        return self._event(
+            "validation-failed", event_id("validation-failed", cut.key.id, cut.part, attempt), cut.key,
+            part=cut.part, records=len(cut.records), error_class="VALIDATION_FAILED", error_message=message,
+            attempt=attempt, offsets=offsets,
+        )
+
     def flush_summary(self, files: int, records: int, size: int, failed: int) -> dict:
         eid = event_id("flush-summary", self.worker_id, time.time_ns())
         return self._event(

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from stream_app.codecs import DecodeError, Decoder
-from stream_app.core.records import RawRecord
+from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.structured.assembler import StructuredAssembler
+from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.template import AssemblyError, TemplateAssembler
 from stream_app.core.windows import (
     Checkpoint,
@@ -85,6 +87,7 @@ class WriteOutcome:
     error_class: str | None = None
     error_message: str | None = None
     assembly_failed: bool = False
+    source: tuple[str, int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -108,7 +111,7 @@ class FilePipeline:
         policy: WindowPolicy,
         group_by: Sequence[str],
         decoder: Decoder,
-        assembler: TemplateAssembler,
+        assembler: TemplateAssembler | StructuredAssembler,
         sink: Sink,
         state: StateStore,
         publisher: Publisher,
@@ -132,6 +135,10 @@ class FilePipeline:
         self._retries: dict[tuple[FileKey, int], _Retry] = {}
         self._published_checkpoints: dict[TP, Checkpoint] = {}
         self.failing = False  # some cut is waiting for a retry
+        # A record broke the schema pack under onInvalidRecord: fail. Nothing of its window is
+        # written or committed until the input or the pack is fixed; readiness reports it.
+        self.halted_reason: str | None = None
+        self._structured = assembler if isinstance(assembler, StructuredAssembler) else None
 
     # -- partitions -------------------------------------------------------------------------
     def windower(self, tp: TP) -> PartitionWindower:
@@ -169,6 +176,11 @@ class FilePipeline:
                 continue
             try:
                 record = self._decoder.decode(raw)
+                if self._structured is not None:
+                    record = self._project(record, raw)
+                    if record is None:
+                        windower.skip(raw.offset)
+                        continue
                 outputs = windower.process(record, now_wall_ms)
             except DecodeError as exc:
                 self._publisher.dead_letter(raw, exc.reason, exc.detail)
@@ -179,6 +191,18 @@ class FilePipeline:
                 windower.skip(raw.offset)
                 continue
             self._handle_outputs(outputs, raw)
+
+    def _project(self, record: SourceRecord, raw: RawRecord) -> SourceRecord | None:
+        """Attach the projected row; None when the record was dead-lettered for breaking a rule."""
+        assert self._structured is not None
+        try:
+            row: object = self._structured.project(record.value)
+        except InvalidRecord as exc:
+            if self._structured.on_invalid_record == "deadLetter":
+                self._publisher.dead_letter(raw, "VALIDATION_FAILED", exc.violation.describe())
+                return None
+            row = exc.violation  # fail policy: the window carries it and refuses to finalize
+        return SourceRecord(record.topic, record.partition, record.offset, record.event_time_ms, record.value, row)
 
     def _handle_outputs(self, outputs: list[Output], raw: RawRecord | None = None) -> None:
         for out in outputs:
@@ -221,7 +245,8 @@ class FilePipeline:
         try:
             assembled = self._assembler.assemble(cut)
         except AssemblyError as exc:
-            return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True)
+            return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
+                                source=exc.source)
         try:
             result = self._sink.write(assembled.name, assembled.body)
         except SinkError as exc:
@@ -259,7 +284,10 @@ class FilePipeline:
             backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
             retry.not_before_ms = now_wall_ms + int(backoff * random.uniform(0.5, 1.0))
             assert outcome.error_class is not None and outcome.error_message is not None
-            if outcome.assembly_failed:
+            if outcome.error_class == "VALIDATION_FAILED":
+                self.halted_reason = outcome.error_message
+                event = self._journal.validation_failed(cut, outcome.error_message, outcome.source, retry.attempt)
+            elif outcome.assembly_failed:
                 event = self._journal.finalize_failed(cut, outcome.error_class, outcome.error_message, retry.attempt)
             else:
                 event = self._journal.write_failed(

@@ -10,6 +10,8 @@ from typing import Any
 
 from stream_app.config import AppSettings, ConfigError
 from stream_app.core.records import SourceRecord
+from stream_app.core.structured.assembler import StructuredAssembler
+from stream_app.core.structured.pack import PackError, SchemaPack
 from stream_app.core.template import AssemblyError
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.sinks.base import SinkError
@@ -67,6 +69,14 @@ def _sample_records(settings: AppSettings) -> list[dict] | None:
     return samples
 
 
+def _check_pack_inputs(settings: AppSettings, pack: SchemaPack, samples: list[dict]) -> None:
+    for sample in samples:
+        missing = sorted(name for name in pack.input_names if name not in sample)
+        if missing:
+            raise ConfigError(f"worker.schema: {pack.path}: fields: [undefined-field] the pack maps from "
+                              f"{missing}, which the input schema does not have")
+
+
 def _check_file_names(settings: AppSettings) -> None:
     """Distinct file keys must render distinct names, or two files would collide."""
     assembler = build_assembler(settings)
@@ -108,11 +118,17 @@ def run_preflight(settings: AppSettings) -> list[str]:
         assembler = build_assembler(settings)
     except AssemblyError as exc:
         raise ConfigError(f"worker.{exc}") from None
-    checked.append("templates compile")
+    except PackError as exc:
+        raise ConfigError(f"worker.schema: {exc}") from None
+    checked.append("templates compile" if settings.worker.mode == "template" else "schema pack is valid")
     samples = _sample_records(settings)
     _check_file_names(settings)
     checked.append("file names are unique per file key and safe")
-    if samples is not None:
+    if isinstance(assembler, StructuredAssembler):
+        if samples is not None:
+            _check_pack_inputs(settings, assembler.pack, samples)
+            checked.append("every field the pack maps from exists in the input schema")
+    elif samples is not None:
         for value in samples:
             records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]
             cut = FileCut(FileKey(settings.kafka.inputTopics[0], 0, 0, settings.worker.window.sizeMs), 0, records,

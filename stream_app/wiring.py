@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from stream_app.codecs import Decoder
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import AppSettings
+from stream_app.core.structured.assembler import StructuredAssembler
+from stream_app.core.structured.pack import SchemaPack, load_pack, pack_path
 from stream_app.core.template import TemplateAssembler
 from stream_app.core.windows import WindowPolicy
 from stream_app.journal import Journal
@@ -34,8 +38,17 @@ def build_decoder(settings: AppSettings) -> Decoder:
     return AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes)
 
 
-def build_assembler(settings: AppSettings) -> TemplateAssembler:
+def load_worker_pack(settings: AppSettings) -> SchemaPack:
+    ref = settings.worker.schema_
+    assert ref is not None
+    return load_pack(pack_path(Path(settings.schemasDir), ref.id, ref.version))
+
+
+def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAssembler:
     worker = settings.worker
+    if worker.mode == "structured":
+        return StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate)
+    assert worker.recordTemplate is not None
     return TemplateAssembler(
         worker.headerTemplate,
         worker.recordTemplate,

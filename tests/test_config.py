@@ -23,11 +23,14 @@ def test_unknown_key_is_named(tmp_path):
 def test_missing_and_invalid_keys_are_named(tmp_path):
     data = config_dict(tmp_path)
     del data["worker"]["recordTemplate"]
-    data["worker"]["maxRecordsPerFile"] = 0
+    with pytest.raises(ConfigError, match="worker.recordTemplate is required with mode: template"):
+        parse_config(data)
+    data = config_dict(tmp_path, maxRecordsPerFile=0)
+    del data["kafka"]["inputTopics"]
     with pytest.raises(ConfigError) as err:
         parse_config(data)
-    assert "worker.recordTemplate: Field required" in str(err.value)
-    assert "worker.maxRecordsPerFile" in str(err.value)
+    assert "worker.maxRecordsPerFile: Input should be greater than or equal to 1" in str(err.value)
+    assert "kafka.inputTopics: Field required" in str(err.value)
 
 
 def test_buffer_must_hold_a_file(tmp_path):

@@ -13,6 +13,8 @@ class SourceRecord:
     offset: int
     event_time_ms: int
     value: dict[str, Any]
+    # Structured mode: the projected, validated row (or the Violation that stopped it).
+    row: Any = None
 
 
 @dataclass(slots=True, frozen=True)

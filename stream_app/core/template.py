@@ -26,9 +26,11 @@ class FilterError(ValueError):
 class AssemblyError(Exception):
     """The file for a cut cannot be produced (template error, bad data).  Never holds values."""
 
-    def __init__(self, message: str, error_class: str = "TEMPLATE_ERROR") -> None:
+    def __init__(self, message: str, error_class: str = "TEMPLATE_ERROR",
+                 source: tuple[str, int, int] | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
+        self.source = source  # (topic, partition, offset) of the record at fault, when one is
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,26 @@ def file_context(key: FileKey, part: int, record_count: int) -> dict[str, Any]:
     }
 
 
+class FileNamer:
+    """Renders ``fileNameTemplate`` for a file key; the result is always a safe plain name."""
+
+    def __init__(self, template: str) -> None:
+        try:
+            self._template = make_environment().from_string(template)
+        except TemplateError as exc:
+            raise AssemblyError(f"fileNameTemplate: {exc}", "TEMPLATE_SYNTAX") from None
+
+    def name(self, key: FileKey, part: int, record_count: int) -> str:
+        try:
+            name = self._template.render(file_context(key, part, record_count))
+        except Exception as exc:
+            raise AssemblyError(f"fileNameTemplate: {type(exc).__name__}: {_safe_message(exc)}") from None
+        try:
+            return check_file_name(name)
+        except ValueError as exc:
+            raise AssemblyError(f"fileNameTemplate: {exc}", "UNSAFE_FILE_NAME") from None
+
+
 class TemplateAssembler:
     """Renders a file cut to bytes with the four templates of template mode."""
 
@@ -147,8 +169,8 @@ class TemplateAssembler:
         encoding: str = "utf-8",
     ) -> None:
         env = make_environment()
-        self._sources = {"headerTemplate": header, "recordTemplate": record, "footerTemplate": footer,
-                         "fileNameTemplate": file_name}
+        self._sources = {"headerTemplate": header, "recordTemplate": record, "footerTemplate": footer}
+        self._namer = FileNamer(file_name)
         self._compiled = {}
         for name, source in self._sources.items():
             try:
@@ -166,11 +188,7 @@ class TemplateAssembler:
             raise AssemblyError(f"{name}: {type(exc).__name__}: {_safe_message(exc)}") from None
 
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
-        name = self._render("fileNameTemplate", file_context(key, part, record_count))
-        try:
-            return check_file_name(name)
-        except ValueError as exc:
-            raise AssemblyError(f"fileNameTemplate: {exc}", "UNSAFE_FILE_NAME") from None
+        return self._namer.name(key, part, record_count)
 
     def assemble(self, cut: FileCut) -> AssembledFile:
         values = [r.value for r in cut.records]

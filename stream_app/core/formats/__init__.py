@@ -1,0 +1,1 @@
+"""Output formatters for structured mode: one small interface, three implementations."""

@@ -1,0 +1,1 @@
+"""Structured mode: schema packs, record projection with typed validation, aggregates."""
