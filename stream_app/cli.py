@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from stream_app.config import ConfigError, load_config
+from stream_app.demo import example_names
 
 
 def _load_checked(config: str):
@@ -63,13 +64,15 @@ def worker(config: str) -> None:
               help="Directory for the clearing files.")
 @click.option("--seed", default=42, show_default=True, help="Seed of the generated sample.")
 @click.option("--partitions", default=3, show_default=True, help="Partitions of the input topic.")
-def demo(records: int, out: str, seed: int, partitions: int) -> None:
+@click.option("--example", default="template-clearing", show_default=True,
+              type=click.Choice(example_names()), help="Worker config from examples/ to run.")
+def demo(records: int, out: str, seed: int, partitions: int, example: str) -> None:
     """Embedded broker -> sample records -> worker -> clearing files, then a summary."""
     from stream_app.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
-    result = run_demo(records, Path(out), seed, partitions, bootstrap)
+    result = run_demo(records, Path(out), seed, partitions, bootstrap, example)
     click.echo(f"{len(result.files)} clearing files, {result.records} records, in {result.out_dir.resolve()}")
     for event in result.files:
         click.echo(f"  {event['file_name']:<40} {event['records']:>6} records {event['bytes']:>9} bytes")

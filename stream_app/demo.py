@@ -19,6 +19,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterator
 
+import yaml
+
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import REPO_AVRO_DIR
 
@@ -81,39 +83,29 @@ def encoded_matched_records(count: int, seed: int) -> Iterator[bytes]:
         yield encode_confluent(MATCHED_RECORD_SCHEMA_ID, schema, record)
 
 
-DEMO_CONFIG = """\
-appId: {app_id}
-workerId: demo-worker-1
-kafka:
-  bootstrapServers: "{bootstrap}"
-  inputTopics: [{topic}]
-  journalTopic: {journal}
-  deadLetterTopic: {dead_letter}
-  topicPartitions: {partitions}
-input:
-  format: avro
-  eventTimeField: matched_at
-worker:
-  mode: template
-  window:
-    sizeMs: 21600000      # 6 h tumbling windows
-    graceMs: 300000       # records may arrive up to 5 minutes out of order
-    idleTimeoutMs: 1500   # close finished windows quickly once the sample is consumed
-  maxRecordsPerFile: {max_records}
-  maxBufferedRecords: 50000
-  fileNameTemplate: "CLR_{{{{ window_start | ts('%Y%m%d_%H%M') }}}}_P{{{{ partition }}}}_{{{{ '%03d' % (part + 1) }}}}.txt"
-  headerTemplate: |
-    HDR|CLEARING|V01|P{{{{ partition }}}}|{{{{ window_start | ts }}}}|{{{{ window_end | ts }}}}|{{{{ '%03d' % (part + 1) }}}}
-  recordTemplate: |
-    DTL|{{{{ '%07d' % seq }}}}|{{{{ record.record_id }}}}|{{{{ record.arn }}}}|{{{{ record.matched_at | ts }}}}|{{{{ record.transaction_type | pad(12) }}}}|{{{{ record.scheme | pad(10) }}}}|{{{{ record.masked_pan }}}}|{{{{ record.amount | minor_units | pad(12, 'right', '0') }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_id }}}}|{{{{ record.merchant_name | pad(24) }}}}|{{{{ record.merchant_category_code }}}}|{{{{ record.acquirer_id }}}}|{{{{ record.issuer_id }}}}|{{{{ record.auth_code }}}}
-  footerTemplate: |
-    {{% for ccy, t in totals.by_currency.items() %}}TOT|{{{{ ccy }}}}|{{{{ '%07d' % t.count }}}}|{{{{ t.amount | money }}}}
-    {{% endfor %}}TRL|{{{{ '%07d' % totals.count }}}}|{{{{ totals.amount | money }}}}
-sink:
-  type: local
-  localTargetDir: "{out}"
-  manifest: true
-"""
+EXAMPLES_DIR = REPO_AVRO_DIR.parent / "examples"
+
+
+def example_names() -> list[str]:
+    return sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml"))
+
+
+def demo_config(example: str, bootstrap: str, topics: tuple[str, str, str], partitions: int, out_dir: Path,
+                records: int) -> dict:
+    """An example worker config pointed at the demo's broker, topics and output directory."""
+    data = yaml.safe_load((EXAMPLES_DIR / f"{example}.yaml").read_text(encoding="utf-8"))
+    topic, journal, dead = topics
+    data["appId"] = f"stream-app-demo-{uuid.uuid4().hex[:8]}"
+    data["workerId"] = "demo-worker-1"
+    data["kafka"].update(bootstrapServers=bootstrap, inputTopics=[topic], journalTopic=journal,
+                         deadLetterTopic=dead, topicPartitions=partitions)
+    data["input"]["avroSchemas"] = {MATCHED_RECORD_SCHEMA_ID: str(REPO_AVRO_DIR / "matched_record.avsc")}
+    data["schemasDir"] = str(REPO_AVRO_DIR.parent / "schemas")
+    data["worker"]["window"]["idleTimeoutMs"] = 1500  # close the last windows soon after the sample ends
+    if data["worker"].get("mode", "template") == "template":
+        data["worker"]["maxRecordsPerFile"] = max(1, records // 20)  # show count rolls too
+    data["sink"]["localTargetDir"] = str(out_dir.resolve())
+    return data
 
 
 def spawn_worker(config_path: str, log_path: str) -> "subprocess.Popen[bytes]":
@@ -146,7 +138,7 @@ class DemoResult:
 
 
 def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootstrap: str | None = None,
-             timeout_s: float = 240.0) -> DemoResult:
+             example: str = "template-clearing", timeout_s: float = 240.0) -> DemoResult:
     from stream_app.broker import EmbeddedBroker, create_topics
     from stream_app.kafka_tools import produce, read_dead_letters, read_journal
 
@@ -167,9 +159,8 @@ def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootst
         values += [(i % partitions, None, v) for i, v in enumerate(poison)]
         produce(bootstrap, topic, values)
         config_path = work / "demo-config.yaml"
-        config_path.write_text(DEMO_CONFIG.format(
-            app_id=f"stream-app-demo-{uuid.uuid4().hex[:8]}", bootstrap=bootstrap, topic=topic, journal=journal, dead_letter=dead, partitions=partitions,
-            max_records=max(1, records // 20), out=str(out_dir.resolve())))
+        config = demo_config(example, bootstrap, (topic, journal, dead), partitions, out_dir, records)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         proc = spawn_worker(str(config_path), str(work / "worker.log"))
         try:
             deadline = time.monotonic() + timeout_s
@@ -178,6 +169,9 @@ def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootst
                 created = {e["event_id"]: e for e in events if e["event_type"] == "created"}
                 if sum(e["records"] for e in created.values()) >= records:
                     break
+                halted = [e for e in events if e["event_type"] in ("validation-failed", "finalize-failed")]
+                if halted:
+                    raise RuntimeError(f"the worker cannot finalize files: {halted[0]['error_message']}")
                 if proc.poll() is not None:
                     raise RuntimeError(f"worker exited with {proc.returncode}; see {work / 'worker.log'}")
                 if time.monotonic() > deadline:

@@ -295,8 +295,8 @@ class FilePipeline:
                 )
             self._publisher.journal(event, cut.key.id)
             log.warning(
-                "file %s part %d failed (%s, attempt %d); retrying in %d ms",
-                cut.key.id, cut.part, outcome.error_class, retry.attempt, backoff,
+                "file %s part %d failed (attempt %d, retrying in %d ms): %s",
+                cut.key.id, cut.part, retry.attempt, backoff, outcome.error_message,
             )
             summary.failed += 1
             return
