@@ -124,7 +124,7 @@ class FilePipeline:
         self._assigner = WindowAssigner(policy, group_by)
         self._decoder = decoder
         self._assembler = assembler
-        self._sink = sink
+        self.sink = sink
         self._state = state
         self._publisher = publisher
         self._journal = journal
@@ -248,11 +248,11 @@ class FilePipeline:
             return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
                                 source=exc.source)
         try:
-            result = self._sink.write(assembled.name, assembled.body)
+            result = self.sink.write(assembled.name, assembled.body)
         except SinkError as exc:
             return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
         try:
-            self._sink.record_manifest(assembled.name, self._manifest_entry(cut, result))
+            self.sink.record_manifest(assembled.name, self._manifest_entry(cut, result))
         except SinkError as exc:
             return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
         return WriteOutcome(name=assembled.name, result=result)

@@ -27,6 +27,7 @@ from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
 from stream_app.deadletter import dead_letter
 from stream_app.journal import encode_events
 from stream_app.pipeline import TP, FilePipeline, FlushSummary
+from stream_app.sinks.base import SinkError
 from stream_app.wiring import build_pipeline
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,15 @@ class LiveRuntime:
         for tp, checkpoint in self.pipeline.advance_checkpoints().items():
             self._ack_below(tp, checkpoint.offset)
 
+    def not_ready_reason(self) -> str | None:
+        if self.pipeline.halted_reason is not None:
+            return f"halted by strict validation: {self.pipeline.halted_reason}"
+        try:
+            self.pipeline.sink.check_writable()
+        except SinkError as exc:
+            return f"sink not writable: {exc}"
+        return None
+
     def _ack_below(self, tp: TP, offset: int) -> None:
         held = self._held.get(tp)
         while held and held[0][0] < offset:
@@ -204,6 +214,17 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:
         await runtime.on_tick()
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"alive": True})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        reason = runtime.not_ready_reason()
+        if reason is not None:
+            return web.json({"ready": False, "reason": reason}, status=503)
+        return web.json({"ready": True})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:

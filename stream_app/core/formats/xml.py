@@ -3,12 +3,17 @@ validated against the pack's XSD before the file is handed to the sink."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lxml import etree
 
 from stream_app.core.formats.base import FormatError, Line, render_text
 from stream_app.core.structured.pack import XmlSpec
+
+
+_ELEMENT = re.compile(r"Element '([^']+)'")
+_FACET = re.compile(r"\[facet '(\w+)'\]")
 
 
 class XmlFormatter:
@@ -44,9 +49,20 @@ class XmlFormatter:
                     etree.SubElement(element, self._q(field.name)).text = text
         if spec.bodyElement and body is None:
             etree.SubElement(root, self._q(spec.bodyElement))
-        if self._schema is not None and not self._schema.validate(root):
-            entry = self._schema.error_log[0]
-            # lxml's message quotes the offending value; report only where it is.
-            raise FormatError(f"XSD validation failed at {entry.path} (line {entry.line})", "XSD_INVALID")
-        return etree.tostring(root, xml_declaration=spec.declaration, encoding=self._encoding,
+        body = etree.tostring(root, xml_declaration=spec.declaration, encoding=self._encoding,
                               pretty_print=spec.indent)
+        if self._schema is not None:
+            self._validate(body)
+        return body
+
+    def _validate(self, body: bytes) -> None:
+        # Validate the serialized bytes (what the sink will get), so line numbers are real.
+        if self._schema is not None and not self._schema.validate(etree.fromstring(body)):
+            entry = self._schema.error_log[0]
+            # lxml's message quotes the offending value: report only element, facet and line.
+            element = _ELEMENT.search(entry.message)
+            facet = _FACET.search(entry.message)
+            where = element.group(1).rsplit("}", 1)[-1] if element else "?"
+            raise FormatError(f"XSD validation failed at line {entry.line}: element {where}"
+                              + (f", facet {facet.group(1)}" if facet else f" ({entry.type_name})")
+                              + f"; {len(self._schema.error_log)} error(s)", "XSD_INVALID")

@@ -1,0 +1,197 @@
+"""Structured mode: golden files per pack, preflight per rule kind, validation, XSD, exact totals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream_app.config import REPO_SCHEMAS_DIR, ConfigError, parse_config
+from stream_app.core.records import SourceRecord
+from stream_app.core.structured.assembler import StructuredAssembler
+from stream_app.core.structured.pack import PackError, load_pack, pack_path
+from stream_app.core.structured.project import InvalidRecord
+from stream_app.core.template import AssemblyError
+from stream_app.core.windows import FileCut, FileKey
+from stream_app.demo import DEMO_START, matched_records
+from stream_app.preflight import run_preflight
+from tests.helpers import config_dict
+
+GOLDEN = Path(__file__).parent / "golden"
+SIX_H = 6 * 3600 * 1000
+START_MS = int(DEMO_START.timestamp() * 1000)
+PACKS = {"pcs-clearing": "xml", "settlement-report": "csv", "fixed-clearing": "dat", "net-positions": "csv"}
+
+
+def assembler_for(schema_id: str, schemas_dir: Path = REPO_SCHEMAS_DIR) -> StructuredAssembler:
+    pack = load_pack(pack_path(schemas_dir, schema_id, "1.0.0"))
+    return StructuredAssembler(pack, "F_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.out")
+
+
+def cut_of(assembler: StructuredAssembler, values: list[dict]) -> FileCut:
+    records = [SourceRecord("matched", 0, i, START_MS, v, assembler.project(v)) for i, v in enumerate(values)]
+    return FileCut(FileKey("matched", 0, START_MS, START_MS + SIX_H), 0, records, "watermark", True)
+
+
+@pytest.mark.parametrize("schema_id", sorted(PACKS))
+def test_golden_file(schema_id):
+    assembler = assembler_for(schema_id)
+    out = assembler.assemble(cut_of(assembler, list(matched_records(30, seed=99, span_hours=5))))
+    golden = GOLDEN / f"{schema_id}.{PACKS[schema_id]}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_bytes(out.body)
+    assert out.body == golden.read_bytes()
+    assert out.name == "F_0_0_2026030200.out"
+
+
+def test_xml_output_is_valid_against_the_pack_xsd_and_declares_its_encoding():
+    body = (GOLDEN / "pcs-clearing.xml").read_bytes()
+    assert body.startswith(b"<?xml version='1.0' encoding='UTF-8'?>\n<ClearingFile xmlns=\"urn:example:pcs:clearing:1\"")
+
+
+def test_fixed_width_lines_have_the_declared_width():
+    lines = (GOLDEN / "fixed-clearing.dat").read_bytes().split(b"\r\n")
+    assert lines[-1] == b"" and {len(line) for line in lines[:-1]} == {120}
+    assert lines[0][:1] == b"H" and lines[1][:1] == b"D" and lines[-2][:1] == b"T"
+
+
+def test_totals_are_decimal_exact():
+    assembler = assembler_for("settlement-report")
+    base = next(matched_records(1, seed=1))
+    values = [{**base, "amount": Decimal("0.10"), "transaction_type": "PURCHASE"} for _ in range(10)]
+    values += [{**base, "amount": Decimal("0.20"), "transaction_type": "PURCHASE"},
+               {**base, "amount": Decimal("0.10"), "transaction_type": "REFUND"}]
+    body = assembler.assemble(cut_of(assembler, values)).body
+    assert body.endswith(b"TOTAL,12,1.10\r\n")
+    assert sum([0.1] * 10) + 0.2 - 0.1 != 1.1  # a float total would be off
+
+
+def test_net_positions_net_opposite_flows():
+    assembler = assembler_for("net-positions")
+    base = next(matched_records(1, seed=1))
+    a_to_b = {**base, "issuer_id": "BANK-A", "acquirer_id": "BANK-B", "currency": "EUR",
+              "transaction_type": "PURCHASE", "amount": Decimal("100.00")}
+    b_to_a = {**a_to_b, "transaction_type": "REFUND", "amount": Decimal("30.55")}
+    other_ccy = {**a_to_b, "currency": "GBP", "amount": Decimal("5.00")}
+    body = assembler.assemble(cut_of(assembler, [a_to_b, b_to_a, a_to_b, other_ccy])).body.decode()
+    assert body.splitlines() == [
+        "bank_a;bank_b;currency;transfers;gross_debit;gross_credit;net_amount",
+        "BANK-A;BANK-B;EUR;3;200.00;30.55;-169.45",
+        "BANK-A;BANK-B;GBP;1;5.00;0.00;-5.00",
+        "TOTAL;4",
+    ]
+
+
+def test_scale_rule_rejects_extra_decimal_places():
+    with pytest.raises(InvalidRecord, match="'settlement_amount' violates rule scale"):
+        assembler_for("settlement-report").project({**next(matched_records(1, seed=1)), "amount": Decimal("0.001")})
+
+
+@pytest.mark.parametrize("change, rule", [
+    ({"masked_pan": "4111111111111111"}, "'Pan' violates rule regex"),
+    ({"scheme": "AMEX"}, "'Scheme' violates rule enum"),
+    ({"arn": None}, "'Arn' violates rule required"),
+    ({"amount": Decimal("0")}, "'Amount' violates rule min"),
+    ({"merchant_name": "X" * 30}, "'MerchantName' violates rule maxLength"),
+    ({"transaction_type": "CHARGEBACK"}, "'TxnCode' violates rule expression"),
+    ({"matched_at": "2026-03-02"}, "'MatchedAt' violates rule type"),
+])
+def test_runtime_validation_names_field_and_rule_but_not_the_value(change, rule):
+    assembler = assembler_for("pcs-clearing")
+    value = {**next(matched_records(1, seed=1)), **change}
+    with pytest.raises(InvalidRecord) as err:
+        assembler.project(value)
+    assert rule in str(err.value)
+    for v in change.values():
+        if isinstance(v, str) and len(v) > 4:
+            assert v not in str(err.value)
+
+
+def test_xsd_violation_is_caught_before_the_file_is_written(tmp_path):
+    shutil.copytree(REPO_SCHEMAS_DIR / "pcs-clearing", tmp_path / "pcs-clearing")
+    xsd = tmp_path / "pcs-clearing" / "1.0.0" / "clearing.xsd"
+    xsd.write_text(xsd.read_text().replace('<xs:pattern value="[A-Z]{3}"/>', '<xs:pattern value="[A-Z]{2}"/>'))
+    assembler = assembler_for("pcs-clearing", tmp_path)
+    with pytest.raises(AssemblyError) as err:
+        assembler.assemble(cut_of(assembler, list(matched_records(3, seed=1))))
+    assert err.value.error_class == "XSD_INVALID" and "Currency" in str(err.value)
+    assert "EUR" not in str(err.value)
+
+
+def _broken_pack(tmp_path: Path, schema_id: str, edit) -> Path:
+    shutil.copytree(REPO_SCHEMAS_DIR / schema_id, tmp_path / schema_id)
+    path = pack_path(tmp_path, schema_id, "1.0.0")
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _set(data, keys, value):
+    for k in keys[:-1]:
+        data = data[k]
+    data[keys[-1]] = value
+
+
+@pytest.mark.parametrize("schema_id, edit, expected", [
+    ("pcs-clearing", lambda d: d["fields"][0].update(regx="x"), "fields.0.regx: [unknown-key]"),
+    ("pcs-clearing", lambda d: d["fields"][1].update(expr="reverse(arn)"), "fields.Arn: [unknown-function]"),
+    ("pcs-clearing", lambda d: d["fields"][1].update(expr="__import__('os')"), "fields.Arn: [unknown-function]"),
+    ("pcs-clearing", lambda d: d["fields"][1].update(expr="arn + 'x'"), "fields.Arn: [expression]"),
+    ("pcs-clearing", lambda d: d["fields"][1].update(regex="[0-9"), "fields.Arn: [regex]"),
+    ("pcs-clearing", lambda d: d["aggregates"].append({"name": "s", "fn": "sum", "field": "Currency"}),
+     "aggregates.s: [aggregate-type] sum over non-numeric field 'Currency'"),
+    ("pcs-clearing", lambda d: d["aggregates"].append({"name": "s", "fn": "sum", "field": "Amont"}),
+     "aggregates.s: [undefined-field]"),
+    ("pcs-clearing", lambda d: d["trailer"][1]["fields"].append({"name": "X", "expr": "totalAmont"}),
+     "trailer[1].fields.X: [undefined-field]"),
+    ("pcs-clearing", lambda d: d["trailer"][0].update(forEach="recordCount"), "trailer[0].forEach: [undefined-aggregate]"),
+    ("pcs-clearing", lambda d: d["fields"][3].update(expr="lookup(transaction_type, 'codes')"),
+     "fields.TxnCode: [expression]"),
+    ("pcs-clearing", lambda d: d["output"].pop("xml"), "output.xml: [formatter-settings]"),
+    ("pcs-clearing", lambda d: _set(d, ["output", "xml", "xsd"], "missing.xsd"), "output.xml.xsd: [formatter-settings]"),
+    ("fixed-clearing", lambda d: d["fields"][0].pop("width"), "fields.arn: [formatter-settings]"),
+    ("settlement-report", lambda d: d["fields"][2].update(scale=2), "fields.scheme: [scale]"),
+    ("net-positions", lambda d: d["body"]["fields"].append({"name": "y", "expr": "payer"}),
+     "body.fields.y: [undefined-field]"),
+    ("net-positions", lambda d: d["body"].update(groupBy=["bank"]), "body.groupBy: [undefined-field]"),
+])
+def test_preflight_rejects_broken_packs_naming_file_field_and_rule(tmp_path, schema_id, edit, expected):
+    path = _broken_pack(tmp_path, schema_id, edit)
+    with pytest.raises(PackError) as err:
+        load_pack(path)
+    assert str(err.value).startswith(str(path)) and expected in str(err.value)
+
+
+def structured_config(tmp_path: Path, schema_id: str = "pcs-clearing", **worker) -> dict:
+    settings = {"headerTemplate": "", "footerTemplate": "", "recordTemplate": None, **worker}
+    data = config_dict(tmp_path, mode="structured", schema={"id": schema_id, "version": "1.0.0"},
+                       fileNameTemplate="F_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.xml",
+                       **settings)
+    data["worker"] = {k: v for k, v in data["worker"].items() if v not in ("", None)}
+    return data
+
+
+def test_structured_preflight_passes_for_every_example_pack(tmp_path):
+    for schema_id in PACKS:
+        checked = run_preflight(parse_config(structured_config(tmp_path, schema_id)))
+        assert "every field the pack maps from exists in the input schema" in checked
+
+
+def test_structured_preflight_errors(tmp_path):
+    with pytest.raises(ConfigError, match="streamingAppendEnabled.*mode: structured"):
+        parse_config(structured_config(tmp_path, streamingAppendEnabled=True))
+    with pytest.raises(ConfigError, match="recordTemplate applies to mode: template only"):
+        parse_config(structured_config(tmp_path, recordTemplate="x"))
+    with pytest.raises(ConfigError, match=r"worker.schema: .*pack.yaml: cannot read"):
+        run_preflight(parse_config(structured_config(tmp_path, "no-such-pack")))
+    path = _broken_pack(tmp_path / "schemas", "pcs-clearing", lambda d: d["fields"][1].update(expr="arn_number"))
+    data = structured_config(tmp_path)
+    data["schemasDir"] = str(tmp_path / "schemas")
+    with pytest.raises(ConfigError, match=r"\[undefined-field\] the pack maps from \['arn_number'\]") as err:
+        run_preflight(parse_config(data))
+    assert str(path) in str(err.value)
