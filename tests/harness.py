@@ -50,6 +50,9 @@ class LiveWorker:
         self.out.mkdir(exist_ok=True)
         self.log = tmp_path / "worker.log"
         data = config_dict(self.out, bootstrap=bootstrap, topic=self.topic, **worker)
+        if data["worker"]["mode"] == "structured":
+            for key in ("headerTemplate", "recordTemplate", "footerTemplate"):
+                data["worker"].pop(key)
         data["appId"] = self.app_id
         data["kafka"].update(journalTopic=self.journal_topic, deadLetterTopic=self.dead_topic,
                              topicPartitions=partitions, commitIntervalMs=300)
@@ -60,7 +63,26 @@ class LiveWorker:
         self.produced: list[RawRecord] = []
         self._next_offset = [0] * partitions
         self.proc = None
+        self.web_port: int | None = None
         create_topics(bootstrap, {self.topic: partitions, self.journal_topic: 1, self.dead_topic: 1})
+
+    def enable_web(self) -> None:
+        from stream_app.broker import free_port
+
+        self.web_port = free_port()
+        self.config_data["webPort"] = self.web_port
+        write_config(self.config_path, self.config_data)
+
+    def readiness(self) -> tuple[int, dict]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
     def start(self) -> "LiveWorker":
         self.proc = spawn_worker(str(self.config_path), str(self.log))

@@ -1,0 +1,69 @@
+"""Structured mode through the live worker: onInvalidRecord fail and deadLetter on a real broker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stream_app.codecs.avro import encode_confluent
+from stream_app.demo import matched_records
+from tests.harness import SCHEMA, LiveWorker, wait_for
+
+pytestmark = pytest.mark.e2e
+H = 3_600_000
+LONG_WINDOWS = {"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000}
+
+
+def _values(bad_index: int, count: int = 4) -> list[bytes]:
+    records = list(matched_records(count, seed=31, span_hours=0.2))
+    records[bad_index] = {**records[bad_index], "scheme": "AMEX"}
+    return [encode_confluent(1, SCHEMA, r) for r in records]
+
+
+def test_fail_policy_halts_the_window_journals_and_reports_not_ready(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, mode="structured", schema={"id": "pcs-clearing", "version": "1.0.0"},
+                        fileNameTemplate="PCS_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.xml",
+                        maxRecordsPerFile=4, window=LONG_WINDOWS)
+    worker.enable_web()
+    worker.produce(_values(bad_index=2))
+    worker.start()
+    try:
+        events = wait_for(lambda: [e for e in worker.journal() if e["event_type"] == "validation-failed"], 60,
+                          what="a validation-failed event")
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(worker.readiness()), 30,
+                                what="readiness to report the halt")
+        time.sleep(1.5)  # several commit intervals
+        committed = worker.committed()[0]
+    finally:
+        worker.stop()
+    event = events[0]
+    assert event["error_class"] == "VALIDATION_FAILED"
+    assert "field 'Scheme' violates rule enum" in event["error_message"] and "AMEX" not in event["error_message"]
+    assert [(o["partition"], o["first"], o["last"]) for o in event["offsets"]] == [(0, 2, 2)]
+    assert "Scheme" in body["reason"] and body["ready"] is False
+    assert worker.files() == {} and committed in (0, -1001)
+
+
+def test_dead_letter_policy_writes_the_file_without_the_record(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, mode="structured",
+                        schema={"id": "settlement-report", "version": "1.0.0"},
+                        fileNameTemplate="SR_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.csv",
+                        maxRecordsPerFile=3, window=LONG_WINDOWS)
+    values = _values(bad_index=1)
+    worker.produce(values)
+    worker.start()
+    try:
+        (dead,) = worker.dead_letters(expect=1)
+        wait_for(lambda: worker.committed()[0] == 4, 60, what="commit past the dead-lettered record")
+    finally:
+        worker.stop()
+    assert dead["reason"] == "VALIDATION_FAILED" and dead["source_offset"] == 1
+    assert dead["detail"] == "field 'scheme' violates rule enum" and dead["original_value"] == values[1]
+    (body,) = worker.files().values()
+    rows = body.decode().split("\r\n")
+    good = [r for r in matched_records(4, seed=31, span_hours=0.2)]
+    del good[1]
+    assert len(rows) == 1 + 3 + 1 + 1  # column row, three records, total row, final line ending
+    net = sum((-r["amount"] if r["transaction_type"] in ("REFUND", "REVERSAL") else r["amount"]) for r in good)
+    assert rows[-2] == f"TOTAL,3,{net:.2f}" and good[0]["record_id"] in rows[1]
