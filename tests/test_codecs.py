@@ -96,3 +96,56 @@ def test_json_poison(js, payload, reason):
         js.decode(raw(payload))
     assert err.value.reason == reason
     assert "12,50" not in err.value.detail
+
+
+class _Registry:
+    """A Confluent-compatible schema registry endpoint on localhost (GET /schemas/ids/{id})."""
+
+    def __init__(self, schemas: dict[int, str]) -> None:
+        import http.server
+        import threading
+
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                registry.requests += 1
+                schema_id = int(self.path.rsplit("/", 1)[-1])
+                if schema_id in schemas:
+                    body = json.dumps({"schema": schemas[schema_id]}).encode()
+                    self.send_response(200)
+                else:
+                    body = b'{"error_code": 40403, "message": "Schema not found"}'
+                    self.send_response(404)
+                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_schema_registry_resolution(sample):
+    from pathlib import Path
+
+    from stream_app.codecs.avro import RegistryUnavailable
+
+    registry = _Registry({42: Path(SCHEMA_PATH).read_text()})
+    try:
+        decoder = AvroDecoder(SchemaResolver(registry_url=registry.url), "matched_at", 1_000_000)
+        payload = encode_confluent(42, load_schema(SCHEMA_PATH), sample)
+        assert decoder.decode(raw(payload)).value["record_id"] == sample["record_id"]
+        decoder.decode(raw(payload))
+        assert registry.requests == 1  # cached
+        with pytest.raises(DecodeError, match="UNKNOWN_SCHEMA_ID"):
+            decoder.decode(raw(b"\x00\x00\x00\x00\x07" + payload[5:]))
+    finally:
+        registry.server.shutdown()
+        registry.server.server_close()
+    with pytest.raises(RegistryUnavailable):
+        SchemaResolver(registry_url=registry.url, timeout_s=1).get(1)

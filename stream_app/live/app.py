@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import faust
 from faust.types import TP as FaustTP
 
+from stream_app.codecs.avro import RegistryUnavailable
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
@@ -120,9 +121,19 @@ class LiveRuntime:
                 int(msg.timestamp * 1000) if msg.timestamp else None,
                 msg.key, msg.value, _headers(msg.headers),
             ))
-        async with self._lock:
-            self.pipeline.process(raws, _now_ms())
-            await self._flush_and_commit()
+        delay = 0.5
+        while True:
+            try:
+                async with self._lock:
+                    # Records processed before a failure are skipped on the retry (by offset).
+                    self.pipeline.process(raws, _now_ms())
+                    await self._flush_and_commit()
+                break
+            except RegistryUnavailable as exc:
+                # Not the record's fault: hold the batch (no commit, no dead letter) and retry.
+                log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         await self._apply_backpressure()
 
     async def _apply_backpressure(self) -> None:
