@@ -318,6 +318,9 @@ class FilePipeline:
             )
 
     # -- commit -----------------------------------------------------------------------------
+    def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:
+        return self._published_checkpoints.get(tp)
+
     def advance_checkpoints(self) -> dict[TP, Checkpoint]:
         """Persist and return the checkpoints that moved; the driver commits below them."""
         moved: dict[TP, Checkpoint] = {}

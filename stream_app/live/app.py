@@ -1,12 +1,11 @@
 """The live worker: a Faust app whose agent feeds fetched batches into the shared pipeline.
 
-Commit discipline: the agent reads with ``noack_take`` so Faust never acks on its own.  After
-files are finalized the pipeline reports, per partition, the lowest offset that is not yet in a
-finalized file; the runtime persists that checkpoint in a table and only then acks the held
-events *below* it, in offset order.  Faust commits acked offsets (after flushing the producer,
-so journal events, dead letters and table updates are durable first).  Acking strictly in
-offset order matters: Faust commits the first run of acked offsets even over unacked gaps while
-a partition has no committed offset yet.
+Commit discipline: after files are finalized the pipeline reports, per partition, the lowest
+offset that is not yet in a finalized file; the runtime persists that checkpoint in a table.
+The consumer (``live/transport.py``) commits exactly the persisted checkpoint, never an acked
+offset, so events are acked as soon as they are processed and no message is held in memory
+while its window is open.  Faust flushes the producer before each commit, so journal events,
+dead letters and table updates are durable first.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections import deque
 from typing import Any, Iterable, Sequence
 
 import faust
@@ -28,6 +26,7 @@ from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
 from stream_app.deadletter import dead_letter
 from stream_app.journal import encode_events
 from stream_app.pipeline import TP, FilePipeline, FlushSummary
+from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
 from stream_app.wiring import build_pipeline
 
@@ -105,17 +104,15 @@ class LiveRuntime:
         self.publisher = FaustPublisher(app, settings)
         self.state = FaustStateStore(app, settings)
         self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher)
-        self._held: dict[TP, deque[tuple[int, Any]]] = {}
         self._lock = asyncio.Lock()
         self._max_buffered = settings.worker.maxBufferedRecords
+        self._input_topics = frozenset(settings.kafka.inputTopics)
 
     # -- agent ------------------------------------------------------------------------------
     async def on_batch(self, events: Sequence[Any]) -> None:
         raws = []
         for event in events:
             msg = event.message
-            tp = (msg.topic, msg.partition)
-            self._held.setdefault(tp, deque()).append((msg.offset, event))
             raws.append(RawRecord(
                 msg.topic, msg.partition, msg.offset,
                 int(msg.timestamp * 1000) if msg.timestamp else None,
@@ -134,6 +131,8 @@ class LiveRuntime:
                 log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        for event in events:
+            event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
         await self._apply_backpressure()
 
     async def _apply_backpressure(self) -> None:
@@ -162,8 +161,14 @@ class LiveRuntime:
             self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
             self.pipeline.finish_flush(summary)
-        for tp, checkpoint in self.pipeline.advance_checkpoints().items():
-            self._ack_below(tp, checkpoint.offset)
+        self.pipeline.advance_checkpoints()
+
+    def commit_gate(self, topic: str, partition: int) -> int | None:
+        """What the consumer may commit for a partition: the persisted checkpoint."""
+        if topic not in self._input_topics:
+            return NOT_GATED
+        checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
+        return checkpoint.offset if checkpoint is not None else None
 
     def not_ready_reason(self) -> str | None:
         if self.pipeline.halted_reason is not None:
@@ -174,16 +179,8 @@ class LiveRuntime:
             return f"sink not writable: {exc}"
         return None
 
-    def _ack_below(self, tp: TP, offset: int) -> None:
-        held = self._held.get(tp)
-        while held and held[0][0] < offset:
-            held.popleft()[1].ack()
-
     def on_revoked(self, tps: Iterable[FaustTP]) -> None:
-        revoked = [(tp.topic, tp.partition) for tp in tps]
-        for tp in revoked:
-            self._held.pop(tp, None)
-        self.pipeline.revoke(revoked)
+        self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
@@ -197,7 +194,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     kafka = settings.kafka
     app = faust.App(
         settings.appId,
-        broker=[f"kafka://{host.strip()}" for host in kafka.bootstrapServers.split(",")],
+        broker=[f"{SCHEME}://{host.strip()}" for host in kafka.bootstrapServers.split(",")],
         store="memory://",
         datadir=settings.dataDir or tempfile.mkdtemp(prefix=f"{settings.appId}-"),
         topic_partitions=kafka.topicPartitions,
@@ -214,6 +211,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
         table_standby_replicas=0,
     )
     runtime = LiveRuntime(app, settings)
+    app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
     source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")
     worker = settings.worker
 
