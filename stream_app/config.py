@@ -78,8 +78,11 @@ class WorkerSettings(_Model):
     mode: Literal["template", "structured"] = "template"
     # Structured mode: the schema pack schemas/<id>/<version>/pack.yaml.
     schema_: SchemaRef | None = Field(default=None, alias="schema")
-    # Streaming append (seed V1) is a start-time setting; not available with mode: structured.
+    # Streaming append (seed V1): records go to an on-disk spool as they arrive, so memory does
+    # not grow with the window.  A start-time setting: spools are rebuilt from committed offsets.
     streamingAppendEnabled: bool = False
+    # The seed's name for the window length in streaming mode; same meaning as window.sizeMs.
+    streamingWindowMs: int | None = Field(default=None, ge=1000)
     window: WindowSettings = WindowSettings()
     maxRecordsPerFile: int = Field(default=1000, ge=1)
     # Wall-clock flush of a part that has been open this long. Off by default because such
@@ -112,13 +115,16 @@ class WorkerSettings(_Model):
             if templates:
                 raise ValueError(f"worker.{templates[0]} applies to mode: template only; the schema pack "
                                  "defines the layout in structured mode")
-            if self.streamingAppendEnabled:
-                raise ValueError("worker.streamingAppendEnabled: streaming append is not supported with "
-                                 "mode: structured")
-        if self.streamingAppendEnabled:
-            raise ValueError("worker.streamingAppendEnabled: streaming append is not available in this "
-                             "version; leave it false")
+        if self.streamingWindowMs is not None:
+            if not self.streamingAppendEnabled:
+                raise ValueError("worker.streamingWindowMs applies only with worker.streamingAppendEnabled: true")
+            if "sizeMs" in self.window.model_fields_set and self.window.sizeMs != self.streamingWindowMs:
+                raise ValueError("worker.streamingWindowMs and worker.window.sizeMs disagree; set one of them")
         return self
+
+    @property
+    def window_size_ms(self) -> int:
+        return self.streamingWindowMs or self.window.sizeMs
 
     @model_validator(mode="after")
     def _buffer_holds_a_file(self) -> "WorkerSettings":
@@ -135,6 +141,8 @@ class LocalSinkSettings(_Model):
     localTargetDir: str = Field(min_length=1)
     manifest: bool = True
     fileMode: str = "0640"
+    # gzip (deterministic: no name, zero mtime); file names must then end in .gz
+    compression: Literal["none", "gzip"] = "none"
 
     @field_validator("fileMode")
     @classmethod
@@ -166,6 +174,8 @@ class AppSettings(_Model):
     dataDir: str | None = None
     # Where schema packs live (structured mode), relative to the config file.
     schemasDir: str = str(REPO_SCHEMAS_DIR)
+    # Streaming mode: where open parts are spooled (a fresh temporary directory when unset).
+    spoolDir: str | None = None
 
 
 def _expand_env(node: Any, path: str) -> Any:

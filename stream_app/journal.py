@@ -66,20 +66,20 @@ class Journal:
     def created(self, cut: FileCut, name: str, size: int, sha256: str) -> dict:
         return self._event(
             "created", event_id("created", cut.key.id, cut.part), cut.key, part=cut.part, file_name=name,
-            records=len(cut.records), bytes=size, sha256=sha256, reason=cut.reason, offsets=_offsets(cut),
+            records=cut.count, bytes=size, sha256=sha256, reason=cut.reason, offsets=_offsets(cut),
         )
 
     def write_failed(self, cut: FileCut, name: str | None, error_class: str, message: str, attempt: int) -> dict:
         return self._event(
             "write-failed", event_id("write-failed", cut.key.id, cut.part, attempt), cut.key, part=cut.part,
-            file_name=name, records=len(cut.records), error_class=error_class, error_message=message,
+            file_name=name, records=cut.count, error_class=error_class, error_message=message,
             attempt=attempt, offsets=_offsets(cut),
         )
 
     def finalize_failed(self, cut: FileCut, error_class: str, message: str, attempt: int) -> dict:
         return self._event(
             "finalize-failed", event_id("finalize-failed", cut.key.id, cut.part, attempt), cut.key, part=cut.part,
-            records=len(cut.records), error_class=error_class, error_message=message, attempt=attempt,
+            records=cut.count, error_class=error_class, error_message=message, attempt=attempt,
             offsets=_offsets(cut),
         )
 
@@ -89,7 +89,7 @@ class Journal:
             {"topic": source[0], "partition": source[1], "first": source[2], "last": source[2]}]
         return self._event(
             "validation-failed", event_id("validation-failed", cut.key.id, cut.part, attempt), cut.key,
-            part=cut.part, records=len(cut.records), error_class="VALIDATION_FAILED", error_message=message,
+            part=cut.part, records=cut.count, error_class="VALIDATION_FAILED", error_message=message,
             attempt=attempt, offsets=offsets,
         )
 

@@ -10,16 +10,21 @@ assembler and the sink; ``apply_write`` updates state on the driver's thread.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.core.records import RawRecord, SourceRecord
-from stream_app.core.structured.assembler import StructuredAssembler
+from stream_app.core.compression import gzipped
+from stream_app.core.spool import FileSpool
+from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
 from stream_app.core.structured.project import InvalidRecord
-from stream_app.core.template import AssemblyError, TemplateAssembler
+from stream_app.core.template import AssemblyError, TemplateAssembler, TemplatePart
 from stream_app.core.windows import (
     Checkpoint,
     FileCut,
@@ -119,6 +124,9 @@ class FilePipeline:
         retry_initial_ms: int = 500,
         retry_max_ms: int = 30_000,
         mode: str = "template",
+        spool_dir: Path | None = None,
+        compression: str = "none",
+        schema_ref: str | None = None,
     ) -> None:
         self._policy = policy
         self._assigner = WindowAssigner(policy, group_by)
@@ -139,17 +147,40 @@ class FilePipeline:
         # written or committed until the input or the pack is fixed; readiness reports it.
         self.halted_reason: str | None = None
         self._structured = assembler if isinstance(assembler, StructuredAssembler) else None
+        # Streaming mode: parts are written to spool files as records arrive (flat memory).
+        self._spool_dir = spool_dir
+        self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
+        self._compression = compression
+        self._schema_ref = schema_ref
 
     # -- partitions -------------------------------------------------------------------------
     def windower(self, tp: TP) -> PartitionWindower:
         windower = self._windowers.get(tp)
         if windower is None:
             checkpoint = self._state.get_checkpoint(tp)
-            windower = PartitionWindower(tp[0], tp[1], self._policy, self._assigner, checkpoint, self._state.get_facts)
+            on_append = None
+            if self._spool_dir is not None:
+                # Whatever a previous run spooled for this partition is rebuilt from the offsets.
+                shutil.rmtree(self._partition_spool(tp), ignore_errors=True)
+                on_append = self._append
+            windower = PartitionWindower(tp[0], tp[1], self._policy, self._assigner, checkpoint,
+                                         self._state.get_facts, on_append)
             self._windowers[tp] = windower
             if checkpoint is not None:
                 self._published_checkpoints[tp] = checkpoint
         return windower
+
+    def _partition_spool(self, tp: TP) -> Path:
+        assert self._spool_dir is not None
+        return self._spool_dir / tp[0] / str(tp[1])
+
+    def _append(self, key: FileKey, part: int, record: SourceRecord) -> None:
+        writer = self._parts.get((key, part))
+        if writer is None:
+            digest = hashlib.sha1(key.id.encode()).hexdigest()[:20]
+            spool = FileSpool(self._partition_spool((key.topic, key.partition)) / f"{digest}-{part}.spool")
+            writer = self._parts[(key, part)] = self._assembler.open_part(key, part, spool)
+        writer.append(record)
 
     def revoke(self, tps: Sequence[TP]) -> None:
         """Forget partitions this worker no longer owns: their records are re-read by the new owner."""
@@ -159,6 +190,8 @@ class FilePipeline:
             if windower is not None:
                 for cut in windower.pending_cuts():
                     self._retries.pop((cut.key, cut.part), None)
+            for key_part in [kp for kp in self._parts if (kp[0].topic, kp[0].partition) == tp]:
+                self._parts.pop(key_part).discard()
 
     @property
     def buffered_records(self) -> int:
@@ -243,12 +276,14 @@ class FilePipeline:
     def write_cut(self, cut: FileCut) -> WriteOutcome:
         """Assemble and store one cut.  Thread-safe: touches only the assembler and the sink."""
         try:
-            assembled = self._assembler.assemble(cut)
+            writer = self._parts.get((cut.key, cut.part))
+            assembled = writer.finish() if writer is not None else self._assembler.assemble(cut)
         except AssemblyError as exc:
             return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
                                 source=exc.source)
+        chunks = gzipped(assembled.chunks) if self._compression == "gzip" else assembled.chunks
         try:
-            result = self.sink.write(assembled.name, assembled.body)
+            result = self.sink.write(assembled.name, chunks)
         except SinkError as exc:
             return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
         try:
@@ -260,7 +295,7 @@ class FilePipeline:
     def _manifest_entry(self, cut: FileCut, result: WriteResult) -> dict:
         return {
             "name": result.name,
-            "records": len(cut.records),
+            "records": cut.count,
             "bytes": result.bytes,
             "sha256": result.sha256,
             "file_key": cut.key.id,
@@ -269,6 +304,8 @@ class FilePipeline:
             "part": cut.part,
             "reason": cut.reason,
             "mode": self._mode,
+            "schema": self._schema_ref,
+            "compression": self._compression,
             "offsets": [
                 {"topic": cut.key.topic, "partition": cut.key.partition, "ranges": [list(r) for r in cut.offset_ranges()]}
             ],
@@ -301,11 +338,14 @@ class FilePipeline:
             summary.failed += 1
             return
         self._retries.pop((cut.key, cut.part), None)
+        writer = self._parts.pop((cut.key, cut.part), None)
+        if writer is not None:
+            writer.discard()
         result = outcome.result
         self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256), cut.key.id)
         self._state.put_facts(cut.key, windower.mark_finalized(cut))
         summary.files += 1
-        summary.records += len(cut.records)
+        summary.records += cut.count
         summary.bytes += result.bytes
         summary.names.append(result.name)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from stream_app.config import AppSettings, ConfigError
 from stream_app.core.records import SourceRecord
+from stream_app.core.spool import MemorySpool
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, SchemaPack
 from stream_app.core.template import AssemblyError
@@ -80,7 +81,7 @@ def _check_pack_inputs(settings: AppSettings, pack: SchemaPack, samples: list[di
 def _check_file_names(settings: AppSettings) -> None:
     """Distinct file keys must render distinct names, or two files would collide."""
     assembler = build_assembler(settings)
-    size = settings.worker.window.sizeMs
+    size = settings.worker.window_size_ms
     group = tuple((name, "G1") for name in settings.worker.groupBy)
     base = FileKey("topic", 0, 0, size, group)
     variants = {
@@ -95,6 +96,8 @@ def _check_file_names(settings: AppSettings) -> None:
         variants[f"group field {name}"] = (FileKey("topic", 0, 0, size, other), 0)
     try:
         base_name = assembler.file_name(base, 0, 1)
+        if settings.sink.compression == "gzip" and not base_name.endswith(".gz"):
+            raise ConfigError("worker.fileNameTemplate: sink.compression is gzip, so file names must end in .gz")
         for what, (key, part) in variants.items():
             if assembler.file_name(key, part, 1) == base_name:
                 raise ConfigError(
@@ -131,10 +134,16 @@ def run_preflight(settings: AppSettings) -> list[str]:
     elif samples is not None:
         for value in samples:
             records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]
-            cut = FileCut(FileKey(settings.kafka.inputTopics[0], 0, 0, settings.worker.window.sizeMs), 0, records,
-                          "count", False)
+            key = FileKey(settings.kafka.inputTopics[0], 0, 0, settings.worker.window_size_ms)
             try:
-                assembler.assemble(cut)
+                if settings.worker.streamingAppendEnabled:
+                    # as streamed: header and footer see totals but not the list of records
+                    part = assembler.open_part(key, 0, MemorySpool())
+                    for record in records:
+                        part.append(record)
+                    part.finish()
+                else:
+                    assembler.assemble(FileCut.of(key, 0, records))
             except AssemblyError as exc:
                 raise ConfigError(f"worker.{exc}") from None
         checked.append("templates render a sample record of every input schema")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from stream_app.codecs import Decoder
@@ -21,7 +22,7 @@ from stream_app.sinks.local import LocalSink
 def window_policy(settings: AppSettings) -> WindowPolicy:
     worker = settings.worker
     return WindowPolicy(
-        size_ms=worker.window.sizeMs,
+        size_ms=worker.window_size_ms,
         grace_ms=worker.window.graceMs,
         max_records_per_file=worker.maxRecordsPerFile,
         late_records=worker.lateRecords,
@@ -64,6 +65,12 @@ def build_sink(settings: AppSettings) -> Sink:
     return LocalSink(sink.localTargetDir, sink.file_mode_bits, sink.manifest)
 
 
+def spool_dir(settings: AppSettings) -> Path | None:
+    if not settings.worker.streamingAppendEnabled:
+        return None
+    return Path(settings.spoolDir or tempfile.mkdtemp(prefix=f"{settings.appId}-spool-"))
+
+
 def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher) -> FilePipeline:
     worker = settings.worker
     return FilePipeline(
@@ -78,4 +85,7 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
         retry_initial_ms=worker.writeRetryInitialMs,
         retry_max_ms=worker.writeRetryMaxMs,
         mode=worker.mode,
+        spool_dir=spool_dir(settings),
+        compression=settings.sink.compression,
+        schema_ref=f"{worker.schema_.id}/{worker.schema_.version}" if worker.schema_ else None,
     )

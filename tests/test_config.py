@@ -91,3 +91,27 @@ def test_preflight_command_exit_codes(tmp_path):
     result = runner.invoke(main, ["preflight", "--config", str(bad)])
     assert result.exit_code == 2
     assert "sink.localTargetDirectory: unknown key" in result.output
+
+
+def test_streaming_preflight_rejects_templates_that_need_every_record(tmp_path):
+    data = config_dict(tmp_path, streamingAppendEnabled=True, footerTemplate="{{ records | length }}\n")
+    with pytest.raises(ConfigError, match="worker.footerTemplate.*records"):
+        run_preflight(parse_config(data))
+    run_preflight(parse_config(config_dict(tmp_path, streamingAppendEnabled=True)))
+
+
+def test_streaming_window_keys(tmp_path):
+    data = config_dict(tmp_path, streamingAppendEnabled=True, streamingWindowMs=7_200_000)
+    del data["worker"]["window"]["sizeMs"]
+    assert parse_config(data).worker.window_size_ms == 7_200_000
+    with pytest.raises(ConfigError, match="disagree"):
+        parse_config(config_dict(tmp_path, streamingAppendEnabled=True, streamingWindowMs=7_200_000))
+    with pytest.raises(ConfigError, match="applies only with"):
+        parse_config(config_dict(tmp_path, streamingWindowMs=7_200_000))
+
+
+def test_gzip_needs_gz_names(tmp_path):
+    data = config_dict(tmp_path)
+    data["sink"]["compression"] = "gzip"
+    with pytest.raises(ConfigError, match="must end in .gz"):
+        run_preflight(parse_config(data))

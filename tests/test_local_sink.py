@@ -14,7 +14,7 @@ from stream_app.sinks.local import LocalSink
 
 def test_write_is_atomic_and_leaves_no_tmp(tmp_path):
     sink = LocalSink(tmp_path, 0o640)
-    result = sink.write("A.txt", b"hello\n")
+    result = sink.write("A.txt", lambda: [b"hello\n"])
     assert (tmp_path / "A.txt").read_bytes() == b"hello\n"
     assert not list(tmp_path.glob("*.tmp"))
     assert not result.already_present and result.bytes == 6
@@ -23,10 +23,10 @@ def test_write_is_atomic_and_leaves_no_tmp(tmp_path):
 
 def test_rewrite_of_identical_file_is_a_no_op_and_conflicts_are_refused(tmp_path):
     sink = LocalSink(tmp_path)
-    sink.write("A.txt", b"one")
-    assert sink.write("A.txt", b"one").already_present
+    sink.write("A.txt", lambda: [b"one"])
+    assert sink.write("A.txt", lambda: [b"one"]).already_present
     with pytest.raises(FileConflict):
-        sink.write("A.txt", b"two")
+        sink.write("A.txt", lambda: [b"two"])
     assert (tmp_path / "A.txt").read_bytes() == b"one"
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -34,20 +34,20 @@ def test_rewrite_of_identical_file_is_a_no_op_and_conflicts_are_refused(tmp_path
 def test_failure_is_classified_and_leaves_nothing_visible(tmp_path):
     sink = LocalSink(tmp_path / "gone")
     with pytest.raises(SinkError) as err:
-        sink.write("A.txt", b"x")
+        sink.write("A.txt", lambda: [b"x"])
     assert err.value.error_class == "ENOENT" and err.value.transient
 
 
 def test_a_partial_tmp_from_a_crash_is_overwritten(tmp_path):
     (tmp_path / "A.txt.tmp").write_bytes(b"partial garbage that is longer")
-    LocalSink(tmp_path).write("A.txt", b"full")
+    LocalSink(tmp_path).write("A.txt", lambda: [b"full"])
     assert (tmp_path / "A.txt").read_bytes() == b"full"
     assert not (tmp_path / "A.txt.tmp").exists()
 
 
 def test_manifest_lines_are_written_once_per_file(tmp_path):
     sink = LocalSink(tmp_path)
-    sink.write("A.txt", b"x")
+    sink.write("A.txt", lambda: [b"x"])
     sink.record_manifest("A.txt", {"name": "A.txt", "records": 1})
     sink.record_manifest("A.txt", {"name": "A.txt", "records": 1})
     LocalSink(tmp_path).record_manifest("A.txt", {"name": "A.txt", "records": 1})  # after a restart

@@ -34,7 +34,7 @@ def assembler_for(schema_id: str, schemas_dir: Path = REPO_SCHEMAS_DIR) -> Struc
 
 def cut_of(assembler: StructuredAssembler, values: list[dict]) -> FileCut:
     records = [SourceRecord("matched", 0, i, START_MS, v, assembler.project(v)) for i, v in enumerate(values)]
-    return FileCut(FileKey("matched", 0, START_MS, START_MS + SIX_H), 0, records, "watermark", True)
+    return FileCut.of(FileKey("matched", 0, START_MS, START_MS + SIX_H), 0, records, "watermark", True)
 
 
 @pytest.mark.parametrize("schema_id", sorted(PACKS))
@@ -183,8 +183,9 @@ def test_structured_preflight_passes_for_every_example_pack(tmp_path):
 
 
 def test_structured_preflight_errors(tmp_path):
-    with pytest.raises(ConfigError, match="streamingAppendEnabled.*mode: structured"):
-        parse_config(structured_config(tmp_path, streamingAppendEnabled=True))
+    assert parse_config(structured_config(tmp_path, streamingAppendEnabled=True)).worker.streamingAppendEnabled
+    with pytest.raises(ConfigError, match="streamingWindowMs applies only with worker.streamingAppendEnabled"):
+        parse_config(structured_config(tmp_path, streamingWindowMs=3_600_000))
     with pytest.raises(ConfigError, match="recordTemplate applies to mode: template only"):
         parse_config(structured_config(tmp_path, recordTemplate="x"))
     with pytest.raises(ConfigError, match=r"worker.schema: .*pack.yaml: cannot read"):

@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Iterator, Mapping
+from itertools import chain
+from typing import Any, Callable, Iterator, Mapping
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from stream_app.core.naming import check_file_name
+from stream_app.core.records import SourceRecord
+from stream_app.core.spool import MemorySpool, Spool
 from stream_app.core.windows import FileCut, FileKey
 
 
@@ -35,9 +38,15 @@ class AssemblyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AssembledFile:
+    """A finished file: its name and a way to produce its bytes (any number of times)."""
+
     name: str
-    body: bytes
+    chunks: Callable[[], Iterator[bytes]]
     records: int
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 def _to_datetime(value: Any) -> datetime:
@@ -103,22 +112,32 @@ class Totals:
     by_currency: dict[str, CurrencyTotal]
 
 
-def compute_totals(records: list[Mapping[str, Any]], amount_field: str, currency_field: str | None) -> Totals:
-    total = Decimal(0)
-    per_ccy: dict[str, list] = {}
-    for value in records:
+class TotalsAccumulator:
+    """Folds record amounts into ``Totals`` one record at a time (Decimal only)."""
+
+    def __init__(self, amount_field: str, currency_field: str | None) -> None:
+        self._amount_field = amount_field
+        self._currency_field = currency_field
+        self._count = 0
+        self._total = Decimal(0)
+        self._per_ccy: dict[str, list] = {}
+
+    def add(self, value: Mapping[str, Any]) -> None:
         try:
-            amount = _to_decimal(value[amount_field])
+            amount = _to_decimal(value[self._amount_field])
         except (KeyError, FilterError):
-            raise AssemblyError(f"totals: field {amount_field!r} is missing or not a decimal", "BAD_AMOUNT") from None
-        total += amount
-        if currency_field is not None:
-            ccy = str(value.get(currency_field))
-            slot = per_ccy.setdefault(ccy, [0, Decimal(0)])
+            raise AssemblyError(f"totals: field {self._amount_field!r} is missing or not a decimal",
+                                "BAD_AMOUNT") from None
+        self._count += 1
+        self._total += amount
+        if self._currency_field is not None:
+            slot = self._per_ccy.setdefault(str(value.get(self._currency_field)), [0, Decimal(0)])
             slot[0] += 1
             slot[1] += amount
-    by_currency = {c: CurrencyTotal(n, a) for c, (n, a) in sorted(per_ccy.items())}
-    return Totals(len(records), total, by_currency)
+
+    def result(self) -> Totals:
+        by_currency = {c: CurrencyTotal(n, a) for c, (n, a) in sorted(self._per_ccy.items())}
+        return Totals(self._count, self._total, by_currency)
 
 
 def file_context(key: FileKey, part: int, record_count: int) -> dict[str, Any]:
@@ -190,31 +209,70 @@ class TemplateAssembler:
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
         return self._namer.name(key, part, record_count)
 
+    def open_part(self, key: FileKey, part: int, spool: Spool,
+                  records: list[Mapping[str, Any]] | None = None) -> "TemplatePart":
+        """A part being written; ``records`` (all values) is only offered to in-memory parts."""
+        return TemplatePart(self, key, part, spool, records)
+
     def assemble(self, cut: FileCut) -> AssembledFile:
         values = [r.value for r in cut.records]
-        context = file_context(cut.key, cut.part, len(values))
-        context["totals"] = compute_totals(values, self._amount_field, self._currency_field)
-        context["records"] = values
-        name = self.file_name(cut.key, cut.part, len(values))
-        return AssembledFile(name, b"".join(self._render_body(cut, context)), len(values))
+        part = self.open_part(cut.key, cut.part, MemorySpool(), values)
+        for record in cut.records:
+            part.append(record)
+        return part.finish()
 
-    def _render_body(self, cut: FileCut, context: dict[str, Any]) -> Iterator[bytes]:
-        enc = self._encoding
-        yield self._render("headerTemplate", context).encode(enc)
-        record_context = dict(context)
-        render = self._compiled["recordTemplate"].render
-        for seq, rec in enumerate(cut.records, start=1):
-            record_context["record"] = rec.value
-            record_context["seq"] = seq
-            record_context["source"] = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-            try:
-                yield render(record_context).encode(enc)
-            except Exception as exc:
-                raise AssemblyError(
-                    f"recordTemplate at {rec.topic}/{rec.partition}@{rec.offset}: "
-                    f"{type(exc).__name__}: {_safe_message(exc)}"
-                ) from None
-        yield self._render("footerTemplate", context).encode(enc)
+
+class TemplatePart:
+    """Renders record lines into a spool as they come; header and footer at ``finish``."""
+
+    def __init__(self, assembler: TemplateAssembler, key: FileKey, part: int, spool: Spool,
+                 records: list[Mapping[str, Any]] | None) -> None:
+        self._assembler = assembler
+        self._key = key
+        self._part = part
+        self._spool = spool
+        self._records = records
+        self._totals = TotalsAccumulator(assembler._amount_field, assembler._currency_field)
+        self._context = file_context(key, part, 0)
+        self._render_record = assembler._compiled["recordTemplate"].render
+        self._error: AssemblyError | None = None
+        self.count = 0
+
+    def append(self, record: SourceRecord) -> None:
+        if self._error is not None:
+            return  # the part already failed; finish() reports it
+        self.count += 1
+        context = self._context
+        context["record"] = record.value
+        context["seq"] = self.count
+        context["source"] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        try:
+            self._totals.add(record.value)
+            self._spool.write(self._render_record(context).encode(self._assembler._encoding))
+        except AssemblyError as exc:
+            self._error = exc
+        except Exception as exc:
+            self._error = AssemblyError(
+                f"recordTemplate at {record.topic}/{record.partition}@{record.offset}: "
+                f"{type(exc).__name__}: {_safe_message(exc)}", source=(record.topic, record.partition, record.offset))
+
+    def finish(self) -> AssembledFile:
+        if self._error is not None:
+            raise self._error
+        assembler = self._assembler
+        context = file_context(self._key, self._part, self.count)
+        context["totals"] = self._totals.result()
+        if self._records is not None:
+            context["records"] = self._records
+        enc = assembler._encoding
+        header = assembler._render("headerTemplate", context).encode(enc)
+        footer = assembler._render("footerTemplate", context).encode(enc)
+        name = assembler.file_name(self._key, self._part, self.count)
+        spool = self._spool
+        return AssembledFile(name, lambda: chain((header,), spool.chunks(), (footer,)), self.count)
+
+    def discard(self) -> None:
+        self._spool.discard()
 
 
 def _safe_message(exc: Exception) -> str:

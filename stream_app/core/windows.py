@@ -141,20 +141,30 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class FileCut:
-    """A part of a file window that is complete and must now be assembled and written."""
+    """A part of a file window that is complete and must now be assembled and written.
+
+    ``records`` holds the part's records in offset order, or is empty in streaming mode, where
+    they were handed to ``on_append`` as they arrived and only count and offsets are kept.
+    """
 
     key: FileKey
     part: int
     records: list[SourceRecord]
     reason: CutReason
     closes_window: bool
+    count: int = 0
+    first_offset: int = 0
+    ranges: list[tuple[int, int]] = field(default_factory=list)
 
-    @property
-    def first_offset(self) -> int:
-        return self.records[0].offset
+    @classmethod
+    def of(cls, key: FileKey, part: int, records: list[SourceRecord], reason: CutReason = "count",
+           closes_window: bool = False) -> "FileCut":
+        """A cut holding ``records`` (non-empty, offset order)."""
+        ranges = compress_offsets(r.offset for r in records)
+        return cls(key, part, records, reason, closes_window, len(records), ranges[0][0], ranges)
 
     def offset_ranges(self) -> list[tuple[int, int]]:
-        return compress_offsets(r.offset for r in self.records)
+        return self.ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +195,21 @@ class _OpenWindow:
     key: FileKey
     part: int
     records: list[SourceRecord] = field(default_factory=list)
+    count: int = 0
+    ranges: list[tuple[int, int]] = field(default_factory=list)
     first_buffered_wall_ms: int | None = None
+
+    def add_offset(self, offset: int) -> None:
+        self.count += 1
+        if self.ranges and self.ranges[-1][1] + 1 == offset:
+            self.ranges[-1] = (self.ranges[-1][0], offset)
+        else:
+            self.ranges.append((offset, offset))
 
 
 FactsLookup = Callable[[FileKey], "WindowFacts | None"]
+# Streaming mode: receives each record as it joins a part, instead of the windower keeping it.
+AppendHook = Callable[[FileKey, int, SourceRecord], None]
 
 
 class PartitionWindower:
@@ -202,6 +223,7 @@ class PartitionWindower:
         assigner: WindowAssigner,
         checkpoint: Checkpoint | None = None,
         facts_lookup: FactsLookup | None = None,
+        on_append: AppendHook | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -218,6 +240,7 @@ class PartitionWindower:
         self._pending: dict[tuple[FileKey, int], FileCut] = {}
         self._facts: dict[FileKey, WindowFacts] = {}
         self._buffered = 0
+        self._on_append = on_append
         self.last_record_wall_ms: int | None = None
 
     # -- inspection -------------------------------------------------------------------------
@@ -227,7 +250,7 @@ class PartitionWindower:
 
     @property
     def buffered_records(self) -> int:
-        """Records held in memory: open parts plus cut parts not yet finalized."""
+        """Records held in memory: open parts plus cut parts not yet finalized (0 when streaming)."""
         return self._buffered
 
     @property
@@ -291,11 +314,15 @@ class PartitionWindower:
             heapq.heappush(self._close_heap, (key.window_end_ms, key))
             if facts is None:
                 out.append(WindowOpened(key))
-        if not window.records:
+        if not window.count:
             window.first_buffered_wall_ms = now_wall_ms
-        window.records.append(record)
-        self._buffered += 1
-        if len(window.records) >= self._policy.max_records_per_file:
+        window.add_offset(record.offset)
+        if self._on_append is None:
+            window.records.append(record)
+            self._buffered += 1
+        else:
+            self._on_append(key, window.part, record)
+        if window.count >= self._policy.max_records_per_file:
             out.append(self._cut(window, "count", closes_window=False))
 
     def _advance_watermark(self, offset: int, event_time_ms: int, out: list[Output]) -> None:
@@ -312,15 +339,18 @@ class PartitionWindower:
 
     # -- cuts -------------------------------------------------------------------------------
     def _cut(self, window: _OpenWindow, reason: CutReason, closes_window: bool) -> FileCut:
-        cut = FileCut(window.key, window.part, window.records, reason, closes_window)
+        cut = FileCut(window.key, window.part, window.records, reason, closes_window,
+                      window.count, window.ranges[0][0], window.ranges)
         self._pending[(cut.key, cut.part)] = cut
         window.part += 1
         window.records = []
+        window.count = 0
+        window.ranges = []
         window.first_buffered_wall_ms = None
         return cut
 
     def _close(self, window: _OpenWindow, reason: CutReason, persist: bool, out: list[Output]) -> None:
-        if window.records:
+        if window.count:
             out.append(self._cut(window, reason, closes_window=True))
         out.append(WindowClosed(window.key, window.part, reason, persist))
 
@@ -340,12 +370,12 @@ class PartitionWindower:
         return [
             self._cut(w, "interval", closes_window=False)
             for w in sorted(self._open.values(), key=lambda w: w.key)
-            if w.records and w.first_buffered_wall_ms is not None and now_wall_ms - w.first_buffered_wall_ms >= interval
+            if w.count and w.first_buffered_wall_ms is not None and now_wall_ms - w.first_buffered_wall_ms >= interval
         ]
 
     def cut_largest(self) -> list[Output]:
         """Backpressure relief: cut the largest open part early (recorded as reason 'pressure')."""
-        candidates = [w for w in self._open.values() if w.records]
+        candidates = [w for w in self._open.values() if w.records]  # only in-memory parts relieve memory
         if not candidates:
             return []
         window = max(candidates, key=lambda w: (len(w.records), w.key))
@@ -358,7 +388,7 @@ class PartitionWindower:
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
         """The cut's file is durable: drop its records and return the facts to persist."""
         del self._pending[(cut.key, cut.part)]
-        self._buffered -= len(cut.records)
+        self._buffered -= len(cut.records)  # 0 in streaming mode
         facts = self.facts_for(cut.key) or WindowFacts()
         facts.parts[cut.part] = cut.offset_ranges()
         facts.next_part = max(facts.next_part, cut.part + 1)
@@ -375,7 +405,7 @@ class PartitionWindower:
 
     def commit_offset(self) -> int | None:
         """Lowest offset not yet in a finalized file (what the consumer may commit)."""
-        lows = [w.records[0].offset for w in self._open.values() if w.records]
+        lows = [w.ranges[0][0] for w in self._open.values() if w.count]
         lows.extend(c.first_offset for c in self._pending.values())
         if lows:
             return min(lows)

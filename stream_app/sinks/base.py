@@ -6,6 +6,8 @@ import errno
 from dataclasses import dataclass
 from typing import Protocol
 
+from stream_app.core.compression import ChunkSource
+
 
 class SinkError(Exception):
     """A write that failed; ``error_class`` is stable (EIO, ENOSPC, EACCES, FILE_CONFLICT, ...)."""
@@ -31,14 +33,18 @@ class WriteResult:
     sha256: str
     # The identical file was already there (a re-finalize after restart): nothing was written.
     already_present: bool
+    # A time-limited download link, where the sink offers one (S3 presigned GET).
+    url: str | None = None
 
 
 class Sink(Protocol):
     def check_writable(self) -> None:
         """Raise ``SinkError`` when the sink cannot take files (preflight, readiness)."""
 
-    def write(self, name: str, body: bytes) -> WriteResult:
-        """Store ``body`` as ``name`` so that it becomes visible only when complete."""
+    def write(self, name: str, chunks: ChunkSource) -> WriteResult:
+        """Store the bytes ``chunks()`` yields as ``name``, visible only when complete.
+
+        ``chunks`` may be called more than once (to hash before uploading, or to retry)."""
 
     def record_manifest(self, name: str, entry: dict) -> None:
         """Append the manifest entry for a stored file (after the file itself)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
 from stream_app.sinks.base import FileConflict, SinkError, WriteResult, os_error_class
 
@@ -43,26 +44,31 @@ class LocalSink:
         if not os.access(self.target_dir, os.W_OK | os.X_OK):
             raise SinkError(f"target directory {self.target_dir} is not writable", "EACCES")
 
-    def write(self, name: str, body: bytes) -> WriteResult:
+    def write(self, name: str, chunks: ChunkSource) -> WriteResult:
         check_file_name(name)
         final = self.target_dir / name
         tmp = self.target_dir / f"{name}.tmp"
-        sha = hashlib.sha256(body).hexdigest()
+        digest = hashlib.sha256()
+        size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self._mode)
             try:
                 os.fchmod(fd, self._mode)  # umask must not loosen or tighten what was configured
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view):]
+                for chunk in chunks():
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            sha = digest.hexdigest()
             if final.exists():
                 tmp.unlink()
                 if _sha256_of(final) != sha:
                     raise FileConflict(name)
-                return WriteResult(name, str(final), len(body), sha, already_present=True)
+                return WriteResult(name, str(final), size, sha, already_present=True)
             os.rename(tmp, final)
             _fsync_dir(self.target_dir)
         except OSError as exc:
@@ -71,7 +77,7 @@ class LocalSink:
             except OSError:
                 pass
             raise SinkError(f"writing {name} failed: {exc.strerror}", os_error_class(exc)) from None
-        return WriteResult(name, str(final), len(body), sha, already_present=False)
+        return WriteResult(name, str(final), size, sha, already_present=False)
 
     def record_manifest(self, name: str, entry: dict) -> None:
         if not self._manifest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from stream_app.core.structured.pack import FieldSpec
 
@@ -29,7 +29,27 @@ class Line:
 
 
 class Formatter(Protocol):
-    def format(self, lines: list[Line]) -> bytes: ...
+    """Renders a file in three steps so that the body can be streamed line by line:
+    ``begin(header lines)``, then ``line(detail)`` per body line, then ``end(trailer lines)``."""
+
+    def begin(self, header: list[Line]) -> bytes: ...
+
+    def line(self, line: Line) -> bytes: ...
+
+    def end(self, trailer: list[Line]) -> bytes: ...
+
+    def validate(self, chunks: Iterator[bytes]) -> None:
+        """Check the complete file (e.g. against an XSD) in bounded memory; raise FormatError."""
+
+
+def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
+    """The whole file at once (tests, small files): the same bytes as the streamed form."""
+    header = [l for l in lines if l.kind == "header"]
+    trailer = [l for l in lines if l.kind == "trailer"]
+    body = b"".join(formatter.line(l) for l in lines if l.kind == "detail")
+    data = formatter.begin(header) + body + formatter.end(trailer)
+    formatter.validate(iter([data]))
+    return data
 
 
 def render_text(spec: FieldSpec, value: Any) -> str:

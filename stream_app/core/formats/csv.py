@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Iterator
 
 from stream_app.core.formats.base import Line, render_text
 from stream_app.core.structured.pack import CsvSpec
@@ -15,20 +16,35 @@ class CsvFormatter:
     def __init__(self, spec: CsvSpec, encoding: str, line_ending: str, column_names: list[str]) -> None:
         self._spec = spec
         self._encoding = encoding
-        self._line_ending = line_ending
         self._columns = column_names
+        self._buf = io.StringIO()
+        self._writer = csv.writer(self._buf, delimiter=spec.delimiter, quotechar=spec.quoteChar,
+                                  quoting=_QUOTING[spec.quoting], lineterminator=line_ending,
+                                  escapechar="\\" if spec.quoting == "none" else None)
 
-    def format(self, lines: list[Line]) -> bytes:
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter=self._spec.delimiter, quotechar=self._spec.quoteChar,
-                            quoting=_QUOTING[self._spec.quoting], lineterminator=self._line_ending,
-                            escapechar="\\" if self._spec.quoting == "none" else None)
-        wrote_columns = False
-        for line in lines:
-            if line.kind == "detail" and not wrote_columns and self._spec.headerRow:
-                writer.writerow(self._columns)
-                wrote_columns = True
-            row = [line.record_type] if line.record_type is not None else []
-            row.extend(render_text(spec, value) for spec, value in line.values)
-            writer.writerow(row)
-        return buf.getvalue().encode(self._encoding)
+    def _rows(self, rows: list[list[str]]) -> bytes:
+        self._buf.seek(0)
+        self._buf.truncate()
+        self._writer.writerows(rows)
+        return self._buf.getvalue().encode(self._encoding)
+
+    @staticmethod
+    def _row(line: Line) -> list[str]:
+        row = [line.record_type] if line.record_type is not None else []
+        row.extend(render_text(spec, value) for spec, value in line.values)
+        return row
+
+    def begin(self, header: list[Line]) -> bytes:
+        rows = [self._row(line) for line in header]
+        if self._spec.headerRow:
+            rows.append(self._columns)
+        return self._rows(rows)
+
+    def line(self, line: Line) -> bytes:
+        return self._rows([self._row(line)])
+
+    def end(self, trailer: list[Line]) -> bytes:
+        return self._rows([self._row(line) for line in trailer])
+
+    def validate(self, chunks: Iterator[bytes]) -> None:
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from stream_app.core.formats.base import FormatError, Line, render_text
 
 
@@ -11,23 +13,29 @@ class FixedWidthFormatter:
         self._line_ending = line_ending
         self._detail_type = detail_record_type
 
-    def format(self, lines: list[Line]) -> bytes:
-        out: list[str] = []
-        for number, line in enumerate(lines, start=1):
-            record_type = line.record_type if line.kind != "detail" else (line.record_type or self._detail_type)
-            parts = [record_type or ""]
-            for spec, value in line.values:
-                text = render_text(spec, value)
-                width = spec.width or 0
-                if len(text) > width:
-                    raise FormatError(f"{line.kind} line {number}: field {spec.name!r} needs {len(text)} characters, "
-                                      f"width is {width}", "FIELD_TOO_WIDE")
-                align = spec.align or ("right" if spec.type in ("int", "decimal") else "left")
-                parts.append(text.rjust(width, spec.pad) if align == "right" else text.ljust(width, spec.pad))
-            out.append("".join(parts))
-            out.append(self._line_ending)
+    def line(self, line: Line) -> bytes:
+        record_type = line.record_type if line.kind != "detail" else (line.record_type or self._detail_type)
+        parts = [record_type or ""]
+        for spec, value in line.values:
+            text = render_text(spec, value)
+            width = spec.width or 0
+            if len(text) > width:
+                raise FormatError(f"{line.kind} line: field {spec.name!r} needs {len(text)} characters, "
+                                  f"width is {width}", "FIELD_TOO_WIDE")
+            align = spec.align or ("right" if spec.type in ("int", "decimal") else "left")
+            parts.append(text.rjust(width, spec.pad) if align == "right" else text.ljust(width, spec.pad))
+        parts.append(self._line_ending)
         try:
-            return "".join(out).encode(self._encoding)
+            return "".join(parts).encode(self._encoding)
         except UnicodeEncodeError as exc:
-            raise FormatError(f"a value cannot be encoded as {self._encoding} (position {exc.start})",
-                              "ENCODING_ERROR") from None
+            raise FormatError(f"{line.kind} line: a value cannot be encoded as {self._encoding} "
+                              f"(position {exc.start})", "ENCODING_ERROR") from None
+
+    def begin(self, header: list[Line]) -> bytes:
+        return b"".join(self.line(line) for line in header)
+
+    def end(self, trailer: list[Line]) -> bytes:
+        return b"".join(self.line(line) for line in trailer)
+
+    def validate(self, chunks: Iterator[bytes]) -> None:
+        return None

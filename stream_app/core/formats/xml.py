@@ -1,19 +1,47 @@
-"""XML with lxml: element order, namespace, attributes, declaration and encoding from the pack;
-validated against the pack's XSD before the file is handed to the sink."""
+"""XML: element order, namespace, attributes, declaration and encoding from the pack.
+
+The document is written as text in three parts — root start tag and header elements, one
+serialized element per body line, trailer elements and root end tag — so that the body can be
+streamed.  Elements are built with lxml (escaping, attribute order) without a namespace and
+inherit the root's default namespace textually.  The pack's XSD is checked with lxml's
+incremental parser over the finished bytes, so validation also runs in bounded memory.
+"""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
+from typing import Iterator
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
 from stream_app.core.formats.base import FormatError, Line, render_text
 from stream_app.core.structured.pack import XmlSpec
 
-
 _ELEMENT = re.compile(r"Element '([^']+)'")
 _FACET = re.compile(r"\[facet '(\w+)'\]")
+
+
+class _ChunkReader(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 class XmlFormatter:
@@ -21,48 +49,63 @@ class XmlFormatter:
         self._spec = spec
         self._encoding = encoding
         self._schema = etree.XMLSchema(etree.parse(str(xsd_path))) if xsd_path else None
+        self._nl = "\n" if spec.indent else ""
+        self._detail_depth = 2 if spec.bodyElement else 1
 
-    def _q(self, name: str) -> str:
-        return f"{{{self._spec.namespace}}}{name}" if self._spec.namespace else name
+    def _encode(self, text: str) -> bytes:
+        return text.encode(self._encoding, errors="xmlcharrefreplace")
 
-    def format(self, lines: list[Line]) -> bytes:
+    def _element(self, line: Line, depth: int) -> str:
+        element = etree.Element(line.element or self._spec.recordElement)
+        for field, value in line.values:
+            if value is None:
+                continue  # optional null fields are omitted
+            text = render_text(field, value)
+            if field.attribute:
+                element.set(field.name, text)
+            else:
+                etree.SubElement(element, field.name).text = text
+        if not self._spec.indent:
+            return etree.tostring(element, encoding="unicode")
+        etree.indent(element, space="  ", level=depth)
+        return "  " * depth + etree.tostring(element, encoding="unicode") + "\n"
+
+    def begin(self, header: list[Line]) -> bytes:
         spec = self._spec
-        nsmap = {None: spec.namespace} if spec.namespace else None
-        root = etree.Element(self._q(spec.rootElement), nsmap=nsmap)
-        for name, value in spec.rootAttributes.items():
-            root.set(name, value)
-        body = None
-        for line in lines:
-            parent = root
-            if line.kind == "detail" and spec.bodyElement:
-                if body is None:
-                    body = etree.SubElement(root, self._q(spec.bodyElement))
-                parent = body
-            element = etree.SubElement(parent, self._q(line.element or spec.recordElement))
-            for field, value in line.values:
-                if value is None:
-                    continue  # optional null fields are omitted
-                text = render_text(field, value)
-                if field.attribute:
-                    element.set(field.name, text)
-                else:
-                    etree.SubElement(element, self._q(field.name)).text = text
-        if spec.bodyElement and body is None:
-            etree.SubElement(root, self._q(spec.bodyElement))
-        body = etree.tostring(root, xml_declaration=spec.declaration, encoding=self._encoding,
-                              pretty_print=spec.indent)
-        if self._schema is not None:
-            self._validate(body)
-        return body
+        parts = [f"<?xml version='1.0' encoding='{self._encoding}'?>\n"] if spec.declaration else []
+        attrs = f" xmlns={quoteattr(spec.namespace)}" if spec.namespace else ""
+        attrs += "".join(f" {name}={quoteattr(value)}" for name, value in spec.rootAttributes.items())
+        parts.append(f"<{spec.rootElement}{attrs}>{self._nl}")
+        parts.extend(self._element(line, 1) for line in header)
+        if spec.bodyElement:
+            parts.append(f"{'  ' if spec.indent else ''}<{spec.bodyElement}>{self._nl}")
+        return self._encode("".join(parts))
 
-    def _validate(self, body: bytes) -> None:
-        # Validate the serialized bytes (what the sink will get), so line numbers are real.
-        if self._schema is not None and not self._schema.validate(etree.fromstring(body)):
-            entry = self._schema.error_log[0]
+    def line(self, line: Line) -> bytes:
+        return self._encode(self._element(line, self._detail_depth))
+
+    def end(self, trailer: list[Line]) -> bytes:
+        spec = self._spec
+        parts = [f"{'  ' if spec.indent else ''}</{spec.bodyElement}>{self._nl}"] if spec.bodyElement else []
+        parts.extend(self._element(line, 1) for line in trailer)
+        parts.append(f"</{spec.rootElement}>\n")
+        return self._encode("".join(parts))
+
+    def validate(self, chunks: Iterator[bytes]) -> None:
+        if self._schema is None:
+            return
+        try:
+            for _, element in etree.iterparse(io.BufferedReader(_ChunkReader(chunks)), events=("end",),
+                                              schema=self._schema):
+                if element.getparent() is not None and len(element) == 0:
+                    continue
+                element.clear(keep_tail=True)  # bounded memory: drop finished subtrees
+                while element.getprevious() is not None:
+                    del element.getparent()[0]
+        except etree.XMLSyntaxError as exc:
             # lxml's message quotes the offending value: report only element, facet and line.
-            element = _ELEMENT.search(entry.message)
-            facet = _FACET.search(entry.message)
-            where = element.group(1).rsplit("}", 1)[-1] if element else "?"
-            raise FormatError(f"XSD validation failed at line {entry.line}: element {where}"
-                              + (f", facet {facet.group(1)}" if facet else f" ({entry.type_name})")
-                              + f"; {len(self._schema.error_log)} error(s)", "XSD_INVALID")
+            message = str(exc)
+            element_match, facet = _ELEMENT.search(message), _FACET.search(message)
+            where = element_match.group(1).rsplit("}", 1)[-1] if element_match else "?"
+            raise FormatError(f"XSD validation failed at line {exc.lineno}: element {where}"
+                              + (f", facet {facet.group(1)}" if facet else ""), "XSD_INVALID") from None

@@ -6,12 +6,17 @@ from collections import ChainMap
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
+from itertools import chain
+from typing import Iterator
+
 from stream_app.core.formats.base import Formatter, FormatError, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
 from stream_app.core.formats.xml import XmlFormatter
 from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
 from stream_app.core.structured.project import InvalidRecord, Violation, evaluate_fields
+from stream_app.core.records import SourceRecord
+from stream_app.core.spool import MemorySpool, Spool
 from stream_app.core.template import AssembledFile, AssemblyError, FileNamer, file_context
 from stream_app.core.windows import FileCut, FileKey
 
@@ -20,25 +25,71 @@ def _sort_key(key: tuple) -> tuple:
     return tuple((value is not None, value) for value in key)
 
 
-def _fold(spec: AggregateSpec, rows: Sequence[Mapping[str, Any]]) -> Any:
-    if spec.fn == "count":
-        return len(rows)
-    values = [row[spec.field] for row in rows if row[spec.field] is not None]  # type: ignore[index]
-    if spec.fn == "sum":
-        return sum(values, Decimal(0)) if values and isinstance(values[0], Decimal) else sum(values)
-    if not values:
-        return None
-    return min(values) if spec.fn == "min" else max(values)
+class _Fold:
+    """count / sum / min / max of one aggregate, one row at a time (Decimal stays Decimal)."""
+
+    __slots__ = ("fn", "field", "count", "value")
+
+    def __init__(self, spec: AggregateSpec) -> None:
+        self.fn = spec.fn
+        self.field = spec.field
+        self.count = 0
+        self.value: Any = None
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.count += 1
+        if self.fn == "count":
+            return
+        value = row[self.field]  # type: ignore[index]
+        if value is None:
+            return
+        if self.value is None:
+            self.value = value
+        elif self.fn == "sum":
+            self.value += value
+        elif self.fn == "min":
+            self.value = min(self.value, value)
+        else:
+            self.value = max(self.value, value)
+
+    def result(self) -> Any:
+        if self.fn == "count":
+            return self.count
+        if self.fn == "sum" and self.value is None:
+            return Decimal(0)
+        return self.value
+
+
+class _Aggregate:
+    """One pack aggregate, grouped (dict of folds, sorted by key at the end) or not."""
+
+    def __init__(self, spec: AggregateSpec) -> None:
+        self.spec = spec
+        self._total = _Fold(spec)
+        self._groups: dict[tuple, _Fold] = {}
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        if not self.spec.groupBy:
+            self._total.add(row)
+            return
+        key = tuple(row[name] for name in self.spec.groupBy)
+        fold = self._groups.get(key)
+        if fold is None:
+            fold = self._groups[key] = _Fold(self.spec)
+        fold.add(row)
+
+    def result(self) -> Any:
+        if not self.spec.groupBy:
+            return self._total.result()
+        return {key: self._groups[key].result() for key in sorted(self._groups, key=_sort_key)}
 
 
 def aggregate(spec: AggregateSpec, rows: Sequence[Mapping[str, Any]]) -> Any:
     """Decimal-exact count/sum/min/max, per group (sorted by key) when ``groupBy`` is set."""
-    if not spec.groupBy:
-        return _fold(spec, rows)
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    acc = _Aggregate(spec)
     for row in rows:
-        groups.setdefault(tuple(row[name] for name in spec.groupBy), []).append(row)
-    return {key: _fold(spec, groups[key]) for key in sorted(groups, key=_sort_key)}
+        acc.add(row)
+    return acc.result()
 
 
 def build_formatter(pack: SchemaPack) -> Formatter:
@@ -64,8 +115,7 @@ class StructuredAssembler:
     def __init__(self, pack: SchemaPack, file_name_template: str) -> None:
         self.pack = pack
         self._namer = FileNamer(file_name_template)
-        self._formatter = build_formatter(pack)
-        self._aggregates = {a.name: a for a in pack.spec.aggregates}
+        self.formatter = build_formatter(pack)
 
     @property
     def on_invalid_record(self) -> str:
@@ -78,59 +128,121 @@ class StructuredAssembler:
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
         return self._namer.name(key, part, record_count)
 
-    def assemble(self, cut: FileCut) -> AssembledFile:
-        rows = []
-        for record in cut.records:
-            if isinstance(record.row, Violation):
-                raise AssemblyError(
-                    f"{record.topic}/{record.partition}@{record.offset}: {record.row.describe()}",
-                    "VALIDATION_FAILED", source=(record.topic, record.partition, record.offset),
-                )
-            rows.append(record.row)
-        context: dict[str, Any] = file_context(cut.key, cut.part, len(rows))
-        for name, spec in self._aggregates.items():
-            context[name] = aggregate(spec, rows)
-        lines = self._fixed_lines("header", context)
-        lines.extend(self._detail_lines(rows))
-        lines.extend(self._fixed_lines("trailer", context))
-        try:
-            body = self._formatter.format(lines)
-        except FormatError as exc:
-            raise AssemblyError(str(exc), exc.error_class) from None
-        return AssembledFile(self.file_name(cut.key, cut.part, len(rows)), body, len(rows))
+    def open_part(self, key: FileKey, part: int, spool: Spool) -> "StructuredPart":
+        return StructuredPart(self, key, part, spool)
 
-    def _evaluate(self, where: str, fields: list[CompiledField], context: Mapping[str, Any]) -> dict[str, Any]:
+    def assemble(self, cut: FileCut) -> AssembledFile:
+        part = self.open_part(cut.key, cut.part, MemorySpool())
+        for record in cut.records:
+            part.append(record)
+        return part.finish()
+
+    def evaluate(self, where: str, fields: list[CompiledField], context: Mapping[str, Any]) -> dict[str, Any]:
         try:
             return evaluate_fields(fields, context)
         except InvalidRecord as exc:
             raise AssemblyError(f"{where}: {exc.violation.describe()}", "VALIDATION_FAILED") from None
 
+
+class StructuredPart:
+    """Folds aggregates and writes body lines to a spool as rows arrive; header/trailer at finish.
+
+    A grouped body (e.g. net positions) folds its groups instead of writing lines: memory grows
+    with the number of groups, never with the number of records.
+    """
+
+    def __init__(self, assembler: StructuredAssembler, key: FileKey, part: int, spool: Spool) -> None:
+        self._assembler = assembler
+        self._pack = assembler.pack
+        self._key = key
+        self._part = part
+        self._spool = spool
+        self._aggregates = [_Aggregate(spec) for spec in self._pack.spec.aggregates]
+        body = self._pack.spec.body
+        self._groups: dict[tuple, list[_Fold]] | None = {} if body else None
+        self._detail_fields = self._pack.fields
+        self._error: AssemblyError | None = None
+        self.count = 0
+
+    def append(self, record: SourceRecord) -> None:
+        if self._error is not None:
+            return
+        self.count += 1
+        row = record.row
+        if isinstance(row, Violation):
+            self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {row.describe()}",
+                                        "VALIDATION_FAILED", source=(record.topic, record.partition, record.offset))
+            return
+        for acc in self._aggregates:
+            acc.add(row)
+        if self._groups is not None:
+            body = self._pack.spec.body
+            assert body is not None
+            key = tuple(row[name] for name in body.groupBy)
+            folds = self._groups.get(key)
+            if folds is None:
+                folds = self._groups[key] = [_Fold(col) for col in body.columns]
+            for fold in folds:
+                fold.add(row)
+            return
+        try:
+            self._spool.write(self._assembler.formatter.line(_line("detail", None, self._detail_fields, row)))
+        except FormatError as exc:
+            self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {exc}", exc.error_class,
+                                        source=(record.topic, record.partition, record.offset))
+
+    def finish(self) -> AssembledFile:
+        if self._error is not None:
+            raise self._error
+        pack, assembler, formatter = self._pack, self._assembler, self._assembler.formatter
+        context: dict[str, Any] = file_context(self._key, self._part, self.count)
+        for acc in self._aggregates:
+            context[acc.spec.name] = acc.result()
+        try:
+            head = formatter.begin(self._fixed_lines("header", context))
+            groups = b"".join(formatter.line(line) for line in self._group_lines())
+            tail = formatter.end(self._fixed_lines("trailer", context))
+        except FormatError as exc:
+            raise AssemblyError(str(exc), exc.error_class) from None
+        spool = self._spool
+
+        def chunks() -> Iterator[bytes]:
+            return chain((head,), spool.chunks(), (groups, tail))
+
+        try:
+            formatter.validate(chunks())
+        except FormatError as exc:
+            raise AssemblyError(str(exc), exc.error_class) from None
+        name = assembler.file_name(self._key, self._part, self.count)
+        return AssembledFile(name, chunks, self.count)
+
+    def discard(self) -> None:
+        self._spool.discard()
+
     def _fixed_lines(self, kind: str, context: Mapping[str, Any]) -> list[Line]:
-        specs = self.pack.spec.header if kind == "header" else self.pack.spec.trailer
-        compiled = self.pack.header if kind == "header" else self.pack.trailer
+        specs = self._pack.spec.header if kind == "header" else self._pack.spec.trailer
+        compiled = self._pack.header if kind == "header" else self._pack.trailer
+        aggregates = {a.name: a for a in self._pack.spec.aggregates}
         lines = []
         for i, (spec, fields) in enumerate(zip(specs, compiled)):
             if spec.forEach is None:
-                lines.append(_line(kind, spec, fields, self._evaluate(f"{kind}[{i}]", fields, context)))
+                lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, context)))
                 continue
-            group_by = self._aggregates[spec.forEach].groupBy
+            group_by = aggregates[spec.forEach].groupBy
             for key, value in context[spec.forEach].items():
                 scope = ChainMap({"key": key[0] if len(key) == 1 else "/".join(map(str, key)), "value": value,
                                   **dict(zip(group_by, key))}, context)
-                lines.append(_line(kind, spec, fields, self._evaluate(f"{kind}[{i}]", fields, scope)))
+                lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, scope)))
         return lines
 
-    def _detail_lines(self, rows: list[dict[str, Any]]) -> list[Line]:
-        body = self.pack.spec.body
-        if body is None:
-            return [_line("detail", None, self.pack.fields, row) for row in rows]
-        groups: dict[tuple, list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault(tuple(row[name] for name in body.groupBy), []).append(row)
+    def _group_lines(self) -> list[Line]:
+        body = self._pack.spec.body
+        if body is None or self._groups is None:
+            return []
         lines = []
-        for key in sorted(groups, key=_sort_key):
-            scope = dict(zip(body.groupBy, key))
-            scope.update({col.name: _fold(col, groups[key]) for col in body.columns})
-            lines.append(_line("detail", None, self.pack.body_fields,
-                               self._evaluate("body", self.pack.body_fields, scope)))
+        for key in sorted(self._groups, key=_sort_key):
+            scope: dict[str, Any] = dict(zip(body.groupBy, key))
+            scope.update({col.name: fold.result() for col, fold in zip(body.columns, self._groups[key])})
+            lines.append(_line("detail", None, self._pack.body_fields,
+                               self._assembler.evaluate("body", self._pack.body_fields, scope)))
         return lines

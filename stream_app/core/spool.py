@@ -1,0 +1,62 @@
+"""Where a part's rendered body lines wait until the part is finalized.
+
+In memory for ordinary parts, on disk in streaming mode so that memory does not grow with the
+number of records in a window.  Either way the body can be read any number of times, which lets
+a sink hash it before uploading and lets a failed write be retried.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Protocol
+
+READ_BLOCK = 1 << 20
+
+
+class Spool(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def discard(self) -> None: ...
+
+
+class MemorySpool:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        yield b"".join(self._parts)
+
+    def discard(self) -> None:
+        self._parts = []
+
+
+class FileSpool:
+    """An append-only file; read back in blocks.  Deleted when the part is finalized."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "wb")  # truncates what a crashed run may have left
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        if not self._fh.closed:
+            self._fh.flush()
+        with open(self.path, "rb") as fh:
+            while block := fh.read(READ_BLOCK):
+                yield block
+
+    def discard(self) -> None:
+        self._fh.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
