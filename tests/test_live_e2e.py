@@ -200,3 +200,28 @@ def test_backpressure_bounds_buffered_records_and_everything_is_still_written(ka
         assert worker.committed()[0] in expected
     finally:
         worker.stop()
+
+
+def test_streaming_mode_survives_sigkill_with_identical_files(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=40, streamingAppendEnabled=True,
+                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
+    worker.config_data["spoolDir"] = str(tmp_path / "spool")
+    from tests.helpers import write_config
+
+    write_config(worker.config_path, worker.config_data)
+    values = avro_values(500, seed=29, span_hours=5)
+    worker.produce(values[:250])
+    worker.start()
+    try:
+        wait_for(lambda: len(worker.files()) >= 2, 60, what="some files before the crash")
+        assert list((tmp_path / "spool").rglob("*.spool"))  # open parts live on disk
+        worker.kill()
+        worker.produce(values[250:])
+        worker.start()
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 500, 120,
+                 what="all records after restart")
+        wait_for(lambda: worker.committed() == {0: 250, 1: 250}, 30, what="final commits")
+    finally:
+        worker.stop()
+    assert worker.files() == worker.reference_files(tmp_path)  # the buffered (non-streaming) core's bytes
+    assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))

@@ -1,0 +1,96 @@
+"""Peak RSS of streaming-append mode for one window of 10k / 100k / 1M records.
+
+Each size runs in its own process (so peak RSS is per size): the seeded sample records are
+encoded as Avro and driven through the same pipeline the worker uses, in streaming mode, into
+one 6-hour window, then finalized.  Prints a table and writes bench/results/streaming_rss.json.
+
+    python bench/streaming_rss.py [--sizes 10000,100000,1000000] [--mode template|structured]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_one(size: int, mode: str) -> dict:
+    from stream_app.codecs.avro import encode_confluent, load_schema
+    from stream_app.config import REPO_AVRO_DIR, parse_config
+    from stream_app.core.records import RawRecord
+    from stream_app.demo import matched_records
+    from stream_app.journal import Journal
+    from stream_app.pipeline import FilePipeline, MemoryStateStore
+    from stream_app.replay import run_records
+    from stream_app.sinks.local import LocalSink
+    from stream_app.wiring import build_assembler, build_decoder, window_policy
+    from tests.helpers import CollectingPublisher, config_dict
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    out = work / "out"
+    out.mkdir()
+    worker = {"maxRecordsPerFile": 10_000_000, "maxBufferedRecords": 10_000_000, "streamingAppendEnabled": True,
+              "window": {"sizeMs": 6 * 3600 * 1000, "graceMs": 0, "idleTimeoutMs": 1000}}
+    if mode == "structured":
+        worker.update(mode="structured", schema={"id": "fixed-clearing", "version": "1.0.0"},
+                      headerTemplate="", footerTemplate="", recordTemplate=None,
+                      fileNameTemplate="F_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.dat")
+    data = config_dict(out, **worker)
+    data["worker"] = {k: v for k, v in data["worker"].items() if v not in ("", None)}
+    settings = parse_config(data)
+    schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+    publisher = CollectingPublisher()
+    pipeline = FilePipeline(window_policy(settings), [], build_decoder(settings), build_assembler(settings),
+                            LocalSink(out, manifest=False), MemoryStateStore(), publisher, Journal("bench"),
+                            spool_dir=work / "spool")
+
+    def raws():
+        # span_hours=5.5: every record falls in the same 6-hour window
+        for offset, record in enumerate(matched_records(size, seed=1, span_hours=5.5)):
+            yield RawRecord("in", 0, offset, None, None, encode_confluent(1, schema, record))
+
+    started = time.perf_counter()
+    summary = run_records(pipeline, raws())
+    elapsed = time.perf_counter() - started
+    files = sorted(out.iterdir())
+    return {
+        "records": size, "mode": mode, "files": len(files), "records_in_files": summary.records,
+        "late_dead_letters": len(publisher.dead), "bytes": sum(f.stat().st_size for f in files),
+        "seconds": round(elapsed, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--mode", choices=["template", "structured"], default="template")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.mode)))
+        return
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        proc = subprocess.run([sys.executable, __file__, "--one", str(size), "--mode", args.mode],
+                              capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = rows[0]["peak_rss_mb"]
+    print(f"{'records':>10} {'files':>5} {'MB out':>8} {'seconds':>8} {'rec/s':>9} {'peak RSS MB':>12} {'vs first':>9}")
+    for row in rows:
+        row["rss_ratio_to_first"] = round(row["peak_rss_mb"] / base, 3)
+        print(f"{row['records']:>10} {row['files']:>5} {row['bytes'] / 1e6:>8.1f} {row['seconds']:>8.1f} "
+              f"{row['records'] / row['seconds']:>9.0f} {row['peak_rss_mb']:>12.1f} {row['rss_ratio_to_first']:>9.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"streaming_rss_{args.mode}.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
