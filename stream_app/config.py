@@ -136,13 +136,16 @@ class WorkerSettings(_Model):
         return self
 
 
-class LocalSinkSettings(_Model):
-    type: Literal["local"] = "local"
-    localTargetDir: str = Field(min_length=1)
+class _SinkCommon(_Model):
     manifest: bool = True
-    fileMode: str = "0640"
     # gzip (deterministic: no name, zero mtime); file names must then end in .gz
     compression: Literal["none", "gzip"] = "none"
+
+
+class LocalSinkSettings(_SinkCommon):
+    type: Literal["local"] = "local"
+    localTargetDir: str = Field(min_length=1)
+    fileMode: str = "0640"
 
     @field_validator("fileMode")
     @classmethod
@@ -156,8 +159,33 @@ class LocalSinkSettings(_Model):
         return int(self.fileMode, 8)
 
 
-SinkSettings = Annotated[LocalSinkSettings, Field(discriminator="type")]
-_SINK_TAGS = {"local"}
+class S3SinkSettings(_SinkCommon):
+    """Credentials are never configured here: the standard AWS chain (env, files, IRSA) applies."""
+
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    region: str | None = None
+    endpointUrl: str | None = None  # S3-compatible stores (MinIO, Ceph, ...)
+    sse: Literal["none", "AES256", "aws:kms"] = "none"
+    kmsKeyId: str | None = None
+    storageClass: str | None = None
+    partSizeMb: int = Field(default=8, ge=5, le=5120)
+    maxAttempts: int = Field(default=5, ge=1, le=20)
+    timeoutSeconds: float = Field(default=30.0, gt=0)
+    presignExpirySeconds: int | None = Field(default=3600, ge=1, le=604800)
+
+    @model_validator(mode="after")
+    def _kms(self) -> "S3SinkSettings":
+        if self.kmsKeyId and self.sse != "aws:kms":
+            raise ValueError("sink.kmsKeyId needs sink.sse: aws:kms")
+        if self.prefix.startswith("/") or ".." in self.prefix:
+            raise ValueError("sink.prefix must be relative and must not contain '..'")
+        return self
+
+
+SinkSettings = Annotated[LocalSinkSettings | S3SinkSettings, Field(discriminator="type")]
+_SINK_TAGS = {"local", "s3"}
 
 
 class AppSettings(_Model):
@@ -213,9 +241,8 @@ def _resolve_relative_paths(settings: AppSettings, base: Path) -> AppSettings:
         sid: str(p if Path(p).is_absolute() else (base / p).resolve()) for sid, p in settings.input.avroSchemas.items()
     }
     sink = settings.sink
-    target = Path(sink.localTargetDir)
-    if not target.is_absolute():
-        sink = sink.model_copy(update={"localTargetDir": str((base / target).resolve())})
+    if isinstance(sink, LocalSinkSettings) and not Path(sink.localTargetDir).is_absolute():
+        sink = sink.model_copy(update={"localTargetDir": str((base / sink.localTargetDir).resolve())})
     schemas_dir = Path(settings.schemasDir)
     return settings.model_copy(update={
         "input": settings.input.model_copy(update={"avroSchemas": schemas}),

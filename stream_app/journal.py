@@ -63,10 +63,12 @@ class Journal:
     def closed(self, key: FileKey, parts: int, reason: str) -> dict:
         return self._event("closed", event_id("closed", key.id), key, part=parts, reason=reason)
 
-    def created(self, cut: FileCut, name: str, size: int, sha256: str) -> dict:
+    def created(self, cut: FileCut, name: str, size: int, sha256: str, location: str | None = None,
+                url: str | None = None) -> dict:
         return self._event(
             "created", event_id("created", cut.key.id, cut.part), cut.key, part=cut.part, file_name=name,
             records=cut.count, bytes=size, sha256=sha256, reason=cut.reason, offsets=_offsets(cut),
+            location=location, url=url,
         )
 
     def write_failed(self, cut: FileCut, name: str | None, error_class: str, message: str, attempt: int) -> dict:

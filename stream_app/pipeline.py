@@ -93,6 +93,7 @@ class WriteOutcome:
     error_message: str | None = None
     assembly_failed: bool = False
     source: tuple[str, int, int] | None = None
+    transient: bool = True
 
 
 @dataclass(slots=True)
@@ -285,7 +286,8 @@ class FilePipeline:
         try:
             result = self.sink.write(assembled.name, chunks)
         except SinkError as exc:
-            return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
+            return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc),
+                                transient=exc.transient)
         try:
             self.sink.record_manifest(assembled.name, self._manifest_entry(cut, result))
         except SinkError as exc:
@@ -319,6 +321,8 @@ class FilePipeline:
             retry = self._retries.setdefault((cut.key, cut.part), _Retry())
             retry.attempt += 1
             backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
+            if not outcome.transient:
+                backoff = self._retry_max  # terminal (e.g. AccessDenied): wait for an operator, slowly
             retry.not_before_ms = now_wall_ms + int(backoff * random.uniform(0.5, 1.0))
             assert outcome.error_class is not None and outcome.error_message is not None
             if outcome.error_class == "VALIDATION_FAILED":
@@ -342,7 +346,8 @@ class FilePipeline:
         if writer is not None:
             writer.discard()
         result = outcome.result
-        self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256), cut.key.id)
+        self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256,
+                                                      result.location, result.url), cut.key.id)
         self._state.put_facts(cut.key, windower.mark_finalized(cut))
         summary.files += 1
         summary.records += cut.count

@@ -150,6 +150,6 @@ def run_preflight(settings: AppSettings) -> list[str]:
     try:
         build_sink(settings).check_writable()
     except SinkError as exc:
-        raise ConfigError(f"sink.localTargetDir: {exc}") from None
+        raise ConfigError(f"sink.{'bucket' if settings.sink.type == 's3' else 'localTargetDir'}: {exc}") from None
     checked.append("sink is writable")
     return checked

@@ -8,7 +8,7 @@ from pathlib import Path
 from stream_app.codecs import Decoder
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver
 from stream_app.codecs.json import JsonDecoder
-from stream_app.config import AppSettings
+from stream_app.config import AppSettings, S3SinkSettings
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import SchemaPack, load_pack, pack_path
 from stream_app.core.template import TemplateAssembler
@@ -62,6 +62,10 @@ def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAsse
 
 def build_sink(settings: AppSettings) -> Sink:
     sink = settings.sink
+    if isinstance(sink, S3SinkSettings):
+        from stream_app.sinks.s3 import S3Sink  # boto3 is only imported when S3 is configured
+
+        return S3Sink(sink)
     return LocalSink(sink.localTargetDir, sink.file_mode_bits, sink.manifest)
 
 

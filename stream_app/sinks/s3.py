@@ -1,0 +1,170 @@
+"""S3 (and S3-compatible) sink.
+
+An object becomes visible only when its upload completes: small files go up with one PUT, large
+ones as a multipart upload streamed from the spool in ``partSizeMb`` parts (never whole in
+memory) and aborted on any failure, so neither a partial object nor an orphan upload remains.
+Credentials come from the standard AWS chain only (environment, shared files, instance/IRSA
+roles).  Transient errors (throttling, 5xx, timeouts, connection resets) are retried by
+botocore's standard retry mode (exponential backoff with jitter); what is left is classified
+for the pipeline: transient -> retried again later, terminal -> ``write-failed`` and the window
+does not commit until an operator fixes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Iterator
+
+import boto3
+import orjson
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+from botocore.exceptions import NoCredentialsError, ReadTimeoutError
+
+from stream_app.config import S3SinkSettings
+from stream_app.core.compression import ChunkSource
+from stream_app.core.naming import check_file_name
+from stream_app.sinks.base import FileConflict, SinkError, WriteResult
+
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "BadDigest", "IncompleteBody",
+})
+_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def classify(exc: Exception) -> SinkError:
+    if isinstance(exc, SinkError):
+        return exc
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        transient = code in TRANSIENT_CODES or status >= 500 or status == 429
+        return SinkError(f"S3 {exc.operation_name} failed: {code}", code, transient)
+    if isinstance(exc, NoCredentialsError):
+        return SinkError("no AWS credentials in the standard chain", "NoCredentials", False)
+    if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
+        return SinkError(f"S3 unreachable: {type(exc).__name__}", type(exc).__name__, True)
+    if isinstance(exc, BotoCoreError):
+        return SinkError(f"S3 client error: {type(exc).__name__}", type(exc).__name__, True)
+    raise exc
+
+
+def _parts(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Re-block a chunk stream into parts of exactly ``size`` bytes (the last may be shorter)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+class S3Sink:
+    def __init__(self, settings: S3SinkSettings) -> None:
+        self._settings = settings
+        config = Config(region_name=settings.region, retries={"mode": "standard", "max_attempts": settings.maxAttempts},
+                        connect_timeout=settings.timeoutSeconds, read_timeout=settings.timeoutSeconds)
+        self._client = boto3.client("s3", endpoint_url=settings.endpointUrl, config=config)
+        self._bucket = settings.bucket
+        self._part_size = settings.partSizeMb * 1024 * 1024
+
+    def key_for(self, name: str) -> str:
+        return f"{self._settings.prefix}{check_file_name(name)}"
+
+    def _put_args(self, sha: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": {"sha256": sha}}
+        if self._settings.sse != "none":
+            args["ServerSideEncryption"] = self._settings.sse
+            if self._settings.kmsKeyId:
+                args["SSEKMSKeyId"] = self._settings.kmsKeyId
+        if self._settings.storageClass:
+            args["StorageClass"] = self._settings.storageClass
+        return args
+
+    def check_writable(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except Exception as exc:  # classified below; anything unexpected propagates
+            raise classify(exc) from None
+
+    def write(self, name: str, chunks: ChunkSource) -> WriteResult:
+        key = self.key_for(name)
+        try:
+            digest, size = hashlib.sha256(), 0
+            for chunk in chunks():  # first pass: the checksum goes into the object's metadata
+                digest.update(chunk)
+                size += len(chunk)
+            sha = digest.hexdigest()
+            existing = self._existing_sha(key)
+            if existing is not None:
+                if existing != sha:
+                    raise FileConflict(name)
+                return WriteResult(name, f"s3://{self._bucket}/{key}", size, sha, True, self._presign(key))
+            if size <= self._part_size:
+                self._client.put_object(Bucket=self._bucket, Key=key, Body=b"".join(chunks()), **self._put_args(sha))
+            else:
+                self._multipart(key, chunks, sha)
+        except Exception as exc:
+            raise classify(exc) from None
+        return WriteResult(name, f"s3://{self._bucket}/{key}", size, sha, False, self._presign(key))
+
+    def _existing_sha(self, key: str) -> str | None:
+        try:
+            head = self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return head.get("Metadata", {}).get("sha256", "")
+
+    def _multipart(self, key: str, chunks: ChunkSource, sha: str) -> None:
+        upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=key, **self._put_args(sha))["UploadId"]
+        try:
+            done = []
+            for number, body in enumerate(_parts(iter(chunks()), self._part_size), start=1):
+                etag = self._client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                                Body=body)["ETag"]
+                done.append({"PartNumber": number, "ETag": etag})
+            self._client.complete_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": done})
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+            except Exception:
+                pass  # the bucket's lifecycle rule for incomplete uploads is the last resort
+            raise
+
+    def _presign(self, key: str) -> str | None:
+        if not self._settings.presignExpirySeconds:
+            return None
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self._settings.presignExpirySeconds)
+
+    def manifest_key(self, file_key: str) -> str:
+        return f"{self._settings.prefix}manifests/{_UNSAFE_KEY.sub('_', file_key)}.jsonl"
+
+    def record_manifest(self, name: str, entry: dict) -> None:
+        """One manifest object per file window, rewritten with each new part (objects are immutable)."""
+        if not self._settings.manifest:
+            return
+        key = self.manifest_key(entry["file_key"])
+        try:
+            try:
+                current = self._client.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                    raise
+                current = b""
+            lines = [line for line in current.splitlines() if line.strip()]
+            if any(orjson.loads(line)["name"] == name for line in lines):
+                return
+            lines.append(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS))
+            body = b"\n".join(lines) + b"\n"
+            self._client.put_object(Bucket=self._bucket, Key=key, Body=body,
+                                    **self._put_args(hashlib.sha256(body).hexdigest()))
+        except Exception as exc:
+            raise classify(exc) from None
