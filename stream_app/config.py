@@ -174,6 +174,8 @@ class S3SinkSettings(_SinkCommon):
     maxAttempts: int = Field(default=5, ge=1, le=20)
     timeoutSeconds: float = Field(default=30.0, gt=0)
     presignExpirySeconds: int | None = Field(default=3600, ge=1, le=604800)
+    # At start, abort multipart uploads under the prefix older than this (a crashed run's leftovers).
+    staleUploadSeconds: int = Field(default=3600, ge=0)
 
     @model_validator(mode="after")
     def _kms(self) -> "S3SinkSettings":

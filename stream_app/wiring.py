@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,6 +71,14 @@ def build_sink(settings: AppSettings) -> Sink:
 
 
 def spool_dir(settings: AppSettings) -> Path | None:
+    """The spool directory in streaming mode, else None.
+
+    Streaming is a start-time setting: a configured spool directory is emptied when the worker
+    starts in either mode, so spools of a run in the other mode never survive a restart (their
+    records are above the committed offsets and are read again).
+    """
+    if settings.spoolDir:
+        shutil.rmtree(settings.spoolDir, ignore_errors=True)
     if not settings.worker.streamingAppendEnabled:
         return None
     return Path(settings.spoolDir or tempfile.mkdtemp(prefix=f"{settings.appId}-spool-"))

@@ -59,3 +59,10 @@ def test_check_writable(tmp_path):
     LocalSink(tmp_path).check_writable()
     with pytest.raises(SinkError):
         LocalSink(tmp_path / "nope").check_writable()
+
+
+def test_discard_partials_removes_tmp_files_only(tmp_path):
+    (tmp_path / "A.txt.tmp").write_bytes(b"half")
+    (tmp_path / "B.txt").write_bytes(b"done")
+    assert LocalSink(tmp_path).discard_partials() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B.txt"]

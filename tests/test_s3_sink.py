@@ -212,3 +212,12 @@ def test_s3_config_validation(tmp_path):
     data["sink"] = {"type": "s3", "bucket": "clearing", "accessKey": "AKIA..."}
     with pytest.raises(Exception, match="sink.accessKey: unknown key"):
         parse_config(data)
+
+
+def test_discard_partials_aborts_leftover_uploads_under_the_prefix_only(moto_url, bucket):
+    c = client(moto_url)
+    c.create_multipart_upload(Bucket=bucket, Key="out/CRASHED.dat")
+    c.create_multipart_upload(Bucket=bucket, Key="elsewhere/OTHER.dat")
+    # (moto reports a fixed initiation time in 2010, so every upload there counts as stale)
+    assert sink(moto_url, bucket).discard_partials() == 1
+    assert [u["Key"] for u in c.list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == ["elsewhere/OTHER.dat"]

@@ -104,6 +104,9 @@ class LiveRuntime:
         self.publisher = FaustPublisher(app, settings)
         self.state = FaustStateStore(app, settings)
         self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher)
+        removed = self.pipeline.sink.discard_partials()
+        if removed:
+            log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
         self._lock = asyncio.Lock()
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)

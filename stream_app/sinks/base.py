@@ -49,6 +49,9 @@ class Sink(Protocol):
     def record_manifest(self, name: str, entry: dict) -> None:
         """Append the manifest entry for a stored file (after the file itself)."""
 
+    def discard_partials(self) -> int:
+        """At start: remove what a crashed run left half-written; returns how many."""
+
 
 def os_error_class(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)

@@ -79,6 +79,17 @@ class LocalSink:
             raise SinkError(f"writing {name} failed: {exc.strerror}", os_error_class(exc)) from None
         return WriteResult(name, str(final), size, sha, already_present=False)
 
+    def discard_partials(self) -> int:
+        """Delete ``*.tmp`` files: their records are above the committed offsets and are re-read."""
+        removed = 0
+        for tmp in self.target_dir.glob("*.tmp"):
+            try:
+                tmp.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def record_manifest(self, name: str, entry: dict) -> None:
         if not self._manifest:
             return

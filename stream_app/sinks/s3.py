@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import boto3
@@ -137,6 +138,27 @@ class S3Sink:
             except Exception:
                 pass  # the bucket's lifecycle rule for incomplete uploads is the last resort
             raise
+
+    def discard_partials(self) -> int:
+        """Abort multipart uploads under the prefix that a crashed run left behind.
+
+        Only uploads older than ``staleUploadSeconds`` are touched, so that another replica's
+        upload in progress is left alone.
+        """
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self._settings.staleUploadSeconds)
+        removed = 0
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self._bucket, Prefix=self._settings.prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] <= cutoff:
+                        self._client.abort_multipart_upload(Bucket=self._bucket, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"])
+                        removed += 1
+        except Exception as exc:
+            raise classify(exc) from None
+        return removed
 
     def _presign(self, key: str) -> str | None:
         if not self._settings.presignExpirySeconds:
