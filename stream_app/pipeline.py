@@ -226,6 +226,15 @@ class FilePipeline:
                 continue
             self._handle_outputs(outputs, raw)
 
+    def prepare(self, raw: RawRecord) -> SourceRecord:
+        """Decode (and in structured mode project) one record; raises on bad input (replay)."""
+        record = self._decoder.decode(raw)
+        if self._structured is not None:
+            row = self._structured.project(record.value)
+            record = SourceRecord(record.topic, record.partition, record.offset, record.event_time_ms,
+                                  record.value, row)
+        return record
+
     def _project(self, record: SourceRecord, raw: RawRecord) -> SourceRecord | None:
         """Attach the projected row; None when the record was dead-lettered for breaking a rule."""
         assert self._structured is not None
@@ -265,6 +274,9 @@ class FilePipeline:
         return bool(best and best.cut_largest())
 
     # -- finalization -----------------------------------------------------------------------
+    def pending_cuts(self) -> list[FileCut]:
+        return [cut for windower in self._windowers.values() for cut in windower.pending_cuts()]
+
     def due_cuts(self, now_wall_ms: int) -> list[FileCut]:
         due = []
         for windower in self._windowers.values():
@@ -301,6 +313,9 @@ class FilePipeline:
             "bytes": result.bytes,
             "sha256": result.sha256,
             "file_key": cut.key.id,
+            "topic": cut.key.topic,
+            "partition": cut.key.partition,
+            "group": [list(pair) for pair in cut.key.group],
             "window_start": cut.key.window_start_ms,
             "window_end": cut.key.window_end_ms,
             "part": cut.part,

@@ -1,15 +1,25 @@
-"""Offline driving of the shared pipeline: the same core as the live worker, no Faust.
+"""Replay: the same core as the live worker, driven over a bounded range, without Faust.
 
-``run_records`` processes a complete, bounded sequence of raw records and closes every window
-at the end of the input, which is what a replay of a finished range does.
+* ``run_records`` processes a complete, bounded sequence of raw records and closes every window
+  at the end of the input (a replay of an offset or time range);
+* ``recorded_cuts`` rebuilds parts exactly from the offset ranges the manifest recorded for
+  them (a replay of a window), which reproduces files even when their records arrived late,
+  interleaved, or were cut by the wall clock;
+* ``RangeReader`` reads assigned partitions in batches with confluent-kafka: no consumer-group
+  membership and no commits, so a replay never disturbs the live group.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 from stream_app.core.records import RawRecord
+from stream_app.core.windows import FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary
+from stream_app.sinks.base import Sink, WriteResult
 
 END_OF_INPUT_MS = 2**62  # a wall-clock "now" after every window end: closes everything
 
@@ -47,3 +57,174 @@ def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: i
     pipeline.tick(END_OF_INPUT_MS)
     add(flush_due(pipeline, END_OF_INPUT_MS))
     return total
+
+
+# -- replay from Kafka ------------------------------------------------------------------------
+
+BEGINNING = -2  # confluent-kafka's OFFSET_BEGINNING
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """Offsets ``[start, end)`` of one input partition; ``end`` None reads to the end of the log
+    (as the broker reports it on reaching it: reported high watermarks can lag, EOF does not)."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int | None
+
+    @property
+    def size(self) -> int | None:
+        return None if self.end is None or self.start < 0 else max(0, self.end - self.start)
+
+
+class RangeReader:
+    """Reads offset ranges on assigned partitions: no group membership, never a commit.
+
+    Batches come from confluent-kafka's ``consume``; the embedded broker's high watermark can lag
+    what is readable, so the reader stops on what it has read, not on what it was told.
+    """
+
+    def __init__(self, consumer_config: dict[str, Any], batch_size: int = 10_000) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({
+            **consumer_config, "group.id": f"stream-app-replay-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+        })
+        self._batch = batch_size
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def partitions(self, topic: str) -> list[int]:
+        meta = self._consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise ReplayError(f"topic {topic} is not readable: {meta.error if meta else 'unknown topic'}")
+        return sorted(meta.partitions)
+
+    def offset_for_time(self, topic: str, partition: int, time_ms: int) -> int | None:
+        """First offset at or after ``time_ms``; None when there is none (the end of the log)."""
+        from confluent_kafka import TopicPartition
+
+        (tp,) = self._consumer.offsets_for_times([TopicPartition(topic, partition, time_ms)], timeout=15)
+        return tp.offset if tp.offset >= 0 else None
+
+    def read(self, ranges: list[PartitionRange]) -> Iterator[list[RawRecord]]:
+        from confluent_kafka import KafkaError, TopicPartition
+
+        todo = {(r.topic, r.partition): r for r in ranges if r.size != 0}
+        if not todo:
+            return
+        self._consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in todo.values()])
+        idle = 0
+        while todo:
+            messages = self._consumer.consume(self._batch, timeout=1.0)
+            batch: list[RawRecord] = []
+            for msg in messages:
+                tp = (msg.topic(), msg.partition())
+                rng = todo.get(tp)
+                if rng is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF and (rng.end is None or msg.offset() >= rng.end):
+                        del todo[tp]
+                    continue
+                if rng.end is None or msg.offset() < rng.end:
+                    ts_type, ts = msg.timestamp()
+                    batch.append(RawRecord(msg.topic(), msg.partition(), msg.offset(), ts if ts_type else None,
+                                           msg.key(), msg.value(), tuple(msg.headers() or ())))
+                if rng.end is not None and msg.offset() + 1 >= rng.end:
+                    del todo[tp]
+            if batch:
+                idle = 0
+                yield batch
+            else:
+                idle += 1
+                if idle >= 10:  # nothing more to read although the range says so: stop, report
+                    raise ReplayError(f"no more records after 10 s; unread ranges: {sorted(todo)}")
+
+
+class ReplayError(Exception):
+    pass
+
+
+class CountingPublisher:
+    """Replay publishes nothing: journal events are dropped, dead letters are counted by reason."""
+
+    def __init__(self) -> None:
+        self.dead_letters: dict[str, int] = {}
+
+    def journal(self, event: dict, partition_key: str) -> None:
+        return None
+
+    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
+        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+
+
+@dataclass
+class ReplayedFile:
+    name: str
+    sha256: str
+    bytes: int
+    records: int
+
+
+class VerifyingSink:
+    """Computes what would be written and compares it with the stored file, writing nothing."""
+
+    def __init__(self, target: Sink) -> None:
+        self._target = target
+        self.files: list[ReplayedFile] = []
+        self.problems: list[str] = []
+        self._manifest = {e["name"]: e for e in target.manifest_entries()}
+
+    def check_writable(self) -> None:
+        return None
+
+    def discard_partials(self) -> int:
+        return 0
+
+    def stat(self, name: str) -> str | None:
+        return self._target.stat(name)
+
+    def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
+        return []
+
+    def write(self, name: str, chunks: Any) -> WriteResult:
+        digest, size = hashlib.sha256(), 0
+        for chunk in chunks():
+            digest.update(chunk)
+            size += len(chunk)
+        sha = digest.hexdigest()
+        stored = self._target.stat(name)
+        if stored is None:
+            self.problems.append(f"MISSING     {name}: replay would write {size} bytes, sha256 {sha}")
+        elif stored != sha:
+            self.problems.append(f"DIFFERENT   {name}: stored sha256 {stored}, replay gives {sha}")
+        entry = self._manifest.get(name)
+        if entry is None:
+            self.problems.append(f"UNRECORDED  {name}: not in the manifest")
+        elif entry["sha256"] != sha:
+            self.problems.append(f"MANIFEST    {name}: manifest sha256 {entry['sha256']}, replay gives {sha}")
+        self.files.append(ReplayedFile(name, sha, size, 0))
+        return WriteResult(name, name, size, sha, already_present=True)
+
+    def record_manifest(self, name: str, entry: dict) -> None:
+        return None
+
+
+def recorded_cuts(entries: list[dict], reader: RangeReader, decode: Any) -> Iterator[FileCut]:
+    """Rebuild each recorded part exactly from the offset ranges its manifest entry lists."""
+    for entry in sorted(entries, key=lambda e: (e["topic"], e["partition"], e["window_start"], e["part"])):
+        key = FileKey(entry["topic"], entry["partition"], entry["window_start"], entry["window_end"],
+                      tuple(tuple(pair) for pair in entry["group"]))
+        ranges = [(int(a), int(b)) for a, b in entry["offsets"][0]["ranges"]]
+        wanted = {off for a, b in ranges for off in range(a, b + 1)}
+        records = []
+        for batch in reader.read([PartitionRange(key.topic, key.partition, ranges[0][0], ranges[-1][1] + 1)]):
+            records.extend(decode(raw) for raw in batch if raw.offset in wanted)
+        if len(records) != len(wanted):
+            raise ReplayError(f"{entry['name']}: {len(wanted) - len(records)} recorded offsets are no longer readable")
+        yield FileCut.of(key, entry["part"], records, entry["reason"], False)

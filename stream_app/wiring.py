@@ -70,8 +70,8 @@ def build_sink(settings: AppSettings) -> Sink:
     return LocalSink(sink.localTargetDir, sink.file_mode_bits, sink.manifest)
 
 
-def spool_dir(settings: AppSettings) -> Path | None:
-    """The spool directory in streaming mode, else None.
+def prepare_worker_spool(settings: AppSettings) -> Path | None:
+    """The worker's spool directory in streaming mode, else None.
 
     Streaming is a start-time setting: a configured spool directory is emptied when the worker
     starts in either mode, so spools of a run in the other mode never survive a restart (their
@@ -84,21 +84,22 @@ def spool_dir(settings: AppSettings) -> Path | None:
     return Path(settings.spoolDir or tempfile.mkdtemp(prefix=f"{settings.appId}-spool-"))
 
 
-def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher) -> FilePipeline:
+def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: Sink | None = None,
+                   spool_dir: Path | None = None) -> FilePipeline:
     worker = settings.worker
     return FilePipeline(
         window_policy(settings),
         worker.groupBy,
         build_decoder(settings),
         build_assembler(settings),
-        build_sink(settings),
+        sink or build_sink(settings),
         state,
         publisher,
         Journal(settings.workerId),
         retry_initial_ms=worker.writeRetryInitialMs,
         retry_max_ms=worker.writeRetryMaxMs,
         mode=worker.mode,
-        spool_dir=spool_dir(settings),
+        spool_dir=spool_dir,
         compression=settings.sink.compression,
         schema_ref=f"{worker.schema_.id}/{worker.schema_.version}" if worker.schema_ else None,
     )

@@ -28,7 +28,7 @@ from stream_app.journal import encode_events
 from stream_app.pipeline import TP, FilePipeline, FlushSummary
 from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
-from stream_app.wiring import build_pipeline
+from stream_app.wiring import build_pipeline, prepare_worker_spool
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ class LiveRuntime:
         self._settings = settings
         self.publisher = FaustPublisher(app, settings)
         self.state = FaustStateStore(app, settings)
-        self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher)
+        self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher,
+                                                     spool_dir=prepare_worker_spool(settings))
         removed = self.pipeline.sink.discard_partials()
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)

@@ -52,6 +52,12 @@ class Sink(Protocol):
     def discard_partials(self) -> int:
         """At start: remove what a crashed run left half-written; returns how many."""
 
+    def stat(self, name: str) -> str | None:
+        """sha256 of the stored file ``name``, or None when there is none (replay --verify)."""
+
+    def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
+        """Manifest entries, optionally only those of one window start."""
+
 
 def os_error_class(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)

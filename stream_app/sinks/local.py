@@ -79,6 +79,17 @@ class LocalSink:
             raise SinkError(f"writing {name} failed: {exc.strerror}", os_error_class(exc)) from None
         return WriteResult(name, str(final), size, sha, already_present=False)
 
+    def stat(self, name: str) -> str | None:
+        path = self.target_dir / check_file_name(name)
+        return _sha256_of(path) if path.is_file() else None
+
+    def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
+        path = self.target_dir / MANIFEST_NAME
+        if not path.exists():
+            return []
+        entries = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return [e for e in entries if window_start_ms is None or e["window_start"] == window_start_ms]
+
     def discard_partials(self) -> int:
         """Delete ``*.tmp`` files: their records are above the committed offsets and are re-read."""
         removed = 0

@@ -139,6 +139,27 @@ class S3Sink:
                 pass  # the bucket's lifecycle rule for incomplete uploads is the last resort
             raise
 
+    def stat(self, name: str) -> str | None:
+        try:
+            return self._existing_sha(self.key_for(name))
+        except Exception as exc:
+            raise classify(exc) from None
+
+    def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
+        entries: list[dict] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=f"{self._settings.prefix}manifests/")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    if window_start_ms is not None and str(window_start_ms) not in obj["Key"]:
+                        continue
+                    body = self._client.get_object(Bucket=self._bucket, Key=obj["Key"])["Body"].read()
+                    entries.extend(orjson.loads(line) for line in body.splitlines() if line.strip())
+        except Exception as exc:
+            raise classify(exc) from None
+        return [e for e in entries if window_start_ms is None or e["window_start"] == window_start_ms]
+
     def discard_partials(self) -> int:
         """Abort multipart uploads under the prefix that a crashed run left behind.
 
