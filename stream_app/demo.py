@@ -108,12 +108,12 @@ def demo_config(example: str, bootstrap: str, topics: tuple[str, str, str], part
     return data
 
 
-def spawn_worker(config_path: str, log_path: str) -> "subprocess.Popen[bytes]":
+def spawn_worker(config_path: str, log_path: str, env: dict[str, str] | None = None) -> "subprocess.Popen[bytes]":
     """Start ``stream-app worker`` as a child process (the demo and the e2e tests use this)."""
     log_file = open(log_path, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "stream_app.cli", "worker", "--config", config_path],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
     )
 
 

@@ -39,6 +39,7 @@ from stream_app.core.windows import (
     WindowOpened,
     WindowPolicy,
 )
+from stream_app.faults import failpoint
 from stream_app.journal import Journal
 from stream_app.sinks.base import Sink, SinkError, WriteResult
 
@@ -182,6 +183,7 @@ class FilePipeline:
             spool = FileSpool(self._partition_spool((key.topic, key.partition)) / f"{digest}-{part}.spool")
             writer = self._parts[(key, part)] = self._assembler.open_part(key, part, spool)
         writer.append(record)
+        failpoint("pipeline.append")
 
     def revoke(self, tps: Sequence[TP]) -> None:
         """Forget partitions this worker no longer owns: their records are re-read by the new owner."""
@@ -356,6 +358,7 @@ class FilePipeline:
             )
             summary.failed += 1
             return
+        failpoint("pipeline.after-write")  # file renamed, nothing persisted or committed yet
         self._retries.pop((cut.key, cut.part), None)
         writer = self._parts.pop((cut.key, cut.part), None)
         if writer is not None:
@@ -392,5 +395,6 @@ class FilePipeline:
             if previous is None or checkpoint.offset > previous.offset:
                 self._state.put_checkpoint(tp, checkpoint)
                 self._published_checkpoints[tp] = checkpoint
+                failpoint("pipeline.after-checkpoint")
                 moved[tp] = checkpoint
         return moved

@@ -84,8 +84,8 @@ class LiveWorker:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
-    def start(self) -> "LiveWorker":
-        self.proc = spawn_worker(str(self.config_path), str(self.log))
+    def start(self, env: dict[str, str] | None = None) -> "LiveWorker":
+        self.proc = spawn_worker(str(self.config_path), str(self.log), env)
         return self
 
     def stop(self) -> int:

@@ -26,6 +26,7 @@ from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
 from stream_app.deadletter import dead_letter
 from stream_app.journal import encode_events
 from stream_app.pipeline import TP, FilePipeline, FlushSummary
+from stream_app.faults import failpoint
 from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
 from stream_app.wiring import build_pipeline, prepare_worker_spool
@@ -101,6 +102,7 @@ class LiveRuntime:
 
     def __init__(self, app: faust.App, settings: AppSettings) -> None:
         self._settings = settings
+        self._app = app
         self.publisher = FaustPublisher(app, settings)
         self.state = FaustStateStore(app, settings)
         self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher,
@@ -165,7 +167,13 @@ class LiveRuntime:
             self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
             self.pipeline.finish_flush(summary)
-        self.pipeline.advance_checkpoints()
+        if self.pipeline.advance_checkpoints():
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Commit the new checkpoints now (Faust would within commitIntervalMs anyway)."""
+        await self._app.consumer.commit()
+        failpoint("live.after-commit")  # committed; later journal events of this batch not yet sent
 
     def commit_gate(self, topic: str, partition: int) -> int | None:
         """What the consumer may commit for a partition: the persisted checkpoint."""

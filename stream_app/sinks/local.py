@@ -10,6 +10,7 @@ import orjson
 
 from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
+from stream_app.faults import failpoint
 from stream_app.sinks.base import FileConflict, SinkError, WriteResult, os_error_class
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -51,6 +52,7 @@ class LocalSink:
         digest = hashlib.sha256()
         size = 0
         try:
+            failpoint("sink.write")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self._mode)
             try:
                 os.fchmod(fd, self._mode)  # umask must not loosen or tighten what was configured
@@ -69,6 +71,7 @@ class LocalSink:
                 if _sha256_of(final) != sha:
                     raise FileConflict(name)
                 return WriteResult(name, str(final), size, sha, already_present=True)
+            failpoint("sink.before-rename")
             os.rename(tmp, final)
             _fsync_dir(self.target_dir)
         except OSError as exc:
