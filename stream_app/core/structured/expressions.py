@@ -202,6 +202,8 @@ def _build_lookup(node: ast.Call, args: list[Evaluator], maps: Mapping[str, Mapp
 
     def lookup(ctx: Mapping[str, Any]) -> Any:
         key = key_of(ctx)
+        if not isinstance(key, (str, int, bool)) and key is not None:
+            raise EvaluationError(f"lookup() needs a text key, got {type(key).__name__}")
         if key in table:
             return table[key]
         if default is None:

@@ -1,0 +1,91 @@
+"""Property-based: random bytes and random records never cause an unhandled exception.
+
+Whatever arrives, the decoders raise ``DecodeError`` (a dead-letter reason), projection raises
+``InvalidRecord`` (field and rule), assembly raises ``AssemblyError`` — never anything else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_app.codecs import DecodeError
+from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
+from stream_app.codecs.json import JsonDecoder
+from stream_app.config import REPO_AVRO_DIR
+from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.structured.project import InvalidRecord
+from stream_app.core.template import AssemblyError, TemplateAssembler
+from stream_app.core.windows import FileCut, FileKey
+from stream_app.demo import matched_records
+from tests.test_structured import PACKS, assembler_for
+
+SCHEMA_PATH = str(REPO_AVRO_DIR / "matched_record.avsc")
+AVRO = AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 100_000)
+JSON = JsonDecoder("matched_at", ["amount"], 100_000)
+BASE = next(matched_records(1, seed=2))
+VALID = encode_confluent(1, load_schema(SCHEMA_PATH), BASE)
+KEY = FileKey("t", 0, 0, 3_600_000)
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3)
+    | st.datetimes(timezones=st.just(timezone.utc)) | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+records = st.fixed_dictionaries({}, optional={name: values for name in BASE}).map(lambda d: {**BASE, **d})
+
+
+def raw(value: bytes) -> RawRecord:
+    return RawRecord("t", 0, 1, None, None, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_bytes_only_ever_raise_decode_errors(data):
+    for decoder in (AVRO, JSON):
+        try:
+            decoder.decode(raw(data))
+        except DecodeError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(VALID) - 1), st.binary(min_size=1, max_size=8))
+def test_corrupted_avro_only_ever_raises_decode_errors(position, garbage):
+    try:
+        AVRO.decode(raw(VALID[:position] + garbage + VALID[position + len(garbage):]))
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records)
+def test_random_records_through_every_assembler(value):
+    template = TemplateAssembler("H|{{ totals.amount }}\n", "D|{{ record.merchant_name | pad(30) }}|"
+                                 "{{ record.amount | money }}|{{ record.matched_at | ts }}\n", "T\n",
+                                 "F_{{ part }}.txt")
+    record = SourceRecord("t", 0, 0, 0, value)
+    try:
+        template.assemble(FileCut.of(KEY, 0, [record])).body
+    except AssemblyError:
+        pass
+    for schema_id in PACKS:
+        assembler = assembler_for(schema_id)
+        try:
+            row = assembler.project(value)
+        except InvalidRecord:
+            continue
+        try:
+            assembler.assemble(FileCut.of(KEY, 0, [SourceRecord("t", 0, 0, 0, value, row)])).body
+        except AssemblyError:
+            pass
+
+
+def test_the_strategies_reach_valid_records_too():
+    assert assembler_for("pcs-clearing").project(BASE)["Amount"] == BASE["amount"].quantize(Decimal("0.01"))
+    assert isinstance(BASE["matched_at"], datetime)
