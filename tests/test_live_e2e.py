@@ -225,3 +225,18 @@ def test_streaming_mode_survives_sigkill_with_identical_files(kafka_bootstrap, t
         worker.stop()
     assert worker.files() == worker.reference_files(tmp_path)  # the buffered (non-streaming) core's bytes
     assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "EIO", "EACCES"])
+def test_injected_sink_errors_back_off_and_recover_with_identical_output(kafka_bootstrap, tmp_path, error):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=10, writeRetryInitialMs=100,
+                        writeRetryMaxMs=400, window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.produce(avro_values(20, span_hours=0.2))
+    worker.start(env={"STREAM_APP_FAILPOINTS": f"sink.write={error}*3"})
+    try:
+        wait_for(lambda: worker.committed()[0] == 20, 60, what="recovery after the injected errors")
+    finally:
+        worker.stop()
+    failed = [e for e in worker.journal() if e["event_type"] == "write-failed"]
+    assert [e["error_class"] for e in failed] == [error] * 3 and sorted(e["attempt"] for e in failed)[-1] >= 1
+    assert worker.files() == worker.reference_files(tmp_path) and len(worker.files()) == 2
