@@ -53,7 +53,10 @@ def worker(config: str) -> None:
     import faust
 
     from stream_app.live.app import create_app
+    from stream_app.live.startup import wait_for_broker
 
+    logging.basicConfig(level=settings.logLevel, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    wait_for_broker(settings)
     app, _runtime = create_app(settings)
     faust.Worker(app, loglevel=settings.logLevel, quiet=True).execute_from_commandline()
 

@@ -240,3 +240,47 @@ def test_injected_sink_errors_back_off_and_recover_with_identical_output(kafka_b
     failed = [e for e in worker.journal() if e["event_type"] == "write-failed"]
     assert [e["error_class"] for e in failed] == [error] * 3 and sorted(e["attempt"] for e in failed)[-1] >= 1
     assert worker.files() == worker.reference_files(tmp_path) and len(worker.files()) == 2
+
+
+def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from stream_app.broker import EmbeddedBroker, create_topics, free_port
+    from stream_app.demo import spawn_worker, stop_worker
+    from stream_app.kafka_tools import produce
+    from tests.helpers import config_dict, write_config
+
+    port, web = free_port(), free_port()
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out, bootstrap=f"127.0.0.1:{port}", topic="late-broker", maxRecordsPerFile=5,
+                       window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    data["appId"], data["webPort"] = "late-broker-app", web
+    config = write_config(tmp_path / "c.yaml", data)
+    proc = spawn_worker(str(config), str(tmp_path / "worker.log"))
+    broker = EmbeddedBroker(port=port)
+    try:
+        def readiness():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}/readyz", timeout=2) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+            except OSError:
+                return None
+
+        status, body = wait_for(readiness, 30, what="the probe endpoint while waiting")
+        assert status == 503 and "Kafka unreachable" in body["reason"]
+        time.sleep(3)
+        assert proc.poll() is None  # still waiting, not crashed
+        broker.start()
+        create_topics(broker.bootstrap, {"late-broker": 1, "clearing-journal": 1, "clearing-dead-letter": 1})
+        produce(broker.bootstrap, "late-broker", [(0, None, v) for v in avro_values(5, span_hours=0.1)])
+        wait_for(lambda: list(out.glob("F_*")), 90, what="a file once the broker is up")
+    finally:
+        stop_worker(proc)
+        broker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert "is unreachable" in log and "Traceback" not in log.split("reachable; starting")[0]

@@ -1,0 +1,77 @@
+"""Before Faust starts: wait for the broker instead of crashing (and crash-looping in Kubernetes).
+
+While waiting, ``/healthz`` answers 200 and ``/readyz`` 503 on the worker's web port, so probes
+see a live process that is not ready, and the log says why once per attempt (with backoff).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from stream_app.config import AppSettings
+
+log = logging.getLogger(__name__)
+
+
+class _ProbeServer:
+    def __init__(self, port: int, reason: str) -> None:
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                ready_path = self.path.startswith("/readyz")
+                body = json.dumps({"ready": False, "reason": state.reason} if ready_path else {"alive": True}).encode()
+                self.send_response(503 if ready_path else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.reason = reason
+        self._server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self._server.allow_reuse_address = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def broker_reachable(bootstrap: str, timeout_s: float = 5.0) -> str | None:
+    """None when the cluster answers a metadata request, else why not."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout_s)
+        return None
+    except KafkaException as exc:
+        return str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+
+
+def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
+    bootstrap = settings.kafka.bootstrapServers
+    problem = broker_reachable(bootstrap)
+    if problem is None:
+        return
+    probes = _ProbeServer(settings.webPort, f"Kafka unreachable: {problem}") if settings.webPort else None
+    delay = 1.0
+    try:
+        while problem is not None:
+            log.warning("Kafka at %s is unreachable (%s); retrying in %.0f s", bootstrap, problem, delay)
+            if probes is not None:
+                probes.reason = f"Kafka unreachable: {problem}"
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+            problem = broker_reachable(bootstrap)
+        log.info("Kafka at %s is reachable; starting", bootstrap)
+    finally:
+        if probes is not None:
+            probes.close()
