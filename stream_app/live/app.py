@@ -29,6 +29,7 @@ from stream_app.pipeline import TP, FilePipeline, FlushSummary
 from stream_app.faults import failpoint
 from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
+from stream_app.live.startup import broker_reachable
 from stream_app.wiring import build_pipeline, prepare_worker_spool
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,9 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         reason = runtime.not_ready_reason()
+        if reason is None:
+            problem = await asyncio.to_thread(broker_reachable, kafka.bootstrapServers, 2.0)
+            reason = f"Kafka unreachable: {problem}" if problem else None
         if reason is not None:
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})

@@ -1,0 +1,73 @@
+"""Losing the broker mid-run: no crash, not ready while it is gone, and it resumes exactly.
+
+Tansu keeps its log in S3 here (moto's server), so the broker can be stopped and started again
+without losing the topics, as a real cluster would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from stream_app.broker import EmbeddedBroker, free_port
+from tests.harness import LiveWorker, avro_values, wait_for
+
+pytestmark = pytest.mark.e2e
+H = 3_600_000
+
+
+@pytest.fixture
+def durable_broker(tmp_path, monkeypatch):
+    moto_port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    server.start()
+    creds = {"AWS_ACCESS_KEY_ID": "tansu", "AWS_SECRET_ACCESS_KEY": "tansu", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}", region_name="us-east-1",
+                 aws_access_key_id="tansu", aws_secret_access_key="tansu").create_bucket(Bucket="tansu")
+    broker = EmbeddedBroker(log_file=tmp_path / "broker.log", storage="s3://tansu/",
+                            env={**creds, "AWS_ENDPOINT": f"http://127.0.0.1:{moto_port}", "AWS_ALLOW_HTTP": "true"})
+    broker.start()
+    yield broker
+    broker.stop()
+    server.stop()
+
+
+def _readiness(port: int):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None
+
+
+def test_broker_loss_mid_run_is_survived_and_output_is_identical(durable_broker, tmp_path):
+    worker = LiveWorker(durable_broker.bootstrap, tmp_path, maxRecordsPerFile=10,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.enable_web()
+    values = avro_values(40, span_hours=0.3)
+    worker.produce(values[:20])
+    worker.start()
+    try:
+        wait_for(lambda: worker.committed()[0] == 20, 60, what="the first files")
+        assert wait_for(lambda: _readiness(worker.web_port), 20)[0] == 200
+        durable_broker.stop()
+        status, body = wait_for(lambda: (lambda r: r if r and r[0] == 503 else None)(_readiness(worker.web_port)),
+                                30, what="not-ready while the broker is gone")
+        assert "Kafka unreachable" in body["reason"]
+        time.sleep(8)
+        assert worker.proc.poll() is None  # no crash
+        durable_broker.start()
+        worker.produce(values[20:])
+        wait_for(lambda: worker.committed()[0] == 40, 120, what="processing resumed after the broker came back")
+        assert wait_for(lambda: (lambda r: r if r and r[0] == 200 else None)(_readiness(worker.web_port)), 30)
+    finally:
+        worker.stop()
+    assert worker.files() == worker.reference_files(tmp_path) and len(worker.files()) == 4
