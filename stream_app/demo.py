@@ -43,15 +43,15 @@ _ACQUIRERS = ["ACQ-000451", "ACQ-001877", "ACQ-009320"]
 _ISSUERS = ["ISS-424242", "ISS-535110", "ISS-601100", "ISS-377412"]
 
 
-def matched_records(count: int, seed: int, span_hours: float = 26.0) -> Iterator[dict]:
-    """Records with event times rising through ``span_hours`` from DEMO_START (small jitter)."""
+def matched_records(count: int, seed: int, span_hours: float = 26.0, start: datetime = DEMO_START) -> Iterator[dict]:
+    """Records with event times rising through ``span_hours`` from ``start`` (small jitter)."""
     rng = random.Random(seed)
     step_ms = span_hours * 3600 * 1000 / max(count, 1)
     for i in range(count):
         merchant_id, merchant_name, mcc, country = rng.choice(_MERCHANTS)
         scheme, pan_prefix = rng.choice(_SCHEMES)
         jitter = rng.randint(-120_000, 120_000)  # up to 2 minutes out of order
-        matched_at = DEMO_START + timedelta(milliseconds=max(0, int(i * step_ms) + jitter))
+        matched_at = start + timedelta(milliseconds=max(0, int(i * step_ms) + jitter))
         tx_type = rng.choices(["PURCHASE", "REFUND", "CASH_ADVANCE", "REVERSAL"], [90, 6, 2, 2])[0]
         amount = Decimal(rng.randint(100, 250_000)).scaleb(-2)
         yield {

@@ -11,7 +11,9 @@ from stream_app.broker import create_topics
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import REPO_AVRO_DIR, parse_config
 from stream_app.core.records import RawRecord
-from stream_app.demo import matched_records, spawn_worker, stop_worker
+from datetime import timedelta
+
+from stream_app.demo import DEMO_START, matched_records, spawn_worker, stop_worker
 from stream_app.journal import Journal
 from stream_app.kafka_tools import committed_offsets, produce, read_dead_letters, read_journal
 from stream_app.pipeline import FilePipeline, MemoryStateStore
@@ -23,8 +25,9 @@ from tests.helpers import CollectingPublisher, config_dict, write_config
 SCHEMA = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
 
 
-def avro_values(count: int, seed: int = 7, span_hours: float = 5.0) -> list[bytes]:
-    return [encode_confluent(1, SCHEMA, r) for r in matched_records(count, seed, span_hours)]
+def avro_values(count: int, seed: int = 7, span_hours: float = 5.0, start_hours: float = 0.0) -> list[bytes]:
+    start = DEMO_START + timedelta(hours=start_hours)
+    return [encode_confluent(1, SCHEMA, r) for r in matched_records(count, seed, span_hours, start)]
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.5, what: str = "") -> Any:

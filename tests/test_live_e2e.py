@@ -284,3 +284,30 @@ def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
         broker.stop()
     log = (tmp_path / "worker.log").read_text()
     assert "is unreachable" in log and "Traceback" not in log.split("reachable; starting")[0]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_rss_stays_bounded_under_a_producer_flood(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=1000, maxBufferedRecords=2000,
+                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 600_000})
+    rounds = [avro_values(30_000, seed=51 + i, span_hours=4, start_hours=4 * i) for i in range(3)]
+    worker.start()
+    peaks = []
+    try:
+        done = 0
+        for values in rounds:
+            worker.produce(values)
+            done += len(values)
+            wait_for(lambda: sum(worker.committed().values()) >= done - 4000, 180, interval_s=2,
+                     what="the flood to be absorbed")
+            peaks.append(_peak_rss_mb(worker.proc.pid))
+    finally:
+        worker.stop()
+    # three times the records, bounded memory: the peak after the third flood is within 25 % of the first
+    assert peaks[2] <= peaks[0] * 1.25, peaks

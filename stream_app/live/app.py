@@ -86,15 +86,23 @@ class FaustPublisher:
         self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
         self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
         self._worker_id = settings.workerId
-        self.dead_letters = 0
+        self.dead_letters: dict[str, int] = {}
+        self._logged: dict[str, int] = {}
+
+    def log_dead_letters(self) -> None:
+        """One line per batch that dead-lettered anything (never a line per record)."""
+        if self.dead_letters != self._logged:
+            delta = {r: n - self._logged.get(r, 0) for r, n in self.dead_letters.items() if n != self._logged.get(r, 0)}
+            log.warning("dead-lettered %s", ", ".join(f"{n} {r}" for r, n in sorted(delta.items())))
+            self._logged = dict(self.dead_letters)
 
     def journal(self, event: dict, partition_key: str) -> None:
         (payload,) = encode_events([event])
         self._journal.send_soon(key=partition_key.encode(), value=payload)
 
     def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
-        self.dead_letters += 1
-        log.warning("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
+        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+        log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
         self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id))
 
 
@@ -140,6 +148,7 @@ class LiveRuntime:
                 delay = min(delay * 2, 30.0)
         for event in events:
             event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
+        self.publisher.log_dead_letters()
         await self._apply_backpressure()
 
     async def _apply_backpressure(self) -> None:
