@@ -16,7 +16,7 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.core.records import RawRecord, SourceRecord
@@ -264,10 +264,15 @@ class FilePipeline:
                 )
             # FileCut: held by its windower as pending until finalized
 
-    def tick(self, now_wall_ms: int) -> None:
-        """Wall-clock cuts: idle partitions and the optional flush interval."""
-        for windower in list(self._windowers.values()):
-            self._handle_outputs(windower.cut_idle(now_wall_ms))
+    def tick(self, now_wall_ms: int, caught_up: Callable[[TP], bool] = lambda tp: True) -> None:
+        """Wall-clock cuts: idle partitions and the optional flush interval.
+
+        A partition only counts as idle when the consumer has caught up with it: a partition that
+        merely waited for the fetcher while others were read is not idle.
+        """
+        for tp, windower in list(self._windowers.items()):
+            if caught_up(tp):
+                self._handle_outputs(windower.cut_idle(now_wall_ms))
             self._handle_outputs(windower.cut_interval(now_wall_ms))
 
     def relieve_pressure(self) -> bool:

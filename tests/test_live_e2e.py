@@ -151,13 +151,13 @@ def test_poison_json_goes_to_the_dead_letter_topic(kafka_bootstrap, tmp_path):
 def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=20,
                         window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
-    values = avro_values(600, seed=23, span_hours=6)
-    worker.produce(values[:300])
+    # everything is produced up front: a partition that caught up early would otherwise close its
+    # windows by idleness, a wall-clock decision the offline reference cannot know about
+    worker.produce(avro_values(600, seed=23, span_hours=6))
     worker.start()
     try:
         wait_for(lambda: len(worker.files()) >= 3, 60, what="some files before the crash")
         worker.kill()
-        worker.produce(values[300:])
         worker.start()
         wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 600, 120,
                  what="all records after restart")
@@ -209,14 +209,12 @@ def test_streaming_mode_survives_sigkill_with_identical_files(kafka_bootstrap, t
     from tests.helpers import write_config
 
     write_config(worker.config_path, worker.config_data)
-    values = avro_values(500, seed=29, span_hours=5)
-    worker.produce(values[:250])
+    worker.produce(avro_values(500, seed=29, span_hours=5))
     worker.start()
     try:
         wait_for(lambda: len(worker.files()) >= 2, 60, what="some files before the crash")
         assert list((tmp_path / "spool").rglob("*.spool"))  # open parts live on disk
         worker.kill()
-        worker.produce(values[250:])
         worker.start()
         wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 500, 120,
                  what="all records after restart")

@@ -249,6 +249,11 @@ class PartitionWindower:
         return self._watermark
 
     @property
+    def next_offset(self) -> int | None:
+        """The offset after the last one processed (None before the first record)."""
+        return self._next_offset
+
+    @property
     def buffered_records(self) -> int:
         """Records held in memory: open parts plus cut parts not yet finalized (0 when streaming)."""
         return self._buffered

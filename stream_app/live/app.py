@@ -165,8 +165,18 @@ class LiveRuntime:
     # -- timer ------------------------------------------------------------------------------
     async def on_tick(self) -> None:
         async with self._lock:
-            self.pipeline.tick(_now_ms())
+            self.pipeline.tick(_now_ms(), self._caught_up)
             await self._flush_and_commit()
+
+    def _caught_up(self, tp: TP) -> bool:
+        """No lag on the partition: what was fetched has been processed up to the high watermark."""
+        consumer = self._app.consumer
+        faust_tp = FaustTP(tp[0], tp[1])
+        highwater = consumer.highwater(faust_tp)
+        if highwater is None or highwater < 0:
+            return False
+        windower = self.pipeline.windower(tp)
+        return windower.next_offset is not None and windower.next_offset >= highwater
 
     # -- finalize + commit ------------------------------------------------------------------
     async def _flush_and_commit(self) -> None:
