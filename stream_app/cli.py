@@ -41,6 +41,19 @@ def preflight(config: str) -> None:
         click.echo(f"ok  {item}")
 
 
+@main.command("config")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+def show_config(config: str) -> None:
+    """Print the effective configuration (defaults filled in, credentials masked)."""
+    from stream_app.config import dump_config
+
+    try:
+        click.echo(dump_config(load_config(config)), nl=False)
+    except ConfigError as exc:
+        click.echo(f"invalid configuration: {exc}", err=True)
+        sys.exit(2)
+
+
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
 def worker(config: str) -> None:

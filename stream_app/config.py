@@ -29,6 +29,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class KafkaSecurity(_Model):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    saslMechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    # The password is never written in the config: name an environment variable or a mounted file.
+    passwordEnv: str | None = None
+    passwordFile: str | None = None
+    caFile: str | None = None
+    certFile: str | None = None
+    keyFile: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KafkaSecurity":
+        sasl = self.protocol.startswith("SASL")
+        if sasl and (not self.saslMechanism or not self.username or not (self.passwordEnv or self.passwordFile)):
+            raise ValueError("kafka.security: SASL needs saslMechanism, username and passwordEnv or passwordFile")
+        if not sasl and (self.saslMechanism or self.username or self.passwordEnv or self.passwordFile):
+            raise ValueError(f"kafka.security: SASL settings given but protocol is {self.protocol}")
+        if self.passwordEnv and self.passwordFile:
+            raise ValueError("kafka.security: set passwordEnv or passwordFile, not both")
+        if self.protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and (self.caFile or self.certFile or self.keyFile):
+            raise ValueError(f"kafka.security: TLS files given but protocol {self.protocol} does not use TLS")
+        if bool(self.certFile) != bool(self.keyFile):
+            raise ValueError("kafka.security: certFile and keyFile go together")
+        return self
+
+
 class KafkaSettings(_Model):
     bootstrapServers: str = Field(min_length=1)
     inputTopics: list[str] = Field(min_length=1)
@@ -42,6 +69,7 @@ class KafkaSettings(_Model):
     rebalanceTimeoutMs: int = Field(default=10000, ge=1000)
     heartbeatIntervalMs: int = Field(default=1000, ge=100)
     commitIntervalMs: int = Field(default=1000, ge=100)
+    security: KafkaSecurity = KafkaSecurity()
 
 
 class InputSettings(_Model):
@@ -222,6 +250,23 @@ def _expand_env(node: Any, path: str) -> Any:
 
         return _ENV_REF.sub(repl, node)
     return node
+
+
+def dump_config(settings: AppSettings) -> str:
+    """The effective configuration as YAML, with credentials in URLs masked (passwords are never
+    in the settings: only the name of their environment variable or file)."""
+    data = settings.model_dump(mode="json", by_alias=True)
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: mask(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        if isinstance(node, str):
+            return re.sub(r"(://)[^/@\s]+@", r"\1****@", node)
+        return node
+
+    return yaml.safe_dump(mask(data), sort_keys=False)
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

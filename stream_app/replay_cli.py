@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
+from stream_app.ops.security import confluent_security
 from stream_app.pipeline import MemoryStateStore
 from stream_app.replay import (
     BEGINNING,
@@ -180,4 +181,4 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
 
 
 def _consumer_config(settings: AppSettings) -> dict:
-    return {"bootstrap.servers": settings.kafka.bootstrapServers}
+    return {"bootstrap.servers": settings.kafka.bootstrapServers, **confluent_security(settings.kafka.security)}

@@ -30,6 +30,7 @@ from stream_app.faults import failpoint
 from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
 from stream_app.live.startup import broker_reachable
+from stream_app.ops.security import faust_credentials
 from stream_app.wiring import build_pipeline, prepare_worker_spool
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     app = faust.App(
         settings.appId,
         broker=[f"{SCHEME}://{host.strip()}" for host in kafka.bootstrapServers.split(",")],
+        broker_credentials=faust_credentials(kafka.security),
         store="memory://",
         datadir=settings.dataDir or tempfile.mkdtemp(prefix=f"{settings.appId}-"),
         topic_partitions=kafka.topicPartitions,
@@ -264,7 +266,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     async def readyz(web: Any, request: Any) -> Any:
         reason = runtime.not_ready_reason()
         if reason is None:
-            problem = await asyncio.to_thread(broker_reachable, kafka.bootstrapServers, 2.0)
+            problem = await asyncio.to_thread(broker_reachable, settings, 2.0)
             reason = f"Kafka unreachable: {problem}" if problem else None
         if reason is not None:
             return web.json({"ready": False, "reason": reason}, status=503)

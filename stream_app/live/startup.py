@@ -13,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from stream_app.config import AppSettings
+from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,15 @@ class _ProbeServer:
         self._server.server_close()
 
 
-def broker_reachable(bootstrap: str, timeout_s: float = 5.0) -> str | None:
+def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> str | None:
     """None when the cluster answers a metadata request, else why not."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    conf = {"bootstrap.servers": settings.kafka.bootstrapServers, "log_level": 0,
+            **confluent_security(settings.kafka.security)}
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout_s)
+        AdminClient(conf).list_topics(timeout=timeout_s)
         return None
     except KafkaException as exc:
         return str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
@@ -58,7 +61,7 @@ def broker_reachable(bootstrap: str, timeout_s: float = 5.0) -> str | None:
 
 def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
     bootstrap = settings.kafka.bootstrapServers
-    problem = broker_reachable(bootstrap)
+    problem = broker_reachable(settings)
     if problem is None:
         return
     probes = _ProbeServer(settings.webPort, f"Kafka unreachable: {problem}") if settings.webPort else None
@@ -70,7 +73,7 @@ def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
                 probes.reason = f"Kafka unreachable: {problem}"
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
-            problem = broker_reachable(bootstrap)
+            problem = broker_reachable(settings)
         log.info("Kafka at %s is reachable; starting", bootstrap)
     finally:
         if probes is not None:

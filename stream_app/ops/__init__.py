@@ -1,0 +1,1 @@
+"""Operations: security settings for the Kafka clients, metrics, logging."""
