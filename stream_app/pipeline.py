@@ -14,6 +14,7 @@ import hashlib
 import logging
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -41,6 +42,7 @@ from stream_app.core.windows import (
 )
 from stream_app.faults import failpoint
 from stream_app.journal import Journal
+from stream_app.ops.metrics import Metrics
 from stream_app.sinks.base import Sink, SinkError, WriteResult
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class MemoryStateStore:
 
 @dataclass(slots=True)
 class WriteOutcome:
+    seconds: float = 0.0
     name: str | None = None
     result: WriteResult | None = None
     error_class: str | None = None
@@ -129,6 +132,7 @@ class FilePipeline:
         spool_dir: Path | None = None,
         compression: str = "none",
         schema_ref: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._policy = policy
         self._assigner = WindowAssigner(policy, group_by)
@@ -154,6 +158,7 @@ class FilePipeline:
         self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
         self._compression = compression
         self._schema_ref = schema_ref
+        self.metrics = metrics
 
     # -- partitions -------------------------------------------------------------------------
     def windower(self, tp: TP) -> PartitionWindower:
@@ -195,6 +200,9 @@ class FilePipeline:
                     self._retries.pop((cut.key, cut.part), None)
             for key_part in [kp for kp in self._parts if (kp[0].topic, kp[0].partition) == tp]:
                 self._parts.pop(key_part).discard()
+
+    def partitions(self) -> list[TP]:
+        return list(self._windowers)
 
     @property
     def buffered_records(self) -> int:
@@ -295,6 +303,12 @@ class FilePipeline:
 
     def write_cut(self, cut: FileCut) -> WriteOutcome:
         """Assemble and store one cut.  Thread-safe: touches only the assembler and the sink."""
+        started = time.perf_counter()
+        outcome = self._write_cut(cut)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _write_cut(self, cut: FileCut) -> WriteOutcome:
         try:
             writer = self._parts.get((cut.key, cut.part))
             assembled = writer.finish() if writer is not None else self._assembler.assemble(cut)
@@ -342,6 +356,10 @@ class FilePipeline:
         if outcome.result is None:
             retry = self._retries.setdefault((cut.key, cut.part), _Retry())
             retry.attempt += 1
+            if self.metrics is not None:
+                self.metrics.write_failures.labels(outcome.error_class).inc()
+                if retry.attempt > 1:
+                    self.metrics.retries.inc()
             backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
             if not outcome.transient:
                 backoff = self._retry_max  # terminal (e.g. AccessDenied): wait for an operator, slowly
@@ -372,6 +390,11 @@ class FilePipeline:
         self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256,
                                                       result.location, result.url), cut.key.id)
         self._state.put_facts(cut.key, windower.mark_finalized(cut))
+        if self.metrics is not None:
+            self.metrics.files_finalized.labels(self._mode, cut.reason).inc()
+            self.metrics.records_per_file.observe(cut.count)
+            self.metrics.bytes_written.inc(0 if result.already_present else result.bytes)
+            self.metrics.finalize_seconds.observe(outcome.seconds)
         summary.files += 1
         summary.records += cut.count
         summary.bytes += result.bytes
@@ -384,6 +407,19 @@ class FilePipeline:
                 self._journal.flush_summary(summary.files, summary.records, summary.bytes, summary.failed),
                 self._journal.worker_id,
             )
+
+    def update_gauges(self, now_wall_ms: int) -> None:
+        if self.metrics is None:
+            return
+        open_ages = [now_wall_ms - since for w in self._windowers.values() for since in w.open_since()]
+        self.metrics.open_windows.set(self.open_windows())
+        self.metrics.oldest_window_age.set(max(open_ages, default=0) / 1000)
+        uncommitted = 0
+        for tp, windower in self._windowers.items():
+            checkpoint = self._published_checkpoints.get(tp)
+            if windower.next_offset is not None:
+                uncommitted += windower.next_offset - (checkpoint.offset if checkpoint else 0)
+        self.metrics.uncommitted.set(uncommitted)
 
     # -- commit -----------------------------------------------------------------------------
     def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:

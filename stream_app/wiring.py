@@ -15,6 +15,7 @@ from stream_app.core.structured.pack import SchemaPack, load_pack, pack_path
 from stream_app.core.template import TemplateAssembler
 from stream_app.core.windows import WindowPolicy
 from stream_app.journal import Journal
+from stream_app.ops.metrics import Metrics
 from stream_app.pipeline import FilePipeline, Publisher, StateStore
 from stream_app.sinks.base import Sink
 from stream_app.sinks.local import LocalSink
@@ -85,7 +86,7 @@ def prepare_worker_spool(settings: AppSettings) -> Path | None:
 
 
 def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: Sink | None = None,
-                   spool_dir: Path | None = None) -> FilePipeline:
+                   spool_dir: Path | None = None, metrics: Metrics | None = None) -> FilePipeline:
     worker = settings.worker
     return FilePipeline(
         window_policy(settings),
@@ -102,4 +103,5 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
         spool_dir=spool_dir,
         compression=settings.sink.compression,
         schema_ref=f"{worker.schema_.id}/{worker.schema_.version}" if worker.schema_ else None,
+        metrics=metrics,
     )

@@ -309,3 +309,32 @@ def test_rss_stays_bounded_under_a_producer_flood(kafka_bootstrap, tmp_path):
         worker.stop()
     # three times the records, bounded memory: the peak after the third flood is within 25 % of the first
     assert peaks[2] <= peaks[0] * 1.25, peaks
+
+
+def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
+    import urllib.request
+
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=3,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.enable_web()
+    good = avro_values(6, span_hours=0.1)
+    worker.produce(good[:3] + [b"\x09poison"] + good[3:])
+    worker.start()
+    try:
+        wait_for(lambda: worker.committed()[0] == 7, 60, what="files and commits")
+        time.sleep(1)  # a timer tick updates the gauges
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        assert worker.readiness()[0] == 200
+    finally:
+        worker.stop()
+    assert f'stream_app_records_consumed_total{{partition="0",topic="{worker.topic}"}} 7.0' in text
+    assert 'stream_app_files_finalized_total{mode="template",reason="count"} 2.0' in text
+    assert 'stream_app_dead_letters_total{reason="BAD_MAGIC_BYTE"} 1.0' in text
+    assert "stream_app_records_per_file_count 2.0" in text and "stream_app_finalize_seconds_count 2.0" in text
+    assert "stream_app_uncommitted_records 0.0" in text and "stream_app_open_windows 1.0" in text  # not closed yet
+    assert f'stream_app_consumer_lag{{partition="0",topic="{worker.topic}"}} 0.0' in text
+    for value in (b"poison", b"EUR"):
+        assert value.decode() not in text  # no record data in labels

@@ -262,6 +262,10 @@ class PartitionWindower:
     def open_windows(self) -> list[FileKey]:
         return list(self._open)
 
+    def open_since(self) -> list[int]:
+        """Wall-clock time each open part received its first record."""
+        return [w.first_buffered_wall_ms for w in self._open.values() if w.first_buffered_wall_ms is not None]
+
     def facts_for(self, key: FileKey) -> WindowFacts | None:
         facts = self._facts.get(key)
         if facts is None:

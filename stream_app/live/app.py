@@ -30,6 +30,7 @@ from stream_app.faults import failpoint
 from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
 from stream_app.live.startup import broker_reachable
+from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import faust_credentials
 from stream_app.wiring import build_pipeline, prepare_worker_spool
 
@@ -83,7 +84,8 @@ class FaustStateStore:
 
 
 class FaustPublisher:
-    def __init__(self, app: faust.App, settings: AppSettings) -> None:
+    def __init__(self, app: faust.App, settings: AppSettings, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
         self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
         self._worker_id = settings.workerId
@@ -103,6 +105,7 @@ class FaustPublisher:
 
     def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+        self._metrics.dead_letters.labels(reason).inc()
         log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
         self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id))
 
@@ -113,10 +116,11 @@ class LiveRuntime:
     def __init__(self, app: faust.App, settings: AppSettings) -> None:
         self._settings = settings
         self._app = app
-        self.publisher = FaustPublisher(app, settings)
+        self.metrics = Metrics()
+        self.publisher = FaustPublisher(app, settings, self.metrics)
         self.state = FaustStateStore(app, settings)
         self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher,
-                                                     spool_dir=prepare_worker_spool(settings))
+                                                     spool_dir=prepare_worker_spool(settings), metrics=self.metrics)
         removed = self.pipeline.sink.discard_partials()
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
@@ -127,8 +131,10 @@ class LiveRuntime:
     # -- agent ------------------------------------------------------------------------------
     async def on_batch(self, events: Sequence[Any]) -> None:
         raws = []
+        consumed: dict[tuple[str, int], int] = {}
         for event in events:
             msg = event.message
+            consumed[(msg.topic, msg.partition)] = consumed.get((msg.topic, msg.partition), 0) + 1
             raws.append(RawRecord(
                 msg.topic, msg.partition, msg.offset,
                 int(msg.timestamp * 1000) if msg.timestamp else None,
@@ -149,6 +155,8 @@ class LiveRuntime:
                 delay = min(delay * 2, 30.0)
         for event in events:
             event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
+        for (topic, partition), count in consumed.items():  # per batch, not per record
+            self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
         self.publisher.log_dead_letters()
         await self._apply_backpressure()
 
@@ -168,16 +176,22 @@ class LiveRuntime:
         async with self._lock:
             self.pipeline.tick(_now_ms(), self._caught_up)
             await self._flush_and_commit()
+            self.pipeline.update_gauges(_now_ms())
+            for tp in self.pipeline.partitions():
+                lag = self._lag(tp)
+                if lag is not None:
+                    self.metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
+
+    def _lag(self, tp: TP) -> int | None:
+        highwater = self._app.consumer.highwater(FaustTP(tp[0], tp[1]))
+        next_offset = self.pipeline.windower(tp).next_offset
+        if highwater is None or highwater < 0 or next_offset is None:
+            return None
+        return max(0, highwater - next_offset)
 
     def _caught_up(self, tp: TP) -> bool:
         """No lag on the partition: what was fetched has been processed up to the high watermark."""
-        consumer = self._app.consumer
-        faust_tp = FaustTP(tp[0], tp[1])
-        highwater = consumer.highwater(faust_tp)
-        if highwater is None or highwater < 0:
-            return False
-        windower = self.pipeline.windower(tp)
-        return windower.next_offset is not None and windower.next_offset >= highwater
+        return self._lag(tp) == 0
 
     # -- finalize + commit ------------------------------------------------------------------
     async def _flush_and_commit(self) -> None:
@@ -257,6 +271,11 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:
         await runtime.on_tick()
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 text
+        return web.text(runtime.metrics.render().decode(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

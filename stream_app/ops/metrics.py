@@ -1,0 +1,39 @@
+"""Prometheus metrics of the worker (prometheus-client), served at ``/metrics`` on the web port.
+
+Labels carry topics, partitions, reasons and error classes only: never record data.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the web page)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter("stream_app_records_consumed_total", "Records read from the input topics",
+                                        ["topic", "partition"], registry=r)
+        self.files_finalized = Counter("stream_app_files_finalized_total", "Files written and made visible",
+                                       ["mode", "reason"], registry=r)
+        self.records_per_file = Histogram("stream_app_records_per_file", "Records in each finalized file",
+                                          buckets=(1, 10, 100, 1_000, 10_000, 100_000, 1_000_000), registry=r)
+        self.bytes_written = Counter("stream_app_bytes_written_total", "Bytes of finalized files", registry=r)
+        self.finalize_seconds = Histogram("stream_app_finalize_seconds", "Assemble + write + rename of one file",
+                                          registry=r)
+        self.open_windows = Gauge("stream_app_open_windows", "File windows with unfinalized records", registry=r)
+        self.oldest_window_age = Gauge("stream_app_oldest_open_part_age_seconds",
+                                       "Wall-clock age of the oldest open part", registry=r)
+        self.consumer_lag = Gauge("stream_app_consumer_lag", "High watermark minus next offset to process",
+                                  ["topic", "partition"], registry=r)
+        self.uncommitted = Gauge("stream_app_uncommitted_records", "Records read but not yet below a commit",
+                                 registry=r)
+        self.dead_letters = Counter("stream_app_dead_letters_total", "Records sent to the dead-letter topic",
+                                    ["reason"], registry=r)
+        self.write_failures = Counter("stream_app_write_failures_total", "Failed file writes and finalizations",
+                                      ["error_class"], registry=r)
+        self.retries = Counter("stream_app_write_retries_total", "Retried file writes", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
