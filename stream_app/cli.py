@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import os
 import sys
 from pathlib import Path
@@ -68,10 +69,13 @@ def worker(config: str) -> None:
     from stream_app.live.app import create_app
     from stream_app.live.startup import wait_for_broker
 
-    logging.basicConfig(level=settings.logLevel, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    from stream_app.ops.logging import logging_config
+
+    log_config = logging_config(settings.logLevel, settings.logFormat)
+    logging.config.dictConfig(log_config)
     wait_for_broker(settings)
     app, _runtime = create_app(settings)
-    faust.Worker(app, loglevel=settings.logLevel, quiet=True).execute_from_commandline()
+    faust.Worker(app, loglevel=settings.logLevel, quiet=True, logging_config=log_config).execute_from_commandline()
 
 
 @main.command()

@@ -227,6 +227,7 @@ class AppSettings(_Model):
     worker: WorkerSettings
     sink: SinkSettings
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logFormat: Literal["text", "json"] = "text"
     webPort: int | None = Field(default=None, ge=1, le=65535)
     # Faust's local data directory; a fresh temporary directory when unset.
     dataDir: str | None = None

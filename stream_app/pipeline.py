@@ -378,6 +378,7 @@ class FilePipeline:
             log.warning(
                 "file %s part %d failed (attempt %d, retrying in %d ms): %s",
                 cut.key.id, cut.part, retry.attempt, backoff, outcome.error_message,
+                extra={"file_key": cut.key.id, "part": cut.part},
             )
             summary.failed += 1
             return
@@ -395,6 +396,8 @@ class FilePipeline:
             self.metrics.records_per_file.observe(cut.count)
             self.metrics.bytes_written.inc(0 if result.already_present else result.bytes)
             self.metrics.finalize_seconds.observe(outcome.seconds)
+        log.info("finalized %s (%d records, %d bytes, %s)", result.name, cut.count, result.bytes, cut.reason,
+                 extra={"file_key": cut.key.id, "part": cut.part})
         summary.files += 1
         summary.records += cut.count
         summary.bytes += result.bytes

@@ -115,3 +115,22 @@ def test_gzip_needs_gz_names(tmp_path):
     data["sink"]["compression"] = "gzip"
     with pytest.raises(ConfigError, match="must end in .gz"):
         run_preflight(parse_config(data))
+
+
+def test_json_log_lines_carry_the_file_window_as_correlation_id():
+    import io
+    import json
+    import logging
+
+    from stream_app.ops.logging import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.warning("file %s failed", "in/0/0", extra={"file_key": "in/0/0", "part": 1})
+    entry = json.loads(stream.getvalue())
+    assert entry["message"] == "file in/0/0 failed" and entry["file_key"] == "in/0/0" and entry["part"] == 1
+    assert entry["level"] == "WARNING" and entry["ts"].endswith("+00:00")
