@@ -123,6 +123,26 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
         sys.exit(1)
 
 
+@main.command("produce-demo")
+@click.option("--records", default=20000, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--partitions", default=3, show_default=True)
+@click.option("--topic", default="matched-records", show_default=True)
+def produce_demo(records: int, seed: int, partitions: int, topic: str) -> None:
+    """Produce the seeded sample to KAFKA_BOOTSTRAP_SERVERS (registering the schema when
+    SCHEMA_REGISTRY_URL is set) — the demo producer of docker-compose.yml."""
+    from stream_app.broker import create_topics
+    from stream_app.demo import produce_sample
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        click.echo("KAFKA_BOOTSTRAP_SERVERS is not set", err=True)
+        sys.exit(2)
+    create_topics(bootstrap, {topic: partitions})
+    count = produce_sample(bootstrap, topic, records, seed, partitions, os.environ.get("SCHEMA_REGISTRY_URL"))
+    click.echo(f"produced {count} matched records to {topic}")
+
+
 @main.command()
 @click.option("--records", default=2000, show_default=True, help="Matched records to generate.")
 @click.option("--out", "out", default="demo-out", show_default=True, type=click.Path(file_okay=False),

@@ -16,8 +16,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-REPO_AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
-REPO_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# Where avro/, schemas/ and examples/ live: the source checkout, or STREAM_APP_HOME when the
+# package is installed elsewhere (the Docker image sets it to /app).
+APP_HOME = Path(os.environ.get("STREAM_APP_HOME") or Path(__file__).resolve().parent.parent)
+REPO_AVRO_DIR = APP_HOME / "avro"
+REPO_SCHEMAS_DIR = APP_HOME / "schemas"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -156,7 +159,8 @@ class WorkerSettings(_Model):
 
     @model_validator(mode="after")
     def _buffer_holds_a_file(self) -> "WorkerSettings":
-        if self.maxBufferedRecords < self.maxRecordsPerFile:
+        # (in streaming mode parts wait on disk, so the in-memory bound does not limit them)
+        if not self.streamingAppendEnabled and self.maxBufferedRecords < self.maxRecordsPerFile:
             raise ValueError(
                 "worker.maxBufferedRecords must be >= worker.maxRecordsPerFile "
                 f"({self.maxBufferedRecords} < {self.maxRecordsPerFile})"

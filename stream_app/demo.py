@@ -77,10 +77,33 @@ def matched_records(count: int, seed: int, span_hours: float = 26.0, start: date
         }
 
 
-def encoded_matched_records(count: int, seed: int) -> Iterator[bytes]:
+def encoded_matched_records(count: int, seed: int, schema_id: int = MATCHED_RECORD_SCHEMA_ID) -> Iterator[bytes]:
     schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
     for record in matched_records(count, seed):
-        yield encode_confluent(MATCHED_RECORD_SCHEMA_ID, schema, record)
+        yield encode_confluent(schema_id, schema, record)
+
+
+def register_schema(registry_url: str, subject: str) -> int:
+    """Register the matched-record schema with a Confluent-compatible registry; returns its id."""
+    import json
+    import urllib.request
+
+    schema = (REPO_AVRO_DIR / "matched_record.avsc").read_text(encoding="utf-8")
+    request = urllib.request.Request(
+        f"{registry_url.rstrip('/')}/subjects/{subject}/versions", method="POST",
+        data=json.dumps({"schema": schema}).encode(),
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return int(json.loads(resp.read())["id"])
+
+
+def produce_sample(bootstrap: str, topic: str, records: int, seed: int, partitions: int,
+                   registry_url: str | None = None) -> int:
+    from stream_app.kafka_tools import produce
+
+    schema_id = register_schema(registry_url, f"{topic}-value") if registry_url else MATCHED_RECORD_SCHEMA_ID
+    return produce(bootstrap, topic, ((i % partitions, None, value) for i, value in
+                                      enumerate(encoded_matched_records(records, seed, schema_id))))
 
 
 EXAMPLES_DIR = REPO_AVRO_DIR.parent / "examples"

@@ -1,0 +1,159 @@
+"""Deployment artefacts: the Helm chart (linted and rendered offline by the Helm v4 library),
+docker-compose.yml and the Dockerfile.  There is no Docker engine here, so compose and the
+Dockerfile are checked for consistency rather than run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+from stream_app.config import parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "stream-app"
+
+
+def render(values: dict | None = None) -> dict[str, list[dict]]:
+    out = helm.Chart.load(str(CHART)).render(values, name="clearing", namespace="payments")
+    manifests: dict[str, list[dict]] = {}
+    for path, text in out.items():
+        if not path.endswith(".yaml"):
+            continue  # NOTES.txt
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                manifests.setdefault(doc["kind"], []).append(doc)
+    return manifests
+
+
+def worker_config(manifests: dict, env: dict[str, str], monkeypatch) -> object:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    data = yaml.safe_load(manifests["ConfigMap"][0]["data"]["config.yaml"])
+    return parse_config(data, "helm configmap")
+
+
+def container(manifests: dict, kind: str = "Deployment") -> dict:
+    return manifests[kind][0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_chart_lints_clean():
+    report = helm.lint(str(CHART))
+    assert report["errors"] == [] and not [m for m in report["messages"] if m["severity"] >= 2]
+    ci_values = yaml.safe_load((CHART / "ci" / "s3-sasl-values.yaml").read_text())
+    assert helm.lint(str(CHART), ci_values)["errors"] == []
+
+
+def test_default_render(monkeypatch):
+    m = render()
+    assert set(m) >= {"Deployment", "ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    assert "ServiceMonitor" not in m and "StatefulSet" not in m
+    c = container(m)
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["resources"]["limits"]["memory"] == "1Gi"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    pod = m["Deployment"][0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    settings = worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}, monkeypatch)  # the real config model
+    assert settings.kafka.bootstrapServers == "kafka:9092" and settings.sink.type == "local"
+    assert settings.webPort == c["ports"][0]["containerPort"]
+
+
+def test_s3_and_sasl_values(monkeypatch):
+    values = yaml.safe_load((CHART / "ci" / "s3-sasl-values.yaml").read_text())
+    m = render(values)
+    c = container(m)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-clearing-credentials",
+                                                                   "key": "password"}
+    assert not any("password" in str(e.get("value", "")).lower() for e in c["env"])
+    mounts = {v["name"]: v for v in c["volumeMounts"]}
+    assert mounts["kafka-tls"]["mountPath"] == "/etc/stream-app/kafka-tls"
+    assert "clearing-out" not in mounts  # no local sink volume with S3
+    settings = worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": values["kafka"]["bootstrapServers"],
+                                 "KAFKA_PASSWORD": "x"}, monkeypatch)
+    sec = settings.kafka.security
+    assert (sec.protocol, sec.saslMechanism, sec.passwordEnv, sec.caFile) == (
+        "SASL_SSL", "SCRAM-SHA-512", "KAFKA_PASSWORD", "/etc/stream-app/kafka-tls/ca.crt")
+    assert settings.sink.type == "s3" and settings.sink.bucket == "acme-clearing-files"
+    assert (settings.sink.sse, settings.sink.kmsKeyId, settings.sink.storageClass) == (
+        "aws:kms", "alias/clearing", "STANDARD_IA")
+    assert m["ServiceAccount"][0]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/stream-app")
+    assert m["ServiceMonitor"][0]["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert m["Deployment"][0]["spec"]["replicas"] == 3
+
+
+def test_local_sink_with_persistence_is_a_statefulset_with_a_volume_per_replica():
+    m = render({"persistence": {"enabled": True, "size": "50Gi", "mountPath": "/data/clearing-out"}})
+    assert "Deployment" not in m
+    sts = m["StatefulSet"][0]
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "clearing-out" and claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert {"name": "clearing-out", "mountPath": "/data/clearing-out"} in container(m, "StatefulSet")["volumeMounts"]
+
+
+def test_custom_schema_packs_are_mounted_from_the_configmap():
+    pack = (ROOT / "schemas" / "settlement-report" / "1.0.0" / "pack.yaml").read_text()
+    m = render({"schemaPacks": [{"id": "settlement-report", "version": "1.0.0", "files": {"pack.yaml": pack}}]})
+    assert m["ConfigMap"][0]["data"]["settlement-report__1.0.0__pack.yaml"] == pack
+    volume = next(v for v in m["Deployment"][0]["spec"]["template"]["spec"]["volumes"] if v["name"] == "schema-packs")
+    assert volume["configMap"]["items"] == [{"key": "settlement-report__1.0.0__pack.yaml",
+                                             "path": "settlement-report/1.0.0/pack.yaml"}]
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"replicaCount": 0}, "replicaCount"),
+    ({"s3": {"enabled": True, "bucket": ""}}, "bucket"),
+    ({"kafka": {"bootstrapServers": "k:9092", "sasl": {"enabled": True, "existingSecret": ""}}}, "existingSecret"),
+    ({"resources": {"limits": {"memory": "lots"}}}, "memory"),
+    ({"image": {"repository": "x", "tag": "1", "pullPolicy": "Sometimes"}}, "pullPolicy"),
+])
+def test_bad_values_fail_at_install_time(values, key):
+    with pytest.raises(helm.HelmError) as err:
+        helm.Chart.load(str(CHART)).validate_schema(helm.Chart.load(str(CHART)).merge_values(values))
+    assert key in str(err.value)
+
+
+def test_compose_stack_is_consistent(monkeypatch):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "schema-registry", "minio", "worker", "demo-producer"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka") and "controller" in \
+        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    worker = services["worker"]
+    assert worker["build"] == "." and worker.get("read_only") is True
+    env = worker["environment"]
+    # every service the worker's config points at exists, on the port that service listens on
+    kafka_host, kafka_port = env["KAFKA_BOOTSTRAP_SERVERS"].split(":")
+    assert kafka_host in services and f"PLAINTEXT://{kafka_host}:{kafka_port}" in \
+        services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    registry = re.match(r"http://([^:]+):(\d+)", env["SCHEMA_REGISTRY_URL"])
+    assert registry and registry.group(1) in services and \
+        services[registry.group(1)]["environment"]["SCHEMA_REGISTRY_LISTENERS"].endswith(registry.group(2))
+    s3 = re.match(r"http://([^:]+):(\d+)", env["S3_ENDPOINT_URL"])
+    assert s3 and s3.group(1) in services and f"{s3.group(2)}:{s3.group(2)}" in services["minio"]["ports"][0]
+    mount = next(v for v in worker["volumes"] if v.endswith(":/etc/stream-app/config.yaml:ro"))
+    config_file = ROOT / mount.split(":")[0]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = parse_config(yaml.safe_load(config_file.read_text()), str(config_file))
+    assert settings.sink.type == "s3" and settings.sink.bucket in services["minio-setup"]["entrypoint"][-1]
+    assert settings.webPort == int(worker["ports"][0].split(":")[1])
+    producer = services["demo-producer"]
+    assert producer["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == env["KAFKA_BOOTSTRAP_SERVERS"]
+    assert producer["command"][0] == "produce-demo"
+
+
+def test_dockerfile_is_slim_non_root_and_runs_the_worker():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = text.split("\nFROM ")
+    final = stages[-1]
+    assert final.startswith("python:3.11-slim") and "build-essential" not in final
+    assert re.search(r"^USER 10001", final, re.M) and 'ENTRYPOINT ["stream-app"]' in final
+    assert '"worker", "--config", "/etc/stream-app/config.yaml"' in final and "STREAM_APP_HOME=/app" in final
+    for directory in ("avro", "schemas", "examples"):
+        assert f"COPY {directory} ./{directory}" in final and (ROOT / directory).is_dir()
