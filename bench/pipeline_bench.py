@@ -1,0 +1,193 @@
+"""One benchmark, one run: every path against the raw client on the same broker and records.
+
+Produces N realistic matched records (Avro) into a topic with several partitions on the embedded
+broker (or KAFKA_BOOTSTRAP_SERVERS), then measures records/s from the first record read to the
+last file finalized (and committed, for the live worker) for:
+
+  a  raw confluent-kafka batch read + fastavro decode (the ceiling)
+  b  the live worker, template mode
+  c  the live worker, structured mode (pcs-clearing XML pack)
+  d  stream-app replay of the same range
+  e  streaming append peak RSS for 10k / 100k / 1M records in one window (bench/streaming_rss.py)
+
+Prints a table (records/s, ratio to a, MB/s, peak RSS) and writes bench/results/pipeline.json.
+
+    python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+from stream_app.broker import EmbeddedBroker, create_topics  # noqa: E402
+from stream_app.demo import encoded_matched_records, spawn_worker, stop_worker  # noqa: E402
+from stream_app.kafka_tools import committed_offsets, produce  # noqa: E402
+
+
+def raw_read(bootstrap: str, topic: str, partitions: int, total: int) -> dict:
+    import fastavro
+    from confluent_kafka import Consumer, TopicPartition
+
+    from stream_app.codecs.avro import load_schema
+    from stream_app.config import REPO_AVRO_DIR
+
+    schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4()}", "enable.auto.commit": False,
+                         "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 10485760})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    count = size = 0
+    started = None
+    while count < total:
+        batch = consumer.consume(10000, timeout=1.0)
+        if started is None and batch:
+            started = time.perf_counter()
+        for msg in batch:
+            if msg.error() is None:
+                value = msg.value()
+                buf = io.BytesIO(value)
+                buf.seek(5)
+                fastavro.schemaless_reader(buf, schema, None)
+                count += 1
+                size += len(value)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return {"path": "a raw confluent-kafka read + decode", "records": count, "seconds": elapsed, "bytes": size,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
+                work: Path) -> dict:
+    import yaml
+
+    out = work / ("out-structured" if structured else "out-template")
+    out.mkdir()
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = {"window": {"sizeMs": 6 * 3600 * 1000, "graceMs": 300_000, "idleTimeoutMs": 2000},
+              "maxRecordsPerFile": 50_000, "maxBufferedRecords": 400_000, "batchSize": 5000}
+    if structured:
+        worker.update(mode="structured", schema={"id": "pcs-clearing", "version": "1.0.0"},
+                      fileNameTemplate="PCS_{{ window_start | ts('%Y%m%d%H') }}_P{{ partition }}_{{ part }}.xml")
+    else:
+        worker.update(fileNameTemplate="CLR_{{ window_start | ts('%Y%m%d%H') }}_P{{ partition }}_{{ part }}.txt",
+                      headerTemplate="HDR|{{ window_start | ts }}\n", footerTemplate="TRL|{{ totals.count }}\n",
+                      recordTemplate="DTL|{{ seq }}|{{ record.record_id }}|{{ record.amount | money }}|"
+                                     "{{ record.currency }}|{{ record.merchant_name }}\n")
+    config = {"appId": app_id, "kafka": {"bootstrapServers": bootstrap, "inputTopics": [topic],
+                                          "journalTopic": f"{topic}-journal", "deadLetterTopic": f"{topic}-dlq",
+                                          "topicPartitions": partitions, "commitIntervalMs": 500},
+              "worker": worker, "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
+              "dataDir": str(work / f"{app_id}-data")}
+    path = work / f"{app_id}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.perf_counter()
+    proc = spawn_worker(str(path), str(work / f"{app_id}.log"))
+    peak = 0.0
+    try:
+        while sum(v for v in committed_offsets(bootstrap, app_id, topic, partitions).values() if v > 0) < total:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {work / f'{app_id}.log'}")
+            peak = max(peak, _rss_mb(proc.pid))
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        peak = max(peak, _rss_mb(proc.pid))
+    finally:
+        stop_worker(proc)
+    name = "c live worker, structured (XML)" if structured else "b live worker, template"
+    return {"path": name, "records": total, "seconds": elapsed, "bytes": size, "peak_rss_mb": peak,
+            "note": "includes worker start-up and group join"}
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, work: Path) -> dict:
+    script = f"""
+import time, resource, json
+from pathlib import Path
+from stream_app.config import parse_config
+from stream_app.replay_cli import ReplayRequest, run_replay
+settings = parse_config({{"appId": "replay-bench", "kafka": {{"bootstrapServers": "{bootstrap}", "inputTopics": ["{topic}"],
+  "topicPartitions": {partitions}}}, "worker": {{"window": {{"sizeMs": 21600000, "graceMs": 300000}},
+  "maxRecordsPerFile": 50000, "maxBufferedRecords": 400000,
+  "fileNameTemplate": "CLR_{{{{ window_start | ts('%Y%m%d%H') }}}}_P{{{{ partition }}}}_{{{{ part }}}}.txt",
+  "recordTemplate": "DTL|{{{{ seq }}}}|{{{{ record.record_id }}}}|{{{{ record.amount | money }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_name }}}}\\\\n"}},
+  "sink": {{"type": "local", "localTargetDir": "{work}"}}}})
+report = run_replay(settings, ReplayRequest(out_dir=Path("{work}") / "replay"))
+print(json.dumps({{"records": report.records, "seconds": report.seconds,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"path": "d replay (same range)", "bytes": size, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--skip-rss", action="store_true", help="skip (e), the streaming RSS runs")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="stream-app-bench-"))
+    import os
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    if not bootstrap:
+        broker = EmbeddedBroker(log_file=work / "broker.log")
+        bootstrap = broker.start()
+    topic = f"bench-{uuid.uuid4().hex[:6]}"
+    try:
+        create_topics(bootstrap, {topic: args.partitions})
+        values = list(encoded_matched_records(args.records, seed=7))
+        size = sum(len(v) for v in values)
+        produce(bootstrap, topic, ((i % args.partitions, None, v) for i, v in enumerate(values)))
+        del values
+        rows = [raw_read(bootstrap, topic, args.partitions, args.records)]
+        rows.append(live_worker(bootstrap, topic, args.partitions, args.records, size, False, work))
+        rows.append(live_worker(bootstrap, topic, args.partitions, args.records, size, True, work))
+        rows.append(replay(bootstrap, topic, args.partitions, args.records, size, work))
+    finally:
+        if broker:
+            broker.stop()
+    ceiling = rows[0]["records"] / rows[0]["seconds"]
+    print(f"\n{args.records} records, {args.partitions} partitions, {size / 1e6:.1f} MB of Avro\n")
+    print(f"{'path':<38} {'rec/s':>10} {'x raw':>7} {'MB/s':>7} {'seconds':>8} {'peak RSS MB':>12}")
+    for row in rows:
+        rate = row["records"] / row["seconds"]
+        row.update(records_per_s=round(rate), ratio_to_raw=round(rate / ceiling, 3),
+                   mb_per_s=round(row["bytes"] / 1e6 / row["seconds"], 2))
+        print(f"{row['path']:<38} {rate:>10.0f} {row['ratio_to_raw']:>7.3f} {row['mb_per_s']:>7.1f} "
+              f"{row['seconds']:>8.1f} {row['peak_rss_mb']:>12.1f}")
+    result = {"records": args.records, "partitions": args.partitions, "rows": rows}
+    if not args.skip_rss:
+        rss = subprocess.run([sys.executable, str(ROOT / "bench" / "streaming_rss.py")], capture_output=True, text=True)
+        print("\ne  streaming append, one window:\n" + rss.stdout)
+        result["streaming_rss"] = json.loads((RESULTS / "streaming_rss_template.json").read_text())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
