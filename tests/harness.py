@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,6 +31,17 @@ SCHEMA = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
 def avro_values(count: int, seed: int = 7, span_hours: float = 5.0, start_hours: float = 0.0) -> list[bytes]:
     start = DEMO_START + timedelta(hours=start_hours)
     return [encode_confluent(1, SCHEMA, r) for r in matched_records(count, seed, span_hours, start)]
+
+
+def readiness(port: int) -> tuple[int, dict] | None:
+    """(status, body) of GET /readyz, or None while nothing answers on the port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.5, what: str = "") -> Any:
@@ -76,16 +90,9 @@ class LiveWorker:
         self.config_data["webPort"] = self.web_port
         write_config(self.config_path, self.config_data)
 
-    def readiness(self) -> tuple[int, dict]:
-        import json
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=5) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+    def readiness(self) -> tuple[int, dict] | None:
+        assert self.web_port is not None
+        return readiness(self.web_port)
 
     def start(self, env: dict[str, str] | None = None) -> "LiveWorker":
         self.proc = spawn_worker(str(self.config_path), str(self.log), env)

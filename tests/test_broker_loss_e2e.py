@@ -6,10 +6,7 @@ without losing the topics, as a real cluster would.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 
 import boto3
 import pytest
@@ -38,16 +35,6 @@ def durable_broker(tmp_path, monkeypatch):
     server.stop()
 
 
-def _readiness(port: int):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-    except OSError:
-        return None
-
-
 def test_broker_loss_mid_run_is_survived_and_output_is_identical(durable_broker, tmp_path):
     worker = LiveWorker(durable_broker.bootstrap, tmp_path, maxRecordsPerFile=10,
                         window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
@@ -57,9 +44,9 @@ def test_broker_loss_mid_run_is_survived_and_output_is_identical(durable_broker,
     worker.start()
     try:
         wait_for(lambda: worker.committed()[0] == 20, 60, what="the first files")
-        assert wait_for(lambda: _readiness(worker.web_port), 20)[0] == 200
+        assert wait_for(lambda: worker.readiness(), 20)[0] == 200
         durable_broker.stop()
-        status, body = wait_for(lambda: (lambda r: r if r and r[0] == 503 else None)(_readiness(worker.web_port)),
+        status, body = wait_for(lambda: (lambda r: r if r and r[0] == 503 else None)(worker.readiness()),
                                 30, what="not-ready while the broker is gone")
         assert "Kafka unreachable" in body["reason"]
         time.sleep(8)
@@ -67,7 +54,7 @@ def test_broker_loss_mid_run_is_survived_and_output_is_identical(durable_broker,
         durable_broker.start()
         worker.produce(values[20:])
         wait_for(lambda: worker.committed()[0] == 40, 120, what="processing resumed after the broker came back")
-        assert wait_for(lambda: (lambda r: r if r and r[0] == 200 else None)(_readiness(worker.web_port)), 30)
+        assert wait_for(lambda: (lambda r: r if r and r[0] == 200 else None)(worker.readiness()), 30)
     finally:
         worker.stop()
     assert worker.files() == worker.reference_files(tmp_path) and len(worker.files()) == 4

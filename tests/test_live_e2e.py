@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
-from tests.harness import LiveWorker, avro_values, wait_for
+from tests.harness import LiveWorker, avro_values, readiness, wait_for
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
@@ -241,10 +240,6 @@ def test_injected_sink_errors_back_off_and_recover_with_identical_output(kafka_b
 
 
 def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
-    import json
-    import urllib.error
-    import urllib.request
-
     from stream_app.broker import EmbeddedBroker, create_topics, free_port
     from stream_app.demo import spawn_worker, stop_worker
     from stream_app.kafka_tools import produce
@@ -260,16 +255,7 @@ def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
     proc = spawn_worker(str(config), str(tmp_path / "worker.log"))
     broker = EmbeddedBroker(port=port)
     try:
-        def readiness():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web}/readyz", timeout=2) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                return exc.code, json.loads(exc.read())
-            except OSError:
-                return None
-
-        status, body = wait_for(readiness, 30, what="the probe endpoint while waiting")
+        status, body = wait_for(lambda: readiness(web), 30, what="the probe endpoint while waiting")
         assert status == 503 and "Kafka unreachable" in body["reason"]
         time.sleep(3)
         assert proc.poll() is None  # still waiting, not crashed

@@ -7,7 +7,6 @@ import http.client
 import http.server
 import threading
 import urllib.request
-from pathlib import Path
 
 import boto3
 import pytest

@@ -194,7 +194,7 @@ class StructuredPart:
     def finish(self) -> AssembledFile:
         if self._error is not None:
             raise self._error
-        pack, assembler, formatter = self._pack, self._assembler, self._assembler.formatter
+        assembler, formatter = self._assembler, self._assembler.formatter
         context: dict[str, Any] = file_context(self._key, self._part, self.count)
         for acc in self._aggregates:
             context[acc.spec.name] = acc.result()
