@@ -324,3 +324,27 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
     assert f'stream_app_consumer_lag{{partition="0",topic="{worker.topic}"}} 0.0' in text
     for value in (b"poison", b"EUR"):
         assert value.decode() not in text  # no record data in labels
+
+
+def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=40, streamingAppendEnabled=True,
+                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
+    worker.config_data["spoolDir"] = str(tmp_path / "spool")
+    from tests.helpers import write_config
+
+    write_config(worker.config_path, worker.config_data)
+    worker.produce(avro_values(400, seed=31, span_hours=5))
+    worker.start()
+    try:
+        wait_for(lambda: len(worker.files()) >= 2, 60, what="some files in streaming mode")
+        worker.kill()
+        assert list((tmp_path / "spool").rglob("*.spool"))  # spools of the streaming run are left behind
+        (worker.out / "LEFTOVER.txt.tmp").write_bytes(b"half a file")
+        worker.config_data["worker"]["streamingAppendEnabled"] = False  # a start-time setting
+        write_config(worker.config_path, worker.config_data)
+        worker.start()
+        wait_for(lambda: sum(worker.committed().values()) == 400, 120, what="completion in buffered mode")
+    finally:
+        worker.stop()
+    assert worker.files() == worker.reference_files(tmp_path)
+    assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))

@@ -187,3 +187,19 @@ def test_gzip_output_is_deterministic(tmp_path):
     for name, body in a.items():
         assert body[:2] == b"\x1f\x8b" and body[4:8] == b"\0\0\0\0"  # gzip magic, mtime 0
         assert gzip.decompress(body) == p[name]
+
+
+def test_replay_progress_logs_rate_and_eta_when_not_on_a_terminal(caplog, monkeypatch):
+    import logging
+
+    from stream_app import replay_cli
+    from stream_app.core.records import RawRecord
+
+    clock = iter([0.0, 6.0, 6.0])
+    monkeypatch.setattr(replay_cli.time, "monotonic", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="stream_app.replay_cli")
+    progress = replay_cli.Progress(total=200)
+    progress.update([RawRecord("t", 0, i, None, None, b"x" * 10) for i in range(100)])
+    progress.close()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("replayed 100/200 records (17 rec/s") and "ETA 6 s" in line
