@@ -188,7 +188,7 @@ def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootst
         try:
             deadline = time.monotonic() + timeout_s
             while True:
-                events = read_journal(bootstrap, journal, timeout_s=3, idle_s=1)
+                events = read_journal(bootstrap, journal, timeout_s=10)
                 created = {e["event_id"]: e for e in events if e["event_type"] == "created"}
                 if sum(e["records"] for e in created.values()) >= records:
                     break

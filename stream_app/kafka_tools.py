@@ -8,7 +8,7 @@ import uuid
 from typing import Any, Iterable
 
 import fastavro
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_app.journal import JOURNAL_SCHEMA
 from stream_app.deadletter import DEAD_LETTER_SCHEMA
@@ -40,34 +40,37 @@ def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None
     return count
 
 
-def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 10.0,
-               idle_s: float = 2.0) -> list[Any]:
+def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 10.0) -> list[Any]:
     """Read a topic from the beginning on assigned partitions (no group membership, no commits).
 
-    Stops at ``expect`` records, after ``idle_s`` without new records, or at ``timeout_s``.  The
-    embedded broker's high watermark can lag what is readable, so this counts what it reads.
+    With ``expect``: stops when that many records were read, or at ``timeout_s`` (records may
+    still be on their way).  Without: stops once every partition reported end-of-partition (what
+    is there now), or at ``timeout_s``.  End-of-partition comes from fetch responses, which the
+    embedded broker reports correctly even when its listed high watermark lags.
     """
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}", "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": "earliest", "enable.partition.eof": True,
     })
     messages: list[Any] = []
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return messages
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
+        partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
         deadline = time.monotonic() + timeout_s
-        last_seen = time.monotonic()
         while time.monotonic() < deadline:
-            batch = consumer.consume(1000, timeout=0.2)
-            good = [m for m in batch if m.error() is None]
-            messages.extend(good)
-            if good:
-                last_seen = time.monotonic()
+            for msg in consumer.consume(1000, timeout=0.2):
+                if msg.error() is None:
+                    messages.append(msg)
+                    at_end.discard(msg.partition())
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
             if expect is not None and len(messages) >= expect:
                 break
-            if expect is None and time.monotonic() - last_seen > idle_s:
+            if expect is None and len(at_end) == len(partitions):
                 break
     finally:
         consumer.close()

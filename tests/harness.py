@@ -118,12 +118,13 @@ class LiveWorker:
         produce(self.bootstrap, self.topic, batch)
 
     def journal(self) -> list[dict]:
-        return read_journal(self.bootstrap, self.journal_topic, timeout_s=5, idle_s=0.5)
+        return read_journal(self.bootstrap, self.journal_topic, timeout_s=15)
 
     def created(self) -> list[dict]:
         return [e for e in self.journal() if e["event_type"] == "created"]
 
-    def dead_letters(self, expect: int) -> list[dict]:
+    def dead_letters(self, expect: int | None = None) -> list[dict]:
+        """Dead letters: at least ``expect`` of them (waiting up to 30 s), or all there are now."""
         return read_dead_letters(self.bootstrap, self.dead_topic, expect=expect, timeout_s=30)
 
     def committed(self) -> dict[int, int]:

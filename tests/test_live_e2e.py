@@ -22,9 +22,9 @@ def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap,
     worker.produce(values)
     worker.start()
     try:
-        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 240, 90,
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters()) >= 240, 90,
                  what="all records in files")
-        late = worker.dead_letters(0)
+        late = worker.dead_letters()
         assert all(d["reason"] == "LATE_RECORD" for d in late)
         wait_for(lambda: worker.committed() == {0: 120, 1: 120}, 30, what="commits at the end")
     finally:
@@ -158,7 +158,7 @@ def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_p
         wait_for(lambda: len(worker.files()) >= 3, 60, what="some files before the crash")
         worker.kill()
         worker.start()
-        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 600, 120,
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters()) >= 600, 120,
                  what="all records after restart")
         wait_for(lambda: worker.committed() == {0: 300, 1: 300}, 30, what="final commits")
     finally:
@@ -215,7 +215,7 @@ def test_streaming_mode_survives_sigkill_with_identical_files(kafka_bootstrap, t
         assert list((tmp_path / "spool").rglob("*.spool"))  # open parts live on disk
         worker.kill()
         worker.start()
-        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters(0)) >= 500, 120,
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters()) >= 500, 120,
                  what="all records after restart")
         wait_for(lambda: worker.committed() == {0: 250, 1: 250}, 30, what="final commits")
     finally:
