@@ -163,20 +163,11 @@ class CountingPublisher:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
 
 
-@dataclass
-class ReplayedFile:
-    name: str
-    sha256: str
-    bytes: int
-    records: int
-
-
 class VerifyingSink:
     """Computes what would be written and compares it with the stored file, writing nothing."""
 
     def __init__(self, target: Sink) -> None:
         self._target = target
-        self.files: list[ReplayedFile] = []
         self.problems: list[str] = []
         self._manifest = {e["name"]: e for e in target.manifest_entries()}
 
@@ -208,7 +199,6 @@ class VerifyingSink:
             self.problems.append(f"UNRECORDED  {name}: not in the manifest")
         elif entry["sha256"] != sha:
             self.problems.append(f"MANIFEST    {name}: manifest sha256 {entry['sha256']}, replay gives {sha}")
-        self.files.append(ReplayedFile(name, sha, size, 0))
         return WriteResult(name, name, size, sha, already_present=True)
 
     def record_manifest(self, name: str, entry: dict) -> None:

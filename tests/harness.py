@@ -57,7 +57,7 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: 
 
 class LiveWorker:
     def __init__(self, bootstrap: str, tmp_path: Path, partitions: int = 1, input_format: str = "avro",
-                 **worker: Any) -> None:
+                 spool_dir: Path | None = None, **worker: Any) -> None:
         uid = uuid.uuid4().hex[:8]
         self.bootstrap = bootstrap
         self.partitions = partitions
@@ -75,6 +75,8 @@ class LiveWorker:
                              topicPartitions=partitions, commitIntervalMs=300)
         data["input"] = {"format": input_format}
         data["dataDir"] = str(tmp_path / "faust-data")
+        if spool_dir is not None:
+            data["spoolDir"] = str(spool_dir)
         self.config_data = data
         self.config_path = write_config(tmp_path / "worker.yaml", data)
         self.produced: list[RawRecord] = []

@@ -18,7 +18,6 @@ import time
 import pytest
 
 from tests.harness import LiveWorker, avro_values, wait_for
-from tests.helpers import write_config
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
@@ -37,9 +36,7 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
     print(f"crash test seed: {seed} (set CRASH_SEED to repeat)")
     rng = random.Random(seed)
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=3, maxRecordsPerFile=2500, streamingAppendEnabled=True,
-                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 2000})
-    worker.config_data["spoolDir"] = str(tmp_path / "spool")
-    write_config(worker.config_path, worker.config_data)
+                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 2000})
     worker.produce(avro_values(RECORDS, seed=seed % 1000, span_hours=12))
     kills = 0
     try:

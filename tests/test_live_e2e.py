@@ -203,11 +203,7 @@ def test_backpressure_bounds_buffered_records_and_everything_is_still_written(ka
 
 def test_streaming_mode_survives_sigkill_with_identical_files(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=40, streamingAppendEnabled=True,
-                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
-    worker.config_data["spoolDir"] = str(tmp_path / "spool")
-    from tests.helpers import write_config
-
-    write_config(worker.config_path, worker.config_data)
+                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
     worker.produce(avro_values(500, seed=29, span_hours=5))
     worker.start()
     try:
@@ -328,11 +324,7 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
 
 def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=40, streamingAppendEnabled=True,
-                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
-    worker.config_data["spoolDir"] = str(tmp_path / "spool")
-    from tests.helpers import write_config
-
-    write_config(worker.config_path, worker.config_data)
+                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
     worker.produce(avro_values(400, seed=31, span_hours=5))
     worker.start()
     try:
@@ -340,6 +332,8 @@ def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap,
         worker.kill()
         assert list((tmp_path / "spool").rglob("*.spool"))  # spools of the streaming run are left behind
         (worker.out / "LEFTOVER.txt.tmp").write_bytes(b"half a file")
+        from tests.helpers import write_config
+
         worker.config_data["worker"]["streamingAppendEnabled"] = False  # a start-time setting
         write_config(worker.config_path, worker.config_data)
         worker.start()
