@@ -13,7 +13,9 @@ from stream_app.core.records import RawRecord
 
 TEMPLATE_WORKER: dict[str, Any] = {
     "mode": "template",
-    "window": {"sizeMs": 3_600_000, "graceMs": 0, "idleTimeoutMs": 1000},
+    # idle close needs 5 s without records after catching up: long enough that a partition starved
+    # by the fetcher on a busy 2-core machine is not mistaken for an idle one
+    "window": {"sizeMs": 3_600_000, "graceMs": 0, "idleTimeoutMs": 5000},
     "maxRecordsPerFile": 1000,
     "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_p{{ partition }}_{{ part }}.txt",
     "headerTemplate": "H|{{ file_key }}|{{ record_count }}\n",

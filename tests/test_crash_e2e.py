@@ -36,7 +36,7 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
     print(f"crash test seed: {seed} (set CRASH_SEED to repeat)")
     rng = random.Random(seed)
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=3, maxRecordsPerFile=2500, streamingAppendEnabled=True,
-                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 2000})
+                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
     worker.produce(avro_values(RECORDS, seed=seed % 1000, span_hours=12))
     kills = 0
     try:
@@ -72,7 +72,7 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
 
 def test_sigterm_stops_quickly_without_partial_files(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=500,
-                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 2000})
+                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
     worker.produce(avro_values(20_000, seed=3, span_hours=6))
     worker.start()
     wait_for(lambda: len(worker.files()) >= 2, 60, what="work in progress")

@@ -149,7 +149,7 @@ def test_poison_json_goes_to_the_dead_letter_topic(kafka_bootstrap, tmp_path):
 
 def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=20,
-                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
+                        window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
     # everything is produced up front: a partition that caught up early would otherwise close its
     # windows by idleness, a wall-clock decision the offline reference cannot know about
     worker.produce(avro_values(600, seed=23, span_hours=6))
@@ -203,7 +203,7 @@ def test_backpressure_bounds_buffered_records_and_everything_is_still_written(ka
 
 def test_streaming_mode_survives_sigkill_with_identical_files(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=40, streamingAppendEnabled=True,
-                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
+                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
     worker.produce(avro_values(500, seed=29, span_hours=5))
     worker.start()
     try:
@@ -324,7 +324,7 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
 
 def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=40, streamingAppendEnabled=True,
-                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 1000})
+                        spool_dir=tmp_path / "spool", window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
     worker.produce(avro_values(400, seed=31, span_hours=5))
     worker.start()
     try:
