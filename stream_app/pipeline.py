@@ -148,6 +148,10 @@ class FilePipeline:
         self._windowers: dict[TP, PartitionWindower] = {}
         self._retries: dict[tuple[FileKey, int], _Retry] = {}
         self._published_checkpoints: dict[TP, Checkpoint] = {}
+        # Facts of finalized parts and idle closes, persisted only once their journal events are
+        # durable (see persist_facts): a restart then re-finalizes a part rather than losing its
+        # `created` event.  Event ids are deterministic, so a re-sent event is a duplicate to drop.
+        self._unpersisted_facts: dict[FileKey, WindowFacts] = {}
         self.failing = False  # some cut is waiting for a retry
         # A record broke the schema pack under onInvalidRecord: fail. Nothing of its window is
         # written or committed until the input or the pack is fixed; readiness reports it.
@@ -198,6 +202,8 @@ class FilePipeline:
             if windower is not None:
                 for cut in windower.pending_cuts():
                     self._retries.pop((cut.key, cut.part), None)
+            for key in [k for k in self._unpersisted_facts if (k.topic, k.partition) == tp]:
+                del self._unpersisted_facts[key]
             for key_part in [kp for kp in self._parts if (kp[0].topic, kp[0].partition) == tp]:
                 self._parts.pop(key_part).discard()
 
@@ -263,7 +269,8 @@ class FilePipeline:
                 self._publisher.journal(self._journal.opened(out.key), out.key.id)
             elif isinstance(out, WindowClosed):
                 if out.persist:
-                    self._state.put_facts(out.key, self.windower((out.key.topic, out.key.partition)).mark_closed(out.key))
+                    windower = self.windower((out.key.topic, out.key.partition))
+                    self._unpersisted_facts[out.key] = windower.mark_closed(out.key)
                 self._publisher.journal(self._journal.closed(out.key, out.parts, out.reason), out.key.id)
             elif isinstance(out, LateRecord):
                 assert raw is not None and raw.offset == out.record.offset
@@ -390,7 +397,7 @@ class FilePipeline:
         result = outcome.result
         self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256,
                                                       result.location, result.url), cut.key.id)
-        self._state.put_facts(cut.key, windower.mark_finalized(cut))
+        self._unpersisted_facts[cut.key] = windower.mark_finalized(cut)
         if self.metrics is not None:
             self.metrics.files_finalized.labels(self._mode, cut.reason).inc()
             self.metrics.records_per_file.observe(cut.count)
@@ -425,11 +432,25 @@ class FilePipeline:
         self.metrics.uncommitted.set(uncommitted)
 
     # -- commit -----------------------------------------------------------------------------
+    @property
+    def has_unpersisted_facts(self) -> bool:
+        return bool(self._unpersisted_facts)
+
+    def persist_facts(self) -> None:
+        """Persist the facts of parts finalized since the last call.
+
+        The live driver calls this only after the journal events of those parts are delivered.
+        """
+        for key, facts in self._unpersisted_facts.items():
+            self._state.put_facts(key, facts)
+        self._unpersisted_facts.clear()
+
     def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:
         return self._published_checkpoints.get(tp)
 
     def advance_checkpoints(self) -> dict[TP, Checkpoint]:
         """Persist and return the checkpoints that moved; the driver commits below them."""
+        self.persist_facts()  # a checkpoint never runs ahead of the facts below it
         moved: dict[TP, Checkpoint] = {}
         for tp, windower in self._windowers.items():
             checkpoint = windower.checkpoint()

@@ -135,6 +135,26 @@ class LiveWorker:
     def files(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(self.out.iterdir()) if p.name != "manifest.jsonl"}
 
+    def assert_reference_files(self, tmp_path: Path) -> dict[str, bytes]:
+        """The worker's files equal the pure core's; on a mismatch, say how (never a byte dump)."""
+        files, reference = self.files(), self.reference_files(tmp_path)
+        if files == reference:
+            return files
+        differ = sorted(n for n in set(files) & set(reference) if files[n] != reference[n])
+        created = {e["file_name"]: e for e in self.created()}
+        lines = [f"{len(files)} files, {len(reference)} expected",
+                 f"missing: {sorted(set(reference) - set(files))}",
+                 f"extra: {sorted(set(files) - set(reference))}"]
+        for name in differ + sorted(set(files) - set(reference)):
+            event = created.get(name, {})
+            got, want = files[name].count(b"\n"), reference.get(name, b"").count(b"\n")
+            lines.append(f"{name}: {got} lines vs {want}, cut by {event.get('reason')}, offsets {event.get('offsets')}")
+        reasons: dict[str, int] = {}
+        for letter in self.dead_letters():
+            reasons[letter["reason"]] = reasons.get(letter["reason"], 0) + 1
+        lines.append(f"dead letters: {reasons}")
+        raise AssertionError("files differ from the reference:\n" + "\n".join(lines))
+
     def reference_files(self, tmp_path: Path) -> dict[str, bytes]:
         """What the pure core makes of everything produced (the offline/replay path)."""
         out = tmp_path / "reference"

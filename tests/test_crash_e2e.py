@@ -62,7 +62,7 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
         worker.stop()
     assert kills >= 10 + len(FAILPOINTS) - 1
     files = worker.files()
-    assert files == worker.reference_files(tmp_path)
+    worker.assert_reference_files(tmp_path)
     assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))
     ids: dict[str, set] = {}
     for event in worker.created():
@@ -90,4 +90,4 @@ def test_sigterm_stops_quickly_without_partial_files(kafka_bootstrap, tmp_path):
         wait_for(lambda: sum(worker.committed().values()) == 20_000, 120, what="completion after restart")
     finally:
         worker.stop()
-    assert worker.files() == worker.reference_files(tmp_path)
+    worker.assert_reference_files(tmp_path)

@@ -30,7 +30,7 @@ def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap,
     finally:
         assert worker.stop() == 0
     files = worker.files()
-    assert files == worker.reference_files(tmp_path)       # live bytes == pure core bytes
+    worker.assert_reference_files(tmp_path)  # live bytes == pure core bytes
     assert not list(worker.out.glob("*.tmp"))
     events = worker.journal()
     kinds = {e["event_type"] for e in events}
@@ -107,7 +107,7 @@ def test_write_failure_keeps_the_batch_and_retries_until_the_sink_recovers(kafka
         wait_for(lambda: worker.committed()[0] == 8, 60, what="commit after recovery")
     finally:
         worker.stop()
-    assert len(worker.files()) == 2 and worker.files() == worker.reference_files(tmp_path)
+    assert len(worker.assert_reference_files(tmp_path)) == 2
     assert not list(worker.out.glob("*.tmp"))
 
 
@@ -168,7 +168,7 @@ def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_p
         wait_for(lambda: worker.committed() == {0: records // 2, 1: records // 2}, 30, what="final commits")
     finally:
         worker.stop()
-    assert worker.files() == worker.reference_files(tmp_path)  # the buffered (non-streaming) core's bytes
+    worker.assert_reference_files(tmp_path)  # the buffered (non-streaming) core's bytes
     assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))
     ids_by_name: dict[str, set] = {}
     for e in worker.created():
@@ -218,7 +218,7 @@ def test_injected_sink_errors_back_off_and_recover_with_identical_output(kafka_b
         worker.stop()
     failed = [e for e in worker.journal() if e["event_type"] == "write-failed"]
     assert [e["error_class"] for e in failed] == [error] * 3 and sorted(e["attempt"] for e in failed)[-1] >= 1
-    assert worker.files() == worker.reference_files(tmp_path) and len(worker.files()) == 2
+    assert len(worker.assert_reference_files(tmp_path)) == 2
 
 
 def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
@@ -326,5 +326,5 @@ def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap,
         wait_for(lambda: sum(worker.committed().values()) == 400, 120, what="completion in buffered mode")
     finally:
         worker.stop()
-    assert worker.files() == worker.reference_files(tmp_path)
+    worker.assert_reference_files(tmp_path)
     assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))

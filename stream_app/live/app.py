@@ -202,6 +202,11 @@ class LiveRuntime:
             self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
             self.pipeline.finish_flush(summary)
+        if self.pipeline.has_unpersisted_facts:
+            # Journal events (`created`, `closed`) must be durable before the facts that say a
+            # part is done; otherwise a crash between the two loses the events for good.
+            await self._app.producer.flush()
+            self.pipeline.persist_facts()
         if self.pipeline.advance_checkpoints():
             await self._commit()
 
