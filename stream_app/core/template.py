@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from itertools import chain
 from typing import Any, Callable, Iterator, Mapping
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from stream_app.core.naming import check_file_name
@@ -174,6 +174,27 @@ class FileNamer:
             raise AssemblyError(f"fileNameTemplate: {exc}", "UNSAFE_FILE_NAME") from None
 
 
+# Records rendered per call of the batch template: one Jinja context per batch, not per record.
+RENDER_BATCH = 500
+_BATCH_VAR = "_stream_app_batch"
+# Constructs whose meaning changes inside a for loop (``loop``) or that a loop body cannot hold.
+_UNBATCHABLE = (nodes.Extends, nodes.Block, nodes.Import, nodes.FromImport, nodes.Include)
+
+
+def batch_template(env: SandboxedEnvironment, record_source: str) -> Template | None:
+    """The record template wrapped in a loop over a batch, or None when that could change output.
+
+    Rendering ``{% for record, seq, source in batch %}BODY{% endfor %}`` once gives the same text
+    as rendering BODY once per record (no whitespace control is added), at a fraction of the cost.
+    """
+    tree = env.parse(record_source)
+    if any(True for _ in tree.find_all(_UNBATCHABLE)):
+        return None
+    if any(n.name in ("loop", _BATCH_VAR) for n in tree.find_all(nodes.Name)):
+        return None
+    return env.from_string(f"{{% for record, seq, source in {_BATCH_VAR} %}}{record_source}{{% endfor %}}")
+
+
 class TemplateAssembler:
     """Renders a file cut to bytes with the four templates of template mode."""
 
@@ -196,6 +217,7 @@ class TemplateAssembler:
                 self._compiled[name] = env.from_string(source)
             except TemplateError as exc:
                 raise AssemblyError(f"{name}: {exc}", "TEMPLATE_SYNTAX") from None
+        self._batch = batch_template(env, record)
         self._amount_field = amount_field
         self._currency_field = currency_field
         self._encoding = encoding
@@ -235,6 +257,8 @@ class TemplatePart:
         self._totals = TotalsAccumulator(assembler._amount_field, assembler._currency_field)
         self._context = file_context(key, part, 0)
         self._render_record = assembler._compiled["recordTemplate"].render
+        self._batch = assembler._batch
+        self._pending: list[tuple[Mapping[str, Any], int, dict[str, Any]]] = []
         self._error: AssemblyError | None = None
         self.count = 0
 
@@ -242,21 +266,45 @@ class TemplatePart:
         if self._error is not None:
             return  # the part already failed; finish() reports it
         self.count += 1
-        context = self._context
-        context["record"] = record.value
-        context["seq"] = self.count
-        context["source"] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         try:
             self._totals.add(record.value)
-            self._spool.write(self._render_record(context).encode(self._assembler._encoding))
         except AssemblyError as exc:
-            self._error = exc
-        except Exception as exc:
-            self._error = AssemblyError(
-                f"recordTemplate at {record.topic}/{record.partition}@{record.offset}: "
-                f"{type(exc).__name__}: {_safe_message(exc)}", source=(record.topic, record.partition, record.offset))
+            self._render_pending()  # an earlier record's template error comes first
+            self._error = self._error or exc
+            return
+        self._pending.append((record.value, self.count,
+                              {"topic": record.topic, "partition": record.partition, "offset": record.offset}))
+        if len(self._pending) >= RENDER_BATCH:
+            self._render_pending()
+
+    def _render_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending or self._error is not None:
+            return
+        encoding = self._assembler._encoding
+        if self._batch is not None:
+            self._context[_BATCH_VAR] = pending
+            try:
+                self._spool.write(self._batch.render(self._context).encode(encoding))
+                return
+            except Exception:
+                pass  # render one by one below to name the record at fault
+            finally:
+                del self._context[_BATCH_VAR]
+        context = self._context
+        for value, seq, source in pending:
+            context["record"], context["seq"], context["source"] = value, seq, source
+            try:
+                self._spool.write(self._render_record(context).encode(encoding))
+            except Exception as exc:
+                where = (source["topic"], source["partition"], source["offset"])
+                self._error = AssemblyError(
+                    f"recordTemplate at {where[0]}/{where[1]}@{where[2]}: {type(exc).__name__}: {_safe_message(exc)}",
+                    source=where)
+                return
 
     def finish(self) -> AssembledFile:
+        self._render_pending()
         if self._error is not None:
             raise self._error
         assembler = self._assembler

@@ -74,6 +74,7 @@ class WindowAssigner:
     def __init__(self, policy: WindowPolicy, group_by: Iterable[str] = ()) -> None:
         self._policy = policy
         self._group_by = tuple(group_by)
+        self._keys: dict[tuple, FileKey] = {}  # interned keys: one FileKey per file, not per record
 
     def key_for(self, record: SourceRecord, event_time_ms: int | None = None) -> FileKey:
         start = self._policy.start_of(record.event_time_ms if event_time_ms is None else event_time_ms)
@@ -83,7 +84,14 @@ class WindowAssigner:
             if value is None or value == "":
                 raise MissingGroupField(name)
             group.append((name, str(value)))
-        return FileKey(record.topic, record.partition, start, start + self._policy.size_ms, tuple(group))
+        ident = (record.topic, record.partition, start, *group)
+        key = self._keys.get(ident)
+        if key is None:
+            if len(self._keys) >= 100_000:
+                self._keys.clear()
+            key = self._keys[ident] = FileKey(record.topic, record.partition, start,
+                                              start + self._policy.size_ms, tuple(group))
+        return key
 
 
 def compress_offsets(offsets: Iterable[int]) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faust
 from faust.types import TP as FaustTP
@@ -128,22 +128,37 @@ class LiveRuntime:
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)
 
-    # -- agent ------------------------------------------------------------------------------
-    async def on_batch(self, events: Sequence[Any]) -> None:
-        raws = []
-        consumed: dict[tuple[str, int], int] = {}
+    # -- intake -----------------------------------------------------------------------------
+    def takes(self, topic: str) -> bool:
+        return topic in self._input_topics
+
+    async def on_fetched(self, batches: Mapping[FaustTP, Sequence[Any]], generation: int) -> None:
+        """A fetched batch per input partition (aiokafka records), straight from the fetch loop."""
+        raws = [RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
+                for records in batches.values() for r in records]
+        consumer = self._app.consumer
+
+        def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
+            return self._app.consumer_generation_id == generation and consumer.flow_active
+
+        await self._process(raws, still_current)
+
+    async def on_events(self, events: Sequence[Any]) -> None:
+        """Events that reached the agent through Faust's stream path (the intake normally takes them)."""
+        raws = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                          int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                          e.message.key, e.message.value, _headers(e.message.headers)) for e in events]
+        await self._process(raws, lambda: True)
         for event in events:
-            msg = event.message
-            consumed[(msg.topic, msg.partition)] = consumed.get((msg.topic, msg.partition), 0) + 1
-            raws.append(RawRecord(
-                msg.topic, msg.partition, msg.offset,
-                int(msg.timestamp * 1000) if msg.timestamp else None,
-                msg.key, msg.value, _headers(msg.headers),
-            ))
+            event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
+
+    async def _process(self, raws: list[RawRecord], still_current: Callable[[], bool]) -> None:
         delay = 0.5
         while True:
             try:
                 async with self._lock:
+                    if not still_current():
+                        return
                     # Records processed before a failure are skipped on the retry (by offset).
                     self.pipeline.process(raws, _now_ms())
                     await self._flush_and_commit()
@@ -153,8 +168,9 @@ class LiveRuntime:
                 log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        for event in events:
-            event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
+        consumed: dict[tuple[str, int], int] = {}
+        for raw in raws:
+            consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
         self.publisher.log_dead_letters()
@@ -259,6 +275,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
         broker_heartbeat_interval=kafka.heartbeatIntervalMs / 1000,
         broker_commit_interval=kafka.commitIntervalMs / 1000,
         consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=settings.worker.batchSize,  # records per fetched batch
         producer_acks=-1,
         stream_wait_empty=False,
         web_enabled=settings.webPort is not None,
@@ -267,13 +284,16 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     )
     runtime = LiveRuntime(app, settings)
     app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
+    app.stream_app_intake = runtime  # fetched input batches go to the runtime (live/transport.py)
     source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")
     worker = settings.worker
 
+    # The agent subscribes the consumer to the input topics; their records normally reach the
+    # runtime as whole fetched batches (runtime.on_fetched) and never enter this stream.
     @app.agent(source, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.noack_take(worker.batchSize, within=worker.batchWithinMs / 1000):
-            await runtime.on_batch(events)
+            await runtime.on_events(events)
 
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:

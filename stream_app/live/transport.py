@@ -1,4 +1,10 @@
-"""A Faust Kafka transport whose commits follow the pipeline's checkpoints instead of acks.
+"""A Faust Kafka transport: fetched batches go straight to the pipeline; commits follow checkpoints.
+
+Faust hands every message to its streams one at a time (a task and a queue hop per message),
+which caps a bare agent near 13k records/s.  This consumer takes the whole fetched batch of each
+input partition out of the fetch loop and gives it to the pipeline in one call; other topics
+(table changelogs during recovery) still take Faust's normal path.  Awaiting the pipeline inside
+the fetch loop is also the backpressure: nothing more is fetched until the batch is handled.
 
 Faust commits the highest run of acknowledged offsets.  Holding events unacked until their file
 is finalized would work, but it keeps every message (with its value bytes) in memory for as long
@@ -10,7 +16,7 @@ still flushes the producer (journal, dead letters, table changelogs) before ever
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -25,7 +31,27 @@ NOT_GATED = -1
 CommitGate = Callable[[str, int], Optional[int]]
 
 
+class BatchIntake(Protocol):
+    def takes(self, topic: str) -> bool: ...
+
+    async def on_fetched(self, batches: Mapping[TP, Sequence[Any]], generation: int) -> None: ...
+
+
 class CheckpointCommitConsumer(AIOKafkaConsumer):
+    async def _wait_next_records(self, timeout: float) -> tuple[Optional[dict], Optional[set]]:
+        records, active = await super()._wait_next_records(timeout)
+        intake: BatchIntake | None = getattr(self.app, "stream_app_intake", None)
+        if not records or intake is None:
+            return records, active
+        taken = {tp: batch for tp, batch in records.items() if intake.takes(tp.topic)}
+        if not taken:
+            return records, active
+        # While a rebalance is under way Faust drops what was fetched and later seeks every
+        # partition back to its committed offset; do the same rather than process stale data.
+        if self.flow_active and not self.should_stop:
+            await intake.on_fetched(taken, self.app.consumer_generation_id)
+        return {tp: batch for tp, batch in records.items() if tp not in taken}, active
+
     def _new_offset(self, tp: TP) -> Optional[int]:
         gate: CommitGate | None = getattr(self.app, "stream_app_commit_gate", None)
         offset = gate(tp.topic, tp.partition) if gate is not None else NOT_GATED

@@ -54,6 +54,8 @@ def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
 
 def render_text(spec: FieldSpec, value: Any) -> str:
     """The canonical text of a typed value; fixed by the pack, never by locale or platform."""
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):

@@ -2,14 +2,15 @@
 
 The document is written as text in three parts — root start tag and header elements, one
 serialized element per body line, trailer elements and root end tag — so that the body can be
-streamed.  Elements are built with lxml (escaping, attribute order) without a namespace and
-inherit the root's default namespace textually.  The pack's XSD is checked with lxml's
-incremental parser over the finished bytes, so validation also runs in bounded memory.
+streamed.  Elements are serialized by string building, with exactly the escaping and
+indentation lxml's ``tostring`` would give (a test holds the two equal), at a tenth of the cost
+of building an element tree per record; they inherit the root's default namespace textually.
+The pack's XSD is checked with lxml's incremental parser over the finished bytes, so
+validation also runs in bounded memory.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Iterator
@@ -21,27 +22,55 @@ from stream_app.core.formats.base import FormatError, Line, render_text
 from stream_app.core.structured.pack import XmlSpec
 
 _ELEMENT = re.compile(r"Element '([^']+)'")
+# Characters XML 1.0 cannot hold at all (lxml refuses them too).
+INVALID_XML_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_TEXT_SPECIAL = re.compile("[&<>\r]")
+_ATTR_SPECIAL = re.compile('[&<>"\n\r\t]')
+_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;",
+                               "\r": "&#13;", "\t": "&#9;"})
+
+
+def first_unrepresentable(row: dict, names: list[str]) -> str | None:
+    """The first of ``names`` whose string value XML cannot hold (one regex pass in the common case)."""
+    texts = [value for name in names if type(value := row.get(name)) is str]
+    if not INVALID_XML_CHAR.search("".join(texts)):
+        return None
+    return next(name for name in names if type(row.get(name)) is str and INVALID_XML_CHAR.search(row[name]))
+
+
+def escape_text(text: str) -> str:
+    return text.translate(_TEXT_ESCAPES) if _TEXT_SPECIAL.search(text) else text
+
+
+def escape_attribute(text: str) -> str:
+    return text.translate(_ATTR_ESCAPES) if _ATTR_SPECIAL.search(text) else text
 _FACET = re.compile(r"\[facet '(\w+)'\]")
 
 
-class _ChunkReader(io.RawIOBase):
+class _ChunkReader:
+    """A file-like ``read(n)`` over byte chunks for lxml's incremental parser: small chunks are
+    joined, a large one is sliced in place (never re-copied per call)."""
+
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._pending = b""
+        self._buf = b""
+        self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        while not self._pending:
-            try:
-                self._pending = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+    def read(self, size: int = -1) -> bytes:
+        available = len(self._buf) - self._pos
+        if size < 0 or available < size:
+            parts, have = [self._buf[self._pos:]], available
+            for chunk in self._chunks:
+                parts.append(chunk)
+                have += len(chunk)
+                if 0 <= size <= have:
+                    break
+            self._buf, self._pos = b"".join(parts), 0
+        end = len(self._buf) if size < 0 else min(len(self._buf), self._pos + size)
+        data = self._buf[self._pos:end]
+        self._pos = end
+        return data
 
 
 class XmlFormatter:
@@ -56,19 +85,30 @@ class XmlFormatter:
         return text.encode(self._encoding, errors="xmlcharrefreplace")
 
     def _element(self, line: Line, depth: int) -> str:
-        element = etree.Element(line.element or self._spec.recordElement)
+        tag = line.element or self._spec.recordElement
+        attributes: list[tuple[str, str]] = []
+        children: list[tuple[str, str]] = []
         for field, value in line.values:
             if value is None:
                 continue  # optional null fields are omitted
-            text = render_text(field, value)
-            if field.attribute:
-                element.set(field.name, text)
-            else:
-                etree.SubElement(element, field.name).text = text
+            (attributes if field.attribute else children).append((field.name, render_text(field, value)))
+        # One regex pass over all texts for the common case of nothing to check or escape.
+        texts = "".join(text for _, text in attributes) + "".join(text for _, text in children)
+        if INVALID_XML_CHAR.search(texts):
+            bad = next(name for name, text in attributes + children if INVALID_XML_CHAR.search(text))
+            raise FormatError(f"field {bad!r} holds a character XML cannot represent", "XML_INVALID_CHAR")
+        if _ATTR_SPECIAL.search(texts):
+            attributes = [(name, escape_attribute(text)) for name, text in attributes]
+            children = [(name, escape_text(text)) for name, text in children]
+        start = f"<{tag}" + "".join(f' {name}="{text}"' for name, text in attributes)
+        if not children:
+            return f"{start}/>" if not self._spec.indent else f"{'  ' * depth}{start}/>\n"
+        elements = [f"<{name}>{text}</{name}>" for name, text in children]
         if not self._spec.indent:
-            return etree.tostring(element, encoding="unicode")
-        etree.indent(element, space="  ", level=depth)
-        return "  " * depth + etree.tostring(element, encoding="unicode") + "\n"
+            return f"{start}>{''.join(elements)}</{tag}>"
+        pad = "  " * depth
+        inner = f"\n{pad}  "
+        return f"{pad}{start}>{inner}{inner.join(elements)}\n{pad}</{tag}>\n"
 
     def begin(self, header: list[Line]) -> bytes:
         spec = self._spec
@@ -94,12 +134,14 @@ class XmlFormatter:
     def validate(self, chunks: Iterator[bytes]) -> None:
         if self._schema is None:
             return
+        spec = self._spec
+        record_tag = f"{{{spec.namespace}}}{spec.recordElement}" if spec.namespace else spec.recordElement
         try:
-            for _, element in etree.iterparse(io.BufferedReader(_ChunkReader(chunks)), events=("end",),
-                                              schema=self._schema):
-                if element.getparent() is not None and len(element) == 0:
-                    continue
-                element.clear(keep_tail=True)  # bounded memory: drop finished subtrees
+            # Events only for record elements (the XSD still checks everything): each finished
+            # record and its earlier siblings are dropped, so memory stays bounded.
+            for _, element in etree.iterparse(_ChunkReader(chunks), events=("end",),
+                                              tag=record_tag, schema=self._schema):
+                element.clear(keep_tail=True)
                 while element.getprevious() is not None:
                     del element.getparent()[0]
         except etree.XMLSyntaxError as exc:

@@ -12,7 +12,7 @@ from typing import Iterator
 from stream_app.core.formats.base import Formatter, FormatError, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
-from stream_app.core.formats.xml import XmlFormatter
+from stream_app.core.formats.xml import XmlFormatter, first_unrepresentable
 from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
 from stream_app.core.structured.project import InvalidRecord, Violation, evaluate_fields
 from stream_app.core.records import SourceRecord
@@ -116,6 +116,8 @@ class StructuredAssembler:
         self.pack = pack
         self._namer = FileNamer(file_name_template)
         self.formatter = build_formatter(pack)
+        self._xml_fields = ([f.spec.name for f in pack.fields if f.spec.output]
+                            if isinstance(self.formatter, XmlFormatter) else None)
 
     @property
     def on_invalid_record(self) -> str:
@@ -123,7 +125,12 @@ class StructuredAssembler:
 
     def project(self, value: Mapping[str, Any]) -> dict[str, Any]:
         """Map and validate one input record; raises ``InvalidRecord`` naming field and rule."""
-        return evaluate_fields(self.pack.fields, value)
+        row = evaluate_fields(self.pack.fields, value)
+        if self._xml_fields is not None:  # text XML cannot hold is the record's fault: say so now
+            bad = first_unrepresentable(row, self._xml_fields)
+            if bad is not None:
+                raise InvalidRecord(Violation(bad, "xmlChar", "a character XML 1.0 cannot represent"))
+        return row
 
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
         return self._namer.name(key, part, record_count)

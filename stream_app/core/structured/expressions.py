@@ -122,10 +122,18 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 
 def _path_getter(path: tuple[str, ...]) -> Evaluator:
+    if len(path) == 1:  # the common case: a field of the record (the scope is always a mapping)
+        (name,) = path
+
+        def get_name(ctx: Mapping[str, Any]) -> Any:
+            return ctx.get(name)
+
+        return get_name
+
     def get(ctx: Mapping[str, Any]) -> Any:
         value: Any = ctx
         for part in path:
-            if not isinstance(value, Mapping):
+            if type(value) is not dict and not isinstance(value, Mapping):  # dict first: the ABC check is slow
                 return None
             value = value.get(part)
         return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import ChainMap
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -50,7 +49,7 @@ def _coerce(field: CompiledField, value: Any) -> Any:
 def check_value(field: CompiledField, value: Any) -> Any:
     """Coerce and validate one value; return it typed or raise ``InvalidRecord``."""
     spec = field.spec
-    if value is None or value == "":
+    if value is None or (type(value) is str and not value):
         if spec.required:
             raise InvalidRecord(Violation(spec.name, "required"))
         return None
@@ -80,11 +79,11 @@ def check_value(field: CompiledField, value: Any) -> Any:
 def evaluate_fields(fields: list[CompiledField], context: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate fields in order; later fields may read earlier ones by name."""
     row: dict[str, Any] = {}
-    scope = ChainMap(row, context)  # type: ignore[arg-type]
+    scope = dict(context)  # the record's fields, shadowed by evaluated fields as they come
     for field in fields:
         try:
             value = field.evaluate(scope)
         except EvaluationError as exc:
             raise InvalidRecord(Violation(field.spec.name, "expression", str(exc))) from None
-        row[field.spec.name] = check_value(field, value)
+        row[field.spec.name] = scope[field.spec.name] = check_value(field, value)
     return row
