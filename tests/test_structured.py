@@ -99,6 +99,7 @@ def test_scale_rule_rejects_extra_decimal_places():
     ({"merchant_name": "X" * 30}, "'MerchantName' violates rule maxLength"),
     ({"transaction_type": "CHARGEBACK"}, "'TxnCode' violates rule expression"),
     ({"matched_at": "2026-03-02"}, "'MatchedAt' violates rule type"),
+    ({"merchant_name": "ACME\x01STORE"}, "'MerchantName' violates rule xmlChar"),
 ])
 def test_runtime_validation_names_field_and_rule_but_not_the_value(change, rule):
     assembler = assembler_for("pcs-clearing")

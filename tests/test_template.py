@@ -101,3 +101,37 @@ def test_record_value_is_never_in_error_messages():
     with pytest.raises(AssemblyError) as err:
         assembler(record="{{ record.pan | pad(4) }}").assemble(cut([{"id": "a", "pan": secret, "amount": Decimal(1)}]))
     assert secret not in str(err.value) and "width 4" in str(err.value)
+
+
+def _per_record_body(asm: TemplateAssembler, values) -> bytes:
+    """The body as one render per record would give it (the batch path switched off)."""
+    asm._batch = None
+    return asm.assemble(cut(values)).body
+
+
+@pytest.mark.parametrize("record", [
+    "D|{{ seq }}|{{ record.id }}|{{ record.amount | money }}\n",
+    "{% set n = record.id ~ '-' %}{{ n }}{{ source.offset }}{% if seq % 2 %}odd{% endif %}  \n",
+    "{% macro cell(v) %}[{{ v }}]{% endmacro %}{{ cell(record.id) }}{{ cell(seq) -}}\n\n",
+    "{{ record.id }}",  # no newline at all
+])
+def test_batch_rendering_gives_the_bytes_of_one_render_per_record(record):
+    values = [{"id": f"r{i}", "amount": Decimal(i)} for i in range(1234)]  # several batches
+    batched = assembler(record=record)
+    assert batched._batch is not None
+    assert batched.assemble(cut(values)).body == _per_record_body(assembler(record=record), values)
+
+
+def test_a_record_template_using_loop_is_rendered_per_record_and_fails_as_undefined():
+    asm = assembler(record="{{ loop.index }}\n")
+    assert asm._batch is None
+    with pytest.raises(AssemblyError, match="loop"):
+        asm.assemble(cut([{"id": "a", "amount": Decimal(1)}]))
+
+
+def test_a_failing_record_inside_a_batch_is_named_by_its_offset():
+    values = [{"id": str(i), "amount": Decimal(1)} for i in range(900)]
+    values[613] = {"amount": Decimal(1)}  # no id: undefined under StrictUndefined
+    with pytest.raises(AssemblyError) as err:
+        assembler().assemble(cut(values))
+    assert err.value.source == ("matched", 2, 613) and "@613" in str(err.value)

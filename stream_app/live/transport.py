@@ -16,7 +16,7 @@ still flushes the producer (journal, dead letters, table changelogs) before ever
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -38,6 +38,17 @@ class BatchIntake(Protocol):
 
 
 class CheckpointCommitConsumer(AIOKafkaConsumer):
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        # Faust only considers partitions with acked messages; input partitions have none (their
+        # records never become events), so add every assigned input partition.
+        gate: CommitGate | None = getattr(self.app, "stream_app_commit_gate", None)
+        tps = set(super()._filter_tps_with_pending_acks(topics))
+        if gate is not None:
+            tps.update(tp for tp in self.assignment()
+                       if gate(tp.topic, tp.partition) != NOT_GATED
+                       and (topics is None or tp in topics or tp.topic in topics))
+        return iter(tps)
+
     async def _wait_next_records(self, timeout: float) -> tuple[Optional[dict], Optional[set]]:
         records, active = await super()._wait_next_records(timeout)
         intake: BatchIntake | None = getattr(self.app, "stream_app_intake", None)

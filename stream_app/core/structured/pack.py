@@ -123,13 +123,14 @@ class PackSpec(_Model):
 
 
 class CompiledField:
-    __slots__ = ("spec", "evaluate", "pattern", "names")
+    __slots__ = ("spec", "evaluate", "pattern", "names", "plain_string")
 
     def __init__(self, spec: FieldSpec, evaluate: Evaluator, names: set[str]) -> None:
         self.spec = spec
         self.evaluate = evaluate
         self.pattern = re.compile(spec.regex) if spec.regex else None
         self.names = names  # the top-level names the expression reads
+        self.plain_string = spec.type == "string" and spec.enum is None  # only length/regex rules
 
 
 class SchemaPack:

@@ -49,6 +49,11 @@ def _coerce(field: CompiledField, value: Any) -> Any:
 def check_value(field: CompiledField, value: Any) -> Any:
     """Coerce and validate one value; return it typed or raise ``InvalidRecord``."""
     spec = field.spec
+    if field.plain_string and type(value) is str and value:  # fast path for the common case
+        if (spec.maxLength is None or len(value) <= spec.maxLength) \
+                and (spec.minLength is None or len(value) >= spec.minLength) \
+                and (field.pattern is None or field.pattern.fullmatch(value)):
+            return value
     if value is None or (type(value) is str and not value):
         if spec.required:
             raise InvalidRecord(Violation(spec.name, "required"))
