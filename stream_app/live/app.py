@@ -219,10 +219,15 @@ class LiveRuntime:
         if cuts:
             self.pipeline.finish_flush(summary)
         if self.pipeline.has_unpersisted_facts:
-            # Journal events (`created`, `closed`) must be durable before the facts that say a
-            # part is done; otherwise a crash between the two loses the events for good.
+            # Changelog and journal records on different partitions are delivered in no fixed
+            # order, so each durable step waits for the one before it:
+            # journal events (`created`, `closed`) before the facts that say a part is done (else
+            # a crash between them loses the events for good), and the facts before any
+            # checkpoint that skips the part's offsets (else a restart re-creates the part from
+            # the offsets above the checkpoint only, a different file under the same name).
             await self._app.producer.flush()
             self.pipeline.persist_facts()
+            await self._app.producer.flush()
         if self.pipeline.advance_checkpoints():
             await self._commit()
 
