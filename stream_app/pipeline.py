@@ -147,6 +147,8 @@ class FilePipeline:
         self._mode = mode
         self._windowers: dict[TP, PartitionWindower] = {}
         self._retries: dict[tuple[FileKey, int], _Retry] = {}
+        # Checkpoints written to the state store, and those confirmed durable (the commit gate).
+        self._sent_checkpoints: dict[TP, Checkpoint] = {}
         self._published_checkpoints: dict[TP, Checkpoint] = {}
         # Facts of finalized parts and idle closes, persisted only once their journal events are
         # durable (see persist_facts): a restart then re-finalizes a part rather than losing its
@@ -178,7 +180,7 @@ class FilePipeline:
                                          self._state.get_facts, on_append)
             self._windowers[tp] = windower
             if checkpoint is not None:
-                self._published_checkpoints[tp] = checkpoint
+                self._published_checkpoints[tp] = self._sent_checkpoints[tp] = checkpoint
         return windower
 
     def _partition_spool(self, tp: TP) -> Path:
@@ -199,6 +201,7 @@ class FilePipeline:
         for tp in tps:
             windower = self._windowers.pop(tp, None)
             self._published_checkpoints.pop(tp, None)
+            self._sent_checkpoints.pop(tp, None)
             if windower is not None:
                 for cut in windower.pending_cuts():
                     self._retries.pop((cut.key, cut.part), None)
@@ -446,20 +449,28 @@ class FilePipeline:
         self._unpersisted_facts.clear()
 
     def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:
+        """The last checkpoint confirmed durable: what the consumer may commit."""
         return self._published_checkpoints.get(tp)
 
     def advance_checkpoints(self) -> dict[TP, Checkpoint]:
-        """Persist and return the checkpoints that moved; the driver commits below them."""
+        """Write and return the checkpoints that moved; once the driver knows they are durable
+        it calls ``confirm_checkpoints`` and commits below them."""
         self.persist_facts()  # a checkpoint never runs ahead of the facts below it
         moved: dict[TP, Checkpoint] = {}
         for tp, windower in self._windowers.items():
             checkpoint = windower.checkpoint()
             if checkpoint is None:
                 continue
-            previous = self._published_checkpoints.get(tp)
+            previous = self._sent_checkpoints.get(tp)
             if previous is None or checkpoint.offset > previous.offset:
                 self._state.put_checkpoint(tp, checkpoint)
-                self._published_checkpoints[tp] = checkpoint
+                self._sent_checkpoints[tp] = checkpoint
                 failpoint("pipeline.after-checkpoint")
                 moved[tp] = checkpoint
         return moved
+
+    def confirm_checkpoints(self) -> None:
+        """Everything written by ``advance_checkpoints`` so far is durable."""
+        for tp, checkpoint in self._sent_checkpoints.items():
+            if tp in self._windowers:  # not revoked meanwhile
+                self._published_checkpoints[tp] = checkpoint

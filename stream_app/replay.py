@@ -32,6 +32,7 @@ def flush_due(pipeline: FilePipeline, now_wall_ms: int) -> FlushSummary:
     if cuts:
         pipeline.finish_flush(summary)
     pipeline.advance_checkpoints()
+    pipeline.confirm_checkpoints()  # the in-memory state is durable for as long as replay runs
     return summary
 
 

@@ -11,7 +11,7 @@ from stream_app.config import REPO_AVRO_DIR, parse_config
 from stream_app.core.records import RawRecord
 from stream_app.demo import matched_records
 from stream_app.journal import Journal
-from stream_app.pipeline import FilePipeline, MemoryStateStore
+from stream_app.pipeline import FilePipeline, FlushSummary, MemoryStateStore
 from stream_app.replay import flush_due, run_records
 from stream_app.sinks.base import SinkError
 from stream_app.sinks.local import LocalSink
@@ -203,3 +203,17 @@ def test_replay_progress_logs_rate_and_eta_when_not_on_a_terminal(caplog, monkey
     progress.close()
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("replayed 100/200 records (17 rec/s") and "ETA 6 s" in line
+
+
+def test_the_commit_gate_moves_only_once_facts_and_checkpoint_are_confirmed(tmp_path):
+    p, pub, state = pipeline(tmp_path, maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
+    p.process(raws(25), now_wall_ms=0)
+    for cut in p.due_cuts(0):
+        p.apply_write(cut, p.write_cut(cut), 0, FlushSummary())
+    assert p.has_unpersisted_facts and not state.facts  # journal events go out first
+    assert len(pub.of_type("created")) == 2
+    moved = p.advance_checkpoints()  # writes the facts, then the checkpoint
+    assert state.facts and moved[("in", 0)].offset == 20 and state.checkpoints[("in", 0)].offset == 20
+    assert p.persisted_checkpoint(("in", 0)) is None  # not committable before it is confirmed
+    p.confirm_checkpoints()
+    assert p.persisted_checkpoint(("in", 0)).offset == 20

@@ -50,6 +50,7 @@ class FaustStateStore:
     """
 
     def __init__(self, app: faust.App, settings: AppSettings) -> None:
+        self.in_flight = InFlight()
         partitions = settings.kafka.topicPartitions
         size_s = settings.worker.window.sizeMs / 1000
         self._windows = app.Table("file-windows", default=None, partitions=partitions).tumbling(size_s).table
@@ -67,7 +68,7 @@ class FaustStateStore:
         table_key = self._window_key(key)
         value = facts.to_json()
         self._windows.data[table_key] = value
-        self._windows.send_changelog(key.partition, table_key, value)
+        self.in_flight.add(self._windows.send_changelog(key.partition, table_key, value))
 
     @staticmethod
     def _tp_key(tp: TP) -> str:
@@ -80,11 +81,32 @@ class FaustStateStore:
     def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None:
         key, value = self._tp_key(tp), checkpoint.to_json()
         self._checkpoints.data[key] = value
-        self._checkpoints.send_changelog(tp[1], key, value)
+        self.in_flight.add(self._checkpoints.send_changelog(tp[1], key, value))
+
+    async def delivered(self) -> None:
+        await self.in_flight.delivered()
+
+
+class InFlight:
+    """Sends not yet confirmed by the broker; ``delivered()`` waits for all of them."""
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future] = []
+
+    def add(self, future: asyncio.Future) -> None:
+        self._futures.append(future)
+        if len(self._futures) >= 10_000:  # e.g. a flood of dead letters between two files
+            self._futures = [f for f in self._futures if not f.done() or f.cancelled() or f.exception()]
+
+    async def delivered(self) -> None:
+        futures, self._futures = self._futures, []
+        if futures:
+            await asyncio.gather(*futures)  # a failed send raises: nothing after it is written
 
 
 class FaustPublisher:
     def __init__(self, app: faust.App, settings: AppSettings, metrics: Metrics) -> None:
+        self.in_flight = InFlight()
         self._metrics = metrics
         self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
         self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
@@ -101,13 +123,16 @@ class FaustPublisher:
 
     def journal(self, event: dict, partition_key: str) -> None:
         (payload,) = encode_events([event])
-        self._journal.send_soon(key=partition_key.encode(), value=payload)
+        self.in_flight.add(self._journal.send_soon(key=partition_key.encode(), value=payload))
 
     def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
         self._metrics.dead_letters.labels(reason).inc()
         log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
-        self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id))
+        self.in_flight.add(self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id)))
+
+    async def delivered(self) -> None:
+        await self.in_flight.delivered()
 
 
 class LiveRuntime:
@@ -218,17 +243,20 @@ class LiveRuntime:
             self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
             self.pipeline.finish_flush(summary)
+        # Changelog and journal records on different partitions are delivered in no fixed order,
+        # and Faust's producer flush is best effort, so each durable step awaits the delivery of
+        # the one before it: journal events (`created`, `closed`) before the facts that say a part
+        # is done (else a crash between them loses the events for good); the facts before any
+        # checkpoint that skips the part's offsets (else a restart re-creates the part from the
+        # offsets above the checkpoint only: a different file under the same name); and the
+        # checkpoint before the commit that follows it.
         if self.pipeline.has_unpersisted_facts:
-            # Changelog and journal records on different partitions are delivered in no fixed
-            # order, so each durable step waits for the one before it:
-            # journal events (`created`, `closed`) before the facts that say a part is done (else
-            # a crash between them loses the events for good), and the facts before any
-            # checkpoint that skips the part's offsets (else a restart re-creates the part from
-            # the offsets above the checkpoint only, a different file under the same name).
-            await self._app.producer.flush()
+            await self.publisher.delivered()
             self.pipeline.persist_facts()
-            await self._app.producer.flush()
+            await self.state.delivered()
         if self.pipeline.advance_checkpoints():
+            await self.state.delivered()
+            self.pipeline.confirm_checkpoints()
             await self._commit()
 
     async def _commit(self) -> None:
