@@ -112,6 +112,19 @@ class RangeReader:
         (tp,) = self._consumer.offsets_for_times([TopicPartition(topic, partition, time_ms)], timeout=15)
         return tp.offset if tp.offset >= 0 else None
 
+    def log_ends(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """The real end offset of each partition, reading on from ``starts`` to end-of-partition.
+
+        For brokers whose listed end offsets can be stale (the embedded one): on Kafka the listed
+        end is right and this is one empty fetch per partition.
+        """
+        ends = {tp: max(start, 0) for tp, start in starts.items()}
+        ranges = [PartitionRange(topic, partition, ends[(topic, partition)], None) for topic, partition in starts]
+        for batch in self.read(ranges):
+            for raw in batch:
+                ends[(raw.topic, raw.partition)] = max(ends[(raw.topic, raw.partition)], raw.offset + 1)
+        return ends
+
     def read(self, ranges: list[PartitionRange]) -> Iterator[list[RawRecord]]:
         from confluent_kafka import KafkaError, TopicPartition
 

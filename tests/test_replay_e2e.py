@@ -72,3 +72,34 @@ def test_verify_reports_every_difference_and_writes_nothing(live_run, tmp_path):
         assert not victim.exists()  # verify never writes
     finally:
         victim.write_bytes(original)
+
+
+def test_log_ends_are_read_not_trusted_from_the_listing(kafka_bootstrap):
+    """Table recovery relies on this: the embedded broker lists stale end offsets after
+    single-record produce requests (what Faust's table writes are)."""
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream_app.broker import create_topics
+    from stream_app.replay import RangeReader
+
+    topic = f"ends-{uuid.uuid4().hex[:6]}"
+    create_topics(kafka_bootstrap, {topic: 2})
+
+    async def produce_one_by_one() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks=-1)
+        await producer.start()
+        try:
+            for i in range(7):
+                await (await producer.send(topic, b"v%d" % i, partition=i % 2))
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce_one_by_one())
+    reader = RangeReader({"bootstrap.servers": kafka_bootstrap})
+    try:
+        assert reader.log_ends({(topic, 0): 0, (topic, 1): 1}) == {(topic, 0): 4, (topic, 1): 3}
+    finally:
+        reader.close()

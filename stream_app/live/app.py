@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from functools import partial
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -31,7 +32,7 @@ from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.sinks.base import SinkError
 from stream_app.live.startup import broker_reachable
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
-from stream_app.ops.security import faust_credentials
+from stream_app.ops.security import confluent_security, faust_credentials
 from stream_app.wiring import build_pipeline, prepare_worker_spool
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,22 @@ def _headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
     return tuple((str(k), v) for k, v in items)
 
 
+def real_log_ends(settings: AppSettings, listed: dict[FaustTP, int]) -> dict[FaustTP, int]:
+    from stream_app.replay import RangeReader
+
+    reader = RangeReader({"bootstrap.servers": settings.kafka.bootstrapServers,
+                          **confluent_security(settings.kafka.security)})
+    try:
+        ends = reader.log_ends({(tp.topic, tp.partition): offset for tp, offset in listed.items()})
+    finally:
+        reader.close()
+    corrected = {tp: end for tp, end in ends.items() if end != max(listed[FaustTP(*tp)], 0)}
+    if corrected:
+        log.info("listed end offsets were stale for %d changelog partition(s); recovery reads to the real end",
+                 len(corrected))
+    return {FaustTP(*tp): end for tp, end in ends.items()}
+
+
 def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     kafka = settings.kafka
     app = faust.App(
@@ -318,6 +335,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     runtime = LiveRuntime(app, settings)
     app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
     app.stream_app_intake = runtime  # fetched input batches go to the runtime (live/transport.py)
+    app.stream_app_log_ends = partial(real_log_ends, settings)  # for table recovery (live/transport.py)
     source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")
     worker = settings.worker
 

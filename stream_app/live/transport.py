@@ -16,6 +16,7 @@ still flushes the producer (journal, dead letters, table changelogs) before ever
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 from faust.transport.drivers import TRANSPORTS
@@ -37,7 +38,21 @@ class BatchIntake(Protocol):
     async def on_fetched(self, batches: Mapping[TP, Sequence[Any]], generation: int) -> None: ...
 
 
+# Listed end offsets -> real end offsets (see CheckpointCommitConsumer.highwaters).
+LogEndProbe = Callable[[dict[TP, int]], dict[TP, int]]
+
+
 class CheckpointCommitConsumer(AIOKafkaConsumer):
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        # Faust's table recovery reads each changelog up to the end offset the broker lists.  A
+        # broker that lists a stale end (the embedded Tansu does) would make recovery stop early
+        # and silently drop the newest facts and checkpoints; so the end is confirmed by reading.
+        listed = dict(await super().highwaters(*partitions))
+        probe: LogEndProbe | None = getattr(self.app, "stream_app_log_ends", None)
+        if probe is None or not listed:
+            return listed
+        return await asyncio.to_thread(probe, listed)
+
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         # Faust only considers partitions with acked messages; input partitions have none (their
         # records never become events), so add every assigned input partition.
