@@ -108,10 +108,10 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
         stop_worker(proc)
     # The clock starts at the first record processed: the journal's first event (a window
     # opening) carries its wall time.  Start-up and group join are reported apart.
-    first_ms = min(e["occurred_at"] for e in read_journal(bootstrap, f"{app_id}-journal"))
+    first = min(e["occurred_at"] for e in read_journal(bootstrap, f"{app_id}-journal")).timestamp()
     name = "c live worker, structured (XML)" if structured else "b live worker, template"
-    return {"path": name, "records": total, "seconds": done - first_ms / 1000, "bytes": size, "peak_rss_mb": peak,
-            "startup_seconds": round(first_ms / 1000 - spawned, 1)}
+    return {"path": name, "records": total, "seconds": done - first, "bytes": size, "peak_rss_mb": peak,
+            "startup_seconds": round(first - spawned, 1)}
 
 
 def _rss_mb(pid: int) -> float:
