@@ -246,7 +246,7 @@ class PartitionWindower:
         self._open: dict[FileKey, _OpenWindow] = {}
         self._close_heap: list[tuple[int, FileKey]] = []
         self._pending: dict[tuple[FileKey, int], FileCut] = {}
-        self._facts: dict[FileKey, WindowFacts] = {}
+        self._facts: dict[FileKey, WindowFacts | None] = {}
         self._buffered = 0
         self._on_append = on_append
         self.last_record_wall_ms: int | None = None
@@ -275,12 +275,13 @@ class PartitionWindower:
         return [w.first_buffered_wall_ms for w in self._open.values() if w.first_buffered_wall_ms is not None]
 
     def facts_for(self, key: FileKey) -> WindowFacts | None:
-        facts = self._facts.get(key)
-        if facts is None:
-            facts = self._lookup(key)
-            if facts is not None:
-                self._facts[key] = facts
-        return facts
+        # Cached, absent facts included: this windower is the only writer of its keys' facts, and
+        # the lookup (a table read) would otherwise run for every record of a new window.
+        try:
+            return self._facts[key]
+        except KeyError:
+            facts = self._facts[key] = self._lookup(key)
+            return facts
 
     # -- input ------------------------------------------------------------------------------
     def already_processed(self, offset: int) -> bool:
