@@ -311,6 +311,11 @@ class FilePipeline:
                     due.append(cut)
         return due
 
+    def is_pending(self, cut: FileCut) -> bool:
+        """The cut still waits to be written by this worker (its partition was not revoked)."""
+        windower = self._windowers.get((cut.key.topic, cut.key.partition))
+        return windower is not None and windower.is_pending(cut)
+
     def write_cut(self, cut: FileCut) -> WriteOutcome:
         """Assemble and store one cut.  Thread-safe: touches only the assembler and the sink."""
         started = time.perf_counter()
@@ -319,8 +324,13 @@ class FilePipeline:
         return outcome
 
     def _write_cut(self, cut: FileCut) -> WriteOutcome:
+        writer = self._parts.get((cut.key, cut.part))
+        if writer is None and self._spool_dir is not None:
+            # Streaming: the records are only in the part's spool, and it is gone because the
+            # partition was revoked meanwhile.  Assembling the (empty) cut would write a wrong
+            # file under the part's name; its new owner writes the real one.
+            return WriteOutcome(error_class="PARTITION_REVOKED", error_message="the partition was revoked")
         try:
-            writer = self._parts.get((cut.key, cut.part))
             assembled = writer.finish() if writer is not None else self._assembler.assemble(cut)
         except AssemblyError as exc:
             return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
@@ -360,9 +370,9 @@ class FilePipeline:
         }
 
     def apply_write(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
-        windower = self._windowers.get((cut.key.topic, cut.key.partition))
-        if windower is None or (cut.key, cut.part) not in {(c.key, c.part) for c in windower.pending_cuts()}:
+        if not self.is_pending(cut):
             return  # partition revoked while the write ran; the new owner re-creates the file
+        windower = self._windowers[(cut.key.topic, cut.key.partition)]
         if outcome.result is None:
             retry = self._retries.setdefault((cut.key, cut.part), _Retry())
             retry.attempt += 1

@@ -217,3 +217,17 @@ def test_the_commit_gate_moves_only_once_facts_and_checkpoint_are_confirmed(tmp_
     assert p.persisted_checkpoint(("in", 0)) is None  # not committable before it is confirmed
     p.confirm_checkpoints()
     assert p.persisted_checkpoint(("in", 0)).offset == 20
+
+
+def test_a_streaming_part_of_a_revoked_partition_is_never_written_from_its_empty_cut(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    p, pub, state = pipeline(out, spool=tmp_path / "spool", maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
+    p.process(raws(10), now_wall_ms=0)
+    (cut,) = p.due_cuts(0)
+    assert not cut.records and p.is_pending(cut)  # streaming: the records are in the spool only
+    p.revoke([("in", 0)])  # a rebalance while the driver is between two writes
+    assert not p.is_pending(cut)
+    outcome = p.write_cut(cut)
+    assert outcome.result is None and outcome.error_class == "PARTITION_REVOKED"
+    assert not [f for f in out.iterdir() if f.name != "manifest.jsonl"]

@@ -403,6 +403,9 @@ class PartitionWindower:
     def pending_cuts(self) -> list[FileCut]:
         return sorted(self._pending.values(), key=lambda c: (c.key, c.part))
 
+    def is_pending(self, cut: FileCut) -> bool:
+        return self._pending.get((cut.key, cut.part)) is cut
+
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
         """The cut's file is durable: drop its records and return the facts to persist."""
         del self._pending[(cut.key, cut.part)]

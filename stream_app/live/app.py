@@ -240,6 +240,8 @@ class LiveRuntime:
         cuts = self.pipeline.due_cuts(_now_ms())
         summary = FlushSummary()
         for cut in cuts:
+            if not self.pipeline.is_pending(cut):
+                continue  # its partition was revoked during an earlier write of this loop
             outcome = await asyncio.to_thread(self.pipeline.write_cut, cut)
             self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
@@ -301,6 +303,9 @@ def real_log_ends(settings: AppSettings, listed: dict[FaustTP, int]) -> dict[Fau
                           **confluent_security(settings.kafka.security)})
     try:
         ends = reader.log_ends({(tp.topic, tp.partition): offset for tp, offset in listed.items()})
+    except Exception as exc:  # the broker went away meanwhile: Faust's own recovery handles that
+        log.warning("could not confirm changelog end offsets (%s); using the listed ones", type(exc).__name__)
+        return listed
     finally:
         reader.close()
     corrected = {tp: end for tp, end in ends.items() if end != max(listed[FaustTP(*tp)], 0)}
