@@ -67,6 +67,9 @@ def worker(config: str) -> None:
     import faust
 
     from stream_app.live.app import create_app
+    from stream_app.ops.gc import tune_for_throughput
+
+    tune_for_throughput()
     from stream_app.live.startup import wait_for_broker
 
     from stream_app.ops.logging import logging_config

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from stream_app.ops.gc import tune_for_throughput
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.ops.security import confluent_security
@@ -126,6 +127,7 @@ def _ranges(settings: AppSettings, reader: RangeReader, request: ReplayRequest) 
 
 
 def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
+    tune_for_throughput()
     started = time.monotonic()
     target: Sink
     if request.out_dir is not None:
