@@ -1,11 +1,11 @@
-"""The live worker: a Faust app whose agent feeds fetched batches into the shared pipeline.
+"""The live worker: a Faust app whose consumer hands fetched batches to the shared pipeline.
 
 Commit discipline: after files are finalized the pipeline reports, per partition, the lowest
 offset that is not yet in a finalized file; the runtime persists that checkpoint in a table.
-The consumer (``live/transport.py``) commits exactly the persisted checkpoint, never an acked
-offset, so events are acked as soon as they are processed and no message is held in memory
-while its window is open.  Faust flushes the producer before each commit, so journal events,
-dead letters and table updates are durable first.
+The consumer (``live/transport.py``) commits exactly the confirmed checkpoint, never an acked
+offset, so no message is held in memory while its window is open.  Each durable step (journal
+event, window facts, checkpoint) is acknowledged by the broker before the next one is written
+and before the commit (see ``LiveRuntime._flush_and_commit``).
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ input partition out of the fetch loop and gives it to the pipeline in one call; 
 (table changelogs during recovery) still take Faust's normal path.  Awaiting the pipeline inside
 the fetch loop is also the backpressure: nothing more is fetched until the batch is handled.
 
-Faust commits the highest run of acknowledged offsets.  Holding events unacked until their file
-is finalized would work, but it keeps every message (with its value bytes) in memory for as long
-as a window is open, which for a 6-hour window is unbounded.  Instead the worker acks each event
-as soon as it has been processed, and this consumer commits, per input partition, exactly the
-offset of the last *persisted* checkpoint: the lowest offset not yet in a finalized file.  Faust
-still flushes the producer (journal, dead letters, table changelogs) before every commit.
+Faust commits the highest run of acknowledged offsets.  Holding messages unacked until their
+file is finalized would keep every message (with its value bytes) in memory for as long as a
+window is open, which for a 6-hour window is unbounded.  Instead this consumer commits, per input
+partition, exactly the offset of the last *confirmed* checkpoint: the lowest offset not yet in a
+finalized file, written to the checkpoint table and acknowledged by the broker.
 """
 
 from __future__ import annotations
