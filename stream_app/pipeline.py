@@ -325,10 +325,11 @@ class FilePipeline:
 
     def _write_cut(self, cut: FileCut) -> WriteOutcome:
         writer = self._parts.get((cut.key, cut.part))
-        if writer is None and self._spool_dir is not None:
-            # Streaming: the records are only in the part's spool, and it is gone because the
-            # partition was revoked meanwhile.  Assembling the (empty) cut would write a wrong
-            # file under the part's name; its new owner writes the real one.
+        if writer is None and len(cut.records) < cut.count:
+            # A streamed cut holds no records: they are only in the part's spool, and that is gone
+            # because the partition was revoked meanwhile.  Assembling the cut would write a wrong
+            # file under the part's name; its new owner writes the real one.  (A cut that carries
+            # its records, e.g. one rebuilt by a replay of a window, is assembled as usual.)
             return WriteOutcome(error_class="PARTITION_REVOKED", error_message="the partition was revoked")
         try:
             assembled = writer.finish() if writer is not None else self._assembler.assemble(cut)

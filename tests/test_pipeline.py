@@ -11,6 +11,7 @@ from stream_app.config import REPO_AVRO_DIR, parse_config
 from stream_app.core.records import RawRecord
 from stream_app.demo import matched_records
 from stream_app.journal import Journal
+from stream_app.core.windows import FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary, MemoryStateStore
 from stream_app.replay import flush_due, run_records
 from stream_app.sinks.base import SinkError
@@ -231,3 +232,15 @@ def test_a_streaming_part_of_a_revoked_partition_is_never_written_from_its_empty
     outcome = p.write_cut(cut)
     assert outcome.result is None and outcome.error_class == "PARTITION_REVOKED"
     assert not [f for f in out.iterdir() if f.name != "manifest.jsonl"]
+
+
+def test_a_cut_that_carries_its_records_is_written_by_a_streaming_pipeline(tmp_path):
+    """Replay of a window rebuilds cuts with their records; streaming settings must not refuse them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    p, _, _ = pipeline(out, spool=tmp_path / "spool", maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
+    records = [p.prepare(raw) for raw in raws(5)]
+    start = records[0].event_time_ms - records[0].event_time_ms % 86_400_000
+    key = FileKey("in", 0, start, start + 86_400_000)
+    outcome = p.write_cut(FileCut.of(key, 0, records, "watermark", True))
+    assert outcome.result is not None and (out / outcome.result.name).exists()
