@@ -67,12 +67,11 @@ def worker(config: str) -> None:
     import faust
 
     from stream_app.live.app import create_app
+    from stream_app.live.startup import wait_for_broker
     from stream_app.ops.gc import tune_for_throughput
+    from stream_app.ops.logging import logging_config
 
     tune_for_throughput()
-    from stream_app.live.startup import wait_for_broker
-
-    from stream_app.ops.logging import logging_config
 
     log_config = logging_config(settings.logLevel, settings.logFormat)
     logging.config.dictConfig(log_config)

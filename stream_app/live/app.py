@@ -163,22 +163,27 @@ class LiveRuntime:
         raws = [RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
                 for records in batches.values() for r in records]
         consumer = self._app.consumer
+        consumed = {(tp.topic, tp.partition): len(records) for tp, records in batches.items()}
 
         def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
             return self._app.consumer_generation_id == generation and consumer.flow_active
 
-        await self._process(raws, still_current)
+        await self._process(raws, consumed, still_current)
 
     async def on_events(self, events: Sequence[Any]) -> None:
         """Events that reached the agent through Faust's stream path (the intake normally takes them)."""
         raws = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
                           int(e.message.timestamp * 1000) if e.message.timestamp else None,
                           e.message.key, e.message.value, _headers(e.message.headers)) for e in events]
-        await self._process(raws, lambda: True)
+        consumed: dict[tuple[str, int], int] = {}
+        for raw in raws:
+            consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
+        await self._process(raws, consumed, lambda: True)
         for event in events:
             event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
 
-    async def _process(self, raws: list[RawRecord], still_current: Callable[[], bool]) -> None:
+    async def _process(self, raws: list[RawRecord], consumed: Mapping[tuple[str, int], int],
+                       still_current: Callable[[], bool]) -> None:
         delay = 0.5
         while True:
             try:
@@ -194,9 +199,6 @@ class LiveRuntime:
                 log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        consumed: dict[tuple[str, int], int] = {}
-        for raw in raws:
-            consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
         self.publisher.log_dead_letters()

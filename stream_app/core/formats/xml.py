@@ -22,6 +22,7 @@ from stream_app.core.formats.base import FormatError, Line, render_text
 from stream_app.core.structured.pack import XmlSpec
 
 _ELEMENT = re.compile(r"Element '([^']+)'")
+_FACET = re.compile(r"\[facet '(\w+)'\]")
 # Characters XML 1.0 cannot hold at all (lxml refuses them too).
 INVALID_XML_CHAR = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _TEXT_SPECIAL = re.compile("[&<>\r]")
@@ -45,7 +46,6 @@ def escape_text(text: str) -> str:
 
 def escape_attribute(text: str) -> str:
     return text.translate(_ATTR_ESCAPES) if _ATTR_SPECIAL.search(text) else text
-_FACET = re.compile(r"\[facet '(\w+)'\]")
 
 
 class _ChunkReader:
