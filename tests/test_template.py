@@ -63,6 +63,33 @@ def test_sandbox_blocks_template_escapes(escape):
     assert "recordTemplate" in str(err.value)
 
 
+def test_record_fields_win_over_dict_methods_and_the_sandbox_still_holds():
+    values = [{"id": "a", "amount": Decimal(1), "items": "3", "keys": "k"}, {"id": "b", "amount": Decimal(2)}]
+    body = assembler(record="{{ record.items if record.keys is string else record.items() | list | length }}\n",
+                     footer="").assemble(cut(values)).body
+    assert body.splitlines()[1:] == [b"3", b"2"]  # a field named 'items'; then dict.items()
+    with pytest.raises(AssemblyError):  # a key that looks like an escape is only data; the method is not
+        assembler(record="{{ record.get.__globals__ }}").assemble(cut([{"id": "a", "amount": Decimal(1)}]))
+
+
+def test_totals_by_currency_take_any_value_once_as_text():
+    values = [{"id": "a", "amount": Decimal("1"), "currency": c} for c in ("EUR", None, "EUR", ["x"], ["x"])]
+    totals = assembler(footer="{% for c, t in totals.by_currency.items() %}{{ c }}={{ t.count }};{% endfor %}",
+                       record="").assemble(cut(values)).body
+    assert totals.endswith(b"EUR=2;None=1;['x']=2;")
+
+
+@pytest.mark.parametrize("places", range(0, 10))
+def test_money_is_plain_notation_at_every_scale(places):
+    from stream_app.core.template import filter_money
+
+    for text in ("0", "-0.0000000001", "1E+5", "123456789.987654321", "0.000000005", "-12.5", "1E-20"):
+        value = Decimal(text)
+        expected = format(value.quantize(Decimal(1).scaleb(-places), rounding="ROUND_HALF_EVEN"), "f")
+        assert filter_money(value, places) == expected
+        assert "E" not in filter_money(value, places)
+
+
 def test_undefined_variables_are_errors_not_blanks():
     with pytest.raises(AssemblyError, match="amout"):
         assembler(record="{{ record.amout }}").assemble(cut([{"id": "a", "amount": Decimal(1)}]))

@@ -72,9 +72,15 @@ def filter_ts(value: Any, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
     return _to_datetime(value).astimezone(timezone.utc).strftime(fmt)
 
 
+_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(7)}
+
+
 def filter_money(value: Any, places: int = 2) -> str:
-    quantum = Decimal(1).scaleb(-places)
-    return format(_to_decimal(value).quantize(quantum, rounding=ROUND_HALF_EVEN), "f")
+    quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
+    amount = (value if type(value) is Decimal else _to_decimal(value)).quantize(quantum, rounding=ROUND_HALF_EVEN)
+    # str() of a Decimal with exponent -places (0..6) is already plain notation, and cheaper
+    # than format(); beyond that str() could switch to scientific notation.
+    return str(amount) if 0 <= places <= 6 else format(amount, "f")
 
 
 def filter_minor_units(value: Any, places: int = 2) -> str:
@@ -93,8 +99,26 @@ def filter_pad(value: Any, width: int, align: str = "left", fill: str = " ") -> 
     raise FilterError("align must be 'left' or 'right'")
 
 
+class RecordSandbox(SandboxedEnvironment):
+    """The sandbox, with record fields found first.
+
+    Jinja resolves ``record.amount`` by trying the attribute, catching AttributeError, then the
+    item: an exception per field access, a third of the render time of a record line.  For a plain
+    dict a present key wins (item access is always safe in the sandbox); everything else, dict
+    methods included when no key has that name, goes through the sandbox's checks unchanged.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 def make_environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = RecordSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters.update(ts=filter_ts, money=filter_money, minor_units=filter_minor_units, pad=filter_pad)
     return env
 
@@ -121,17 +145,26 @@ class TotalsAccumulator:
         self._count = 0
         self._total = Decimal(0)
         self._per_ccy: dict[str, list] = {}
+        self._slot_of: dict[Any, list] = {}  # currency value as decoded -> its slot in _per_ccy
 
     def add(self, value: Mapping[str, Any]) -> None:
         try:
-            amount = _to_decimal(value[self._amount_field])
+            amount = value[self._amount_field]
+            if type(amount) is not Decimal:
+                amount = _to_decimal(amount)
         except (KeyError, FilterError):
             raise AssemblyError(f"totals: field {self._amount_field!r} is missing or not a decimal",
                                 "BAD_AMOUNT") from None
         self._count += 1
         self._total += amount
         if self._currency_field is not None:
-            slot = self._per_ccy.setdefault(str(value.get(self._currency_field)), [0, Decimal(0)])
+            currency = value.get(self._currency_field)
+            try:
+                slot = self._slot_of.get(currency)
+            except TypeError:  # an unhashable value (JSON input): keyed by its text alone
+                currency, slot = str(currency), None
+            if slot is None:  # first of this currency value: one str() per value, not per record
+                slot = self._slot_of[currency] = self._per_ccy.setdefault(str(currency), [0, Decimal(0)])
             slot[0] += 1
             slot[1] += amount
 
