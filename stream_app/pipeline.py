@@ -223,12 +223,16 @@ class FilePipeline:
     # -- input ------------------------------------------------------------------------------
     def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Decode and window a batch (records of one partition in offset order, or mixed)."""
+        decode = self._decoder.decode
+        windower: PartitionWindower | None = None
         for raw in raws:
-            windower = self.windower((raw.topic, raw.partition))
+            # Batches come a partition at a time: look the windower up per run, not per record.
+            if windower is None or raw.partition != windower.partition or raw.topic != windower.topic:
+                windower = self.windower((raw.topic, raw.partition))
             if windower.already_processed(raw.offset):
                 continue
             try:
-                record = self._decoder.decode(raw)
+                record = decode(raw)
                 if self._structured is not None:
                     record = self._project(record, raw)
                     if record is None:

@@ -52,6 +52,9 @@ def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
     return data
 
 
+_QUANTA = {scale: Decimal(1).scaleb(-scale) for scale in range(19)}
+
+
 def render_text(spec: FieldSpec, value: Any) -> str:
     """The canonical text of a typed value; fixed by the pack, never by locale or platform."""
     if type(value) is str:
@@ -62,12 +65,15 @@ def render_text(spec: FieldSpec, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         if spec.scale is not None:
-            value = value.quantize(Decimal(1).scaleb(-spec.scale), rounding=ROUND_HALF_EVEN)
+            quantum = _QUANTA.get(spec.scale) or Decimal(1).scaleb(-spec.scale)
+            value = value.quantize(quantum, rounding=ROUND_HALF_EVEN)
         return format(value, "f")
     if isinstance(value, datetime):
         if spec.format:
             return value.strftime(spec.format)  # in the value's own zone (see to_timezone())
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if value.tzinfo is not timezone.utc:  # decoders give UTC already; skip the copy then
+            value = value.astimezone(timezone.utc)
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, date):
         return value.strftime(spec.format or "%Y-%m-%d")
     return str(value)

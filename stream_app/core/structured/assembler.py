@@ -168,6 +168,9 @@ class StructuredPart:
         body = self._pack.spec.body
         self._groups: dict[tuple, list[_Fold]] | None = {} if body else None
         self._detail_fields = self._pack.fields
+        # What _line() would pick for a detail line, worked out once per part instead of per row.
+        self._detail_output = [(f.spec, f.spec.name) for f in self._detail_fields if f.spec.output]
+        self._line = assembler.formatter.line
         self._error: AssemblyError | None = None
         self.count = 0
 
@@ -193,7 +196,8 @@ class StructuredPart:
                 fold.add(row)
             return
         try:
-            self._spool.write(self._assembler.formatter.line(_line("detail", None, self._detail_fields, row)))
+            values = tuple([(spec, row[name]) for spec, name in self._detail_output])
+            self._spool.write(self._line(Line("detail", None, None, values)))
         except FormatError as exc:
             self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {exc}", exc.error_class,
                                         source=(record.topic, record.partition, record.offset))

@@ -128,6 +128,7 @@ def _path_getter(path: tuple[str, ...]) -> Evaluator:
         def get_name(ctx: Mapping[str, Any]) -> Any:
             return ctx.get(name)
 
+        get_name.source_name = name  # type: ignore[attr-defined]  # lets callers inline the lookup
         return get_name
 
     def get(ctx: Mapping[str, Any]) -> Any:

@@ -123,7 +123,7 @@ class PackSpec(_Model):
 
 
 class CompiledField:
-    __slots__ = ("spec", "evaluate", "pattern", "names", "plain_string")
+    __slots__ = ("spec", "evaluate", "pattern", "names", "plain_string", "source_name", "max_length")
 
     def __init__(self, spec: FieldSpec, evaluate: Evaluator, names: set[str]) -> None:
         self.spec = spec
@@ -131,6 +131,11 @@ class CompiledField:
         self.pattern = re.compile(spec.regex) if spec.regex else None
         self.names = names  # the top-level names the expression reads
         self.plain_string = spec.type == "string" and spec.enum is None  # only length/regex rules
+        # A bare field name: the value is scope.get(name), no expression call needed.
+        self.source_name: str | None = getattr(evaluate, "source_name", None)
+        # Fast-path bound for plain strings: no minLength rule and a maxLength (or none).
+        self.max_length: int | None = (spec.maxLength if spec.maxLength is not None else 1 << 62) \
+            if self.plain_string and spec.minLength is None else None
 
 
 class SchemaPack:

@@ -86,9 +86,19 @@ def evaluate_fields(fields: list[CompiledField], context: Mapping[str, Any]) -> 
     row: dict[str, Any] = {}
     scope = dict(context)  # the record's fields, shadowed by evaluated fields as they come
     for field in fields:
-        try:
-            value = field.evaluate(scope)
-        except EvaluationError as exc:
-            raise InvalidRecord(Violation(field.spec.name, "expression", str(exc))) from None
-        row[field.spec.name] = scope[field.spec.name] = check_value(field, value)
+        name = field.spec.name
+        source = field.source_name
+        if source is not None:
+            value = scope.get(source)
+        else:
+            try:
+                value = field.evaluate(scope)
+            except EvaluationError as exc:
+                raise InvalidRecord(Violation(name, "expression", str(exc))) from None
+        limit = field.max_length
+        # check_value's fast path, inlined: a non-empty string within its length and pattern.
+        if limit is None or type(value) is not str or not value or len(value) > limit \
+                or (field.pattern is not None and not field.pattern.fullmatch(value)):
+            value = check_value(field, value)
+        row[name] = scope[name] = value
     return row
