@@ -13,7 +13,10 @@ apart) for:
 
 Prints a table (records/s, ratio to a, MB/s, peak RSS) and writes bench/results/pipeline.json.
 
-    python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss]
+    python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss] [--paths bcd] [--streaming]
+
+The raw ceiling is read again after every path, and each path's ratio uses the raw reads just
+before and after it: on a shared machine the raw rate drifts between runs.
 """
 
 from __future__ import annotations

@@ -91,16 +91,17 @@ class XmlFormatter:
         for field, value in line.values:
             if value is None:
                 continue  # optional null fields are omitted
-            (attributes if field.attribute else children).append((field.name, render_text(field, value)))
+            text = value if type(value) is str else render_text(field, value)
+            (attributes if field.attribute else children).append((field.name, text))
         # One regex pass over all texts for the common case of nothing to check or escape.
-        texts = "".join(text for _, text in attributes) + "".join(text for _, text in children)
+        texts = "".join([text for _, text in attributes] + [text for _, text in children])
         if INVALID_XML_CHAR.search(texts):
             bad = next(name for name, text in attributes + children if INVALID_XML_CHAR.search(text))
             raise FormatError(f"field {bad!r} holds a character XML cannot represent", "XML_INVALID_CHAR")
         if _ATTR_SPECIAL.search(texts):
             attributes = [(name, escape_attribute(text)) for name, text in attributes]
             children = [(name, escape_text(text)) for name, text in children]
-        start = f"<{tag}" + "".join(f' {name}="{text}"' for name, text in attributes)
+        start = f"<{tag}" + "".join([f' {name}="{text}"' for name, text in attributes])
         if not children:
             return f"{start}/>" if not self._spec.indent else f"{'  ' * depth}{start}/>\n"
         elements = [f"<{name}>{text}</{name}>" for name, text in children]

@@ -67,12 +67,13 @@ class _Aggregate:
         self.spec = spec
         self._total = _Fold(spec)
         self._groups: dict[tuple, _Fold] = {}
+        self._group_by = tuple(spec.groupBy or ())
 
     def add(self, row: Mapping[str, Any]) -> None:
-        if not self.spec.groupBy:
+        if not self._group_by:
             self._total.add(row)
             return
-        key = tuple(row[name] for name in self.spec.groupBy)
+        key = tuple([row[name] for name in self._group_by])
         fold = self._groups.get(key)
         if fold is None:
             fold = self._groups[key] = _Fold(self.spec)
