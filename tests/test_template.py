@@ -73,10 +73,11 @@ def test_record_fields_win_over_dict_methods_and_the_sandbox_still_holds():
 
 
 def test_totals_by_currency_take_any_value_once_as_text():
-    values = [{"id": "a", "amount": Decimal("1"), "currency": c} for c in ("EUR", None, "EUR", ["x"], ["x"])]
+    values = [{"id": "a", "amount": Decimal("1"), "currency": c}
+              for c in ("EUR", None, "EUR", ["x"], ["x"], True, 1, "1")]
     totals = assembler(footer="{% for c, t in totals.by_currency.items() %}{{ c }}={{ t.count }};{% endfor %}",
                        record="").assemble(cut(values)).body
-    assert totals.endswith(b"EUR=2;None=1;['x']=2;")
+    assert totals.endswith(b"1=2;EUR=2;None=1;True=1;['x']=2;")
 
 
 @pytest.mark.parametrize("places", range(0, 10))

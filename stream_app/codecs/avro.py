@@ -20,7 +20,6 @@ from stream_app.codecs import DecodeError, check_size, event_time_ms
 from stream_app.core.records import RawRecord, SourceRecord
 
 MAGIC_BYTE = 0
-_schemaless_reader = fastavro.schemaless_reader
 _HEADER = struct.Struct(">bI")
 
 
@@ -81,7 +80,7 @@ def decode_confluent(payload: bytes, resolver: SchemaResolver) -> dict:
     buf = io.BytesIO(payload)
     buf.seek(_HEADER.size)
     try:
-        value = _schemaless_reader(buf, schema, None)
+        value = fastavro.schemaless_reader(buf, schema, None)
     except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ... on bad bytes
         raise DecodeError("AVRO_DECODE_ERROR", f"bytes do not match schema {schema_id} ({type(exc).__name__})") from None
     if buf.tell() != len(payload):

@@ -145,7 +145,6 @@ class TotalsAccumulator:
         self._count = 0
         self._total = Decimal(0)
         self._per_ccy: dict[str, list] = {}
-        self._slot_of: dict[Any, list] = {}  # currency value as decoded -> its slot in _per_ccy
 
     def add(self, value: Mapping[str, Any]) -> None:
         try:
@@ -159,12 +158,11 @@ class TotalsAccumulator:
         self._total += amount
         if self._currency_field is not None:
             currency = value.get(self._currency_field)
-            try:
-                slot = self._slot_of.get(currency)
-            except TypeError:  # an unhashable value (JSON input): keyed by its text alone
-                currency, slot = str(currency), None
-            if slot is None:  # first of this currency value: one str() per value, not per record
-                slot = self._slot_of[currency] = self._per_ccy.setdefault(str(currency), [0, Decimal(0)])
+            if type(currency) is not str:  # JSON input may hold anything: keyed by its text
+                currency = str(currency)
+            slot = self._per_ccy.get(currency)
+            if slot is None:
+                slot = self._per_ccy[currency] = [0, Decimal(0)]
             slot[0] += 1
             slot[1] += amount
 
