@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping
 from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
+from stream_app.core.decimals import quantum
 from stream_app.core.naming import check_file_name
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
@@ -72,12 +73,9 @@ def filter_ts(value: Any, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
     return _to_datetime(value).astimezone(timezone.utc).strftime(fmt)
 
 
-_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(7)}
-
-
 def filter_money(value: Any, places: int = 2) -> str:
-    quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
-    amount = (value if type(value) is Decimal else _to_decimal(value)).quantize(quantum, rounding=ROUND_HALF_EVEN)
+    amount = (value if type(value) is Decimal else _to_decimal(value)).quantize(quantum(places),
+                                                                              rounding=ROUND_HALF_EVEN)
     # str() of a Decimal with exponent -places (0..6) is already plain notation, and cheaper
     # than format(); beyond that str() could switch to scientific notation.
     return str(amount) if 0 <= places <= 6 else format(amount, "f")

@@ -7,6 +7,7 @@ from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Iterator, Protocol
 
+from stream_app.core.decimals import quantum
 from stream_app.core.structured.pack import FieldSpec
 
 
@@ -52,9 +53,6 @@ def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
     return data
 
 
-_QUANTA = {scale: Decimal(1).scaleb(-scale) for scale in range(19)}
-
-
 def render_text(spec: FieldSpec, value: Any) -> str:
     """The canonical text of a typed value; fixed by the pack, never by locale or platform."""
     if type(value) is str:
@@ -65,8 +63,7 @@ def render_text(spec: FieldSpec, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         if spec.scale is not None:
-            quantum = _QUANTA.get(spec.scale) or Decimal(1).scaleb(-spec.scale)
-            value = value.quantize(quantum, rounding=ROUND_HALF_EVEN)
+            value = value.quantize(quantum(spec.scale), rounding=ROUND_HALF_EVEN)
         return format(value, "f")
     if isinstance(value, datetime):
         if spec.format:

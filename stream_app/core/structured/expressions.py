@@ -13,6 +13,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from stream_app.core.decimals import quantum
+
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
 
@@ -59,7 +61,7 @@ def _zone(name: str) -> ZoneInfo:
 
 
 def _quantize(value: Any, places: int) -> Decimal:
-    return _dec(value, "quantize").quantize(Decimal(1).scaleb(-int(places)), rounding=ROUND_HALF_EVEN)
+    return _dec(value, "quantize").quantize(quantum(int(places)), rounding=ROUND_HALF_EVEN)
 
 
 def _substr(value: Any, start: int, length: int | None = None) -> str:
