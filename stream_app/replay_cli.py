@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from stream_app.ops.gc import tune_for_throughput
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
+from stream_app.ops.gc import tune_for_throughput
 from stream_app.ops.security import confluent_security
 from stream_app.pipeline import MemoryStateStore
 from stream_app.replay import (

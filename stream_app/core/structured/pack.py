@@ -123,7 +123,7 @@ class PackSpec(_Model):
 
 
 class CompiledField:
-    __slots__ = ("spec", "evaluate", "pattern", "names", "plain_string", "source_name", "max_length")
+    __slots__ = ("spec", "evaluate", "pattern", "names", "plain_string", "source_name", "min_length", "max_length")
 
     def __init__(self, spec: FieldSpec, evaluate: Evaluator, names: set[str]) -> None:
         self.spec = spec
@@ -133,9 +133,9 @@ class CompiledField:
         self.plain_string = spec.type == "string" and spec.enum is None  # only length/regex rules
         # A bare field name: the value is scope.get(name), no expression call needed.
         self.source_name: str | None = getattr(evaluate, "source_name", None)
-        # Fast-path bound for plain strings: no minLength rule and a maxLength (or none).
-        self.max_length: int | None = (spec.maxLength if spec.maxLength is not None else 1 << 62) \
-            if self.plain_string and spec.minLength is None else None
+        # Length bounds of a valid plain string (non-empty; no maxLength = unbounded).
+        self.min_length = max(spec.minLength or 0, 1)
+        self.max_length = spec.maxLength if spec.maxLength is not None else 1 << 62
 
 
 class SchemaPack:

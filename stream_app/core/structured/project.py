@@ -47,13 +47,11 @@ def _coerce(field: CompiledField, value: Any) -> Any:
 
 
 def check_value(field: CompiledField, value: Any) -> Any:
-    """Coerce and validate one value; return it typed or raise ``InvalidRecord``."""
+    """Coerce and validate one value; return it typed or raise ``InvalidRecord``.
+
+    ``evaluate_fields`` passes valid plain strings, the common case, without calling this.
+    """
     spec = field.spec
-    if field.plain_string and type(value) is str and value:  # fast path for the common case
-        if (spec.maxLength is None or len(value) <= spec.maxLength) \
-                and (spec.minLength is None or len(value) >= spec.minLength) \
-                and (field.pattern is None or field.pattern.fullmatch(value)):
-            return value
     if value is None or (type(value) is str and not value):
         if spec.required:
             raise InvalidRecord(Violation(spec.name, "required"))
@@ -95,10 +93,10 @@ def evaluate_fields(fields: list[CompiledField], context: Mapping[str, Any]) -> 
                 value = field.evaluate(scope)
             except EvaluationError as exc:
                 raise InvalidRecord(Violation(name, "expression", str(exc))) from None
-        limit = field.max_length
-        # check_value's fast path, inlined: a non-empty string within its length and pattern.
-        if limit is None or type(value) is not str or not value or len(value) > limit \
-                or (field.pattern is not None and not field.pattern.fullmatch(value)):
+        # Fast path, inline for its cost: a plain string within its length bounds and pattern is
+        # valid as it is; anything else gets the full rules of check_value.
+        if not (field.plain_string and type(value) is str and field.min_length <= len(value) <= field.max_length
+                and (field.pattern is None or field.pattern.fullmatch(value))):
             value = check_value(field, value)
         row[name] = scope[name] = value
     return row
