@@ -69,17 +69,22 @@ class Publisher(Protocol):
 
 
 class MemoryStateStore:
-    """State that lives as long as the process (replay, unit tests)."""
+    """State that lives as long as the process (replay, unit tests).
+
+    Facts are stored as copies, as a table stores them: what the windower changes later is not
+    in the store until it is put again.
+    """
 
     def __init__(self) -> None:
         self.facts: dict[FileKey, WindowFacts] = {}
         self.checkpoints: dict[TP, Checkpoint] = {}
 
     def get_facts(self, key: FileKey) -> WindowFacts | None:
-        return self.facts.get(key)
+        facts = self.facts.get(key)
+        return WindowFacts.from_json(facts.to_json()) if facts is not None else None
 
     def put_facts(self, key: FileKey, facts: WindowFacts) -> None:
-        self.facts[key] = facts
+        self.facts[key] = WindowFacts.from_json(facts.to_json())
 
     def get_checkpoint(self, tp: TP) -> Checkpoint | None:
         return self.checkpoints.get(tp)
@@ -276,8 +281,9 @@ class FilePipeline:
                 self._publisher.journal(self._journal.opened(out.key), out.key.id)
             elif isinstance(out, WindowClosed):
                 if out.persist:
-                    windower = self.windower((out.key.topic, out.key.partition))
-                    self._unpersisted_facts[out.key] = windower.mark_closed(out.key)
+                    facts = self.windower((out.key.topic, out.key.partition)).mark_closed(out.key)
+                    if facts is not None:
+                        self._unpersisted_facts[out.key] = facts
                 self._publisher.journal(self._journal.closed(out.key, out.parts, out.reason), out.key.id)
             elif isinstance(out, LateRecord):
                 assert raw is not None and raw.offset == out.record.offset
@@ -307,11 +313,15 @@ class FilePipeline:
         return [cut for windower in self._windowers.values() for cut in windower.pending_cuts()]
 
     def due_cuts(self, now_wall_ms: int) -> list[FileCut]:
+        """Cuts to write now, in (window, part) order; a part backing off holds back later parts."""
         due = []
         for windower in self._windowers.values():
+            waiting: set[FileKey] = set()
             for cut in windower.pending_cuts():
                 retry = self._retries.get((cut.key, cut.part))
-                if retry is None or retry.not_before_ms <= now_wall_ms:
+                if cut.key in waiting or (retry is not None and retry.not_before_ms > now_wall_ms):
+                    waiting.add(cut.key)
+                else:
                     due.append(cut)
         return due
 
@@ -319,6 +329,11 @@ class FilePipeline:
         """The cut still waits to be written by this worker (its partition was not revoked)."""
         windower = self._windowers.get((cut.key.topic, cut.key.partition))
         return windower is not None and windower.is_pending(cut)
+
+    def ready_to_write(self, cut: FileCut) -> bool:
+        """Pending here, and every earlier part of its window is finalized (parts go in order)."""
+        windower = self._windowers.get((cut.key.topic, cut.key.partition))
+        return windower is not None and windower.is_pending(cut) and not windower.waits_for_earlier_part(cut)
 
     def write_cut(self, cut: FileCut) -> WriteOutcome:
         """Assemble and store one cut.  Thread-safe: touches only the assembler and the sink."""

@@ -28,7 +28,8 @@ def flush_due(pipeline: FilePipeline, now_wall_ms: int) -> FlushSummary:
     summary = FlushSummary()
     cuts = pipeline.due_cuts(now_wall_ms)
     for cut in cuts:
-        pipeline.apply_write(cut, pipeline.write_cut(cut), now_wall_ms, summary)
+        if pipeline.ready_to_write(cut):  # not when an earlier part failed in this loop
+            pipeline.apply_write(cut, pipeline.write_cut(cut), now_wall_ms, summary)
     if cuts:
         pipeline.finish_flush(summary)
     pipeline.advance_checkpoints()

@@ -103,6 +103,38 @@ class LiveWorker:
     def stop(self) -> int:
         return stop_worker(self.proc) if self.proc else 0
 
+    def log_count(self, text: str) -> int:
+        """How many lines of the worker's log (all its runs) contain ``text``."""
+        if not self.log.exists():
+            return 0
+        return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
+
+    def diagnosis(self, log_lines: int = 40) -> str:
+        """What the worker was doing: alive or exit code, commits, and the end of its log.
+
+        The log holds no record contents (only file names, counts and reasons), so it can be shown.
+        """
+        state = "not started" if self.proc is None else (
+            "running" if self.proc.poll() is None else f"exited with {self.proc.returncode}")
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        notable = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line or "Traceback" in line]
+        return "\n".join([f"worker {state}; committed {self.committed()}",
+                          f"warnings/errors in the log ({len(notable)}, last 15):", *notable[-15:],
+                          f"last {log_lines} log lines:", *lines[-log_lines:]])
+
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.5, what: str = "") -> Any:
+        """``wait_for`` on a running worker: stops early if it exits, says what it was doing."""
+        def met_while_alive() -> Any:
+            value = predicate()
+            if not value and self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"the worker exited while waiting for {what}")
+            return value
+
+        try:
+            return wait_for(met_while_alive, timeout_s, interval_s, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
+
     def kill(self) -> None:
         import os
         import signal

@@ -1,11 +1,12 @@
 """Crash consistency: SIGKILL at random and at deliberate points, restart, compare with the core.
 
 The worker processes 100,000 records across several windows and partitions in streaming mode and
-is killed at least 10 times at random moments (seeded; the seed is printed) and once at each
-failpoint: mid-append, after the .tmp is written before the rename, after the rename before
-anything is persisted, after the checkpoint before the commit, after the commit.  Afterwards
-every record is in exactly one file, no file exists twice, no .tmp or spool is left, and every
-file equals what the pure core makes of the same records.
+is killed at least 10 times at random moments (seeded; the seed is printed), half while it starts
+and joins the group and half while it processes, and once at each failpoint: mid-append, after
+the .tmp is written before the rename, after the rename before anything is persisted, after the
+checkpoint before the commit, after the commit.  Afterwards every record is in exactly one file,
+no file exists twice, no .tmp or spool is left, and every file equals what the pure core makes of
+the same records.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.harness import LiveWorker, avro_values, wait_for
 pytestmark = pytest.mark.e2e
 H = 3_600_000
 RECORDS = 100_000
+RANDOM_KILLS = 10
 FAILPOINTS = ["pipeline.append=crash@20000", "sink.before-rename=crash@3", "pipeline.after-write=crash@3",
               "pipeline.after-checkpoint=crash@4", "live.after-commit=crash@2"]
 
@@ -48,19 +50,24 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
                 pytest.fail(f"failpoint {point} was never reached")
             assert worker.proc.returncode == 137, point
             kills += 1
-        for _ in range(10):  # random moments
+        for i in range(RANDOM_KILLS):  # random moments: half while starting, half while processing
+            ready_before = worker.log_count("Worker ready")
             worker.start()
-            time.sleep(rng.uniform(1.0, 6.0))
+            if i % 2:
+                worker.wait_for(lambda: worker.log_count("Worker ready") > ready_before, 90, what="worker ready")
+                time.sleep(rng.uniform(0.0, 4.0))
+            else:
+                time.sleep(rng.uniform(1.0, 6.0))
             if worker.proc.poll() is None:
                 os.killpg(worker.proc.pid, signal.SIGKILL)
                 worker.proc.wait()
                 kills += 1
         worker.start()
-        wait_for(lambda: _done(worker), 300, interval_s=2, what="every record in a file")
-        wait_for(lambda: sum(worker.committed().values()) == RECORDS, 60, what="final commits")
+        worker.wait_for(lambda: _done(worker), 300, interval_s=2, what="every record in a file")
+        worker.wait_for(lambda: sum(worker.committed().values()) == RECORDS, 60, what="final commits")
     finally:
         worker.stop()
-    assert kills >= 10 + len(FAILPOINTS) - 1
+    assert kills >= RANDOM_KILLS + len(FAILPOINTS) - 1
     files = worker.files()
     worker.assert_reference_files(tmp_path)
     assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))

@@ -11,9 +11,9 @@ from stream_app.config import REPO_AVRO_DIR, parse_config
 from stream_app.core.records import RawRecord
 from stream_app.demo import matched_records
 from stream_app.journal import Journal
-from stream_app.core.windows import FileCut, FileKey
+from stream_app.core.windows import Checkpoint, FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary, MemoryStateStore
-from stream_app.replay import flush_due, run_records
+from stream_app.replay import END_OF_INPUT_MS, flush_due, run_records
 from stream_app.sinks.base import SinkError
 from stream_app.sinks.local import LocalSink
 from stream_app.wiring import build_assembler, build_decoder, window_policy
@@ -43,9 +43,9 @@ class FlakySink(LocalSink):
 
 
 def pipeline(out: Path, sink=None, spool: Path | None = None, compression: str = "none", settings=None,
-             **worker) -> tuple[FilePipeline, CollectingPublisher, MemoryStateStore]:
+             state: MemoryStateStore | None = None, **worker) -> tuple[FilePipeline, CollectingPublisher, MemoryStateStore]:
     settings = settings or settings_for(out, **worker)
-    publisher, state = CollectingPublisher(), MemoryStateStore()
+    publisher, state = CollectingPublisher(), state or MemoryStateStore()
     p = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
                      build_assembler(settings), sink or LocalSink(out), state, publisher, Journal("w1"),
                      retry_initial_ms=100, retry_max_ms=1000, spool_dir=spool, compression=compression)
@@ -68,6 +68,45 @@ def test_write_failure_keeps_the_batch_backs_off_and_retries(tmp_path):
     assert len(pub.of_type("created")) == 1 and p.buffered_records == 0
     assert state.get_checkpoint(("in", 0)).offset == 10
     assert len(list(tmp_path.glob("*.txt"))) == 1
+
+
+ONE_DAY_IDLE = {"sizeMs": 86_400_000, "idleTimeoutMs": 1000}
+
+
+def _idle_close_with_first_part_failing(out: Path):
+    """25 records of one window cut in parts of 10, closed as idle; the first write fails."""
+    p, pub, state = pipeline(out, FlakySink(out, failures=1), maxRecordsPerFile=10, window=ONE_DAY_IDLE)
+    p.process(raws(25), now_wall_ms=0)
+    p.tick(END_OF_INPUT_MS)  # idle: part 2 is cut and the window closes
+    flush_due(p, END_OF_INPUT_MS)
+    return p, pub, state
+
+
+def test_parts_of_a_window_are_finalized_in_order_behind_a_failed_one(tmp_path):
+    p, pub, state = _idle_close_with_first_part_failing(tmp_path)
+    assert [e["attempt"] for e in pub.of_type("write-failed")] == [1]
+    assert not pub.of_type("created") and not list(tmp_path.glob("F_*"))  # parts 1, 2 wait for part 0
+    assert not state.facts  # and nothing says the window is closed while part 0 is unwritten
+    assert p.due_cuts(END_OF_INPUT_MS) == []  # part 0 backs off, and holds back the later parts
+    flush_due(p, END_OF_INPUT_MS + 2000)
+    assert [e["part"] for e in pub.of_type("created")] == [0, 1, 2]
+    (facts,) = state.facts.values()
+    assert facts.closed and sorted(facts.parts) == [0, 1, 2]
+
+
+def test_a_restart_after_a_failed_part_re_creates_the_same_files(tmp_path):
+    """Crash after the failed write: the restart reads the records again and makes the reference."""
+    crashed, reference = tmp_path / "crashed", tmp_path / "reference"
+    crashed.mkdir(), reference.mkdir()
+    _, _, state = _idle_close_with_first_part_failing(crashed)  # ... and the process dies here
+    restarted, pub, _ = pipeline(crashed, state=state, maxRecordsPerFile=10, window=ONE_DAY_IDLE)
+    run_records(restarted, raws(25)[state.checkpoints.get(("in", 0), Checkpoint(0, None)).offset:])
+    assert not pub.dead  # no record of the unwritten part was taken for a late one
+    p, _, _ = pipeline(reference, maxRecordsPerFile=10, window=ONE_DAY_IDLE)
+    run_records(p, raws(25))
+    names = sorted(f.name for f in reference.glob("F_*"))
+    assert len(names) == 3 and names == sorted(f.name for f in crashed.glob("F_*"))
+    assert all((crashed / n).read_bytes() == (reference / n).read_bytes() for n in names)
 
 
 def test_template_failure_is_finalize_failed_and_blocks_the_commit(tmp_path):
@@ -167,8 +206,7 @@ def test_streaming_restart_discards_spools_and_rebuilds_them(tmp_path):
     flush_due(first, 0)
     checkpoint = state.get_checkpoint(("in", 0))
     # crash: a new pipeline over the same state and spool directory re-reads from the checkpoint
-    second, _, _ = pipeline(out, spool=tmp_path / "spool", maxRecordsPerFile=1000)
-    second._state = state
+    second, _, _ = pipeline(out, spool=tmp_path / "spool", state=state, maxRecordsPerFile=1000)
     run_records(second, [r for r in records if r.offset >= checkpoint.offset])
     assert _files(out) == _files(reference)
 

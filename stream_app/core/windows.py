@@ -247,6 +247,9 @@ class PartitionWindower:
         self._close_heap: list[tuple[int, FileKey]] = []
         self._pending: dict[tuple[FileKey, int], FileCut] = {}
         self._facts: dict[FileKey, WindowFacts | None] = {}
+        # Windows closed while some of their parts still wait to be finalized: the close becomes
+        # a persisted fact only with the last of them (see mark_finalized).
+        self._closing: set[FileKey] = set()
         self._buffered = 0
         self._on_append = on_append
         self.last_record_wall_ms: int | None = None
@@ -406,6 +409,18 @@ class PartitionWindower:
     def is_pending(self, cut: FileCut) -> bool:
         return self._pending.get((cut.key, cut.part)) is cut
 
+    def waits_for_earlier_part(self, cut: FileCut) -> bool:
+        """An earlier part of the cut's window is not finalized yet.
+
+        Parts are finalized in order: persisted facts then never hold part n+1 without part n,
+        so a restart re-reads part n's records into part n (its next_part is still n), not into
+        a new part with a different name.
+        """
+        return any(key == cut.key and part < cut.part for key, part in self._pending)
+
+    def _has_pending(self, key: FileKey) -> bool:
+        return any(k == key for k, _ in self._pending)
+
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
         """The cut's file is durable: drop its records and return the facts to persist."""
         del self._pending[(cut.key, cut.part)]
@@ -413,12 +428,22 @@ class PartitionWindower:
         facts = self.facts_for(cut.key) or WindowFacts()
         facts.parts[cut.part] = cut.offset_ranges()
         facts.next_part = max(facts.next_part, cut.part + 1)
-        facts.closed = facts.closed or cut.closes_window
+        if (cut.closes_window or cut.key in self._closing) and not self._has_pending(cut.key):
+            facts.closed = True
+            self._closing.discard(cut.key)
         self._facts[cut.key] = facts
         return facts
 
-    def mark_closed(self, key: FileKey) -> WindowFacts:
-        """Persist an idle close so that records arriving later count as late after a restart."""
+    def mark_closed(self, key: FileKey) -> WindowFacts | None:
+        """Persist an idle close so that records arriving later count as late after a restart.
+
+        None while parts of the window still wait to be finalized: a closed window would turn
+        their records into late records when a restart reads them again.  The last of those
+        parts carries the close instead.
+        """
+        if self._has_pending(key):
+            self._closing.add(key)
+            return None
         facts = self.facts_for(key) or WindowFacts()
         facts.closed = True
         self._facts[key] = facts

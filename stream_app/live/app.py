@@ -242,8 +242,8 @@ class LiveRuntime:
         cuts = self.pipeline.due_cuts(_now_ms())
         summary = FlushSummary()
         for cut in cuts:
-            if not self.pipeline.is_pending(cut):
-                continue  # its partition was revoked during an earlier write of this loop
+            if not self.pipeline.ready_to_write(cut):
+                continue  # its partition was revoked meanwhile, or an earlier part just failed
             outcome = await asyncio.to_thread(self.pipeline.write_cut, cut)
             self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
