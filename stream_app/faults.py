@@ -4,13 +4,15 @@ an I/O call fail.  Inert unless ``STREAM_APP_FAILPOINTS`` is set, e.g.
     STREAM_APP_FAILPOINTS="sink.before-rename=crash@3,sink.write=ENOSPC*2"
 
 ``NAME=crash@N`` exits the process (as SIGKILL would) the N-th time NAME is reached;
-``NAME=ERRNO*K`` raises ``OSError(ERRNO)`` the first K times.
+``NAME=ERRNO*K`` raises ``OSError(ERRNO)`` the first K times; ``NAME=delay@MS`` sleeps MS
+milliseconds every time (a slow disk or network, to widen race windows).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 
 _SPEC = os.environ.get("STREAM_APP_FAILPOINTS", "")
 _ACTIVE: dict[str, list] = {}
@@ -18,6 +20,8 @@ for item in filter(None, (part.strip() for part in _SPEC.split(","))):
     name, _, action = item.partition("=")
     if action.startswith("crash@"):
         _ACTIVE[name] = ["crash", int(action[6:])]
+    elif action.startswith("delay@"):
+        _ACTIVE[name] = ["delay", int(action[6:]) / 1000]
     else:
         code, _, times = action.partition("*")
         _ACTIVE[name] = [getattr(errno, code), int(times or 1)]
@@ -34,5 +38,7 @@ def failpoint(name: str) -> None:
     if spec[0] == "crash":
         if _HITS[name] == spec[1]:
             os._exit(137)
+    elif spec[0] == "delay":
+        time.sleep(spec[1])
     elif _HITS[name] <= spec[1]:
         raise OSError(spec[0], os.strerror(spec[0]))

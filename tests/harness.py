@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,8 +16,6 @@ from stream_app.broker import create_topics
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import REPO_AVRO_DIR, parse_config
 from stream_app.core.records import RawRecord
-from datetime import timedelta
-
 from stream_app.demo import DEMO_START, matched_records, spawn_worker, stop_worker
 from stream_app.journal import Journal
 from stream_app.kafka_tools import committed_offsets, produce, read_dead_letters, read_journal
@@ -84,6 +84,24 @@ class LiveWorker:
         self.proc = None
         self.web_port: int | None = None
         create_topics(bootstrap, {self.topic: partitions, self.journal_topic: 1, self.dead_topic: 1})
+
+    def replica(self, tmp_path: Path) -> "LiveWorker":
+        """Another replica of the same app (same group and topics) with its own volume and log,
+        as the Helm chart runs it: target directory, spool and data directory per replica."""
+        other = copy.copy(self)
+        other.proc = None
+        other.out = tmp_path / "out"
+        other.out.mkdir(parents=True, exist_ok=True)
+        other.log = tmp_path / "worker.log"
+        data = copy.deepcopy(self.config_data)
+        data["sink"]["localTargetDir"] = str(other.out)
+        data["dataDir"] = str(tmp_path / "faust-data")
+        if "spoolDir" in data:
+            data["spoolDir"] = str(tmp_path / "spool")
+        data["workerId"] = f"{data['workerId']}-{tmp_path.name}"
+        other.config_data = data
+        other.config_path = write_config(tmp_path / "worker.yaml", data)
+        return other
 
     def enable_web(self) -> None:
         from stream_app.broker import free_port

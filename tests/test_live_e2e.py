@@ -176,6 +176,39 @@ def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_p
     assert all(len(ids) == 1 for ids in ids_by_name.values())  # a repeat carries the same id
 
 
+def test_a_second_replica_takes_partitions_over_while_files_are_written(kafka_bootstrap, tmp_path):
+    """Scaling out mid-run.  The first replica's writes are slowed down so that the rebalance finds
+    one under way: the partition moves only after that write is done.  Each replica writes to its
+    own volume; together they hold exactly the reference files."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    records = 20_000
+    first = LiveWorker(kafka_bootstrap, tmp_path / "a", partitions=4, maxRecordsPerFile=250,
+                       streamingAppendEnabled=True, spool_dir=tmp_path / "a" / "spool",
+                       window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
+    second = first.replica(tmp_path / "b")
+    first.produce(avro_values(records, seed=31, span_hours=6))
+    first.start(env={"STREAM_APP_FAILPOINTS": "sink.write=delay@150"})
+    try:
+        first.wait_for(lambda: len(first.files()) >= 3, 90, what="the first replica's first files")
+        second.start()
+        first.wait_for(lambda: sum(first.committed().values()) == records, 240, what="every record committed")
+        assert first.proc.poll() is None and second.proc.poll() is None
+    finally:
+        first.stop()
+        second.stop()
+    a, b = first.files(), second.files()
+    assert a and b  # both replicas wrote files: the second one took partitions over
+    assert all(a[name] == b[name] for name in set(a) & set(b))  # a file written twice is the same file
+    assert {**a, **b} == first.reference_files(tmp_path)
+    for replica in (first, second):
+        assert "Traceback" not in replica.log.read_text()
+        assert not list(replica.out.glob("*.tmp")) and not list(replica.out.parent.joinpath("spool").rglob("*.spool"))
+    ids: dict[str, set] = {}
+    for event in first.created():
+        ids.setdefault(event["file_name"], set()).add(event["event_id"])
+    assert all(len(v) == 1 for v in ids.values()) and set(ids) == set(a) | set(b)
+
+
 def test_backpressure_bounds_buffered_records_and_everything_is_still_written(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=5, maxBufferedRecords=5,
                         window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})

@@ -151,6 +151,10 @@ class LiveRuntime:
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
         self._lock = asyncio.Lock()
+        # Held while one file is written: a revoke (which runs outside _lock, from the rebalance)
+        # waits for that write instead of discarding the spool it reads, and the new owner is
+        # assigned the partition only after this worker stopped writing its files.
+        self._writing = asyncio.Lock()
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)
 
@@ -242,10 +246,11 @@ class LiveRuntime:
         cuts = self.pipeline.due_cuts(_now_ms())
         summary = FlushSummary()
         for cut in cuts:
-            if not self.pipeline.ready_to_write(cut):
-                continue  # its partition was revoked meanwhile, or an earlier part just failed
-            outcome = await asyncio.to_thread(self.pipeline.write_cut, cut)
-            self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
+            async with self._writing:
+                if not self.pipeline.ready_to_write(cut):
+                    continue  # its partition was revoked meanwhile, or an earlier part just failed
+                outcome = await asyncio.to_thread(self.pipeline.write_cut, cut)
+                self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
             self.pipeline.finish_flush(summary)
         # Changelog and journal records on different partitions are delivered in no fixed order,
@@ -287,8 +292,9 @@ class LiveRuntime:
             return f"sink not writable: {exc}"
         return None
 
-    def on_revoked(self, tps: Iterable[FaustTP]) -> None:
-        self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
+    async def on_revoked(self, tps: Iterable[FaustTP]) -> None:
+        async with self._writing:
+            self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
@@ -378,6 +384,6 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        runtime.on_revoked(revoked)
+        await runtime.on_revoked(revoked)
 
     return app, runtime
