@@ -55,6 +55,24 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: 
         time.sleep(interval_s)
 
 
+def _stack_summary(dump: list[str]) -> list[str]:
+    """One line per thread or task of a mode ``cry`` dump: its frames as ``file:line func``."""
+    import re
+
+    frame = re.compile(r'^\s+File "([^"]+)", line (\d+), in (\S+)')
+    summary: list[str] = []
+    title, frames = "", []
+    for line in dump + ["THREAD end"]:
+        if line.startswith(("THREAD ", "Stack for ")):
+            if frames:
+                summary.append(f"{title}: " + " > ".join(frames[-6:]))
+            title, frames = line[:60], []
+        elif match := frame.match(line):
+            path, number, func = match.groups()
+            frames.append(f"{'/'.join(path.split('/')[-2:])}:{number} {func}")
+    return summary
+
+
 class LiveWorker:
     def __init__(self, bootstrap: str, tmp_path: Path, partitions: int = 1, input_format: str = "avro",
                  spool_dir: Path | None = None, **worker: Any) -> None:
@@ -128,17 +146,28 @@ class LiveWorker:
         return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
 
     def diagnosis(self, log_lines: int = 40) -> str:
-        """What the worker was doing: alive or exit code, commits, and the end of its log.
+        """What the worker was doing: alive or exit code, commits, the end of its log, and where
+        each of its threads and asyncio tasks waits (frames only: no local variables).
 
         The log holds no record contents (only file names, counts and reasons), so it can be shown.
         """
-        state = "not started" if self.proc is None else (
-            "running" if self.proc.poll() is None else f"exited with {self.proc.returncode}")
+        running = self.proc is not None and self.proc.poll() is None
+        state = "not started" if self.proc is None else ("running" if running else f"exited with {self.proc.returncode}")
         lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        stacks: list[str] = []
+        if running:  # mode's worker dumps every thread's and task's stack on SIGUSR1
+            import os
+            import signal
+
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(2)
+            dump = self.log.read_text(errors="replace").splitlines()[len(lines):]
+            stacks = _stack_summary(dump)
         notable = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line or "Traceback" in line]
         return "\n".join([f"worker {state}; committed {self.committed()}",
                           f"warnings/errors in the log ({len(notable)}, last 15):", *notable[-15:],
-                          f"last {log_lines} log lines:", *lines[-log_lines:]])
+                          f"last {log_lines} log lines:", *lines[-log_lines:],
+                          f"stacks ({len(stacks)}, innermost frame last):", *stacks])
 
     def wait_for(self, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.5, what: str = "") -> Any:
         """``wait_for`` on a running worker: stops early if it exits, says what it was doing."""
