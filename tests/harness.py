@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -57,8 +60,6 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: 
 
 def _stack_summary(dump: list[str]) -> list[str]:
     """One line per thread or task of a mode ``cry`` dump: its frames as ``file:line func``."""
-    import re
-
     frame = re.compile(r'^\s+File "([^"]+)", line (\d+), in (\S+)')
     summary: list[str] = []
     title, frames = "", []
@@ -156,9 +157,6 @@ class LiveWorker:
         lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
         stacks: list[str] = []
         if running:  # mode's worker dumps every thread's and task's stack on SIGUSR1
-            import os
-            import signal
-
             os.kill(self.proc.pid, signal.SIGUSR1)
             time.sleep(2)
             dump = self.log.read_text(errors="replace").splitlines()[len(lines):]
@@ -183,9 +181,6 @@ class LiveWorker:
             raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
 
     def kill(self) -> None:
-        import os
-        import signal
-
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 

@@ -428,7 +428,9 @@ class PartitionWindower:
         facts = self.facts_for(cut.key) or WindowFacts()
         facts.parts[cut.part] = cut.offset_ranges()
         facts.next_part = max(facts.next_part, cut.part + 1)
-        if (cut.closes_window or cut.key in self._closing) and not self._has_pending(cut.key):
+        if cut.closes_window:
+            self._closing.add(cut.key)
+        if cut.key in self._closing and not self._has_pending(cut.key):
             facts.closed = True
             self._closing.discard(cut.key)
         self._facts[cut.key] = facts
