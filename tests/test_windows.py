@@ -175,3 +175,25 @@ def test_facts_round_trip_json():
     facts = WindowFacts(2, True, {0: [(1, 3)], 1: [(4, 9)]})
     assert WindowFacts.from_json(facts.to_json()) == facts
     assert facts.holds_offset(5) and not facts.holds_offset(10)
+
+
+@pytest.mark.parametrize("close", ["watermark", "idle"])
+def test_a_window_is_a_closed_fact_only_once_all_its_parts_are_finalized(close):
+    """Part 0 still waits (a failed write) when the window closes: the close is not a fact yet,
+    else a restart would take part 0's records, read again, for late ones."""
+    w = make(WindowPolicy(H, 0, 3, idle_timeout_ms=1000))
+    out = []
+    for i in range(4):
+        out += w.process(rec(i, 1000 + i), 0)
+    if close == "watermark":
+        out += w.process(rec(4, H + 1), 0)
+    else:
+        out += w.cut_idle(10 * H)
+        (closed,) = [o for o in out if isinstance(o, WindowClosed)]
+        assert closed.persist and w.mark_closed(closed.key) is None  # nothing to persist yet
+    part0, part1 = cuts(out)[:2]
+    assert part1.closes_window and (part0.part, part1.part) == (0, 1)
+    assert w.waits_for_earlier_part(part1) and not w.waits_for_earlier_part(part0)
+    facts = w.mark_finalized(part1)  # were it written first, its facts must not say closed
+    assert not facts.closed
+    assert w.mark_finalized(part0).closed
