@@ -72,6 +72,10 @@ class KafkaSettings(_Model):
     rebalanceTimeoutMs: int = Field(default=10000, ge=1000)
     heartbeatIntervalMs: int = Field(default=1000, ge=100)
     commitIntervalMs: int = Field(default=1000, ge=100)
+    # max.partition.fetch.bytes: what one fetch returns per partition.  Faust's 1 MiB default
+    # leaves the worker waiting on broker round trips between batches; the fetch loop stays
+    # bounded by what it buffers (one fetch per partition) and by aiokafka's 50 MiB per request.
+    maxPartitionFetchBytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     security: KafkaSecurity = KafkaSecurity()
 
 

@@ -6,14 +6,17 @@ Whatever arrives, the decoders raise ``DecodeError`` (a dead-letter reason), pro
 
 from __future__ import annotations
 
+import io
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import fastavro
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_app.codecs import DecodeError
-from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
+from stream_app.codecs.avro import AvroDecoder, RecordReader, SchemaResolver, encode_confluent, load_schema
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import REPO_AVRO_DIR
 from stream_app.core.records import RawRecord, SourceRecord
@@ -89,3 +92,44 @@ def test_random_records_through_every_assembler(value):
 def test_the_strategies_reach_valid_records_too():
     assert assembler_for("pcs-clearing").project(BASE)["Amount"] == BASE["amount"].quantize(Decimal("0.01"))
     assert isinstance(BASE["matched_at"], datetime)
+
+
+LOGICAL_SCHEMA = {"type": "record", "name": "Logical", "fields": [
+    {"name": "ts_ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "ts_us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "opt_ts", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}], "default": None},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 2}},
+    {"name": "narrow", "type": {"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 3}},
+    {"name": "opt_amount", "type": [{"type": "bytes", "logicalType": "decimal", "precision": 9}, "null"]},
+    {"name": "nested", "type": {"type": "record", "name": "Inner", "fields": [
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}},
+]}
+# The same bytes seen without logical types: any long, any bytes (decimals beyond their precision too).
+PLAIN_SCHEMA = fastavro.parse_schema({**LOGICAL_SCHEMA, "name": "Plain", "fields": [
+    {"name": "ts_ms", "type": "long"}, {"name": "ts_us", "type": "long"}, {"name": "opt_ts", "type": ["null", "long"]},
+    {"name": "amount", "type": "bytes"}, {"name": "narrow", "type": "bytes"},
+    {"name": "opt_amount", "type": ["bytes", "null"]},
+    {"name": "nested", "type": {"type": "record", "name": "PlainInner", "fields": [{"name": "at", "type": "long"}]}},
+]})
+longs = st.integers(-(2**63), 2**63 - 1) | st.integers(-(10**15), 10**15)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({
+    "ts_ms": longs, "ts_us": longs, "opt_ts": st.none() | longs, "amount": st.binary(max_size=12),
+    "narrow": st.binary(max_size=4), "opt_amount": st.none() | st.binary(max_size=9),
+    "nested": st.fixed_dictionaries({"at": longs})}))
+def test_record_reader_converts_logical_types_exactly_as_fastavro_does(plain):
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, PLAIN_SCHEMA, plain)
+    data = buf.getvalue()
+    try:
+        expected = fastavro.schemaless_reader(io.BytesIO(data), fastavro.parse_schema(LOGICAL_SCHEMA), None)
+    except Exception as exc:  # e.g. a timestamp beyond year 9999: the reader must fail as well
+        with pytest.raises(type(exc)):
+            RecordReader(LOGICAL_SCHEMA).read(io.BytesIO(data))
+        return
+    got = RecordReader(LOGICAL_SCHEMA).read(io.BytesIO(data))
+    assert got == expected
+    # Equal is not enough for money: same digits and exponent, same types, same time zone.
+    assert {k: (type(v), str(v)) for k, v in got.items()} == {k: (type(v), str(v)) for k, v in expected.items()}

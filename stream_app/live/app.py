@@ -339,6 +339,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
         broker_commit_interval=kafka.commitIntervalMs / 1000,
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=settings.worker.batchSize,  # records per fetched batch
+        consumer_max_fetch_size=kafka.maxPartitionFetchBytes,
         producer_acks=-1,
         stream_wait_empty=False,
         web_enabled=settings.webPort is not None,
