@@ -129,7 +129,10 @@ def test_record_reader_converts_logical_types_exactly_as_fastavro_does(plain):
         with pytest.raises(type(exc)):
             RecordReader(LOGICAL_SCHEMA).read(io.BytesIO(data))
         return
-    got = RecordReader(LOGICAL_SCHEMA).read(io.BytesIO(data))
+    reader = RecordReader(LOGICAL_SCHEMA)
+    got, millis = reader.read(io.BytesIO(data), "ts_ms")
+    assert millis == plain["ts_ms"]  # the event time, without a round trip through datetime
+    assert reader.read(io.BytesIO(data), "ts_us")[1] is None  # only timestamp-millis is epoch ms as is
     assert got == expected
     # Equal is not enough for money: same digits and exponent, same types, same time zone.
     assert {k: (type(v), str(v)) for k, v in got.items()} == {k: (type(v), str(v)) for k, v in expected.items()}

@@ -111,13 +111,18 @@ class RecordReader:
         fastavro.parse_schema(schema)  # the schema as written must be valid, not only its plain form
         self._plain = fastavro.parse_schema(plain)
 
-    def read(self, buf: io.BytesIO) -> Any:
+    def read(self, buf: io.BytesIO, time_field: str | None = None) -> tuple[Any, int | None]:
+        """The decoded value, and ``time_field`` as epoch ms when it is a timestamp-millis field
+        converted here (which spares the caller converting the datetime back)."""
         value = fastavro.schemaless_reader(buf, self._plain, None)
+        millis = None
         for name, convert in self._converters:
             field = value[name]
             if field is not None:
+                if name == time_field and convert is _timestamp_millis:
+                    millis = field
                 value[name] = convert(field)
-        return value
+        return value, millis
 
 
 class SchemaResolver:
@@ -156,7 +161,8 @@ def encode_confluent(schema_id: int, parsed_schema: Any, record: dict) -> bytes:
     return buf.getvalue()
 
 
-def decode_confluent(payload: bytes, resolver: SchemaResolver) -> dict:
+def decode_confluent(payload: bytes, resolver: SchemaResolver, time_field: str | None = None) -> tuple[dict, int | None]:
+    """The record, and its ``time_field`` in epoch ms when the reader had it at hand (else None)."""
     if len(payload) < _HEADER.size:
         raise DecodeError("TRUNCATED_AVRO", f"payload of {len(payload)} bytes is shorter than the wire-format header")
     magic, schema_id = _HEADER.unpack_from(payload)
@@ -168,14 +174,14 @@ def decode_confluent(payload: bytes, resolver: SchemaResolver) -> dict:
     buf = io.BytesIO(payload)
     buf.seek(_HEADER.size)
     try:
-        value = reader.read(buf)
+        value, millis = reader.read(buf, time_field)
     except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ... on bad bytes
         raise DecodeError("AVRO_DECODE_ERROR", f"bytes do not match schema {schema_id} ({type(exc).__name__})") from None
     if buf.tell() != len(payload):
         raise DecodeError("AVRO_DECODE_ERROR", f"{len(payload) - buf.tell()} trailing bytes after the record")
     if not isinstance(value, dict):
         raise DecodeError("NOT_A_RECORD", f"schema {schema_id} is not a record schema")
-    return value
+    return value, millis
 
 
 class AvroDecoder:
@@ -185,5 +191,7 @@ class AvroDecoder:
         self._max = max_record_bytes
 
     def decode(self, raw: RawRecord) -> SourceRecord:
-        value = decode_confluent(check_size(raw, self._max), self._resolver)
-        return SourceRecord(raw.topic, raw.partition, raw.offset, event_time_ms(value, self._event_time_field), value)
+        value, millis = decode_confluent(check_size(raw, self._max), self._resolver, self._event_time_field)
+        if millis is None:
+            millis = event_time_ms(value, self._event_time_field)
+        return SourceRecord(raw.topic, raw.partition, raw.offset, millis, value)

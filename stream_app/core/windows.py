@@ -247,6 +247,9 @@ class PartitionWindower:
         self._close_heap: list[tuple[int, FileKey]] = []
         self._pending: dict[tuple[FileKey, int], FileCut] = {}
         self._facts: dict[FileKey, WindowFacts | None] = {}
+        # The highest offset any known finalized part holds: records above it (all of them, in
+        # a run without restarts) skip the search through the parts' offset ranges.
+        self._finalized_high = -1
         # Windows closed while some of their parts still wait to be finalized: the close becomes
         # a persisted fact only with the last of them (see mark_finalized).
         self._closing: set[FileKey] = set()
@@ -284,6 +287,9 @@ class PartitionWindower:
             return self._facts[key]
         except KeyError:
             facts = self._facts[key] = self._lookup(key)
+            if facts is not None:
+                self._finalized_high = max([self._finalized_high] + [last for ranges in facts.parts.values()
+                                                                     for _, last in ranges])
             return facts
 
     # -- input ------------------------------------------------------------------------------
@@ -303,7 +309,7 @@ class PartitionWindower:
         out: list[Output] = []
         key = self._assigner.key_for(record)
         facts = self.facts_for(key)
-        if facts is not None and facts.holds_offset(record.offset):
+        if facts is not None and record.offset <= self._finalized_high and facts.holds_offset(record.offset):
             pass  # already in a finalized part (re-read after a restart)
         else:
             if self._is_closed(key, facts):
@@ -426,7 +432,9 @@ class PartitionWindower:
         del self._pending[(cut.key, cut.part)]
         self._buffered -= len(cut.records)  # 0 in streaming mode
         facts = self.facts_for(cut.key) or WindowFacts()
-        facts.parts[cut.part] = cut.offset_ranges()
+        facts.parts[cut.part] = ranges = cut.offset_ranges()
+        if ranges:
+            self._finalized_high = max(self._finalized_high, max(last for _, last in ranges))
         facts.next_part = max(facts.next_part, cut.part + 1)
         if cut.closes_window:
             self._closing.add(cut.key)
