@@ -14,6 +14,7 @@ apart) for:
 Prints a table (records/s, ratio to a, MB/s, peak RSS) and writes bench/results/pipeline.json.
 
     python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss] [--paths bcd] [--streaming]
+                                    [--decode-in-worker]
 
 The raw ceiling is read again after every path, and each path's ratio uses the raw reads just
 before and after it: on a shared machine the raw rate drifts between runs.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -73,14 +75,14 @@ def raw_read(bootstrap: str, topic: str, partitions: int, total: int) -> dict:
 
 
 def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
-                work: Path, streaming: bool = False) -> dict:
+                work: Path, streaming: bool = False, decode_process: bool = True) -> dict:
     import yaml
 
     out = work / ("out-structured" if structured else "out-template")
     out.mkdir()
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     worker = {"window": {"sizeMs": 6 * 3600 * 1000, "graceMs": 300_000, "idleTimeoutMs": 2000},
-              "maxRecordsPerFile": 50_000, "maxBufferedRecords": 400_000, "batchSize": 5000,
+              "maxRecordsPerFile": 50_000, "maxBufferedRecords": 400_000, "batchSize": 20_000,
               "streamingAppendEnabled": streaming}
     if structured:
         worker.update(mode="structured", schema={"id": "pcs-clearing", "version": "1.0.0"},
@@ -93,7 +95,7 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     config = {"appId": app_id, "kafka": {"bootstrapServers": bootstrap, "inputTopics": [topic],
                                           "journalTopic": f"{app_id}-journal", "deadLetterTopic": f"{app_id}-dlq",
                                           "topicPartitions": partitions, "commitIntervalMs": 500},
-              "worker": worker, "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
+              "worker": worker, "input": {"decodeProcess": decode_process}, "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
               "dataDir": str(work / f"{app_id}-data")}
     path = work / f"{app_id}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -169,9 +171,10 @@ def main() -> None:
     parser.add_argument("--skip-rss", action="store_true", help="skip (e), the streaming RSS runs")
     parser.add_argument("--streaming", action="store_true", help="b and c with streamingAppendEnabled")
     parser.add_argument("--paths", default="abcd", help="which of a-d to run (a, the ceiling, always runs)")
+    parser.add_argument("--decode-in-worker", action="store_true",
+                        help="b and c with input.decodeProcess: false (no helper process)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stream-app-bench-"))
-    import os
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -197,7 +200,7 @@ def main() -> None:
                 row = replay(bootstrap, topic, args.partitions, args.records, size, work)
             else:
                 row = live_worker(bootstrap, topic, args.partitions, args.records, size, path == "c", work,
-                                  args.streaming)
+                                  args.streaming, not args.decode_in_worker)
             raws.append(raw_read(bootstrap, topic, args.partitions, args.records))
             row["ceiling_records_per_s"] = round(sum(r["records"] / r["seconds"] for r in raws[-2:]) / 2)
             rows.append(row)

@@ -89,6 +89,9 @@ class InputSettings(_Model):
     # JSON only: fields converted to Decimal (money is never float).
     decimalFields: list[str] = Field(default_factory=lambda: ["amount"])
     maxRecordBytes: int = Field(default=1_048_576, ge=1)
+    # Avro only: read record bodies in a helper process (one more core for the hot path; see
+    # stream_app/codecs/decode_process.py).  false: decode in the worker process.
+    decodeProcess: bool = True
 
 
 class WindowSettings(_Model):
@@ -133,7 +136,9 @@ class WorkerSettings(_Model):
     totals: TotalsSettings = TotalsSettings()
     writeRetryInitialMs: int = Field(default=500, ge=1)
     writeRetryMaxMs: int = Field(default=30_000, ge=1)
-    batchSize: int = Field(default=2000, ge=1)
+    # Records per fetched batch (max.poll.records).  Each batch is decoded as a pipelined stream of
+    # chunks; the helper process idles between batches, so larger batches keep it busier.
+    batchSize: int = Field(default=10_000, ge=1)
     batchWithinMs: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")

@@ -228,16 +228,18 @@ class FilePipeline:
     # -- input ------------------------------------------------------------------------------
     def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Decode and window a batch (records of one partition in offset order, or mixed)."""
-        decode = self._decoder.decode
         windower: PartitionWindower | None = None
-        for raw in raws:
+        # Decoded in bulk (in a helper process when configured), one result per record in order.
+        for raw, decoded in zip(raws, self._decoder.decode_many(raws)):
             # Batches come a partition at a time: look the windower up per run, not per record.
             if windower is None or raw.partition != windower.partition or raw.topic != windower.topic:
                 windower = self.windower((raw.topic, raw.partition))
             if windower.already_processed(raw.offset):
                 continue
             try:
-                record = decode(raw)
+                if type(decoded) is not SourceRecord:
+                    raise decoded
+                record = decoded
                 if self._structured is not None:
                     record = self._project(record, raw)
                     if record is None:

@@ -37,7 +37,7 @@ def flush_due(pipeline: FilePipeline, now_wall_ms: int) -> FlushSummary:
     return summary
 
 
-def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 2000) -> FlushSummary:
+def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000) -> FlushSummary:
     total = FlushSummary()
 
     def add(summary: FlushSummary) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stream_app.codecs import Decoder
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver
+from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import AppSettings, S3SinkSettings
 from stream_app.core.structured.assembler import StructuredAssembler
@@ -37,6 +38,8 @@ def build_decoder(settings: AppSettings) -> Decoder:
     inp = settings.input
     if inp.format == "json":
         return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes)
+    if inp.decodeProcess:
+        return ProcessAvroDecoder(inp.avroSchemas, inp.schemaRegistryUrl, inp.eventTimeField, inp.maxRecordBytes)
     resolver = SchemaResolver(inp.avroSchemas, inp.schemaRegistryUrl)
     return AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes)
 

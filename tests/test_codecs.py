@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
 from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
+from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import REPO_AVRO_DIR
 from stream_app.core.records import RawRecord
@@ -149,3 +152,121 @@ def test_schema_registry_resolution(sample):
         registry.server.server_close()
     with pytest.raises(RegistryUnavailable):
         SchemaResolver(registry_url=registry.url, timeout_s=1).get(1)
+
+
+# -- the helper process -------------------------------------------------------------------------
+
+def _mixed_batch(count: int) -> list[RawRecord]:
+    """Valid records with poison of every kind at scattered places, across several chunks."""
+    schema = load_schema(SCHEMA_PATH)
+    poison = [None, b"\x01" + b"\x00" * 20, b"\x00\x00", b"\x00\x00\x00\x00\x63abc", b"\x00\x00\x00\x00\x01" + b"\xff" * 9,
+              b"\x00" * 3000, b"trailing"]
+    raws = []
+    for i, value in enumerate(matched_records(count, seed=5)):
+        payload = encode_confluent(1, schema, value)
+        if i % 97 == 13:
+            kind = poison[(i // 97) % len(poison)]
+            payload = payload + b"\x00\x01" if kind == b"trailing" else kind
+        raws.append(RawRecord("t", i % 3, i, None, None, payload))
+    return raws
+
+
+def _outcomes(results) -> list:
+    # A record as its coordinates, event time and typed field texts; an error as its reason.
+    return [(r.reason,) if isinstance(r, DecodeError) else
+            (r.topic, r.partition, r.offset, r.event_time_ms, {k: (type(v), str(v)) for k, v in r.value.items()})
+            for r in results]
+
+
+@pytest.fixture
+def helper_decoder():
+    decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000)
+    yield decoder
+    decoder.close()
+
+
+def test_the_helper_process_decodes_exactly_as_the_worker_does(helper_decoder):
+    raws = _mixed_batch(1_700)  # 4 chunks, errors in each
+    expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
+    assert {o[0] for o in expected if len(o) == 1} == {"NULL_VALUE", "BAD_MAGIC_BYTE", "TRUNCATED_AVRO",
+                                                      "UNKNOWN_SCHEMA_ID", "AVRO_DECODE_ERROR", "OVERSIZED_RECORD"}
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected
+    assert helper_decoder._proc is not None and helper_decoder._proc.poll() is None  # it was the helper
+    # A batch left half read (the pipeline stopped at an error): the next batch is still right.
+    helper = helper_decoder._proc
+    partial = helper_decoder.decode_many(raws)
+    [next(partial) for _ in range(150)]
+    partial.close()
+    assert _outcomes(helper_decoder.decode_many(raws[:900])) == expected[:900]
+    assert helper_decoder._proc is helper  # its unread answers were skipped, not taken for the new batch
+
+
+def test_a_dead_helper_costs_nothing_but_speed():
+    helper_decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000, restart_after_s=0.5)
+    raws = _mixed_batch(1_700)
+    expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
+    results = helper_decoder.decode_many(raws)
+    got = [next(results) for _ in range(700)]
+    first = helper_decoder._proc
+    first.kill()
+    first.wait()
+    got.extend(results)  # the rest of the batch is decoded in the worker
+    assert _outcomes(got) == expected
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected  # in the worker: no restart yet
+    assert helper_decoder._proc is None
+    time.sleep(0.6)
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected
+    assert helper_decoder._proc is not None and helper_decoder._proc.pid != first.pid  # a new helper
+    helper_decoder.close()
+
+
+def test_nested_logical_types_cross_the_process_boundary(tmp_path):
+    schema = {"type": "record", "name": "Outer", "fields": [
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "legs", "type": {"type": "array", "items": {"type": "record", "name": "Leg", "fields": [
+            {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+            {"name": "when", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}}}]}
+    path = tmp_path / "outer.avsc"
+    path.write_text(json.dumps(schema))
+    parsed = load_schema(path)
+    when = datetime(2026, 3, 2, 6, 0, tzinfo=timezone.utc)
+    raws = [RawRecord("t", 0, i, None, None, encode_confluent(9, parsed, {"at": when, "legs": [
+        {"amount": Decimal(f"{i}.05"), "when": when}]})) for i in range(3)]
+    decoder = ProcessAvroDecoder({9: str(path)}, None, "at", 10_000)
+    try:
+        got = list(decoder.decode_many(raws))
+    finally:
+        decoder.close()
+    assert [r.value for r in got] == [{"at": when, "legs": [{"amount": Decimal(f"{i}.05"), "when": when}]}
+                                      for i in range(3)]
+    assert got[0].event_time_ms == int(when.timestamp() * 1000)
+
+
+def test_an_unreachable_registry_holds_the_batch_back(sample):
+    from stream_app.codecs.avro import RegistryUnavailable
+
+    registry = _Registry({})
+    url = registry.url
+    registry.server.shutdown()
+    registry.server.server_close()
+    decoder = ProcessAvroDecoder({}, url, "matched_at", 1_000_000)
+    try:
+        payload = encode_confluent(42, load_schema(SCHEMA_PATH), sample)
+        with pytest.raises(RegistryUnavailable):
+            list(decoder.decode_many([raw(payload)]))
+    finally:
+        decoder.close()
+
+
+def test_a_helper_that_cannot_start_leaves_decoding_to_the_worker(monkeypatch, caplog):
+    from stream_app.codecs import decode_process
+
+    monkeypatch.setattr(decode_process.sys, "executable", "/bin/false")
+    decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000)
+    raws = _mixed_batch(300)
+    expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
+    with caplog.at_level("WARNING"):
+        assert _outcomes(decoder.decode_many(raws)) == expected
+        assert _outcomes(decoder.decode_many(raws)) == expected
+    assert decoder._proc is None
+    assert len([r for r in caplog.records if "decode helper" in r.getMessage()]) == 1  # not one per batch

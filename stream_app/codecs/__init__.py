@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 from stream_app.core.records import RawRecord, SourceRecord
 
@@ -23,6 +23,19 @@ class DecodeError(Exception):
 
 class Decoder(Protocol):
     def decode(self, raw: RawRecord) -> SourceRecord: ...
+
+    def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
+        """One result per record, in order: the record, or the error that dead-letters it."""
+        ...
+
+
+def decode_each(decoder: Decoder, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
+    decode = decoder.decode
+    for raw in raws:
+        try:
+            yield decode(raw)
+        except DecodeError as exc:
+            yield exc
 
 
 def event_time_ms(value: dict[str, Any], field: str) -> int:

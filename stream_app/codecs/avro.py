@@ -14,11 +14,11 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import fastavro
 
-from stream_app.codecs import DecodeError, check_size, event_time_ms
+from stream_app.codecs import DecodeError, check_size, decode_each, event_time_ms
 from stream_app.core.records import RawRecord, SourceRecord
 
 MAGIC_BYTE = 0
@@ -111,10 +111,13 @@ class RecordReader:
         fastavro.parse_schema(schema)  # the schema as written must be valid, not only its plain form
         self._plain = fastavro.parse_schema(plain)
 
-    def read(self, buf: io.BytesIO, time_field: str | None = None) -> tuple[Any, int | None]:
-        """The decoded value, and ``time_field`` as epoch ms when it is a timestamp-millis field
-        converted here (which spares the caller converting the datetime back)."""
-        value = fastavro.schemaless_reader(buf, self._plain, None)
+    def read_plain(self, buf: io.BytesIO) -> Any:
+        """The value with the top-level logical fields still plain (see ``convert``)."""
+        return fastavro.schemaless_reader(buf, self._plain, None)
+
+    def convert(self, value: dict, time_field: str | None = None) -> int | None:
+        """Converts the plain logical fields in place; returns ``time_field`` as epoch ms when it
+        is a timestamp-millis field (which spares the caller converting the datetime back)."""
         millis = None
         for name, convert in self._converters:
             field = value[name]
@@ -122,7 +125,12 @@ class RecordReader:
                 if name == time_field and convert is _timestamp_millis:
                     millis = field
                 value[name] = convert(field)
-        return value, millis
+        return millis
+
+    def read(self, buf: io.BytesIO, time_field: str | None = None) -> tuple[Any, int | None]:
+        """The decoded value (as fastavro would give it) and ``time_field`` in epoch ms, if known."""
+        value = self.read_plain(buf)
+        return value, self.convert(value, time_field) if self._converters else None
 
 
 class SchemaResolver:
@@ -161,8 +169,8 @@ def encode_confluent(schema_id: int, parsed_schema: Any, record: dict) -> bytes:
     return buf.getvalue()
 
 
-def decode_confluent(payload: bytes, resolver: SchemaResolver, time_field: str | None = None) -> tuple[dict, int | None]:
-    """The record, and its ``time_field`` in epoch ms when the reader had it at hand (else None)."""
+def read_confluent(payload: bytes, resolver: SchemaResolver) -> tuple[int, RecordReader, dict]:
+    """Schema id, its reader and the record with top-level logical fields still plain."""
     if len(payload) < _HEADER.size:
         raise DecodeError("TRUNCATED_AVRO", f"payload of {len(payload)} bytes is shorter than the wire-format header")
     magic, schema_id = _HEADER.unpack_from(payload)
@@ -174,14 +182,28 @@ def decode_confluent(payload: bytes, resolver: SchemaResolver, time_field: str |
     buf = io.BytesIO(payload)
     buf.seek(_HEADER.size)
     try:
-        value, millis = reader.read(buf, time_field)
+        value = reader.read_plain(buf)
     except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ... on bad bytes
         raise DecodeError("AVRO_DECODE_ERROR", f"bytes do not match schema {schema_id} ({type(exc).__name__})") from None
     if buf.tell() != len(payload):
         raise DecodeError("AVRO_DECODE_ERROR", f"{len(payload) - buf.tell()} trailing bytes after the record")
     if not isinstance(value, dict):
         raise DecodeError("NOT_A_RECORD", f"schema {schema_id} is not a record schema")
-    return value, millis
+    return schema_id, reader, value
+
+
+def convert_plain(schema_id: int, reader: RecordReader, value: dict, time_field: str | None) -> int | None:
+    """``RecordReader.convert`` with its failures (a timestamp beyond year 9999) as decode errors."""
+    try:
+        return reader.convert(value, time_field)
+    except Exception as exc:  # OverflowError of a timestamp beyond year 9999, ...
+        raise DecodeError("AVRO_DECODE_ERROR", f"bytes do not match schema {schema_id} ({type(exc).__name__})") from None
+
+
+def decode_confluent(payload: bytes, resolver: SchemaResolver, time_field: str | None = None) -> tuple[dict, int | None]:
+    """The record, and its ``time_field`` in epoch ms when the reader had it at hand (else None)."""
+    schema_id, reader, value = read_confluent(payload, resolver)
+    return value, convert_plain(schema_id, reader, value, time_field)
 
 
 class AvroDecoder:
@@ -192,6 +214,12 @@ class AvroDecoder:
 
     def decode(self, raw: RawRecord) -> SourceRecord:
         value, millis = decode_confluent(check_size(raw, self._max), self._resolver, self._event_time_field)
+        return self.source_record(raw, value, millis)
+
+    def source_record(self, raw: RawRecord, value: dict, millis: int | None) -> SourceRecord:
         if millis is None:
             millis = event_time_ms(value, self._event_time_field)
         return SourceRecord(raw.topic, raw.partition, raw.offset, millis, value)
+
+    def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
+        return decode_each(self, raws)

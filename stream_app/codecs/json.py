@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import Iterator, Sequence
 
 import orjson
 
-from stream_app.codecs import DecodeError, check_size, event_time_ms
+from stream_app.codecs import DecodeError, check_size, decode_each, event_time_ms
 from stream_app.core.records import RawRecord, SourceRecord
 
 
@@ -34,3 +35,6 @@ class JsonDecoder:
             except (InvalidOperation, TypeError):
                 raise DecodeError("BAD_DECIMAL", f"field {name!r} is not a decimal number") from None
         return SourceRecord(raw.topic, raw.partition, raw.offset, event_time_ms(value, self._event_time_field), value)
+
+    def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
+        return decode_each(self, raws)

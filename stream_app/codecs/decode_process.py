@@ -1,0 +1,254 @@
+"""Avro decoding in a helper process: the worker's hot path on a second core.
+
+A worker is one Python process, and its threads share one GIL; fastavro's reading of the record
+body is most of its CPU time.  ``ProcessAvroDecoder`` sends the payloads of a batch, in chunks,
+to a helper process that reads them (``read_confluent``: header, schema, body, trailing bytes)
+and answers with the plain values, which ``marshal`` carries back at a quarter of the cost of
+reading them.  The worker converts the top-level logical fields itself (``convert_plain``), so
+the records are exactly those of the in-process ``AvroDecoder``: the same code reads them.
+
+Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
+n+1.  If the helper dies, the rest of the batch (and later batches, after a restart of the
+helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
+
+Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
+big-endian length and a body.  A request body is ``marshal`` of a list of payloads (bytes or
+None); a response body is b"M" + ``marshal`` (or b"P" + ``pickle`` when a value holds objects
+marshal cannot carry, e.g. nested logical types) of one item per payload:
+``(0, schema_id, plain value)``, ``(1, reason, detail)`` for a decode error, or
+``(2, message)`` when the schema registry could not be asked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import marshal
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any, Iterator, Sequence
+
+from stream_app.codecs import DecodeError
+from stream_app.codecs.avro import (AvroDecoder, RegistryUnavailable, SchemaResolver, convert_plain,
+                                    read_confluent)
+from stream_app.core.records import RawRecord, SourceRecord
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # records per request: small enough to pipeline a batch, large enough to amortize
+FIRST_CHUNK = 100
+AHEAD = 2  # chunks sent before their turn: the helper always has the next one at hand
+PIPE_BYTES = 1 << 20
+_LENGTH = struct.Struct(">I")
+_OK, _ERROR, _REGISTRY = 0, 1, 2
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """Room for a few chunks in the pipe (Linux): a write then never waits for the other side to
+    be scheduled, which under the helper's GIL can take a whole switch interval."""
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (AttributeError, OSError):
+        pass  # another OS, or a lower pipe-max-size: smaller pipes, same results
+
+
+class HelperGone(Exception):
+    """The helper process exited or its pipe broke."""
+
+
+def _write_frame(stream: IO[bytes], body: bytes) -> None:
+    stream.write(_LENGTH.pack(len(body)))
+    stream.write(body)
+    stream.flush()
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) != size:
+        raise HelperGone("the decode helper closed its output")
+    return data
+
+
+def _read_frame(stream: IO[bytes]) -> bytes:
+    (size,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
+    return _read_exactly(stream, size)
+
+
+class ProcessAvroDecoder:
+    """``AvroDecoder`` whose bulk path reads record bodies in a helper process."""
+
+    def __init__(self, local_schemas: dict[int, str], registry_url: str | None, event_time_field: str,
+                 max_record_bytes: int, restart_after_s: float = 60.0) -> None:
+        self._settings = {"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry_url,
+                          "max": max_record_bytes}
+        self._resolver = SchemaResolver(local_schemas, registry_url)
+        self._local = AvroDecoder(self._resolver, event_time_field, max_record_bytes)
+        self._time_field = event_time_field
+        self._proc: subprocess.Popen | None = None
+        self._in_flight = 0  # requests whose responses were not read (an abandoned batch)
+        # After a failure the helper is started again only this much later: a helper that cannot
+        # start would otherwise cost a process start (and a warning) per batch.
+        self._restart_after_s = restart_after_s
+        self._restart_at = 0.0
+
+    def decode(self, raw: RawRecord) -> SourceRecord:
+        return self._local.decode(raw)
+
+    # -- helper lifecycle ---------------------------------------------------------------------
+    def _helper(self) -> subprocess.Popen | None:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        if time.monotonic() < self._restart_at:
+            return None
+        self._proc, self._in_flight = None, 0
+        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                bufsize=1 << 20)
+        assert proc.stdin is not None and proc.stdout is not None
+        for pipe in (proc.stdin, proc.stdout):
+            _widen(pipe)
+        proc.stdin.write(json.dumps(self._settings).encode() + b"\n")
+        proc.stdin.flush()
+        self._proc = proc
+        return proc
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()  # the helper exits at the end of its input
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout,):
+            if stream is not None:
+                stream.close()
+
+    def _send(self, proc: subprocess.Popen, chunk: Sequence[RawRecord]) -> None:
+        assert proc.stdin is not None
+        try:
+            _write_frame(proc.stdin, marshal.dumps([raw.value for raw in chunk]))
+        except (OSError, ValueError) as exc:  # BrokenPipeError, or a closed pipe
+            raise HelperGone(str(exc)) from None
+        self._in_flight += 1
+
+    def _receive(self, proc: subprocess.Popen) -> list:
+        assert proc.stdout is not None
+        try:
+            body = _read_frame(proc.stdout)
+        except (OSError, ValueError) as exc:
+            raise HelperGone(str(exc)) from None
+        self._in_flight -= 1
+        return marshal.loads(body[1:]) if body[:1] == b"M" else pickle.loads(body[1:])
+
+    # -- bulk decoding ------------------------------------------------------------------------
+    def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
+        done = 0  # records whose results were handed out
+        try:
+            proc = self._helper()
+            if proc is None:
+                raise HelperGone("waiting before the next start")
+            while self._in_flight:  # responses of a batch whose consumer stopped early
+                self._receive(proc)
+            # A small first chunk: the worker waits for it with nothing to do.
+            bounds = [0, min(FIRST_CHUNK, len(raws)), *range(FIRST_CHUNK + CHUNK, len(raws), CHUNK), len(raws)]
+            chunks = [raws[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+            for chunk in chunks[:AHEAD]:
+                self._send(proc, chunk)
+            for index, chunk in enumerate(chunks):
+                if index + AHEAD < len(chunks):
+                    self._send(proc, chunks[index + AHEAD])  # read by the helper while this one is windowed
+                items = self._receive(proc)
+                if len(items) != len(chunk):
+                    raise HelperGone(f"the decode helper answered {len(items)} results for {len(chunk)} records")
+                for raw, item in zip(chunk, items):
+                    result = self._result(raw, item)
+                    done += 1
+                    yield result
+        except HelperGone as exc:
+            if self._proc is not None:
+                log.warning("decode helper process failed (%s); decoding in the worker process for %.0f s",
+                            exc, self._restart_after_s)
+                self._restart_at = time.monotonic() + self._restart_after_s
+                self.close()
+            for raw in raws[done:]:
+                try:
+                    yield self._local.decode(raw)
+                except DecodeError as error:
+                    yield error
+
+    def _result(self, raw: RawRecord, item: Any) -> SourceRecord | DecodeError:
+        if item[0] == _OK:
+            schema_id, value = item[1], item[2]
+            reader = self._resolver.get(schema_id)
+            if reader is None:  # known to the helper a moment ago: the registry forgot it
+                return DecodeError("UNKNOWN_SCHEMA_ID", f"schema id {schema_id} is not known")
+            try:
+                millis = convert_plain(schema_id, reader, value, self._time_field)
+                return self._local.source_record(raw, value, millis)
+            except DecodeError as exc:
+                return exc
+        if item[0] == _ERROR:
+            return DecodeError(item[1], item[2])
+        raise RegistryUnavailable(item[1])
+
+
+# -- the helper process -------------------------------------------------------------------------
+def _decode_payload(payload: bytes | None, resolver: SchemaResolver, max_bytes: int) -> tuple:
+    try:
+        if payload is None:
+            raise DecodeError("NULL_VALUE", "record value is null (tombstone)")
+        if len(payload) > max_bytes:
+            raise DecodeError("OVERSIZED_RECORD", f"record value has {len(payload)} bytes, limit is {max_bytes}")
+        schema_id, _reader, value = read_confluent(payload, resolver)
+        return (_OK, schema_id, value)
+    except DecodeError as exc:
+        return (_ERROR, exc.reason, exc.detail)
+    except RegistryUnavailable as exc:
+        return (_REGISTRY, str(exc))
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop (closing stdin)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames on the frame stream
+    settings = json.loads(stdin.readline())
+    resolver = SchemaResolver({int(k): v for k, v in settings["local"].items()}, settings["registry"])
+    max_bytes = settings["max"]
+    # Requests are read by a thread as they come: the worker may send the next chunk before it
+    # reads this answer, and neither side may block on a full pipe while the other waits.
+    requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def read_requests() -> None:
+        try:
+            while True:
+                requests.put(_read_frame(stdin))
+        except (HelperGone, OSError, ValueError):
+            requests.put(None)
+
+    threading.Thread(target=read_requests, daemon=True).start()
+    while (body := requests.get()) is not None:
+        items = [_decode_payload(p, resolver, max_bytes) for p in marshal.loads(body)]
+        try:
+            answer = b"M" + marshal.dumps(items)
+        except ValueError:  # objects marshal cannot carry (nested logical types)
+            answer = b"P" + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            _write_frame(stdout, answer)
+        except OSError:
+            break
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
