@@ -132,13 +132,17 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
 
 
 def _rss_mb(pid: int) -> float:
+    """Peak RSS of the worker plus its children (the decode helper): an upper bound of the pair."""
+    total = 0.0
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        for each in [pid, *map(int, children)]:
+            for line in open(f"/proc/{each}/status"):
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return total
 
 
 def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, work: Path) -> dict:

@@ -207,7 +207,10 @@ class LiveWorker:
         return committed_offsets(self.bootstrap, self.app_id, self.topic, self.partitions)
 
     def files(self) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(self.out.iterdir()) if p.name != "manifest.jsonl"}
+        """Finished files only: a ``.tmp`` is a write in flight and may be renamed while we list
+        (tests that care assert separately that none is left behind)."""
+        return {p.name: p.read_bytes() for p in sorted(self.out.iterdir())
+                if p.name != "manifest.jsonl" and p.suffix != ".tmp"}
 
     def assert_reference_files(self, tmp_path: Path) -> dict[str, bytes]:
         """The worker's files equal the pure core's; on a mismatch, say how (never a byte dump)."""
