@@ -226,6 +226,10 @@ class FilePipeline:
         return sum(len(w.open_windows) for w in self._windowers.values())
 
     # -- input ------------------------------------------------------------------------------
+    def prefetch(self, raws: Sequence[RawRecord]) -> None:
+        """The batch ``process`` gets next: its decoding may start before that call."""
+        self._decoder.prefetch(raws)
+
     def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Decode and window a batch (records of one partition in offset order, or mixed)."""
         windower: PartitionWindower | None = None

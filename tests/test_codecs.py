@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -199,6 +202,58 @@ def test_the_helper_process_decodes_exactly_as_the_worker_does(helper_decoder):
     partial.close()
     assert _outcomes(helper_decoder.decode_many(raws[:900])) == expected[:900]
     assert helper_decoder._proc is helper  # its unread answers were skipped, not taken for the new batch
+
+
+def test_a_prefetched_batch_is_decoded_once_and_an_unused_prefetch_is_skipped(helper_decoder):
+    raws = _mixed_batch(1_700)
+    expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
+    helper_decoder.prefetch(raws)
+    assert helper_decoder._in_flight == 5  # the whole batch is with the helper before decode_many
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected
+    assert helper_decoder._in_flight == 0
+    # A prefetched batch that is then not decoded (dropped by a rebalance): another batch follows.
+    helper = helper_decoder._proc
+    helper_decoder.prefetch(raws[:600])
+    assert _outcomes(helper_decoder.decode_many(raws[600:])) == expected[600:]
+    # A prefetch for a batch that never comes, then the same list decoded twice: one read of it.
+    helper_decoder.prefetch(raws[:5])
+    helper_decoder.prefetch(raws)  # answers of the first prefetch still pending: not sent again
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected
+    assert helper_decoder._proc is helper and helper_decoder._in_flight == 0
+    # The helper dies between prefetch and decode_many: decoded in the worker, nothing lost.
+    helper_decoder.prefetch(raws)
+    helper.kill()
+    helper.wait()
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected
+
+
+def test_answers_survive_a_helper_stopped_and_continued_mid_write(helper_decoder):
+    # A stopped process (SIGSTOP, a cgroup freeze, a profiler's ptrace) has its blocked pipe write
+    # cut short; through a BufferedWriter that corrupted frames. Whole batches fill the pipe.
+    raws = _mixed_batch(10_000)
+    expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
+    pid = helper_decoder._helper().pid
+    done = threading.Event()
+
+    def stop_and_continue() -> None:
+        while not done.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.002)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.003)
+
+    pauser = threading.Thread(target=stop_and_continue)
+    pauser.start()
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            helper_decoder.prefetch(raws)
+            assert _outcomes(helper_decoder.decode_many(raws)) == expected
+    finally:
+        done.set()
+        pauser.join()
+        os.kill(pid, signal.SIGCONT)
+    assert helper_decoder._proc is not None and helper_decoder._proc.pid == pid  # no fallback hid it
 
 
 def test_a_dead_helper_costs_nothing_but_speed():

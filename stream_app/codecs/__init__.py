@@ -28,6 +28,10 @@ class Decoder(Protocol):
         """One result per record, in order: the record, or the error that dead-letters it."""
         ...
 
+    def prefetch(self, raws: Sequence[RawRecord]) -> None:
+        """A hint that ``decode_many(raws)`` comes next: a decoder may start on it early."""
+        ...
+
 
 def decode_each(decoder: Decoder, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
     decode = decoder.decode

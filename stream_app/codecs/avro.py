@@ -223,3 +223,6 @@ class AvroDecoder:
 
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
         return decode_each(self, raws)
+
+    def prefetch(self, raws: Sequence[RawRecord]) -> None:
+        pass  # decoding happens in decode_many, in this thread

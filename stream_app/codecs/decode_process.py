@@ -8,7 +8,8 @@ reading them.  The worker converts the top-level logical fields itself (``conver
 the records are exactly those of the in-process ``AvroDecoder``: the same code reads them.
 
 Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
-n+1.  If the helper dies, the rest of the batch (and later batches, after a restart of the
+n+1; and ``prefetch`` sends the whole next fetched batch while the worker is still finalizing and
+committing the one before.  If the helper dies, the rest of the batch (and later batches, after a restart of the
 helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
 
 Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
@@ -65,9 +66,14 @@ class HelperGone(Exception):
 
 
 def _write_frame(stream: IO[bytes], body: bytes) -> None:
-    stream.write(_LENGTH.pack(len(body)))
-    stream.write(body)
+    # Straight to the file descriptor, partial writes resumed here: through a BufferedWriter, a
+    # write into a full pipe that was interrupted (seen with py-spy attached to the helper) lost
+    # or repeated bytes mid-frame, and the reader got a corrupt answer.
     stream.flush()
+    view = memoryview(_LENGTH.pack(len(body)) + body)
+    fd = stream.fileno()
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:
@@ -98,6 +104,7 @@ class ProcessAvroDecoder:
         # start would otherwise cost a process start (and a warning) per batch.
         self._restart_after_s = restart_after_s
         self._restart_at = 0.0
+        self._prefetched: Sequence[RawRecord] | None = None  # the batch whose first chunks are sent
 
     def decode(self, raw: RawRecord) -> SourceRecord:
         return self._local.decode(raw)
@@ -114,9 +121,12 @@ class ProcessAvroDecoder:
         assert proc.stdin is not None and proc.stdout is not None
         for pipe in (proc.stdin, proc.stdout):
             _widen(pipe)
-        proc.stdin.write(json.dumps(self._settings).encode() + b"\n")
-        proc.stdin.flush()
         self._proc = proc
+        try:
+            proc.stdin.write(json.dumps(self._settings).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError as exc:  # it exited at once (BrokenPipeError)
+            raise HelperGone(str(exc)) from None
         return proc
 
     def close(self) -> None:
@@ -152,22 +162,52 @@ class ProcessAvroDecoder:
         return marshal.loads(body[1:]) if body[:1] == b"M" else pickle.loads(body[1:])
 
     # -- bulk decoding ------------------------------------------------------------------------
+    @staticmethod
+    def _chunks(raws: Sequence[RawRecord]) -> list[Sequence[RawRecord]]:
+        # A small first chunk: the worker waits for it with nothing to do.
+        bounds = [0, min(FIRST_CHUNK, len(raws)), *range(FIRST_CHUNK + CHUNK, len(raws), CHUNK), len(raws)]
+        return [raws[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+    def _failed(self, exc: HelperGone) -> None:
+        if self._proc is not None:
+            log.warning("decode helper process failed (%s); decoding in the worker process for %.0f s",
+                        exc, self._restart_after_s)
+            self._restart_at = time.monotonic() + self._restart_after_s
+            self.close()
+
+    def prefetch(self, raws: Sequence[RawRecord]) -> None:
+        """Send the batch ``decode_many`` gets next: the helper reads it while the worker still
+        finalizes and commits the batch before."""
+        self._prefetched = None
+        if not raws or self._in_flight:  # nothing to read, or answers of an abandoned batch pending
+            return
+        try:
+            proc = self._helper()
+            if proc is None:
+                return
+            for chunk in self._chunks(raws):  # all of it: the helper's answers wait in its pipe
+                self._send(proc, chunk)
+            self._prefetched = raws
+        except HelperGone as exc:
+            self._failed(exc)
+
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
         done = 0  # records whose results were handed out
+        prefetched, self._prefetched = self._prefetched is raws, None
         try:
             proc = self._helper()
             if proc is None:
                 raise HelperGone("waiting before the next start")
-            while self._in_flight:  # responses of a batch whose consumer stopped early
-                self._receive(proc)
-            # A small first chunk: the worker waits for it with nothing to do.
-            bounds = [0, min(FIRST_CHUNK, len(raws)), *range(FIRST_CHUNK + CHUNK, len(raws), CHUNK), len(raws)]
-            chunks = [raws[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
-            for chunk in chunks[:AHEAD]:
-                self._send(proc, chunk)
+            if not prefetched:
+                while self._in_flight:  # responses of a batch whose consumer stopped early
+                    self._receive(proc)
+            chunks = self._chunks(raws)
+            sent = self._in_flight  # the prefetched chunks, or none
             for index, chunk in enumerate(chunks):
-                if index + AHEAD < len(chunks):
-                    self._send(proc, chunks[index + AHEAD])  # read by the helper while this one is windowed
+                # The helper always holds the next AHEAD chunks: it reads them while this one is windowed.
+                while sent < min(index + 1 + AHEAD, len(chunks)):
+                    self._send(proc, chunks[sent])
+                    sent += 1
                 items = self._receive(proc)
                 if len(items) != len(chunk):
                     raise HelperGone(f"the decode helper answered {len(items)} results for {len(chunk)} records")
@@ -176,11 +216,7 @@ class ProcessAvroDecoder:
                     done += 1
                     yield result
         except HelperGone as exc:
-            if self._proc is not None:
-                log.warning("decode helper process failed (%s); decoding in the worker process for %.0f s",
-                            exc, self._restart_after_s)
-                self._restart_at = time.monotonic() + self._restart_after_s
-                self.close()
+            self._failed(exc)
             for raw in raws[done:]:
                 try:
                     yield self._local.decode(raw)

@@ -155,6 +155,9 @@ class LiveRuntime:
         # waits for that write instead of discarding the spool it reads, and the new owner is
         # assigned the partition only after this worker stopped writing its files.
         self._writing = asyncio.Lock()
+        # The finalize + commit of the last processed batch, left running while the fetch loop
+        # brings the next batch (whose decoding starts meanwhile); awaited before anything else.
+        self._committing: asyncio.Task | None = None
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)
 
@@ -172,6 +175,7 @@ class LiveRuntime:
         def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
             return self._app.consumer_generation_id == generation and consumer.flow_active
 
+        self.pipeline.prefetch(raws)  # decoded while the previous batch is still being committed
         await self._process(raws, consumed, still_current)
 
     async def on_events(self, events: Sequence[Any]) -> None:
@@ -191,12 +195,12 @@ class LiveRuntime:
         delay = 0.5
         while True:
             try:
+                await self._settle()
                 async with self._lock:
                     if not still_current():
                         return
                     # Records processed before a failure are skipped on the retry (by offset).
                     self.pipeline.process(raws, _now_ms())
-                    await self._flush_and_commit()
                 break
             except RegistryUnavailable as exc:
                 # Not the record's fault: hold the batch (no commit, no dead letter) and retry.
@@ -206,10 +210,25 @@ class LiveRuntime:
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
         self.publisher.log_dead_letters()
+        # Finalized and committed in the background: the fetch loop returns for the next batch
+        # at once, and every later step (next batch, tick, backpressure) awaits this one first.
+        self._committing = asyncio.ensure_future(self._locked_flush_and_commit())
         await self._apply_backpressure()
+
+    async def _settle(self) -> None:
+        """Wait for the background finalize + commit; its failure is raised here."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+
+    async def _locked_flush_and_commit(self) -> None:
+        async with self._lock:
+            await self._flush_and_commit()
 
     async def _apply_backpressure(self) -> None:
         """Hold the agent (so Faust stops fetching) while too many records are unfinalized."""
+        if self.pipeline.buffered_records >= self._max_buffered:
+            await self._settle()
         while self.pipeline.buffered_records >= self._max_buffered:
             async with self._lock:
                 if not self.pipeline.failing and not self.pipeline.due_cuts(_now_ms()):
@@ -221,6 +240,7 @@ class LiveRuntime:
 
     # -- timer ------------------------------------------------------------------------------
     async def on_tick(self) -> None:
+        await self._settle()
         async with self._lock:
             self.pipeline.tick(_now_ms(), self._caught_up)
             await self._flush_and_commit()
