@@ -8,9 +8,10 @@ reading them.  The worker converts the top-level logical fields itself (``conver
 the records are exactly those of the in-process ``AvroDecoder``: the same code reads them.
 
 Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
-n+1; and ``prefetch`` sends the whole next fetched batch while the worker is still finalizing and
-committing the one before.  If the helper dies, the rest of the batch (and later batches, after a restart of the
-helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
+n+1; and ``prefetch`` sends the whole next fetched batch while the worker is still finalizing
+and committing the one before.  If the helper dies, the rest of the batch (and later batches,
+after a restart of the helper) is decoded in the worker: decoding is pure, so nothing is lost or
+changed.
 
 Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
 big-endian length and a body.  A request body is ``marshal`` of a list of payloads (bytes or
@@ -104,7 +105,7 @@ class ProcessAvroDecoder:
         # start would otherwise cost a process start (and a warning) per batch.
         self._restart_after_s = restart_after_s
         self._restart_at = 0.0
-        self._prefetched: Sequence[RawRecord] | None = None  # the batch whose first chunks are sent
+        self._prefetched: Sequence[RawRecord] | None = None  # the batch whose chunks the helper has
 
     def decode(self, raw: RawRecord) -> SourceRecord:
         return self._local.decode(raw)
