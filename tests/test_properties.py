@@ -20,7 +20,8 @@ from stream_app.codecs.avro import AvroDecoder, RecordReader, SchemaResolver, en
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import REPO_AVRO_DIR
 from stream_app.core.records import RawRecord, SourceRecord
-from stream_app.core.structured.project import InvalidRecord
+from stream_app.core.structured.pack import CompiledField, FieldSpec
+from stream_app.core.structured.project import InvalidRecord, check_value, field_checker
 from stream_app.core.template import AssemblyError, TemplateAssembler
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.demo import matched_records
@@ -136,3 +137,39 @@ def test_record_reader_converts_logical_types_exactly_as_fastavro_does(plain):
     assert got == expected
     # Equal is not enough for money: same digits and exponent, same types, same time zone.
     assert {k: (type(v), str(v)) for k, v in got.items()} == {k: (type(v), str(v)) for k, v in expected.items()}
+
+
+# A field's prepared checker must accept, coerce and refuse exactly as the full rules do.
+checked_fields = st.sampled_from([
+    FieldSpec(name="S", expr="s", type="string", enum=["00", "01", "", "LONGER"], maxLength=2),
+    FieldSpec(name="S", expr="s", type="string", enum=["VISA", "MC"], regex="[A-Z]{4}", required=False),
+    FieldSpec(name="D", expr="d", type="decimal", scale=2, min=Decimal("0.01"), max=Decimal("999.99")),
+    FieldSpec(name="D", expr="d", type="decimal", required=False),
+    FieldSpec(name="D", expr="d", type="decimal", enum=["1.00"]),
+    FieldSpec(name="T", expr="t", type="datetime"),
+    FieldSpec(name="T", expr="t", type="datetime", required=False),
+    FieldSpec(name="I", expr="i", type="int", min=Decimal(0)),
+])
+checked_values = st.one_of(
+    st.none(), st.text(max_size=6), st.sampled_from(["00", "01", "LONGER", "VISA", "MC", "1.00"]),
+    st.decimals(places=3, min_value=-2000, max_value=2000), st.decimals(allow_nan=True, allow_infinity=True),
+    st.integers(-5, 5), st.booleans(), st.datetimes(), st.datetimes(timezones=st.just(timezone.utc)),
+    st.dates(),
+)
+
+
+def _outcome(check, value):
+    try:
+        result = check(value)
+    except InvalidRecord as exc:
+        return ("invalid", exc.violation)
+    except Exception as exc:  # noqa: BLE001 - the same exception type either way is the point
+        return ("raised", type(exc))
+    return ("value", type(result), str(result) if not isinstance(result, Decimal) or result.is_finite() else "nan")
+
+
+@settings(max_examples=600, deadline=None)
+@given(checked_fields, checked_values)
+def test_a_prepared_field_check_decides_as_the_full_rules(spec, value):
+    field = CompiledField(spec, lambda ctx: None, set())
+    assert _outcome(field_checker(field), value) == _outcome(lambda v: check_value(field, v), value)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from stream_app.core.formats.base import FormatError, Line
+from stream_app.core.formats.base import FormatError, Line, render_text, text_converter
 from stream_app.core.formats.xml import INVALID_XML_CHAR, XmlFormatter
 from stream_app.core.structured.pack import FieldSpec, XmlSpec
 
@@ -51,3 +55,53 @@ def test_text_xml_cannot_hold_is_a_format_error_naming_the_field():
     with pytest.raises(FormatError, match="'Name'") as err:
         formatter.line(line)
     assert "bad" not in str(err.value)
+
+
+# Values a detail line can hold after projection, including nulls, text to escape, text XML
+# refuses, and the datetimes and decimals the prepared converters handle themselves.
+detail_values = st.one_of(
+    st.none(),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+    st.sampled_from(["plain", 'q"uote', "a&b", "<tag>", "tab\there", "line\nbreak", "cr\r", "nul\x00", "\ufffe"]),
+    st.decimals(allow_nan=False, allow_infinity=False, places=4),
+    st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5)), ZoneInfo("Europe/Berlin")])),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1200, 1, 1)).map(lambda d: d.replace(tzinfo=timezone.utc)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["string", "decimal", "datetime"]), detail_values),
+                min_size=1, max_size=6),
+       st.booleans(), st.booleans(), st.sampled_from([None, 2]))
+def test_the_prepared_detail_writer_gives_the_bytes_of_the_general_line(columns, indent, body, scale):
+    fields = [FieldSpec(name=f"F{i}", expr="x", type=kind, attribute=attribute,
+                        scale=scale if kind == "decimal" else None)
+              for i, (attribute, kind, _) in enumerate(columns)]
+    row = {field.name: value for field, (_, _, value) in zip(fields, columns)}
+    spec = XmlSpec(rootElement="Doc", recordElement="Rec", indent=indent, bodyElement="Body" if body else None)
+    formatter = XmlFormatter(spec, "utf-8", None)
+    write = formatter.detail_writer(fields)
+    try:
+        expected: bytes | str = formatter.line(Line("detail", None, None, tuple((f, row[f.name]) for f in fields)))
+    except FormatError as exc:
+        expected = exc.error_class
+    for _ in range(2):  # the second call uses the cached layout
+        try:
+            assert write(row) == expected
+        except FormatError as exc:
+            assert exc.error_class == expected
+
+
+@pytest.mark.parametrize("spec, value", [
+    (FieldSpec(name="A", expr="a", type="decimal", scale=2), Decimal("12.345")),
+    (FieldSpec(name="A", expr="a", type="decimal", scale=2), Decimal("-0.005")),
+    (FieldSpec(name="A", expr="a", type="decimal", scale=2), 7),
+    (FieldSpec(name="A", expr="a", type="decimal", scale=0), Decimal("1E+3")),
+    (FieldSpec(name="A", expr="a", type="datetime"), datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)),
+    (FieldSpec(name="A", expr="a", type="datetime"), datetime(999, 1, 2, tzinfo=timezone.utc)),
+    (FieldSpec(name="A", expr="a", type="datetime"), datetime(2026, 1, 2, 3, tzinfo=timezone(timedelta(hours=-4)))),
+    (FieldSpec(name="A", expr="a", type="datetime", format="%d.%m.%Y %H:%M"), datetime(2026, 1, 2, 3, tzinfo=timezone.utc)),
+    (FieldSpec(name="A", expr="a", type="int"), 42),
+])
+def test_a_prepared_text_converter_renders_as_render_text(spec, value):
+    assert text_converter(spec)(value) == render_text(spec, value)

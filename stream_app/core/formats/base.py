@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from stream_app.core.decimals import quantum
 from stream_app.core.structured.pack import FieldSpec
@@ -29,6 +29,10 @@ class Line:
     values: tuple[tuple[FieldSpec, Any], ...]  # output fields only, typed values (None = null)
 
 
+# A projected row -> the bytes of its detail line.
+DetailWriter = Callable[[Mapping[str, Any]], bytes]
+
+
 class Formatter(Protocol):
     """Renders a file in three steps so that the body can be streamed line by line:
     ``begin(header lines)``, then ``line(detail)`` per body line, then ``end(trailer lines)``."""
@@ -39,8 +43,22 @@ class Formatter(Protocol):
 
     def end(self, trailer: list[Line]) -> bytes: ...
 
+    def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
+        """Detail lines of rows with these output fields: the bytes ``line`` gives, prepared once."""
+
     def validate(self, chunks: Iterator[bytes]) -> None:
         """Check the complete file (e.g. against an XSD) in bounded memory; raise FormatError."""
+
+
+def line_writer(formatter: Formatter, fields: Sequence[FieldSpec]) -> DetailWriter:
+    """The general detail writer: one ``Line`` per row through ``formatter.line``."""
+    names = [(spec, spec.name) for spec in fields]
+    line = formatter.line
+
+    def write(row: Mapping[str, Any]) -> bytes:
+        return line(Line("detail", None, None, tuple([(spec, row[name]) for spec, name in names])))
+
+    return write
 
 
 def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
@@ -51,6 +69,29 @@ def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
     data = formatter.begin(header) + body + formatter.end(trailer)
     formatter.validate(iter([data]))
     return data
+
+
+def text_converter(spec: FieldSpec) -> Callable[[Any], str]:
+    """``render_text`` for one field, with its common case (the field's own type) prepared."""
+    if spec.type == "decimal" and spec.scale is not None:
+        places = quantum(spec.scale)
+
+        def decimal_text(value: Any) -> str:
+            if type(value) is Decimal:
+                return format(value.quantize(places, rounding=ROUND_HALF_EVEN), "f")
+            return render_text(spec, value)
+
+        return decimal_text
+    if spec.type == "datetime" and not spec.format:
+        def datetime_text(value: Any) -> str:
+            # strftime's format at a third of its cost; strftime pads no year below 1000 on glibc
+            if type(value) is datetime and value.tzinfo is timezone.utc and value.year >= 1000:
+                return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (value.year, value.month, value.day,
+                                                         value.hour, value.minute, value.second)
+            return render_text(spec, value)
+
+        return datetime_text
+    return lambda value: render_text(spec, value)
 
 
 def render_text(spec: FieldSpec, value: Any) -> str:

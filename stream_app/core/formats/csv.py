@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Iterator
+from typing import Iterator, Sequence
 
-from stream_app.core.formats.base import Line, render_text
-from stream_app.core.structured.pack import CsvSpec
+from stream_app.core.formats.base import DetailWriter, Line, line_writer, render_text
+from stream_app.core.structured.pack import CsvSpec, FieldSpec
 
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "none": csv.QUOTE_NONE}
 
@@ -45,6 +45,9 @@ class CsvFormatter:
 
     def end(self, trailer: list[Line]) -> bytes:
         return self._rows([self._row(line) for line in trailer])
+
+    def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
+        return line_writer(self, fields)
 
     def validate(self, chunks: Iterator[bytes]) -> None:
         return None

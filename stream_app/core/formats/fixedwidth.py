@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
-from stream_app.core.formats.base import FormatError, Line, render_text
+from stream_app.core.formats.base import DetailWriter, FormatError, Line, line_writer, render_text
+from stream_app.core.structured.pack import FieldSpec
 
 
 class FixedWidthFormatter:
@@ -36,6 +37,9 @@ class FixedWidthFormatter:
 
     def end(self, trailer: list[Line]) -> bytes:
         return b"".join(self.line(line) for line in trailer)
+
+    def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
+        return line_writer(self, fields)
 
     def validate(self, chunks: Iterator[bytes]) -> None:
         return None

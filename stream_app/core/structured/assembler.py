@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from itertools import chain
 from typing import Iterator
@@ -12,9 +12,9 @@ from typing import Iterator
 from stream_app.core.formats.base import Formatter, FormatError, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
-from stream_app.core.formats.xml import XmlFormatter, first_unrepresentable
+from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
 from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
-from stream_app.core.structured.project import InvalidRecord, Violation, evaluate_fields
+from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
 from stream_app.core.template import AssembledFile, AssemblyError, FileNamer, file_context
@@ -28,18 +28,21 @@ def _sort_key(key: tuple) -> tuple:
 class _Fold:
     """count / sum / min / max of one aggregate, one row at a time (Decimal stays Decimal)."""
 
-    __slots__ = ("fn", "field", "count", "value")
+    __slots__ = ("fn", "field", "count", "value", "add")
 
     def __init__(self, spec: AggregateSpec) -> None:
         self.fn = spec.fn
         self.field = spec.field
         self.count = 0
         self.value: Any = None
+        # Bound once: a count needs no field, and the per-row call skips a branch on fn.
+        self.add: Callable[[Mapping[str, Any]], None] = self._count if spec.fn == "count" else self._fold
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def _count(self, row: Mapping[str, Any]) -> None:
         self.count += 1
-        if self.fn == "count":
-            return
+
+    def _fold(self, row: Mapping[str, Any]) -> None:
+        self.count += 1
         value = row[self.field]  # type: ignore[index]
         if value is None:
             return
@@ -68,11 +71,9 @@ class _Aggregate:
         self._total = _Fold(spec)
         self._groups: dict[tuple, _Fold] = {}
         self._group_by = tuple(spec.groupBy or ())
+        self.add: Callable[[Mapping[str, Any]], None] = self._add_grouped if self._group_by else self._total.add
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        if not self._group_by:
-            self._total.add(row)
-            return
+    def _add_grouped(self, row: Mapping[str, Any]) -> None:
         key = tuple([row[name] for name in self._group_by])
         fold = self._groups.get(key)
         if fold is None:
@@ -117,8 +118,11 @@ class StructuredAssembler:
         self.pack = pack
         self._namer = FileNamer(file_name_template)
         self.formatter = build_formatter(pack)
-        self._xml_fields = ([f.spec.name for f in pack.fields if f.spec.output]
-                            if isinstance(self.formatter, XmlFormatter) else None)
+        # Text XML cannot hold is the record's fault: projection says so, naming the field.
+        self._first_unrepresentable = (unrepresentable_finder([f.spec.name for f in pack.fields if f.spec.output])
+                                       if isinstance(self.formatter, XmlFormatter) else None)
+        self._projector = RowProjector(pack.fields)
+        self.write_detail = self.formatter.detail_writer([f.spec for f in pack.fields if f.spec.output])
 
     @property
     def on_invalid_record(self) -> str:
@@ -126,9 +130,9 @@ class StructuredAssembler:
 
     def project(self, value: Mapping[str, Any]) -> dict[str, Any]:
         """Map and validate one input record; raises ``InvalidRecord`` naming field and rule."""
-        row = evaluate_fields(self.pack.fields, value)
-        if self._xml_fields is not None:  # text XML cannot hold is the record's fault: say so now
-            bad = first_unrepresentable(row, self._xml_fields)
+        row = self._projector.evaluate(value)
+        if self._first_unrepresentable is not None:
+            bad = self._first_unrepresentable(row)
             if bad is not None:
                 raise InvalidRecord(Violation(bad, "xmlChar", "a character XML 1.0 cannot represent"))
         return row
@@ -168,10 +172,7 @@ class StructuredPart:
         self._aggregates = [_Aggregate(spec) for spec in self._pack.spec.aggregates]
         body = self._pack.spec.body
         self._groups: dict[tuple, list[_Fold]] | None = {} if body else None
-        self._detail_fields = self._pack.fields
-        # What _line() would pick for a detail line, worked out once per part instead of per row.
-        self._detail_output = [(f.spec, f.spec.name) for f in self._detail_fields if f.spec.output]
-        self._line = assembler.formatter.line
+        self._write_detail = assembler.write_detail
         self._error: AssemblyError | None = None
         self.count = 0
 
@@ -197,8 +198,7 @@ class StructuredPart:
                 fold.add(row)
             return
         try:
-            values = tuple([(spec, row[name]) for spec, name in self._detail_output])
-            self._spool.write(self._line(Line("detail", None, None, values)))
+            self._spool.write(self._write_detail(row))
         except FormatError as exc:
             self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {exc}", exc.error_class,
                                         source=(record.topic, record.partition, record.offset))

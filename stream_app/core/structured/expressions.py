@@ -187,13 +187,34 @@ def compile_expression(source: str, maps: Mapping[str, Mapping[str, Any]] | None
             if fn is None:
                 raise ExpressionError(f"unknown function {name}()")
 
-            def call(ctx: Mapping[str, Any]) -> Any:
-                try:
-                    return fn(*(a(ctx) for a in args))
-                except EvaluationError:
-                    raise
-                except (TypeError, ValueError, ArithmeticError) as exc:
-                    raise EvaluationError(f"{name}() failed: {type(exc).__name__}") from None
+            def failed(exc: Exception) -> EvaluationError:
+                if isinstance(exc, EvaluationError):
+                    return exc
+                return EvaluationError(f"{name}() failed: {type(exc).__name__}")
+
+            # One- and two-argument calls, the common ones, without building an argument tuple.
+            if len(args) == 1:
+                (only,) = args
+
+                def call(ctx: Mapping[str, Any]) -> Any:
+                    try:
+                        return fn(only(ctx))
+                    except (TypeError, ValueError, ArithmeticError) as exc:
+                        raise failed(exc) from None
+            elif len(args) == 2:
+                first, second = args
+
+                def call(ctx: Mapping[str, Any]) -> Any:
+                    try:
+                        return fn(first(ctx), second(ctx))
+                    except (TypeError, ValueError, ArithmeticError) as exc:
+                        raise failed(exc) from None
+            else:
+                def call(ctx: Mapping[str, Any]) -> Any:
+                    try:
+                        return fn(*[a(ctx) for a in args])
+                    except (TypeError, ValueError, ArithmeticError) as exc:
+                        raise failed(exc) from None
 
             return call
         raise ExpressionError(f"{type(node).__name__} is not allowed in an expression")

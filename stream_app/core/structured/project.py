@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from stream_app.core.structured.expressions import EvaluationError
 from stream_app.core.structured.pack import CompiledField
@@ -79,24 +79,74 @@ def check_value(field: CompiledField, value: Any) -> Any:
     return value
 
 
+def field_checker(field: CompiledField) -> Callable[[Any], Any]:
+    """``check_value`` for one field, with the field's common valid case accepted up front.
+
+    Each shortcut accepts only values the full rules accept unchanged; everything else goes
+    through ``check_value``, so errors and results are the same as without the shortcut.
+    """
+    spec = field.spec
+
+    def full(value: Any) -> Any:
+        return check_value(field, value)
+
+    if spec.enum is not None:
+        if spec.type != "string":
+            return full
+        # The enum values that pass every other rule: a string among them is valid as it is.
+        allowed = frozenset(v for v in spec.enum if v and field.min_length <= len(v) <= field.max_length
+                            and (field.pattern is None or field.pattern.fullmatch(v)))
+
+        def enum_value(value: Any) -> Any:
+            return value if type(value) is str and value in allowed else check_value(field, value)
+
+        return enum_value
+    if spec.type == "datetime":
+        def aware_datetime(value: Any) -> Any:
+            return value if type(value) is datetime and value.tzinfo is not None else check_value(field, value)
+
+        return aware_datetime
+    if spec.type == "decimal":
+        low, high, scale = spec.min, spec.max, spec.scale
+
+        def decimal_value(value: Any) -> Any:
+            if type(value) is Decimal and value.is_finite() and (low is None or value >= low) \
+                    and (high is None or value <= high) and (scale is None or -value.as_tuple().exponent <= scale):
+                return value
+            return check_value(field, value)
+
+        return decimal_value
+    return full
+
+
+class RowProjector:
+    """Evaluates a list of fields in order over a context; later fields may read earlier ones."""
+
+    def __init__(self, fields: list[CompiledField]) -> None:
+        # Per field, what the loop needs, unpacked once instead of read from attributes per row.
+        self._plan = [(f.spec.name, f.source_name, f.evaluate, f.plain_string, f.min_length, f.max_length,
+                       f.pattern, field_checker(f)) for f in fields]
+
+    def evaluate(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        scope = dict(context)  # the record's fields, shadowed by evaluated fields as they come
+        for name, source, evaluate, plain_string, min_length, max_length, pattern, check in self._plan:
+            if source is not None:
+                value = scope.get(source)
+            else:
+                try:
+                    value = evaluate(scope)
+                except EvaluationError as exc:
+                    raise InvalidRecord(Violation(name, "expression", str(exc))) from None
+            # Fast path, inline for its cost: a plain string within its length bounds and pattern
+            # is valid as it is; anything else gets the field's checker.
+            if not (plain_string and type(value) is str and min_length <= len(value) <= max_length
+                    and (pattern is None or pattern.fullmatch(value))):
+                value = check(value)
+            row[name] = scope[name] = value
+        return row
+
+
 def evaluate_fields(fields: list[CompiledField], context: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate fields in order; later fields may read earlier ones by name."""
-    row: dict[str, Any] = {}
-    scope = dict(context)  # the record's fields, shadowed by evaluated fields as they come
-    for field in fields:
-        name = field.spec.name
-        source = field.source_name
-        if source is not None:
-            value = scope.get(source)
-        else:
-            try:
-                value = field.evaluate(scope)
-            except EvaluationError as exc:
-                raise InvalidRecord(Violation(name, "expression", str(exc))) from None
-        # Fast path, inline for its cost: a plain string within its length bounds and pattern is
-        # valid as it is; anything else gets the full rules of check_value.
-        if not (field.plain_string and type(value) is str and field.min_length <= len(value) <= field.max_length
-                and (field.pattern is None or field.pattern.fullmatch(value))):
-            value = check_value(field, value)
-        row[name] = scope[name] = value
-    return row
+    return RowProjector(fields).evaluate(context)
