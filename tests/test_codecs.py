@@ -256,6 +256,24 @@ def test_answers_survive_a_helper_stopped_and_continued_mid_write(helper_decoder
     assert helper_decoder._proc is not None and helper_decoder._proc.pid == pid  # no fallback hid it
 
 
+def test_closing_with_a_stopped_helper_and_unsent_frames_does_not_hang():
+    # The frames of a prefetched batch wait in the sender thread while the helper is stopped (its
+    # pipe full): close() gives up on them, kills the helper and ends the thread.
+    decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000)
+    proc = decoder._helper()
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        decoder.prefetch(_mixed_batch(20_000))  # ~4 MB: more than the pipes hold
+        time.sleep(0.2)
+        sender = decoder._sender
+        started = time.monotonic()
+        decoder.close()
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+    assert proc.poll() is not None and not sender._thread.is_alive()
+
+
 def test_a_dead_helper_costs_nothing_but_speed():
     helper_decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000, restart_after_s=0.5)
     raws = _mixed_batch(1_700)

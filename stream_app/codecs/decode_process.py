@@ -9,7 +9,8 @@ the records are exactly those of the in-process ``AvroDecoder``: the same code r
 
 Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
 n+1; and ``prefetch`` sends the whole next fetched batch while the worker is still finalizing
-and committing the one before.  If the helper dies, the rest of the batch (and later batches,
+and committing the one before.  Frames are written by a sender thread, so a full pipe (the
+helper busy) never stalls the worker's main thread.  If the helper dies, the rest of the batch (and later batches,
 after a restart of the helper) is decoded in the worker: decoding is pure, so nothing is lost or
 changed.
 
@@ -89,6 +90,46 @@ def _read_frame(stream: IO[bytes]) -> bytes:
     return _read_exactly(stream, size)
 
 
+class _FrameSender:
+    """Writes request frames to the helper's stdin from a thread of its own.
+
+    A write into a full pipe blocks until the helper reads (which waits on the helper's GIL); in
+    a thread, that wait no longer holds up the worker's main thread, which windows the records of
+    the chunk before meanwhile.  One thread writes every frame, so frames keep their order.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="decode-helper-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, body: bytes) -> None:
+        if self._error is not None:
+            raise HelperGone(str(self._error))
+        self._queue.put(body)
+
+    def _run(self) -> None:
+        while (body := self._queue.get()) is not None:
+            try:
+                _write_frame(self._stream, body)
+            except (OSError, ValueError) as exc:  # the helper exited: its reader sees the end too
+                self._error = exc
+                return
+
+    def stop(self, timeout_s: float) -> bool:
+        """Drop the frames not yet written and end the thread; False if a write is still stuck."""
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
 class ProcessAvroDecoder:
     """``AvroDecoder`` whose bulk path reads record bodies in a helper process."""
 
@@ -100,6 +141,7 @@ class ProcessAvroDecoder:
         self._local = AvroDecoder(self._resolver, event_time_field, max_record_bytes)
         self._time_field = event_time_field
         self._proc: subprocess.Popen | None = None
+        self._sender: _FrameSender | None = None
         self._in_flight = 0  # requests whose responses were not read (an abandoned batch)
         # After a failure the helper is started again only this much later: a helper that cannot
         # start would otherwise cost a process start (and a warning) per batch.
@@ -116,7 +158,8 @@ class ProcessAvroDecoder:
             return self._proc
         if time.monotonic() < self._restart_at:
             return None
-        self._proc, self._in_flight = None, 0
+        self.close()  # a helper that exited: its sender thread ends, its pipes are closed
+        self._in_flight = 0
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 bufsize=1 << 20)
         assert proc.stdin is not None and proc.stdout is not None
@@ -128,29 +171,32 @@ class ProcessAvroDecoder:
             proc.stdin.flush()
         except OSError as exc:  # it exited at once (BrokenPipeError)
             raise HelperGone(str(exc)) from None
+        self._sender = _FrameSender(proc.stdin)
         return proc
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
+        sender, self._sender = self._sender, None
         if proc is None:
             return
         try:
+            if sender is not None and not sender.stop(timeout_s=2):
+                raise subprocess.TimeoutExpired("decode helper", 2)  # it stopped reading its input
             assert proc.stdin is not None
             proc.stdin.close()  # the helper exits at the end of its input
             proc.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
+            if sender is not None:
+                sender.stop(timeout_s=5)  # the kill broke the pipe its write waited on
         for stream in (proc.stdout,):
             if stream is not None:
                 stream.close()
 
-    def _send(self, proc: subprocess.Popen, chunk: Sequence[RawRecord]) -> None:
-        assert proc.stdin is not None
-        try:
-            _write_frame(proc.stdin, marshal.dumps([raw.value for raw in chunk]))
-        except (OSError, ValueError) as exc:  # BrokenPipeError, or a closed pipe
-            raise HelperGone(str(exc)) from None
+    def _send(self, chunk: Sequence[RawRecord]) -> None:
+        assert self._sender is not None
+        self._sender.send(marshal.dumps([raw.value for raw in chunk]))
         self._in_flight += 1
 
     def _receive(self, proc: subprocess.Popen) -> list:
@@ -187,7 +233,7 @@ class ProcessAvroDecoder:
             if proc is None:
                 return
             for chunk in self._chunks(raws):  # all of it: the helper's answers wait in its pipe
-                self._send(proc, chunk)
+                self._send(chunk)
             self._prefetched = raws
         except HelperGone as exc:
             self._failed(exc)
@@ -207,7 +253,7 @@ class ProcessAvroDecoder:
             for index, chunk in enumerate(chunks):
                 # The helper always holds the next AHEAD chunks: it reads them while this one is windowed.
                 while sent < min(index + 1 + AHEAD, len(chunks)):
-                    self._send(proc, chunks[sent])
+                    self._send(chunks[sent])
                     sent += 1
                 items = self._receive(proc)
                 if len(items) != len(chunk):
