@@ -112,18 +112,11 @@ class XmlFormatter:
         if _ATTR_SPECIAL.search(texts):
             attributes = [(name, escape_attribute(text)) for name, text in attributes]
             children = [(name, escape_text(text)) for name, text in children]
-        start = f"<{tag}" + "".join([f' {name}="{text}"' for name, text in attributes])
-        if not children:
-            return f"{start}/>" if not self._spec.indent else f"{'  ' * depth}{start}/>\n"
-        elements = [f"<{name}>{text}</{name}>" for name, text in children]
-        if not self._spec.indent:
-            return f"{start}>{''.join(elements)}</{tag}>"
-        pad = "  " * depth
-        inner = f"\n{pad}  "
-        return f"{pad}{start}>{inner}{inner.join(elements)}\n{pad}</{tag}>\n"
+        layout = self._layout(tag, depth, [name for name, _ in attributes], [name for name, _ in children])
+        return layout(*[text for _, text in attributes], *[text for _, text in children])
 
     def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
-        """Detail elements through format strings prepared from ``_element``'s layout.
+        """Detail elements through ``_element``'s layouts, prepared once instead of per line.
 
         The common line — nothing to escape or refuse — fills a prepared string in one call (one
         string per set of null fields, which are omitted); any other line takes ``line``'s
@@ -146,21 +139,23 @@ class XmlFormatter:
             if not _NOT_VERBATIM.search("".join(texts)):
                 fill = layouts.get(nulls)
                 if fill is None:
-                    fill = layouts[nulls] = self._layout([f for i, f in enumerate(ordered) if i not in nulls])
+                    present = [f for i, f in enumerate(ordered) if i not in nulls]
+                    fill = layouts[nulls] = self._layout(self._spec.recordElement, self._detail_depth,
+                                                         [f.name for f in present if f.attribute],
+                                                         [f.name for f in present if not f.attribute])
                 return fill(*texts).encode(encoding, errors="xmlcharrefreplace")
             return line(Line("detail", None, None, tuple([(f, row[f.name]) for f in fields])))
 
         return write
 
-    def _layout(self, present: list[FieldSpec]) -> Callable[..., str]:
-        """``_element``'s layout of a detail line with these fields, each value a placeholder."""
+    def _layout(self, tag: str, depth: int, attributes: list[str], children: list[str]) -> Callable[..., str]:
+        """An element's layout as a format string: attribute then child texts fill it, in order."""
         def brace(text: str) -> str:  # XML names hold no braces; escaped for format() all the same
             return text.replace("{", "{{").replace("}", "}}")
 
-        tag = brace(self._spec.recordElement)
-        depth = self._detail_depth
-        start = f"<{tag}" + "".join(f' {brace(f.name)}="{{}}"' for f in present if f.attribute)
-        elements = [f"<{brace(f.name)}>{{}}</{brace(f.name)}>" for f in present if not f.attribute]
+        tag = brace(tag)
+        start = f"<{tag}" + "".join(f' {brace(name)}="{{}}"' for name in attributes)
+        elements = [f"<{brace(name)}>{{}}</{brace(name)}>" for name in children]
         if not elements:
             return (f"{start}/>" if not self._spec.indent else f"{'  ' * depth}{start}/>\n").format
         if not self._spec.indent:
