@@ -49,7 +49,8 @@ def _coerce(field: CompiledField, value: Any) -> Any:
 def check_value(field: CompiledField, value: Any) -> Any:
     """Coerce and validate one value; return it typed or raise ``InvalidRecord``.
 
-    ``evaluate_fields`` passes valid plain strings, the common case, without calling this.
+    ``RowProjector`` passes valid plain strings, the common case, without calling this, and each
+    field's ``field_checker`` accepts its common valid values before falling back to it.
     """
     spec = field.spec
     if value is None or (type(value) is str and not value):
