@@ -10,9 +10,9 @@ the records are exactly those of the in-process ``AvroDecoder``: the same code r
 Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
 n+1; and ``prefetch`` sends the whole next fetched batch while the worker is still finalizing
 and committing the one before.  Frames are written by a sender thread, so a full pipe (the
-helper busy) never stalls the worker's main thread.  If the helper dies, the rest of the batch (and later batches,
-after a restart of the helper) is decoded in the worker: decoding is pure, so nothing is lost or
-changed.
+helper busy) never stalls the worker's main thread.  If the helper dies, the rest of the batch
+(and later batches, after a restart of the helper) is decoded in the worker: decoding is pure,
+so nothing is lost or changed.
 
 Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
 big-endian length and a body.  A request body is ``marshal`` of a list of payloads (bytes or
