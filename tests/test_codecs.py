@@ -215,9 +215,9 @@ def test_a_prefetched_batch_is_decoded_once_and_an_unused_prefetch_is_skipped(he
     helper = helper_decoder._proc
     helper_decoder.prefetch(raws[:600])
     assert _outcomes(helper_decoder.decode_many(raws[600:])) == expected[600:]
-    # A prefetch for a batch that never comes, then the same list decoded twice: one read of it.
+    # A prefetch for a batch that never comes, then another decoded: the first one's answers skipped.
     helper_decoder.prefetch(raws[:5])
-    helper_decoder.prefetch(raws)  # answers of the first prefetch still pending: not sent again
+    helper_decoder.prefetch(raws)
     assert _outcomes(helper_decoder.decode_many(raws)) == expected
     assert helper_decoder._proc is helper and helper_decoder._in_flight == 0
     # The helper dies between prefetch and decode_many: decoded in the worker, nothing lost.
@@ -225,6 +225,45 @@ def test_a_prefetched_batch_is_decoded_once_and_an_unused_prefetch_is_skipped(he
     helper.kill()
     helper.wait()
     assert _outcomes(helper_decoder.decode_many(raws)) == expected
+
+
+def test_prefetched_batches_queue_up_and_each_is_decoded_right(helper_decoder):
+    raws = _mixed_batch(1_700)
+    expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
+    first, second, third = raws[:700], raws[700:1300], raws[1300:]
+    want = {id(first): expected[:700], id(second): expected[700:1300], id(third): expected[1300:]}
+
+    def decoded(batch):
+        return _outcomes(helper_decoder.decode_many(batch)) == want[id(batch)]
+
+    # The next batch goes to the helper while the one before is still to be windowed.
+    helper_decoder.prefetch(first)
+    helper_decoder.prefetch(second)
+    assert helper_decoder._in_flight == 3 + 2
+    assert decoded(first)
+    helper_decoder.prefetch(third)
+    assert decoded(second) and decoded(third)
+    helper = helper_decoder._proc
+    assert helper_decoder._in_flight == 0
+    # The first batch's reader stops early (an error in the pipeline; the generator is neither
+    # finished nor closed): the rest of its answers are skipped, the queued batch is right.
+    helper_decoder.prefetch(first)
+    helper_decoder.prefetch(second)
+    partial = helper_decoder.decode_many(first)
+    [next(partial) for _ in range(150)]
+    assert decoded(second)
+    # A batch dropped by a rebalance ahead of the next two: skipped.
+    for batch in (first, second, third):
+        helper_decoder.prefetch(batch)
+    assert decoded(second) and decoded(third)
+    # A batch read again (a retry after a registry outage) while the next is queued: both right.
+    helper_decoder.prefetch(first)
+    helper_decoder.prefetch(second)
+    partial = helper_decoder.decode_many(first)
+    [next(partial) for _ in range(100)]
+    assert decoded(first) and decoded(second)
+    assert helper_decoder._proc is helper and helper_decoder._in_flight == 0 and not helper_decoder._prefetched
+    del partial
 
 
 def test_answers_survive_a_helper_stopped_and_continued_mid_write(helper_decoder):

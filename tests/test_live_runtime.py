@@ -52,3 +52,68 @@ def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_pa
     asyncio.run(rebalance_during_write())
     assert [p.name for p in out.glob("F_*")] and not list(spool.rglob("*.spool"))
     assert pipeline.partitions() == []  # revoked once the write was done
+
+
+class _Fetched:
+    """A record as aiokafka's fetcher hands it to the intake (the fields on_fetched reads)."""
+
+    def __init__(self, raw) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = (raw.topic, raw.partition, raw.offset,
+                                                                         raw.key, raw.value)
+        self.timestamp, self.headers = None, None
+
+
+def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out, window={"sizeMs": 86_400_000})
+    data.update(dataDir=str(tmp_path / "faust"))
+    app, runtime = create_app(parse_config(data))
+    pipeline = runtime.pipeline
+    steps: list[tuple[str, int]] = []
+    prefetch, process = pipeline.prefetch, pipeline.process
+
+    def prefetching(batch):
+        steps.append(("prefetch", batch[0].offset))
+        prefetch(batch)
+
+    def windowing(batch, now):
+        steps.append(("window", batch[0].offset))
+        process(batch, now)
+
+    async def durable() -> None:  # the broker's acks, which this test has no broker for
+        return None
+
+    monkeypatch.setattr(pipeline, "prefetch", prefetching)
+    monkeypatch.setattr(pipeline, "process", windowing)
+    monkeypatch.setattr(runtime.publisher, "delivered", durable)
+    monkeypatch.setattr(runtime.state, "delivered", durable)
+    monkeypatch.setattr(runtime, "_commit", durable)
+    monkeypatch.setattr(runtime, "_lag", lambda tp: None)
+    records = raws(30)
+    tp = FaustTP("in", 0)
+
+    def fetched(first: int, last: int) -> dict:
+        return {tp: [_Fetched(raw) for raw in records[first:last]]}
+
+    async def fetch_loop() -> None:
+        generation = app.consumer_generation_id
+        await runtime.on_fetched(fetched(0, 10), generation)
+        assert steps == [("prefetch", 0)]  # held: the helper reads it while the worker waits for more
+        await runtime.on_fetched(fetched(10, 20), generation)
+        assert steps == [("prefetch", 0), ("prefetch", 10), ("window", 0)]
+        assert pipeline.buffered_records == 10
+        await runtime.on_tick()  # nothing more fetched: the tick windows the held batch
+        assert steps[-1] == ("window", 10) and pipeline.buffered_records == 20
+        # Fetched together, a tick and the next batch: still windowed in fetch order.
+        await asyncio.gather(runtime.on_fetched(fetched(20, 30), generation), runtime.on_tick())
+        await runtime.on_tick()
+        assert [offset for step, offset in steps if step == "window"] == [0, 10, 20]
+        assert pipeline.buffered_records == 30
+        # A rebalance drops a held batch: Faust seeks back to the committed offsets after it.
+        await runtime.on_fetched(fetched(20, 30), generation)
+        await runtime.on_revoked([tp])
+        await runtime.on_tick()
+        assert [offset for step, offset in steps if step == "window"] == [0, 10, 20]
+
+    asyncio.run(fetch_loop())

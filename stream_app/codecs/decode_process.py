@@ -8,8 +8,8 @@ reading them.  The worker converts the top-level logical fields itself (``conver
 the records are exactly those of the in-process ``AvroDecoder``: the same code reads them.
 
 Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
-n+1; and ``prefetch`` sends the whole next fetched batch while the worker is still finalizing
-and committing the one before.  Frames are written by a sender thread, so a full pipe (the
+n+1; and ``prefetch`` sends the whole next fetched batch while the worker still windows,
+finalizes and commits the one before (prefetched batches queue up in order).  Frames are written by a sender thread, so a full pipe (the
 helper busy) never stalls the worker's main thread.  If the helper dies, the rest of the batch
 (and later batches, after a restart of the helper) is decoded in the worker: decoding is pure,
 so nothing is lost or changed.
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import IO, Any, Iterator, Sequence
 
 from stream_app.codecs import DecodeError
@@ -142,12 +143,15 @@ class ProcessAvroDecoder:
         self._time_field = event_time_field
         self._proc: subprocess.Popen | None = None
         self._sender: _FrameSender | None = None
-        self._in_flight = 0  # requests whose responses were not read (an abandoned batch)
+        self._in_flight = 0  # requests whose responses were not read yet
         # After a failure the helper is started again only this much later: a helper that cannot
         # start would otherwise cost a process start (and a warning) per batch.
         self._restart_after_s = restart_after_s
         self._restart_at = 0.0
-        self._prefetched: Sequence[RawRecord] | None = None  # the batch whose chunks the helper has
+        # Prefetched batches (all their chunks sent), in the order their answers come back, with
+        # their number of chunks.  Any other answer in flight comes before theirs and is read by
+        # nobody any more: the rest of a batch whose reader stopped early, or a dropped batch.
+        self._prefetched: deque[tuple[Sequence[RawRecord], int]] = deque()
 
     def decode(self, raw: RawRecord) -> SourceRecord:
         return self._local.decode(raw)
@@ -159,7 +163,6 @@ class ProcessAvroDecoder:
         if time.monotonic() < self._restart_at:
             return None
         self.close()  # a helper that exited: its sender thread ends, its pipes are closed
-        self._in_flight = 0
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 bufsize=1 << 20)
         assert proc.stdin is not None and proc.stdout is not None
@@ -177,6 +180,8 @@ class ProcessAvroDecoder:
     def close(self) -> None:
         proc, self._proc = self._proc, None
         sender, self._sender = self._sender, None
+        self._in_flight = 0  # no answer comes from a closed helper
+        self._prefetched.clear()
         if proc is None:
             return
         try:
@@ -223,33 +228,47 @@ class ProcessAvroDecoder:
             self.close()
 
     def prefetch(self, raws: Sequence[RawRecord]) -> None:
-        """Send the batch ``decode_many`` gets next: the helper reads it while the worker still
-        finalizes and commits the batch before."""
-        self._prefetched = None
-        if not raws or self._in_flight:  # nothing to read, or answers of an abandoned batch pending
+        """Send a batch ``decode_many`` gets later: the helper reads it while the worker still
+        windows, finalizes and commits the batches before it.  Batches are decoded in the order
+        they were prefetched; one that is never decoded (dropped by a rebalance) is skipped."""
+        if not raws:
             return
         try:
             proc = self._helper()
             if proc is None:
                 return
-            for chunk in self._chunks(raws):  # all of it: the helper's answers wait in its pipe
+            chunks = self._chunks(raws)
+            for chunk in chunks:  # all of it: the helper's answers wait in its pipe
                 self._send(chunk)
-            self._prefetched = raws
+            self._prefetched.append((raws, len(chunks)))
         except HelperGone as exc:
             self._failed(exc)
 
+    def _discard(self, proc: subprocess.Popen, answers: int) -> None:
+        for _ in range(answers):
+            self._receive(proc)
+
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
         done = 0  # records whose results were handed out
-        prefetched, self._prefetched = self._prefetched is raws, None
         try:
             proc = self._helper()
             if proc is None:
                 raise HelperGone("waiting before the next start")
-            if not prefetched:
-                while self._in_flight:  # responses of a batch whose consumer stopped early
-                    self._receive(proc)
+            # Counted, not remembered: every answer in flight ahead of this batch's is one that
+            # nobody reads any more.  Prefetched batches after this one stay queued; if it was not
+            # prefetched, its answers come after all others, which are then read and dropped.
+            index = next((i for i, (batch, _) in enumerate(self._prefetched) if batch is raws), None)
+            if index is None:
+                ahead, sent = self._in_flight, 0
+                self._prefetched.clear()
+            else:
+                ahead = self._in_flight - sum(count for _, count in list(self._prefetched)[index:])
+                for _ in range(index):
+                    self._prefetched.popleft()
+                sent = self._prefetched.popleft()[1]
+            for _ in range(ahead):
+                self._receive(proc)
             chunks = self._chunks(raws)
-            sent = self._in_flight  # the prefetched chunks, or none
             for index, chunk in enumerate(chunks):
                 # The helper always holds the next AHEAD chunks: it reads them while this one is windowed.
                 while sent < min(index + 1 + AHEAD, len(chunks)):

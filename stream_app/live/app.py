@@ -158,6 +158,11 @@ class LiveRuntime:
         # The finalize + commit of the last processed batch, left running while the fetch loop
         # brings the next batch (whose decoding starts meanwhile); awaited before anything else.
         self._committing: asyncio.Task | None = None
+        # The last fetched batch, sent to the decode helper but not yet windowed: it is windowed
+        # when the next batch arrives (or at the next tick), so that the helper reads the next
+        # batch while the worker windows this one.  Batches are taken in fetch order (_intake).
+        self._held: tuple[list[RawRecord], dict[tuple[str, int], int], Callable[[], bool]] | None = None
+        self._intake = asyncio.Lock()
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)
 
@@ -175,8 +180,16 @@ class LiveRuntime:
         def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
             return self._app.consumer_generation_id == generation and consumer.flow_active
 
-        self.pipeline.prefetch(raws)  # decoded while the previous batch is still being committed
-        await self._process(raws, consumed, still_current)
+        async with self._intake:
+            self.pipeline.prefetch(raws)  # read by the helper while the held batch is windowed
+            await self._process_held()
+            self._held = (raws, consumed, still_current)
+
+    async def _process_held(self) -> None:
+        """Window the held batch now (the caller holds ``_intake``)."""
+        held, self._held = self._held, None
+        if held is not None:
+            await self._process(*held)
 
     async def on_events(self, events: Sequence[Any]) -> None:
         """Events that reached the agent through Faust's stream path (the intake normally takes them)."""
@@ -186,7 +199,9 @@ class LiveRuntime:
         consumed: dict[tuple[str, int], int] = {}
         for raw in raws:
             consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
-        await self._process(raws, consumed, lambda: True)
+        async with self._intake:
+            await self._process_held()  # fetched before these
+            await self._process(raws, consumed, lambda: True)
         for event in events:
             event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
 
@@ -240,6 +255,8 @@ class LiveRuntime:
 
     # -- timer ------------------------------------------------------------------------------
     async def on_tick(self) -> None:
+        async with self._intake:
+            await self._process_held()  # nothing fetched after it: an idle input
         await self._settle()
         async with self._lock:
             self.pipeline.tick(_now_ms(), self._caught_up)
@@ -313,6 +330,9 @@ class LiveRuntime:
         return None
 
     async def on_revoked(self, tps: Iterable[FaustTP]) -> None:
+        # Fetched before the rebalance: Faust seeks back to the committed offsets afterwards (a
+        # held batch would be dropped as stale anyway).
+        self._held = None
         async with self._writing:
             self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
 

@@ -4,8 +4,9 @@ Faust hands every message to its streams one at a time (a task and a queue hop p
 which caps a bare agent near 13k records/s.  This consumer takes the whole fetched batch of each
 input partition out of the fetch loop and gives it to the pipeline in one call; other topics
 (table changelogs during recovery) still take Faust's normal path.  Awaiting the pipeline inside
-the fetch loop is also the backpressure: nothing more is fetched until the batch is windowed,
-which waits for the finalize + commit of the batch before it.
+the fetch loop is also the backpressure: nothing more is fetched until the batch fetched before
+this one is windowed (the runtime holds each batch until the next one is with the decode
+helper), which waits for the finalize + commit of the batch before that.
 
 Faust commits the highest run of acknowledged offsets.  Holding messages unacked until their
 file is finalized would keep every message (with its value bytes) in memory for as long as a
