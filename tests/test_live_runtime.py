@@ -115,5 +115,9 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
         await runtime.on_revoked([tp])
         await runtime.on_tick()
         assert [offset for step, offset in steps if step == "window"] == [0, 10, 20]
+        # The fetch loop busy windowing (or waiting out a registry outage): ticks do not wait for
+        # it, so windows still close on time meanwhile.
+        async with runtime._intake:
+            await asyncio.wait_for(runtime.on_tick(), 5)
 
     asyncio.run(fetch_loop())

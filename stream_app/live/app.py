@@ -255,8 +255,11 @@ class LiveRuntime:
 
     # -- timer ------------------------------------------------------------------------------
     async def on_tick(self) -> None:
-        async with self._intake:
-            await self._process_held()  # nothing fetched after it: an idle input
+        # An idle input leaves a batch held: window it now.  If the fetch loop is windowing (or
+        # waiting out a registry outage), it takes the held batch itself; the tick goes on.
+        if not self._intake.locked():
+            async with self._intake:
+                await self._process_held()
         await self._settle()
         async with self._lock:
             self.pipeline.tick(_now_ms(), self._caught_up)
