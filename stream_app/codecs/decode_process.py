@@ -9,10 +9,10 @@ the records are exactly those of the in-process ``AvroDecoder``: the same code r
 
 Chunks are pipelined: while the worker windows the records of chunk n, the helper reads chunk
 n+1; and ``prefetch`` sends the whole next fetched batch while the worker still windows,
-finalizes and commits the one before (prefetched batches queue up in order).  Frames are written by a sender thread, so a full pipe (the
-helper busy) never stalls the worker's main thread.  If the helper dies, the rest of the batch
-(and later batches, after a restart of the helper) is decoded in the worker: decoding is pure,
-so nothing is lost or changed.
+finalizes and commits the one before (prefetched batches queue up in order).  Frames are
+written by a sender thread, so a full pipe (the helper busy) never stalls the worker's main
+thread.  If the helper dies, the rest of the batch (and later batches, after a restart of the
+helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
 
 Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
 big-endian length and a body.  A request body is ``marshal`` of a list of payloads (bytes or
@@ -244,10 +244,6 @@ class ProcessAvroDecoder:
         except HelperGone as exc:
             self._failed(exc)
 
-    def _discard(self, proc: subprocess.Popen, answers: int) -> None:
-        for _ in range(answers):
-            self._receive(proc)
-
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
         done = 0  # records whose results were handed out
         try:
@@ -257,13 +253,13 @@ class ProcessAvroDecoder:
             # Counted, not remembered: every answer in flight ahead of this batch's is one that
             # nobody reads any more.  Prefetched batches after this one stay queued; if it was not
             # prefetched, its answers come after all others, which are then read and dropped.
-            index = next((i for i, (batch, _) in enumerate(self._prefetched) if batch is raws), None)
-            if index is None:
+            position = next((i for i, (batch, _) in enumerate(self._prefetched) if batch is raws), None)
+            if position is None:
                 ahead, sent = self._in_flight, 0
                 self._prefetched.clear()
             else:
-                ahead = self._in_flight - sum(count for _, count in list(self._prefetched)[index:])
-                for _ in range(index):
+                ahead = self._in_flight - sum(count for _, count in list(self._prefetched)[position:])
+                for _ in range(position):
                     self._prefetched.popleft()
                 sent = self._prefetched.popleft()[1]
             for _ in range(ahead):
