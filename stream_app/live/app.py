@@ -182,8 +182,9 @@ class LiveRuntime:
 
         async with self._intake:
             self.pipeline.prefetch(raws)  # read by the helper while the held batch is windowed
-            await self._process_held()
-            self._held = (raws, consumed, still_current)
+            held, self._held = self._held, (raws, consumed, still_current)
+            if held is not None:
+                await self._process(*held)
 
     async def _process_held(self) -> None:
         """Window the held batch now (the caller holds ``_intake``)."""
