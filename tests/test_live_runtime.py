@@ -13,6 +13,17 @@ from tests.helpers import config_dict
 from tests.test_pipeline import raws
 
 
+def _acked_without_a_broker(runtime, monkeypatch) -> None:
+    """The durable steps (delivery acks, the commit) succeed at once: this test has no broker."""
+
+    async def durable() -> None:
+        return None
+
+    monkeypatch.setattr(runtime.publisher, "delivered", durable)
+    monkeypatch.setattr(runtime.state, "delivered", durable)
+    monkeypatch.setattr(runtime, "_commit", durable)
+
+
 def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_path, monkeypatch):
     out, spool = tmp_path / "out", tmp_path / "spool"
     out.mkdir()
@@ -28,13 +39,8 @@ def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_pa
         release.wait(10)
         return write_cut(cut)
 
-    async def durable() -> None:  # the broker's acks, which this test has no broker for
-        return None
-
     monkeypatch.setattr(pipeline, "write_cut", slow_write)
-    monkeypatch.setattr(runtime.publisher, "delivered", durable)
-    monkeypatch.setattr(runtime.state, "delivered", durable)
-    monkeypatch.setattr(runtime, "_commit", durable)
+    _acked_without_a_broker(runtime, monkeypatch)
     pipeline.process(raws(10), 0)  # one full part: a cut to write, its records only in the spool
 
     async def rebalance_during_write() -> None:
@@ -81,14 +87,9 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
         steps.append(("window", batch[0].offset))
         process(batch, now)
 
-    async def durable() -> None:  # the broker's acks, which this test has no broker for
-        return None
-
     monkeypatch.setattr(pipeline, "prefetch", prefetching)
     monkeypatch.setattr(pipeline, "process", windowing)
-    monkeypatch.setattr(runtime.publisher, "delivered", durable)
-    monkeypatch.setattr(runtime.state, "delivered", durable)
-    monkeypatch.setattr(runtime, "_commit", durable)
+    _acked_without_a_broker(runtime, monkeypatch)
     monkeypatch.setattr(runtime, "_lag", lambda tp: None)
     records = raws(30)
     tp = FaustTP("in", 0)
