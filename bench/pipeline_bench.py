@@ -71,9 +71,9 @@ def raw_read(bootstrap: str, topic: str, partitions: int, total: int, clock: Cpu
     from confluent_kafka import Consumer, TopicPartition
 
     from stream_app.codecs.avro import load_schema
-    from stream_app.config import REPO_AVRO_DIR
+    from stream_app.resources import AVRO_DIR
 
-    schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+    schema = load_schema(AVRO_DIR / "matched_record.avsc")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4()}", "enable.auto.commit": False,
                          "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 10485760})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])

@@ -23,7 +23,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_one(size: int, mode: str) -> dict:
     from stream_app.codecs.avro import encode_confluent, load_schema
-    from stream_app.config import REPO_AVRO_DIR, parse_config
+    from stream_app.config import parse_config
+from stream_app.resources import AVRO_DIR
     from stream_app.core.records import RawRecord
     from stream_app.demo import matched_records
     from stream_app.journal import Journal
@@ -45,7 +46,7 @@ def run_one(size: int, mode: str) -> dict:
     data = config_dict(out, **worker)
     data["worker"] = {k: v for k, v in data["worker"].items() if v not in ("", None)}
     settings = parse_config(data)
-    schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+    schema = load_schema(AVRO_DIR / "matched_record.avsc")
     publisher = CollectingPublisher()
     pipeline = FilePipeline(window_policy(settings), [], build_decoder(settings), build_assembler(settings),
                             LocalSink(out, manifest=False), MemoryStateStore(), publisher, Journal("bench"),

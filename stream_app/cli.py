@@ -159,7 +159,13 @@ def demo(records: int, out: str, seed: int, partitions: int, example: str) -> No
 
     logging.basicConfig(level=logging.WARNING)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
-    result = run_demo(records, Path(out), seed, partitions, bootstrap, example)
+    from stream_app.broker import EmbeddedBrokerMissing
+
+    try:
+        result = run_demo(records, Path(out), seed, partitions, bootstrap, example)
+    except EmbeddedBrokerMissing as exc:
+        click.echo(f"stream-app demo: {exc}", err=True)
+        sys.exit(2)
     click.echo(f"{len(result.files)} clearing files, {result.records} records, in {result.out_dir.resolve()}")
     for event in result.files:
         click.echo(f"  {event['file_name']:<40} {event['records']:>6} records {event['bytes']:>9} bytes")

@@ -16,11 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Where avro/, schemas/ and examples/ live: the source checkout, or STREAM_APP_HOME when the
-# package is installed elsewhere (the Docker image sets it to /app).
-APP_HOME = Path(os.environ.get("STREAM_APP_HOME") or Path(__file__).resolve().parent.parent)
-REPO_AVRO_DIR = APP_HOME / "avro"
-REPO_SCHEMAS_DIR = APP_HOME / "schemas"
+from stream_app.resources import AVRO_DIR, SCHEMAS_DIR
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -85,7 +82,7 @@ class InputSettings(_Model):
     # Confluent schema registry; when unset, ids are resolved from ``avroSchemas``.
     schemaRegistryUrl: str | None = None
     # Schema id (as written in the wire format) -> .avsc file, relative to the config file.
-    avroSchemas: dict[int, str] = Field(default_factory=lambda: {1: str(REPO_AVRO_DIR / "matched_record.avsc")})
+    avroSchemas: dict[int, str] = Field(default_factory=lambda: {1: str(AVRO_DIR / "matched_record.avsc")})
     # JSON only: fields converted to Decimal (money is never float).
     decimalFields: list[str] = Field(default_factory=lambda: ["amount"])
     maxRecordBytes: int = Field(default=1_048_576, ge=1)
@@ -245,7 +242,7 @@ class AppSettings(_Model):
     # Faust's local data directory; a fresh temporary directory when unset.
     dataDir: str | None = None
     # Where schema packs live (structured mode), relative to the config file.
-    schemasDir: str = str(REPO_SCHEMAS_DIR)
+    schemasDir: str = str(SCHEMAS_DIR)
     # Streaming mode: where open parts are spooled (a fresh temporary directory when unset).
     spoolDir: str | None = None
 

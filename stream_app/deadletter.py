@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.config import REPO_AVRO_DIR
+from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.journal import DEAD_LETTER_SCHEMA_ID, now_ms
 
-DEAD_LETTER_SCHEMA = load_schema(REPO_AVRO_DIR / "dead_letter.avsc")
+DEAD_LETTER_SCHEMA = load_schema(AVRO_DIR / "dead_letter.avsc")
 
 
 def dead_letter(raw: RawRecord, reason: str, detail: str, worker_id: str) -> bytes:

@@ -22,7 +22,7 @@ from typing import Iterator
 import yaml
 
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.config import REPO_AVRO_DIR
+from stream_app.resources import AVRO_DIR, EXAMPLES_DIR, SCHEMAS_DIR
 
 MATCHED_RECORD_SCHEMA_ID = 1
 DEMO_START = datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc)
@@ -78,7 +78,7 @@ def matched_records(count: int, seed: int, span_hours: float = 26.0, start: date
 
 
 def encoded_matched_records(count: int, seed: int, schema_id: int = MATCHED_RECORD_SCHEMA_ID) -> Iterator[bytes]:
-    schema = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+    schema = load_schema(AVRO_DIR / "matched_record.avsc")
     for record in matched_records(count, seed):
         yield encode_confluent(schema_id, schema, record)
 
@@ -88,7 +88,7 @@ def register_schema(registry_url: str, subject: str) -> int:
     import json
     import urllib.request
 
-    schema = (REPO_AVRO_DIR / "matched_record.avsc").read_text(encoding="utf-8")
+    schema = (AVRO_DIR / "matched_record.avsc").read_text(encoding="utf-8")
     request = urllib.request.Request(
         f"{registry_url.rstrip('/')}/subjects/{subject}/versions", method="POST",
         data=json.dumps({"schema": schema}).encode(),
@@ -106,9 +106,6 @@ def produce_sample(bootstrap: str, topic: str, records: int, seed: int, partitio
                                       enumerate(encoded_matched_records(records, seed, schema_id))))
 
 
-EXAMPLES_DIR = REPO_AVRO_DIR.parent / "examples"
-
-
 def example_names() -> list[str]:
     return sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml"))
 
@@ -122,8 +119,8 @@ def demo_config(example: str, bootstrap: str, topics: tuple[str, str, str], part
     data["workerId"] = "demo-worker-1"
     data["kafka"].update(bootstrapServers=bootstrap, inputTopics=[topic], journalTopic=journal,
                          deadLetterTopic=dead, topicPartitions=partitions)
-    data["input"]["avroSchemas"] = {MATCHED_RECORD_SCHEMA_ID: str(REPO_AVRO_DIR / "matched_record.avsc")}
-    data["schemasDir"] = str(REPO_AVRO_DIR.parent / "schemas")
+    data["input"]["avroSchemas"] = {MATCHED_RECORD_SCHEMA_ID: str(AVRO_DIR / "matched_record.avsc")}
+    data["schemasDir"] = str(SCHEMAS_DIR)
     data["worker"]["window"]["idleTimeoutMs"] = 1500  # close the last windows soon after the sample ends
     if data["worker"].get("mode", "template") == "template":
         data["worker"]["maxRecordsPerFile"] = max(1, records // 20)  # show count rolls too

@@ -11,7 +11,7 @@ import time
 from typing import Any, Iterable
 
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.config import REPO_AVRO_DIR
+from stream_app.resources import AVRO_DIR
 from stream_app.core.windows import FileCut, FileKey
 
 # Schema ids written in the wire-format header of journal and dead-letter records when no
@@ -19,7 +19,7 @@ from stream_app.core.windows import FileCut, FileKey
 JOURNAL_SCHEMA_ID = 1001
 DEAD_LETTER_SCHEMA_ID = 1002
 
-JOURNAL_SCHEMA = load_schema(REPO_AVRO_DIR / "journal_event.avsc")
+JOURNAL_SCHEMA = load_schema(AVRO_DIR / "journal_event.avsc")
 
 
 def event_id(*parts: Any) -> str:

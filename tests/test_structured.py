@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_app.config import REPO_SCHEMAS_DIR, ConfigError, parse_config
+from stream_app.config import ConfigError, parse_config
+from stream_app.resources import SCHEMAS_DIR
 from stream_app.core.records import SourceRecord
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, load_pack, pack_path
@@ -27,7 +28,7 @@ START_MS = int(DEMO_START.timestamp() * 1000)
 PACKS = {"pcs-clearing": "xml", "settlement-report": "csv", "fixed-clearing": "dat", "net-positions": "csv"}
 
 
-def assembler_for(schema_id: str, schemas_dir: Path = REPO_SCHEMAS_DIR) -> StructuredAssembler:
+def assembler_for(schema_id: str, schemas_dir: Path = SCHEMAS_DIR) -> StructuredAssembler:
     pack = load_pack(pack_path(schemas_dir, schema_id, "1.0.0"))
     return StructuredAssembler(pack, "F_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.out")
 
@@ -113,7 +114,7 @@ def test_runtime_validation_names_field_and_rule_but_not_the_value(change, rule)
 
 
 def test_xsd_violation_is_caught_before_the_file_is_written(tmp_path):
-    shutil.copytree(REPO_SCHEMAS_DIR / "pcs-clearing", tmp_path / "pcs-clearing")
+    shutil.copytree(SCHEMAS_DIR / "pcs-clearing", tmp_path / "pcs-clearing")
     xsd = tmp_path / "pcs-clearing" / "1.0.0" / "clearing.xsd"
     xsd.write_text(xsd.read_text().replace('<xs:pattern value="[A-Z]{3}"/>', '<xs:pattern value="[A-Z]{2}"/>'))
     assembler = assembler_for("pcs-clearing", tmp_path)
@@ -124,7 +125,7 @@ def test_xsd_violation_is_caught_before_the_file_is_written(tmp_path):
 
 
 def _broken_pack(tmp_path: Path, schema_id: str, edit) -> Path:
-    shutil.copytree(REPO_SCHEMAS_DIR / schema_id, tmp_path / schema_id)
+    shutil.copytree(SCHEMAS_DIR / schema_id, tmp_path / schema_id)
     path = pack_path(tmp_path, schema_id, "1.0.0")
     data = yaml.safe_load(path.read_text())
     edit(data)
