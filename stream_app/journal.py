@@ -32,8 +32,8 @@ def now_ms() -> int:
 
 def _offsets(cut: FileCut) -> list[dict]:
     return [
-        {"topic": cut.key.topic, "partition": cut.key.partition, "first": first, "last": last}
-        for first, last in cut.offset_ranges()
+        {"topic": topic, "partition": partition, "first": first, "last": last}
+        for (topic, partition), ranges in cut.source_ranges().items() for first, last in ranges
     ]
 
 

@@ -391,7 +391,8 @@ class FilePipeline:
             "schema": self._schema_ref,
             "compression": self._compression,
             "offsets": [
-                {"topic": cut.key.topic, "partition": cut.key.partition, "ranges": [list(r) for r in cut.offset_ranges()]}
+                {"topic": topic, "partition": partition, "ranges": [list(r) for r in ranges]}
+                for (topic, partition), ranges in cut.source_ranges().items()
             ],
         }
 

@@ -172,7 +172,7 @@ def test_restart_from_checkpoint_reproduces_the_uninterrupted_files(seed):
 
 
 def test_facts_round_trip_json():
-    facts = WindowFacts(2, True, {0: [(1, 3)], 1: [(4, 9)]})
+    facts = WindowFacts(2, True, {0: {("t", 0): [(1, 3)]}, 1: {("t", 0): [(4, 9)], ("t", 1): [(0, 2)]}})
     assert WindowFacts.from_json(facts.to_json()) == facts
     assert facts.holds_offset(5) and not facts.holds_offset(10)
 

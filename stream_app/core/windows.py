@@ -42,17 +42,34 @@ class MissingGroupField(ValueError):
 
 @dataclass(frozen=True, slots=True, order=True)
 class FileKey:
-    topic: str
-    partition: int
+    """What one file (and its parts) is about.
+
+    ``fileScope: partition``: (topic, partition, window, group values).  ``fileScope: window``
+    (business files): topic and partition are None, the key spans every input partition.
+    """
+
+    topic: str | None
+    partition: int | None
     window_start_ms: int
     window_end_ms: int
     group: tuple[tuple[str, str], ...] = ()
 
     @property
+    def per_partition(self) -> bool:
+        return self.partition is not None
+
+    @property
     def id(self) -> str:
-        parts = [self.topic, str(self.partition), str(self.window_start_ms)]
+        parts = [self.topic, str(self.partition)] if self.partition is not None else []
+        parts.append(str(self.window_start_ms))
         parts.extend(f"{name}={value}" for name, value in self.group)
-        return "/".join(parts)
+        return "/".join(str(p) for p in parts)
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        """The source partition of a partition-scoped key."""
+        assert self.topic is not None and self.partition is not None
+        return (self.topic, self.partition)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +88,10 @@ class WindowPolicy:
 class WindowAssigner:
     """Maps a record to its file key (the Partitioner of Kafka Connect's vocabulary)."""
 
-    def __init__(self, policy: WindowPolicy, group_by: Iterable[str] = ()) -> None:
+    def __init__(self, policy: WindowPolicy, group_by: Iterable[str] = (), per_partition: bool = True) -> None:
         self._policy = policy
         self._group_by = tuple(group_by)
+        self._per_partition = per_partition
         self._keys: dict[tuple, FileKey] = {}  # interned keys: one FileKey per file, not per record
 
     def key_for(self, record: SourceRecord, event_time_ms: int | None = None) -> FileKey:
@@ -84,13 +102,13 @@ class WindowAssigner:
             if value is None or value == "":
                 raise MissingGroupField(name)
             group.append((name, str(value)))
-        ident = (record.topic, record.partition, start, *group)
+        topic, partition = (record.topic, record.partition) if self._per_partition else (None, None)
+        ident = (topic, partition, start, *group)
         key = self._keys.get(ident)
         if key is None:
             if len(self._keys) >= 100_000:
                 self._keys.clear()
-            key = self._keys[ident] = FileKey(record.topic, record.partition, start,
-                                              start + self._policy.size_ms, tuple(group))
+            key = self._keys[ident] = FileKey(topic, partition, start, start + self._policy.size_ms, tuple(group))
         return key
 
 
@@ -105,22 +123,34 @@ def compress_offsets(offsets: Iterable[int]) -> list[tuple[int, int]]:
     return ranges
 
 
+TP = tuple[str, int]
+# Offset ranges of a part per source partition: {(topic, partition): [(first, last), ...]}.
+SourceRanges = dict[TP, list[tuple[int, int]]]
+
+
 @dataclass
 class WindowFacts:
-    """What is durably known about a file window: persisted in the state table."""
+    """What is durably known about a file window: persisted in the state table.
+
+    ``parts`` maps a finalized part to its offset ranges per source partition (one partition in
+    partition scope, every contributing input partition in window scope).
+    """
 
     next_part: int = 0
     closed: bool = False
-    parts: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    parts: dict[int, SourceRanges] = field(default_factory=dict)
 
-    def holds_offset(self, offset: int) -> bool:
-        return any(first <= offset <= last for ranges in self.parts.values() for first, last in ranges)
+    def holds_offset(self, offset: int, tp: TP | None = None) -> bool:
+        return any(first <= offset <= last for sources in self.parts.values()
+                   for source, ranges in sources.items() if tp is None or source == tp
+                   for first, last in ranges)
 
     def to_json(self) -> dict:
         return {
             "next_part": self.next_part,
             "closed": self.closed,
-            "parts": {str(p): [list(r) for r in ranges] for p, ranges in self.parts.items()},
+            "parts": {str(p): [[t, n, [list(r) for r in ranges]] for (t, n), ranges in sources.items()]
+                      for p, sources in self.parts.items()},
         }
 
     @classmethod
@@ -128,23 +158,41 @@ class WindowFacts:
         return cls(
             next_part=int(data["next_part"]),
             closed=bool(data["closed"]),
-            parts={int(p): [(int(a), int(b)) for a, b in ranges] for p, ranges in data["parts"].items()},
+            parts={int(p): {(str(t), int(n)): [(int(a), int(b)) for a, b in ranges] for t, n, ranges in sources}
+                   for p, sources in data["parts"].items()},
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Everything below ``offset`` is in finalized files; ``watermark_ms`` is their max event time."""
+    """Everything below ``offset`` of a stage's input partition is done.
+
+    Partition scope and routing: ``watermark_ms`` is the max event time below the offset and
+    ``closed_before_ms`` the partition's close frontier (every window ending at or before it is
+    closed, by the watermark or by an idle close).  File stage: ``frontiers`` holds each input
+    partition's close frontier as of the offset.
+    """
 
     offset: int
     watermark_ms: int | None
+    closed_before_ms: int | None = None
+    frontiers: tuple[tuple[str, int, int], ...] | None = None
 
     def to_json(self) -> dict:
-        return {"offset": self.offset, "watermark_ms": self.watermark_ms}
+        data: dict = {"offset": self.offset, "watermark_ms": self.watermark_ms}
+        if self.closed_before_ms is not None:
+            data["closed_before_ms"] = self.closed_before_ms
+        if self.frontiers is not None:
+            data["frontiers"] = [list(f) for f in self.frontiers]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Checkpoint":
-        return cls(int(data["offset"]), None if data["watermark_ms"] is None else int(data["watermark_ms"]))
+        closed = data.get("closed_before_ms")
+        frontiers = data.get("frontiers")
+        return cls(int(data["offset"]), None if data["watermark_ms"] is None else int(data["watermark_ms"]),
+                   None if closed is None else int(closed),
+                   None if frontiers is None else tuple((str(t), int(p), int(c)) for t, p, c in frontiers))
 
 
 @dataclass(slots=True)
@@ -161,18 +209,36 @@ class FileCut:
     reason: CutReason
     closes_window: bool
     count: int = 0
+    # The lowest offset of the stage's input partition the cut depends on (the commit gate):
+    # a source offset in partition scope, a repartition offset in window scope.
     first_offset: int = 0
+    # Partition scope: the ranges of the key's own partition; window scope: see ``sources``.
     ranges: list[tuple[int, int]] = field(default_factory=list)
+    sources: SourceRanges | None = None
 
     @classmethod
     def of(cls, key: FileKey, part: int, records: list[SourceRecord], reason: CutReason = "count",
-           closes_window: bool = False) -> "FileCut":
-        """A cut holding ``records`` (non-empty, offset order)."""
-        ranges = compress_offsets(r.offset for r in records)
-        return cls(key, part, records, reason, closes_window, len(records), ranges[0][0], ranges)
+           closes_window: bool = False, first_offset: int | None = None) -> "FileCut":
+        """A cut holding ``records`` (non-empty, in file order)."""
+        if key.per_partition:
+            ranges = compress_offsets(r.offset for r in records)
+            return cls(key, part, records, reason, closes_window, len(records), ranges[0][0], ranges)
+        return cls(key, part, records, reason, closes_window, len(records), first_offset or 0, [],
+                   source_ranges(records))
 
-    def offset_ranges(self) -> list[tuple[int, int]]:
-        return self.ranges
+    def source_ranges(self) -> SourceRanges:
+        """Offset ranges per source partition, in (topic, partition) order."""
+        if self.sources is not None:
+            return self.sources
+        return {self.key.tp: self.ranges}
+
+
+def source_ranges(records: Iterable[SourceRecord]) -> SourceRanges:
+    """Offset ranges per source partition of records that are in offset order per partition."""
+    by_source: dict[TP, list[int]] = {}
+    for r in records:
+        by_source.setdefault((r.topic, r.partition), []).append(r.offset)
+    return {tp: compress_offsets(sorted(offsets)) for tp, offsets in sorted(by_source.items())}
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +354,8 @@ class PartitionWindower:
         except KeyError:
             facts = self._facts[key] = self._lookup(key)
             if facts is not None:
-                self._finalized_high = max([self._finalized_high] + [last for ranges in facts.parts.values()
+                self._finalized_high = max([self._finalized_high] + [last for sources in facts.parts.values()
+                                                                     for ranges in sources.values()
                                                                      for _, last in ranges])
             return facts
 
@@ -432,7 +499,8 @@ class PartitionWindower:
         del self._pending[(cut.key, cut.part)]
         self._buffered -= len(cut.records)  # 0 in streaming mode
         facts = self.facts_for(cut.key) or WindowFacts()
-        facts.parts[cut.part] = ranges = cut.offset_ranges()
+        facts.parts[cut.part] = {cut.key.tp: cut.ranges}
+        ranges = cut.ranges
         if ranges:
             self._finalized_high = max(self._finalized_high, max(last for _, last in ranges))
         facts.next_part = max(facts.next_part, cut.part + 1)
