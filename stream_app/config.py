@@ -73,7 +73,17 @@ class KafkaSettings(_Model):
     # leaves the worker waiting on broker round trips between batches; the fetch loop stays
     # bounded by what it buffers (one fetch per partition) and by aiokafka's 50 MiB per request.
     maxPartitionFetchBytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # fileScope: window: partitions of the internal repartition topic (the file stage's input and
+    # the unit of file ownership); the input topics' partition count when unset.
+    repartitionPartitions: int | None = Field(default=None, ge=1)
+    # Retention of the repartition topic: it must hold a window's records until its files are
+    # written (window size + grace + the longest lag you want to survive).
+    repartitionRetentionMs: int = Field(default=7 * 24 * 3600 * 1000, ge=3600 * 1000)
     security: KafkaSecurity = KafkaSecurity()
+
+    @property
+    def repartition_partitions(self) -> int:
+        return self.repartitionPartitions or self.topicPartitions
 
 
 class InputSettings(_Model):
@@ -111,6 +121,10 @@ class SchemaRef(_Model):
 
 class WorkerSettings(_Model):
     mode: Literal["template", "structured"] = "template"
+    # window: one file per file window (window + groupBy values) across every input partition,
+    # routed through a repartition topic (business files).  partition: files per source
+    # partition (the key includes it), like Kafka Connect's S3 sink.
+    fileScope: Literal["window", "partition"] = "window"
     # Structured mode: the schema pack schemas/<id>/<version>/pack.yaml.
     schema_: SchemaRef | None = Field(default=None, alias="schema")
     # Streaming append (seed V1): records go to an on-disk spool as they arrive, so memory does
@@ -157,6 +171,13 @@ class WorkerSettings(_Model):
                 raise ValueError("worker.streamingWindowMs applies only with worker.streamingAppendEnabled: true")
             if "sizeMs" in self.window.model_fields_set and self.window.sizeMs != self.streamingWindowMs:
                 raise ValueError("worker.streamingWindowMs and worker.window.sizeMs disagree; set one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _scope(self) -> "WorkerSettings":
+        if self.fileScope == "window" and self.streamingAppendEnabled:
+            raise ValueError("worker.streamingAppendEnabled is not available with worker.fileScope: window yet; "
+                             "use fileScope: partition for streaming append")
         return self
 
     @property
@@ -245,6 +266,15 @@ class AppSettings(_Model):
     schemasDir: str = str(SCHEMAS_DIR)
     # Streaming mode: where open parts are spooled (a fresh temporary directory when unset).
     spoolDir: str | None = None
+
+    @property
+    def repartition_topic(self) -> str:
+        """The internal topic between the routing and the file stage (fileScope: window)."""
+        return f"{self.appId}-files-repartition"
+
+    @property
+    def input_partitions(self) -> tuple[tuple[str, int], ...]:
+        return tuple((t, p) for t in self.kafka.inputTopics for p in range(self.kafka.topicPartitions))
 
 
 def _expand_env(node: Any, path: str) -> Any:

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from stream_app.codecs import DecodeError, Decoder
+from stream_app.codecs.repartition import FrontierMarker, RoutedRun, decode as decode_repartition
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.compression import gzipped
 from stream_app.core.spool import FileSpool
 from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
 from stream_app.core.structured.project import InvalidRecord
+from stream_app.core.routing import WindowCollector, repartition_partition
 from stream_app.core.template import AssemblyError, TemplateAssembler, TemplatePart
 from stream_app.core.windows import (
     Checkpoint,
@@ -119,8 +121,32 @@ class FlushSummary:
     failed: int = 0
     names: list[str] = field(default_factory=list)
 
+    def add(self, other: "FlushSummary") -> None:
+        self.files += other.files
+        self.records += other.records
+        self.bytes += other.bytes
+        self.failed += other.failed
+        self.names.extend(other.names)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowScope:
+    """``fileScope: window``: this pipeline is the file stage, reading the repartition topic."""
+
+    repartition_topic: str
+    repartition_partitions: int
+    sources: tuple[TP, ...]  # every input partition; a window closes once all have closed it
+
+    def owner_of(self, key: FileKey) -> TP:
+        return (self.repartition_topic, repartition_partition(key, self.repartition_partitions))
+
+
+Stage = PartitionWindower | WindowCollector
+
 
 class FilePipeline:
+    """Partition scope: source records -> files.  Window scope: routed records -> files."""
+
     def __init__(
         self,
         policy: WindowPolicy,
@@ -138,8 +164,10 @@ class FilePipeline:
         compression: str = "none",
         schema_ref: str | None = None,
         metrics: Metrics | None = None,
+        window_scope: WindowScope | None = None,
     ) -> None:
         self._policy = policy
+        self._scope = window_scope
         self._assigner = WindowAssigner(policy, group_by)
         self._decoder = decoder
         self._assembler = assembler
@@ -150,7 +178,7 @@ class FilePipeline:
         self._retry_initial = retry_initial_ms
         self._retry_max = retry_max_ms
         self._mode = mode
-        self._windowers: dict[TP, PartitionWindower] = {}
+        self._windowers: dict[TP, Stage] = {}
         self._retries: dict[tuple[FileKey, int], _Retry] = {}
         # Checkpoints written to the state store, and those confirmed durable (the commit gate).
         self._sent_checkpoints: dict[TP, Checkpoint] = {}
@@ -172,8 +200,30 @@ class FilePipeline:
         self.metrics = metrics
 
     # -- partitions -------------------------------------------------------------------------
+    def _owner_of(self, key: FileKey) -> TP:
+        """The partition of this stage's input whose state holds the key's files."""
+        return self._scope.owner_of(key) if self._scope is not None else key.tp
+
     def windower(self, tp: TP) -> PartitionWindower:
+        """The partition-scope state machine of a source partition."""
+        stage = self.stage(tp)
+        assert isinstance(stage, PartitionWindower)
+        return stage
+
+    def collector(self, tp: TP) -> WindowCollector:
+        """The window-scope state machine of a repartition partition."""
+        stage = self.stage(tp)
+        assert isinstance(stage, WindowCollector)
+        return stage
+
+    def stage(self, tp: TP) -> Stage:
         windower = self._windowers.get(tp)
+        if windower is None and self._scope is not None:
+            checkpoint = self._state.get_checkpoint(tp)
+            windower = self._windowers[tp] = WindowCollector(tp[0], tp[1], self._policy, self._scope.sources,
+                                                             checkpoint, self._state.get_facts)
+            if checkpoint is not None:
+                self._published_checkpoints[tp] = self._sent_checkpoints[tp] = checkpoint
         if windower is None:
             checkpoint = self._state.get_checkpoint(tp)
             on_append = None
@@ -196,7 +246,7 @@ class FilePipeline:
         writer = self._parts.get((key, part))
         if writer is None:
             digest = hashlib.sha1(key.id.encode()).hexdigest()[:20]
-            spool = FileSpool(self._partition_spool((key.topic, key.partition)) / f"{digest}-{part}.spool")
+            spool = FileSpool(self._partition_spool(key.tp) / f"{digest}-{part}.spool")
             writer = self._parts[(key, part)] = self._assembler.open_part(key, part, spool)
         writer.append(record)
         failpoint("pipeline.append")
@@ -210,9 +260,9 @@ class FilePipeline:
             if windower is not None:
                 for cut in windower.pending_cuts():
                     self._retries.pop((cut.key, cut.part), None)
-            for key in [k for k in self._unpersisted_facts if (k.topic, k.partition) == tp]:
+            for key in [k for k in self._unpersisted_facts if self._owner_of(k) == tp]:
                 del self._unpersisted_facts[key]
-            for key_part in [kp for kp in self._parts if (kp[0].topic, kp[0].partition) == tp]:
+            for key_part in [kp for kp in self._parts if self._owner_of(kp[0]) == tp]:
                 self._parts.pop(key_part).discard()
 
     def partitions(self) -> list[TP]:
@@ -260,6 +310,45 @@ class FilePipeline:
                 continue
             self._handle_outputs(outputs, raw)
 
+    def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
+        """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
+        messages = []
+        sources: list[RawRecord] = []
+        for raw in raws:
+            collector = self.collector((raw.topic, raw.partition))
+            if collector.already_processed(raw.offset):
+                continue
+            assert raw.value is not None
+            message = decode_repartition(raw.value)
+            messages.append((collector, raw.offset, message))
+            if isinstance(message, RoutedRun):
+                topic, partition = message.source
+                sources.extend(RawRecord(topic, partition, offset, None, None, value)
+                               for offset, _, value in message.records)
+        # The routing stage decoded (and validated) every routed value already; decoded again here.
+        decoded = iter(self._decoder.decode_many(sources))
+        for collector, position, message in messages:
+            if isinstance(message, FrontierMarker):
+                self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
+                continue
+            records = []
+            for _ in message.records:
+                record = next(decoded)
+                if type(record) is not SourceRecord:
+                    raise record  # the same codec accepted this value when routing it
+                if self._structured is not None:
+                    record = self._project_routed(record)
+                records.append(record)
+            self._handle_outputs(collector.add_records(position, message.key, message.source, records, now_wall_ms))
+
+    def _project_routed(self, record: SourceRecord) -> SourceRecord:
+        assert self._structured is not None
+        try:
+            row: object = self._structured.project(record.value)
+        except InvalidRecord as exc:
+            row = exc.violation  # onInvalidRecord: fail (the routing stage dead-letters otherwise)
+        return SourceRecord(record.topic, record.partition, record.offset, record.event_time_ms, record.value, row)
+
     def prepare(self, raw: RawRecord) -> SourceRecord:
         """Decode (and in structured mode project) one record; raises on bad input (replay)."""
         record = self._decoder.decode(raw)
@@ -287,7 +376,7 @@ class FilePipeline:
                 self._publisher.journal(self._journal.opened(out.key), out.key.id)
             elif isinstance(out, WindowClosed):
                 if out.persist:
-                    facts = self.windower((out.key.topic, out.key.partition)).mark_closed(out.key)
+                    facts = self.stage(self._owner_of(out.key)).mark_closed(out.key)
                     if facts is not None:
                         self._unpersisted_facts[out.key] = facts
                 self._publisher.journal(self._journal.closed(out.key, out.parts, out.reason), out.key.id)
@@ -333,12 +422,12 @@ class FilePipeline:
 
     def is_pending(self, cut: FileCut) -> bool:
         """The cut still waits to be written by this worker (its partition was not revoked)."""
-        windower = self._windowers.get((cut.key.topic, cut.key.partition))
+        windower = self._windowers.get(self._owner_of(cut.key))
         return windower is not None and windower.is_pending(cut)
 
     def ready_to_write(self, cut: FileCut) -> bool:
         """Pending here, and every earlier part of its window is finalized (parts go in order)."""
-        windower = self._windowers.get((cut.key.topic, cut.key.partition))
+        windower = self._windowers.get(self._owner_of(cut.key))
         return windower is not None and windower.is_pending(cut) and not windower.waits_for_earlier_part(cut)
 
     def write_cut(self, cut: FileCut) -> WriteOutcome:
@@ -399,7 +488,7 @@ class FilePipeline:
     def apply_write(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
         if not self.is_pending(cut):
             return  # partition revoked while the write ran; the new owner re-creates the file
-        windower = self._windowers[(cut.key.topic, cut.key.partition)]
+        windower = self._windowers[self._owner_of(cut.key)]
         if outcome.result is None:
             retry = self._retries.setdefault((cut.key, cut.part), _Retry())
             retry.attempt += 1

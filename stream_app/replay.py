@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary
+from stream_app.routing_stage import RoutingStage
 from stream_app.sinks.base import Sink, WriteResult
 
 END_OF_INPUT_MS = 2**62  # a wall-clock "now" after every window end: closes everything
@@ -40,13 +41,7 @@ def flush_due(pipeline: FilePipeline, now_wall_ms: int) -> FlushSummary:
 def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000) -> FlushSummary:
     total = FlushSummary()
 
-    def add(summary: FlushSummary) -> None:
-        total.files += summary.files
-        total.records += summary.records
-        total.bytes += summary.bytes
-        total.failed += summary.failed
-        total.names.extend(summary.names)
-
+    add = total.add
     batch: list[RawRecord] = []
     for raw in raws:
         batch.append(raw)
@@ -58,6 +53,54 @@ def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: i
     add(flush_due(pipeline, 0))
     pipeline.tick(END_OF_INPUT_MS)
     add(flush_due(pipeline, END_OF_INPUT_MS))
+    return total
+
+
+class LoopbackSender:
+    """Both stages in one process: the file stage reads what the routing stage sends, in order,
+    without a repartition topic (the bytes do not depend on where the records travel)."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._next: dict[int, int] = {}
+        self._queued: list[RawRecord] = []
+
+    def send(self, partition: int, key: bytes, value: bytes) -> None:
+        offset = self._next.get(partition, 0)
+        self._next[partition] = offset + 1
+        self._queued.append(RawRecord(self._topic, partition, offset, None, key, value))
+
+    def drain(self) -> list[RawRecord]:
+        queued, self._queued = self._queued, []
+        return queued
+
+
+def run_window_records(routing: RoutingStage, files: FilePipeline, sender: LoopbackSender,
+                       sources: Iterable[tuple[str, int]], raws: Iterable[RawRecord],
+                       batch_size: int = 10_000) -> FlushSummary:
+    """Business files over a bounded input: route, collect, and close every window at the end."""
+    total = FlushSummary()
+
+    def step(batch: list[RawRecord], now_wall_ms: int) -> None:
+        routing.process(batch, now_wall_ms)
+        files.process_routed(sender.drain(), now_wall_ms)
+        total.add(flush_due(files, now_wall_ms))
+        routing.advance_checkpoints()
+        routing.confirm_checkpoints()
+
+    routing.assign(sources, 0)
+    batch: list[RawRecord] = []
+    for raw in raws:
+        batch.append(raw)
+        if len(batch) >= batch_size:
+            step(batch, 0)
+            batch = []
+    step(batch, 0)
+    closed = routing.close_idle(END_OF_INPUT_MS, lambda tp: True)
+    routing.advance_checkpoints()
+    routing.confirm_checkpoints()
+    routing.announce(closed)
+    step([], END_OF_INPUT_MS)
     return total
 
 

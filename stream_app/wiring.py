@@ -17,7 +17,8 @@ from stream_app.core.template import TemplateAssembler
 from stream_app.core.windows import WindowPolicy
 from stream_app.journal import Journal
 from stream_app.ops.metrics import Metrics
-from stream_app.pipeline import FilePipeline, Publisher, StateStore
+from stream_app.pipeline import FilePipeline, Publisher, StateStore, WindowScope
+from stream_app.routing_stage import RepartitionSender, RoutingStage
 from stream_app.sinks.base import Sink
 from stream_app.sinks.local import LocalSink
 
@@ -88,13 +89,39 @@ def prepare_worker_spool(settings: AppSettings) -> Path | None:
     return Path(settings.spoolDir or tempfile.mkdtemp(prefix=f"{settings.appId}-spool-"))
 
 
-def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: Sink | None = None,
-                   spool_dir: Path | None = None, metrics: Metrics | None = None) -> FilePipeline:
+def window_scope(settings: AppSettings, sources: tuple[tuple[str, int], ...] | None = None) -> WindowScope | None:
+    """The file stage's view of business files; None in partition scope.  ``sources``: the input
+    partitions a window waits for (all of them live; the replayed ones in a replay)."""
+    if settings.worker.fileScope != "window":
+        return None
+    return WindowScope(settings.repartition_topic, settings.kafka.repartition_partitions,
+                       settings.input_partitions if sources is None else sources)
+
+
+def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher,
+                  sender: RepartitionSender) -> RoutingStage:
     worker = settings.worker
+    assembler = build_assembler(settings)
+    return RoutingStage(window_policy(settings), worker.groupBy, build_decoder(settings),
+                        assembler if isinstance(assembler, StructuredAssembler) else None, state, publisher,
+                        sender, settings.kafka.repartition_partitions)
+
+
+def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: Sink | None = None,
+                   spool_dir: Path | None = None, metrics: Metrics | None = None,
+                   sources: tuple[tuple[str, int], ...] | None = None) -> FilePipeline:
+    """Partition scope: the whole pipeline; window scope: the file stage."""
+    worker = settings.worker
+    scope = window_scope(settings, sources)
+    decoder = build_decoder(settings)
+    if scope is not None and isinstance(decoder, ProcessAvroDecoder):
+        # The routing stage has the decode helper; routed values are decoded in the worker.
+        decoder = AvroDecoder(SchemaResolver(settings.input.avroSchemas, settings.input.schemaRegistryUrl),
+                              settings.input.eventTimeField, settings.input.maxRecordBytes)
     return FilePipeline(
         window_policy(settings),
         worker.groupBy,
-        build_decoder(settings),
+        decoder,
         build_assembler(settings),
         sink or build_sink(settings),
         state,
@@ -107,4 +134,5 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
         compression=settings.sink.compression,
         schema_ref=f"{worker.schema_.id}/{worker.schema_.version}" if worker.schema_ else None,
         metrics=metrics,
+        window_scope=scope,
     )

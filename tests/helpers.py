@@ -13,6 +13,8 @@ from stream_app.core.records import RawRecord
 
 TEMPLATE_WORKER: dict[str, Any] = {
     "mode": "template",
+    # files per source partition (the names carry it); business-file tests set fileScope: window
+    "fileScope": "partition",
     # idle close needs 5 s without records after catching up: long enough that a partition starved
     # by the fetcher on a busy 2-core machine is not mistaken for an idle one
     "window": {"sizeMs": 3_600_000, "graceMs": 0, "idleTimeoutMs": 5000},

@@ -1,0 +1,403 @@
+"""Business files (``fileScope: window``): one file per file window across every input partition.
+
+Two stages, both pure state machines here (the live worker and replay drive them):
+
+* **routing**, one ``PartitionRouter`` per input partition: decides, in that partition's offset
+  order, which file window a record belongs to and whether it is late, exactly as partition
+  scope does (watermark of the partition, ``graceMs``, idle close).  It keeps no records: each
+  accepted record is sent on, keyed by its file key, and the partition's **close frontier**
+  (every window ending at or before it is closed for this partition) is announced after the
+  records that led to it.
+* **files**, one ``WindowCollector`` per repartition partition: gathers the records of each file
+  key, drops records routed twice (by source coordinates), and cuts a window's files once every
+  input partition's frontier has passed the window's end.
+
+Which records a file holds is therefore decided per input partition, in its own order, and the
+collector only waits and orders: records go into a file by (topic, partition, offset), an order
+that does not depend on how the partitions interleave, and count cuts follow it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from stream_app.core.records import SourceRecord
+from stream_app.core.windows import (
+    TP,
+    Checkpoint,
+    CutReason,
+    FactsLookup,
+    FileCut,
+    FileKey,
+    Output,
+    WindowAssigner,
+    WindowClosed,
+    WindowFacts,
+    WindowOpened,
+    WindowPolicy,
+    source_ranges,
+)
+
+
+def repartition_partition(key: FileKey, partitions: int) -> int:
+    """The repartition partition that owns a file key (stable across processes and versions)."""
+    return zlib.crc32(key.id.encode()) % partitions
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    record: SourceRecord
+    key: FileKey
+
+
+@dataclass(frozen=True, slots=True)
+class Late:
+    record: SourceRecord
+    key: FileKey  # the closed window it belonged to
+
+
+class PartitionRouter:
+    """The routing decision for one input partition.  Not thread-safe; one owner.
+
+    State that must survive a restart is the checkpoint: next offset, watermark and close
+    frontier.  A router restored from it makes the same decisions for the records after it.
+    """
+
+    def __init__(self, topic: str, partition: int, policy: WindowPolicy, assigner: WindowAssigner,
+                 checkpoint: Checkpoint | None = None) -> None:
+        self.topic = topic
+        self.partition = partition
+        self._policy = policy
+        self._assigner = assigner
+        self._next_offset: int | None = checkpoint.offset if checkpoint else None
+        self._floor = checkpoint.offset if checkpoint else 0
+        self._watermark: int | None = checkpoint.watermark_ms if checkpoint else None
+        self._idle_closed_before: int | None = checkpoint.closed_before_ms if checkpoint else None
+        self.last_record_wall_ms: int | None = None
+
+    @property
+    def watermark_ms(self) -> int | None:
+        return self._watermark
+
+    @property
+    def next_offset(self) -> int | None:
+        return self._next_offset
+
+    @property
+    def closed_before_ms(self) -> int | None:
+        """Every window whose end is at or before this is closed for this partition."""
+        by_watermark = None if self._watermark is None else self._watermark - self._policy.grace_ms
+        candidates = [c for c in (by_watermark, self._idle_closed_before) if c is not None]
+        return max(candidates) if candidates else None
+
+    def frontier(self) -> int:
+        """The close frontier as a window boundary (what markers carry); -1 before any close."""
+        closed = self.closed_before_ms
+        return -1 if closed is None else self._policy.start_of(closed)
+
+    def already_processed(self, offset: int) -> bool:
+        return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
+
+    def skip(self, offset: int) -> None:
+        """An offset consumed without a routed record (dead-lettered input)."""
+        if not self.already_processed(offset):
+            self._next_offset = offset + 1
+
+    def _is_closed(self, key: FileKey) -> bool:
+        closed = self.closed_before_ms
+        return closed is not None and key.window_end_ms <= closed
+
+    def route(self, record: SourceRecord, now_wall_ms: int) -> Routed | Late | None:
+        """None: already processed (re-read below the checkpoint)."""
+        if self.already_processed(record.offset):
+            return None
+        self._next_offset = record.offset + 1
+        self.last_record_wall_ms = now_wall_ms
+        key = self._assigner.key_for(record)
+        outcome: Routed | Late
+        if not self._is_closed(key):
+            outcome = Routed(record, key)
+        else:
+            target = None
+            if self._policy.late_records == "currentWindow" and self._watermark is not None:
+                target = self._assigner.key_for(record, event_time_ms=self._watermark)
+                if self._is_closed(target):
+                    target = None
+            outcome = Routed(record, target) if target is not None else Late(record, key)
+        if self._watermark is None or record.event_time_ms > self._watermark:
+            self._watermark = record.event_time_ms
+        return outcome
+
+    def close_idle(self, now_wall_ms: int) -> bool:
+        """An idle, caught-up partition closes the windows that ended on the wall clock.
+
+        True when the frontier moved: it must then be persisted before it is announced, so that
+        after a restart the records that arrive later are late here too.
+        """
+        last = self.last_record_wall_ms
+        if last is not None and now_wall_ms - last < self._policy.idle_timeout_ms:
+            return False
+        before = self.frontier()
+        closed = now_wall_ms - self._policy.grace_ms
+        if self._idle_closed_before is None or closed > self._idle_closed_before:
+            self._idle_closed_before = closed
+        return self.frontier() > before
+
+    def idle_since(self, now_wall_ms: int) -> None:
+        """Start the idle clock of a partition that has not had a record yet (just assigned)."""
+        if self.last_record_wall_ms is None:
+            self.last_record_wall_ms = now_wall_ms
+
+    def checkpoint(self) -> Checkpoint | None:
+        if self._next_offset is None:
+            if self._idle_closed_before is None:
+                return None
+            return Checkpoint(self._floor, self._watermark, self._idle_closed_before)
+        return Checkpoint(self._next_offset, self._watermark, self._idle_closed_before)
+
+
+# -- files -----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _CollectingWindow:
+    key: FileKey
+    part: int
+    by_source: dict[TP, list[SourceRecord]] = field(default_factory=dict)
+    last_offset: dict[TP, int] = field(default_factory=dict)
+    count: int = 0
+    first_position: int | None = None  # repartition offset of the oldest record held
+    first_buffered_wall_ms: int | None = None
+
+
+class WindowCollector:
+    """The file stage for one repartition partition.  Not thread-safe; one owner.
+
+    Offers the interface ``FilePipeline`` finalizes and commits through (the same as
+    ``PartitionWindower``'s): pending cuts, facts, and a checkpoint of the repartition partition.
+    The checkpoint carries every input partition's frontier as of its offset, so a restart that
+    reads on from it knows exactly what the markers below it said.
+    """
+
+    def __init__(self, topic: str, partition: int, policy: WindowPolicy, sources: Iterable[TP],
+                 checkpoint: Checkpoint | None = None, facts_lookup: FactsLookup | None = None) -> None:
+        self.topic = topic
+        self.partition = partition
+        self._policy = policy
+        self._sources = frozenset(sources)
+        self._lookup = facts_lookup or (lambda key: None)
+        self._next_offset: int | None = checkpoint.offset if checkpoint else None
+        self._floor = checkpoint.offset if checkpoint else 0
+        base = {(t, p): c for t, p, c in (checkpoint.frontiers or ())} if checkpoint else {}
+        self._base_frontiers: dict[TP, int] = dict(base)
+        self._frontiers: dict[TP, int] = dict(base)
+        self._marks: deque[tuple[int, TP, int]] = deque()  # (repartition offset, source, frontier)
+        self._open: dict[FileKey, _CollectingWindow] = {}
+        self._pending: dict[tuple[FileKey, int], FileCut] = {}
+        self._facts: dict[FileKey, WindowFacts | None] = {}
+        self._closing: set[FileKey] = set()
+        self._buffered = 0
+        self.duplicates = 0
+        self.last_record_wall_ms: int | None = None
+
+    # -- inspection (as PartitionWindower) ----------------------------------------------------
+    @property
+    def next_offset(self) -> int | None:
+        return self._next_offset
+
+    @property
+    def buffered_records(self) -> int:
+        return self._buffered
+
+    @property
+    def open_windows(self) -> list[FileKey]:
+        return list(self._open)
+
+    def open_since(self) -> list[int]:
+        return [w.first_buffered_wall_ms for w in self._open.values() if w.first_buffered_wall_ms is not None]
+
+    def frontier_of(self, source: TP) -> int | None:
+        return self._frontiers.get(source)
+
+    def facts_for(self, key: FileKey) -> WindowFacts | None:
+        try:
+            return self._facts[key]
+        except KeyError:
+            facts = self._facts[key] = self._lookup(key)
+            return facts
+
+    def already_processed(self, offset: int) -> bool:
+        return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
+
+    # -- input --------------------------------------------------------------------------------
+    def add_records(self, position: int, key: FileKey, source: TP, records: Iterable[SourceRecord],
+                    now_wall_ms: int) -> list[Output]:
+        """Records of one source partition for one file key, in source offset order, read at
+        repartition offset ``position``."""
+        if self.already_processed(position):
+            return []
+        self._next_offset = position + 1
+        self.last_record_wall_ms = now_wall_ms
+        out: list[Output] = []
+        facts = self.facts_for(key)
+        if facts is not None and facts.closed:
+            self.duplicates += sum(1 for _ in records)  # routed again after the file was written
+            return out
+        window = self._open.get(key)
+        for record in records:
+            if window is not None and record.offset <= window.last_offset.get(source, -1):
+                self.duplicates += 1
+                continue
+            if facts is not None and facts.holds_offset(record.offset, source):
+                self.duplicates += 1  # in an early-cut part that is already written
+                continue
+            if window is None:
+                window = self._open[key] = _CollectingWindow(key, facts.next_part if facts else 0)
+                if facts is None:
+                    out.append(WindowOpened(key))
+            if window.first_position is None:
+                window.first_position = position
+                window.first_buffered_wall_ms = now_wall_ms
+            window.by_source.setdefault(source, []).append(record)
+            window.last_offset[source] = record.offset
+            window.count += 1
+            self._buffered += 1
+        return out
+
+    def add_frontier(self, position: int, source: TP, frontier: int) -> list[Output]:
+        """An input partition's close frontier, read at repartition offset ``position``."""
+        if self.already_processed(position):
+            return []
+        self._next_offset = position + 1
+        if frontier <= self._frontiers.get(source, -1):
+            return []
+        self._frontiers[source] = frontier
+        self._marks.append((position, source, frontier))
+        return self._close_complete()
+
+    def skip(self, position: int) -> None:
+        if not self.already_processed(position):
+            self._next_offset = position + 1
+
+    def closed_through(self) -> int | None:
+        """Windows ending at or before this are closed for every input partition."""
+        if not self._sources or any(s not in self._frontiers for s in self._sources):
+            return None
+        return min(self._frontiers[s] for s in self._sources)
+
+    def _close_complete(self) -> list[Output]:
+        through = self.closed_through()
+        out: list[Output] = []
+        if through is None:
+            return out
+        for key in sorted(k for k in self._open if k.window_end_ms <= through):
+            window = self._open.pop(key)
+            self._cut(window, "watermark", closes_window=True, out=out)
+            out.append(WindowClosed(key, window.part, "watermark", persist=False))
+        return out
+
+    # -- cuts ---------------------------------------------------------------------------------
+    def _cut(self, window: _CollectingWindow, reason: CutReason, closes_window: bool, out: list[Output]) -> None:
+        """Everything the window holds becomes parts: records in (topic, partition, offset) order,
+        ``maxRecordsPerFile`` to a part."""
+        if not window.count:
+            return
+        ordered = [r for source in sorted(window.by_source) for r in window.by_source[source]]
+        size = self._policy.max_records_per_file
+        chunks = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+        assert window.first_position is not None
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            cut = FileCut(window.key, window.part, chunk, reason if last else "count", closes_window and last,
+                          len(chunk), window.first_position, [], source_ranges(chunk))
+            self._pending[(cut.key, cut.part)] = cut
+            out.append(cut)
+            window.part += 1
+        window.by_source = {}
+        window.count = 0
+        window.first_position = None
+        window.first_buffered_wall_ms = None
+
+    def cut_idle(self, now_wall_ms: int) -> list[Output]:
+        return []  # idleness is decided per input partition, by the routing stage
+
+    def cut_interval(self, now_wall_ms: int) -> list[Output]:
+        interval = self._policy.flush_interval_ms
+        if interval is None:
+            return []
+        out: list[Output] = []
+        for window in sorted(self._open.values(), key=lambda w: w.key):
+            since = window.first_buffered_wall_ms
+            if window.count and since is not None and now_wall_ms - since >= interval:
+                self._cut(window, "interval", closes_window=False, out=out)
+        return out
+
+    def cut_largest(self) -> list[Output]:
+        candidates = [w for w in self._open.values() if w.count]
+        if not candidates:
+            return []
+        out: list[Output] = []
+        self._cut(max(candidates, key=lambda w: (w.count, w.key)), "pressure", closes_window=False, out=out)
+        return out
+
+    # -- finalization and commit (as PartitionWindower) ---------------------------------------
+    def pending_cuts(self) -> list[FileCut]:
+        return sorted(self._pending.values(), key=lambda c: (c.key, c.part))
+
+    def is_pending(self, cut: FileCut) -> bool:
+        return self._pending.get((cut.key, cut.part)) is cut
+
+    def waits_for_earlier_part(self, cut: FileCut) -> bool:
+        return any(key == cut.key and part < cut.part for key, part in self._pending)
+
+    def _has_pending(self, key: FileKey) -> bool:
+        return any(k == key for k, _ in self._pending)
+
+    def mark_finalized(self, cut: FileCut) -> WindowFacts:
+        del self._pending[(cut.key, cut.part)]
+        self._buffered -= len(cut.records)
+        facts = self.facts_for(cut.key) or WindowFacts()
+        facts.parts[cut.part] = cut.source_ranges()
+        facts.next_part = max(facts.next_part, cut.part + 1)
+        if cut.closes_window:
+            self._closing.add(cut.key)
+        if cut.key in self._closing and not self._has_pending(cut.key):
+            facts.closed = True
+            self._closing.discard(cut.key)
+        self._facts[cut.key] = facts
+        return facts
+
+    def mark_closed(self, key: FileKey) -> WindowFacts | None:
+        return None  # closes follow the frontiers, which the checkpoint carries
+
+    def commit_offset(self) -> int | None:
+        lows = [w.first_position for w in self._open.values() if w.first_position is not None]
+        lows.extend(c.first_offset for c in self._pending.values())
+        if lows:
+            return min(lows)
+        return self._next_offset
+
+    def checkpoint(self) -> Checkpoint | None:
+        offset = self.commit_offset()
+        if offset is None:
+            return None
+        while self._marks and self._marks[0][0] < offset:
+            _, source, frontier = self._marks.popleft()
+            self._base_frontiers[source] = frontier
+        self._forget_settled_facts()
+        frontiers = tuple(sorted((t, p, c) for (t, p), c in self._base_frontiers.items()))
+        return Checkpoint(offset, None, None, frontiers)
+
+    def _forget_settled_facts(self) -> None:
+        # A closed window's facts stay needed only while records for it may still be re-read.
+        through = self.closed_through()
+        if through is None:
+            return
+        pending_keys = {k for k, _ in self._pending}
+        for key in [k for k, f in self._facts.items() if f is not None and f.closed]:
+            if key.window_end_ms <= through and key not in self._open and key not in pending_keys:
+                del self._facts[key]

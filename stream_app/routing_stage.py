@@ -1,0 +1,178 @@
+"""The routing stage of business files (``fileScope: window``), shared by the live worker and replay.
+
+input batch -> decode -> validate -> route/late per input partition -> repartition records and
+close frontiers -> (driver) acknowledged -> checkpoint -> commit input offsets.
+
+It never imports Kafka: what it sends goes to a ``RepartitionSender`` (a Kafka producer in the
+worker; the file stage itself in replay), dead letters to the ``Publisher``.  It holds no
+records: a batch's routed records are sent before the batch is done, so the input partition
+can be committed as soon as the driver has their acknowledgements and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Protocol, Sequence
+
+from stream_app.codecs import DecodeError, Decoder
+from stream_app.codecs.repartition import encode_frontier, encode_runs
+from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.routing import Late, PartitionRouter, repartition_partition
+from stream_app.core.structured.assembler import StructuredAssembler
+from stream_app.core.structured.project import InvalidRecord
+from stream_app.core.windows import TP, Checkpoint, FileKey, MissingGroupField, WindowAssigner, WindowPolicy
+from stream_app.faults import failpoint
+from stream_app.pipeline import Publisher, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class RepartitionSender(Protocol):
+    def send(self, partition: int, key: bytes, value: bytes) -> None:
+        """Queue one repartition record; records to one partition keep their order."""
+        ...
+
+
+class RoutingStage:
+    def __init__(self, policy: WindowPolicy, group_by: Sequence[str], decoder: Decoder,
+                 validator: StructuredAssembler | None, state: StateStore, publisher: Publisher,
+                 sender: RepartitionSender, repartition_partitions: int) -> None:
+        self._policy = policy
+        self._assigner = WindowAssigner(policy, group_by, per_partition=False)
+        self._decoder = decoder
+        # Structured mode with onInvalidRecord: deadLetter: invalid records are dead-lettered here;
+        # with fail they are routed and halt their window in the file stage.
+        self._validator = validator if validator is not None and validator.on_invalid_record == "deadLetter" else None
+        self._state = state
+        self._publisher = publisher
+        self._sender = sender
+        self._partitions = repartition_partitions
+        self._routers: dict[TP, PartitionRouter] = {}
+        self._sent: dict[TP, Checkpoint] = {}
+        self._published: dict[TP, Checkpoint] = {}
+        self.late_records = 0
+
+    # -- partitions -------------------------------------------------------------------------
+    def router(self, tp: TP, now_wall_ms: int | None = None) -> PartitionRouter:
+        router = self._routers.get(tp)
+        if router is None:
+            checkpoint = self._state.get_checkpoint(tp)
+            router = self._routers[tp] = PartitionRouter(tp[0], tp[1], self._policy, self._assigner, checkpoint)
+            if checkpoint is not None:
+                self._sent[tp] = self._published[tp] = checkpoint
+            if now_wall_ms is not None:
+                router.idle_since(now_wall_ms)
+            # A new owner (or a restart) announces what its checkpoint says is closed: the marker
+            # of an idle close may have been lost between its checkpoint and its send.
+            self._announce(router)
+        return router
+
+    def assign(self, tps: Iterable[TP], now_wall_ms: int) -> None:
+        """Partitions this worker routes now, records or not (an empty one must close too)."""
+        for tp in tps:
+            self.router(tp, now_wall_ms)
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._routers.pop(tp, None)
+            self._sent.pop(tp, None)
+            self._published.pop(tp, None)
+
+    def partitions(self) -> list[TP]:
+        return list(self._routers)
+
+    # -- input ------------------------------------------------------------------------------
+    def prefetch(self, raws: Sequence[RawRecord]) -> None:
+        self._decoder.prefetch(raws)
+
+    def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
+        """Route a batch; its repartition records and frontiers are queued on the sender."""
+        runs: dict[tuple[FileKey, TP], list[tuple[int, int, bytes | None]]] = {}
+        touched: dict[TP, tuple[PartitionRouter, int]] = {}
+        router: PartitionRouter | None = None
+        for raw, decoded in zip(raws, self._decoder.decode_many(raws)):
+            if router is None or raw.partition != router.partition or raw.topic != router.topic:
+                router = self.router((raw.topic, raw.partition), now_wall_ms)
+                if (raw.topic, raw.partition) not in touched:
+                    touched[(raw.topic, raw.partition)] = (router, router.frontier())
+            if router.already_processed(raw.offset):
+                continue
+            try:
+                if type(decoded) is not SourceRecord:
+                    raise decoded
+                record = decoded
+                if self._validator is not None:
+                    self._validator.project(record.value)
+                outcome = router.route(record, now_wall_ms)
+            except DecodeError as exc:
+                self._dead_letter(router, raw, exc.reason, exc.detail)
+                continue
+            except MissingGroupField as exc:
+                self._dead_letter(router, raw, "MISSING_GROUP_FIELD", str(exc))
+                continue
+            except InvalidRecord as exc:
+                self._dead_letter(router, raw, "VALIDATION_FAILED", exc.violation.describe())
+                continue
+            if outcome is None:
+                continue
+            if isinstance(outcome, Late):
+                self.late_records += 1
+                self._publisher.dead_letter(raw, "LATE_RECORD",
+                                            f"window {outcome.key.id} was already closed for {raw.topic}/{raw.partition}")
+                continue
+            runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(
+                (record.offset, record.event_time_ms, raw.value))
+        for (key, source), records in runs.items():
+            partition = repartition_partition(key, self._partitions)
+            for payload in encode_runs(key, source, records):
+                self._sender.send(partition, key.id.encode(), payload)
+        # Frontiers go after the records that moved them, to every repartition partition.
+        for routed, before in touched.values():
+            if routed.frontier() > before:
+                self._announce(routed)
+        failpoint("routing.after-send")
+
+    def _dead_letter(self, router: PartitionRouter, raw: RawRecord, reason: str, detail: str) -> None:
+        self._publisher.dead_letter(raw, reason, detail)
+        router.skip(raw.offset)
+
+    def _announce(self, router: PartitionRouter) -> None:
+        frontier = router.frontier()
+        if frontier < 0:
+            return
+        payload = encode_frontier((router.topic, router.partition), router.next_offset or 0, frontier)
+        for partition in range(self._partitions):
+            self._sender.send(partition, b"", payload)
+
+    # -- wall clock -------------------------------------------------------------------------
+    def close_idle(self, now_wall_ms: int, caught_up: Callable[[TP], bool]) -> list[TP]:
+        """Idle closes: the partitions whose frontier moved.  The driver persists their checkpoints
+        (``advance_checkpoints`` + confirm) and only then calls ``announce``."""
+        return [tp for tp, router in self._routers.items() if caught_up(tp) and router.close_idle(now_wall_ms)]
+
+    def announce(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            router = self._routers.get(tp)
+            if router is not None:
+                self._announce(router)
+
+    # -- commit -----------------------------------------------------------------------------
+    def advance_checkpoints(self) -> dict[TP, Checkpoint]:
+        """Write the checkpoints that moved; the driver calls this once the batch's repartition
+        records and dead letters are acknowledged, and ``confirm_checkpoints`` once these are."""
+        moved: dict[TP, Checkpoint] = {}
+        for tp, router in self._routers.items():
+            checkpoint = router.checkpoint()
+            if checkpoint is None or checkpoint == self._sent.get(tp):
+                continue
+            self._state.put_checkpoint(tp, checkpoint)
+            self._sent[tp] = moved[tp] = checkpoint
+        return moved
+
+    def confirm_checkpoints(self) -> None:
+        for tp, checkpoint in self._sent.items():
+            if tp in self._routers:
+                self._published[tp] = checkpoint
+
+    def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:
+        return self._published.get(tp)

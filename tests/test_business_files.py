@@ -1,0 +1,152 @@
+"""Business files (fileScope: window) without a broker: both stages in one process.
+
+One file per file window across every input partition, whatever the interleaving of the
+partitions, the batch sizes or crashes of either stage.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.codecs.repartition import FrontierMarker, RoutedRun, decode, encode_frontier, encode_runs
+from stream_app.core.records import RawRecord
+from stream_app.core.windows import FileKey
+from stream_app.demo import matched_records
+from stream_app.pipeline import MemoryStateStore
+from stream_app.replay import LoopbackSender, run_window_records
+from stream_app.resources import AVRO_DIR
+from stream_app.sinks.local import LocalSink
+from stream_app.wiring import build_pipeline, build_routing
+from tests.helpers import CollectingPublisher, settings_for
+
+SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
+H = 3_600_000
+WINDOW_SCOPE = {
+    "fileScope": "window",
+    "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ part }}.txt",
+}
+
+
+def partitioned(count: int, partitions: int, seed: int = 3, span_hours: float = 5.0) -> list[list[RawRecord]]:
+    """Records spread over partitions, each partition in offset order (event times interleave)."""
+    rng = random.Random(seed)
+    out: list[list[RawRecord]] = [[] for _ in range(partitions)]
+    for rec in matched_records(count, seed, span_hours):
+        p = rng.randrange(partitions)
+        out[p].append(RawRecord("in", p, len(out[p]), None, None, encode_confluent(1, SCHEMA, rec)))
+    return out
+
+
+def interleave(parts: list[list[RawRecord]], rng: random.Random) -> list[RawRecord]:
+    """One arbitrary arrival order that keeps each partition's own order."""
+    cursors = [0] * len(parts)
+    out = []
+    while any(c < len(p) for c, p in zip(cursors, parts)):
+        p = rng.choice([i for i, part in enumerate(parts) if cursors[i] < len(part)])
+        take = rng.randint(1, 50)
+        out.extend(parts[p][cursors[p]:cursors[p] + take])
+        cursors[p] += take
+    return out
+
+
+def run(out: Path, raws: list[RawRecord], partitions: int, batch_size: int = 10_000, **worker):
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings_for(out, **{**WINDOW_SCOPE, **worker})
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": partitions})})
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
+    run_window_records(routing, files, sender, settings.input_partitions, raws, batch_size)
+    return {p.name: p.read_bytes() for p in out.glob("F_*")}, publisher
+
+
+def test_one_file_per_window_across_partitions_whatever_the_interleaving(tmp_path):
+    parts = partitioned(900, 4)
+    reference, pub = run(tmp_path / "ref", [r for p in parts for r in p], 4)
+    # 5 hours of records in 1-hour windows: one file per window, not one per partition
+    assert sorted(reference) == [n for n in sorted(reference)] and 5 <= len(reference) <= 6
+    assert all(name.endswith("_0.txt") for name in reference)
+    late = [reason for _, reason, _ in pub.dead]
+    assert set(late) <= {"LATE_RECORD"}
+    assert sum(b.count(b"\nD|") for b in reference.values()) + len(late) == 900
+    for seed in range(3):
+        order = interleave(parts, random.Random(seed))
+        files, _ = run(tmp_path / f"run{seed}", order, 4, batch_size=random.Random(seed).randint(7, 300))
+        assert files == reference
+    created = pub.of_type("created")
+    assert all({o["partition"] for o in e["offsets"]} == {0, 1, 2, 3} for e in created)  # each spans all
+    assert all(e["file_key"].count("/") == 0 for e in created)
+
+
+def test_records_are_ordered_by_source_and_counts_cut_in_that_order(tmp_path):
+    parts = partitioned(300, 3)
+    files, pub = run(tmp_path, [r for p in reversed(parts) for r in p], 3, maxRecordsPerFile=40)
+    for event in pub.of_type("created"):
+        assert event["records"] <= 40
+    # records in a file come by partition, then offset: the offsets a file lists never go back
+    created = sorted(pub.of_type("created"), key=lambda e: (e["window_start"], e["part"]))
+    by_window: dict[int, list[tuple[int, int]]] = {}
+    for e in created:
+        by_window.setdefault(e["window_start"], []).extend((o["partition"], o["first"]) for o in e["offsets"])
+    for coords in by_window.values():
+        assert coords == sorted(coords)
+
+
+def test_a_window_waits_for_every_partition(tmp_path):
+    """Partition 1 has not closed the first window yet: no file, whatever partition 0 says."""
+    settings = settings_for(tmp_path, **WINDOW_SCOPE)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(tmp_path))
+    values = [encode_confluent(1, SCHEMA, r) for r in matched_records(40, 1, span_hours=3)]
+    p0 = [RawRecord("in", 0, i, None, None, v) for i, v in enumerate(values)]
+    routing.assign(settings.input_partitions, 0)
+    routing.process(p0, 0)
+    files.process_routed(sender.drain(), 0)
+    assert files.pending_cuts() == [] and files.open_windows() >= 1
+    # partition 1 gets one record late in the day: its watermark closes the first windows too
+    routing.process([RawRecord("in", 1, 0, None, None, values[-1])], 0)
+    files.process_routed(sender.drain(), 0)
+    cuts = files.pending_cuts()
+    assert cuts and all(c.key.partition is None for c in cuts)
+    assert {tp for c in cuts for tp in c.source_ranges()} == {("in", 0)}
+
+
+def test_duplicates_routed_again_after_a_crash_are_dropped(tmp_path):
+    parts = partitioned(400, 2)
+    reference, _ = run(tmp_path / "ref", [r for p in parts for r in p], 2)
+    (tmp_path / "dup").mkdir()
+    settings = settings_for(tmp_path / "dup", **WINDOW_SCOPE)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(tmp_path / "dup"))
+    # a routing stage that crashed after sending the first half, before its checkpoint: a new
+    # one (fresh state) routes everything again
+    first = build_routing(settings, MemoryStateStore(), publisher, sender)
+    first.assign(settings.input_partitions, 0)
+    first.process([r for p in parts for r in p[: len(p) // 2]], 0)
+    files.process_routed(sender.drain(), 0)
+    raws = [r for p in parts for r in p]
+    second = build_routing(settings, MemoryStateStore(), publisher, sender)
+    run_window_records(second, files, sender, settings.input_partitions, raws)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "dup").glob("F_*")} == reference
+    assert sum(c.duplicates for c in files._windowers.values()) > 0
+
+
+def test_repartition_format_round_trips_and_splits_long_runs():
+    key = FileKey(None, None, 0, H, (("currency", "EUR"),))
+    records = [(i, 1000 + i, bytes([i % 256]) * 3000) for i in range(400)]
+    payloads = list(encode_runs(key, ("in", 3), records))
+    assert len(payloads) > 1 and all(len(p) < 600 * 1024 for p in payloads)
+    decoded = [decode(p) for p in payloads]
+    assert all(isinstance(d, RoutedRun) and d.key == key and d.source == ("in", 3) for d in decoded)
+    assert [r for d in decoded for r in d.records] == records  # type: ignore[union-attr]
+    assert decode(encode_frontier(("in", 1), 77, 5 * H)) == FrontierMarker(("in", 1), 77, 5 * H)
+    with pytest.raises(ValueError, match="version"):
+        decode(b"\x09\x00")
