@@ -107,11 +107,52 @@ class WindowSettings(_Model):
     # A partition with no new records for this long closes its windows whose end (+grace)
     # has passed on the wall clock, so an idle partition never holds a window open forever.
     idleTimeoutMs: int = Field(default=30_000, ge=100)
+    # Clearing cycles: windows aligned to a daily cut-off (local HH:MM) in this IANA time zone,
+    # DST-correct (a cycle spanning a change is an hour shorter or longer).  UTC 00:00 = plain
+    # UTC windows aligned to the epoch.
+    timeZone: str = "UTC"
+    cutoff: str = Field(default="00:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+    @field_validator("timeZone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+        return value
+
+    @property
+    def cutoff_ms(self) -> int:
+        hours, minutes = self.cutoff.split(":")
+        return (int(hours) * 60 + int(minutes)) * 60_000
+
+    @model_validator(mode="after")
+    def _cycles(self) -> "WindowSettings":
+        if (self.timeZone != "UTC" or self.cutoff != "00:00") and 86_400_000 % self.sizeMs:
+            raise ValueError("worker.window.sizeMs must divide 24 hours when timeZone or cutoff is set "
+                             f"(got {self.sizeMs})")
+        return self
+
+
+class NegativeAmounts(_Model):
+    field: str = Field(min_length=1)
+    values: list[str] = Field(min_length=1)
 
 
 class TotalsSettings(_Model):
     amountField: str = "amount"
     currencyField: str | None = "currency"
+    # Records whose ``field`` is one of ``values`` (e.g. transaction_type REFUND, REVERSAL) count
+    # negative in the totals (debits); the others positive (credits).
+    negative: NegativeAmounts | None = None
+
+
+class Parties(_Model):
+    senderId: str = Field(min_length=1)
+    receiverId: str = Field(min_length=1)
 
 
 class SchemaRef(_Model):
@@ -125,6 +166,8 @@ class WorkerSettings(_Model):
     # routed through a repartition topic (business files).  partition: files per source
     # partition (the key includes it), like Kafka Connect's S3 sink.
     fileScope: Literal["window", "partition"] = "window"
+    # Sender and receiver of the files (templates: sender_id, receiver_id; packs the same names).
+    parties: Parties | None = None
     # Structured mode: the schema pack schemas/<id>/<version>/pack.yaml.
     schema_: SchemaRef | None = Field(default=None, alias="schema")
     # Streaming append (seed V1): records go to an on-disk spool as they arrive, so memory does
@@ -171,13 +214,6 @@ class WorkerSettings(_Model):
                 raise ValueError("worker.streamingWindowMs applies only with worker.streamingAppendEnabled: true")
             if "sizeMs" in self.window.model_fields_set and self.window.sizeMs != self.streamingWindowMs:
                 raise ValueError("worker.streamingWindowMs and worker.window.sizeMs disagree; set one of them")
-        return self
-
-    @model_validator(mode="after")
-    def _scope(self) -> "WorkerSettings":
-        if self.fileScope == "window" and self.streamingAppendEnabled:
-            raise ValueError("worker.streamingAppendEnabled is not available with worker.fileScope: window yet; "
-                             "use fileScope: partition for streaming append")
         return self
 
     @property

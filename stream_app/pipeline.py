@@ -23,7 +23,7 @@ from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.repartition import FrontierMarker, RoutedRun, decode as decode_repartition
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.compression import gzipped
-from stream_app.core.spool import FileSpool
+from stream_app.core.spool import FileSpool, RunSpool
 from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.routing import WindowCollector, repartition_partition
@@ -195,6 +195,7 @@ class FilePipeline:
         # Streaming mode: parts are written to spool files as records arrive (flat memory).
         self._spool_dir = spool_dir
         self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
+        self._run_spools: dict[tuple[FileKey, TP], RunSpool] = {}  # window scope, streaming
         self._compression = compression
         self._schema_ref = schema_ref
         self.metrics = metrics
@@ -220,8 +221,12 @@ class FilePipeline:
         windower = self._windowers.get(tp)
         if windower is None and self._scope is not None:
             checkpoint = self._state.get_checkpoint(tp)
+            on_spool = None
+            if self._spool_dir is not None:
+                shutil.rmtree(self._partition_spool(tp), ignore_errors=True)  # rebuilt from the offsets
+                on_spool = self._spool_routed
             windower = self._windowers[tp] = WindowCollector(tp[0], tp[1], self._policy, self._scope.sources,
-                                                             checkpoint, self._state.get_facts)
+                                                             checkpoint, self._state.get_facts, on_spool)
             if checkpoint is not None:
                 self._published_checkpoints[tp] = self._sent_checkpoints[tp] = checkpoint
         if windower is None:
@@ -241,6 +246,38 @@ class FilePipeline:
     def _partition_spool(self, tp: TP) -> Path:
         assert self._spool_dir is not None
         return self._spool_dir / tp[0] / str(tp[1])
+
+    def _window_spool(self, key: FileKey) -> Path:
+        digest = hashlib.sha1(key.id.encode()).hexdigest()[:20]
+        return self._partition_spool(self._owner_of(key)) / digest
+
+    def _spool_routed(self, key: FileKey, source: TP, entry: tuple[int, int, bytes | None]) -> None:
+        """Window scope, streaming: a routed entry waits in its (window, source) spool file."""
+        spools = self._run_spools
+        spool = spools.get((key, source))
+        if spool is None:
+            spool = spools[(key, source)] = RunSpool(self._window_spool(key) / f"{source[0]}-{source[1]}.run")
+        spool.append(entry)
+        failpoint("pipeline.append")
+
+    def _streamed_part(self, cut: FileCut) -> TemplatePart | StructuredPart:
+        """Window scope, streaming: render a part from its spool segments (decoded in chunks)."""
+        writer = self._assembler.open_part(cut.key, cut.part, FileSpool(self._window_spool(cut.key) / f"part-{cut.part}"))
+        for segment in cut.segments:
+            spool = self._run_spools[(cut.key, segment.source)]
+            topic, partition = segment.source
+            for entries in spool.read(segment.first, segment.end):
+                raws = [RawRecord(topic, partition, offset, None, None, value) for offset, _, value in entries]
+                for record in self._decoder.decode_many(raws):
+                    if type(record) is not SourceRecord:
+                        raise record
+                    writer.append(self._project_routed(record) if self._structured is not None else record)
+        return writer
+
+    def _drop_window_spools(self, key: FileKey) -> None:
+        for key_source in [ks for ks in self._run_spools if ks[0] == key]:
+            self._run_spools.pop(key_source).discard()
+        shutil.rmtree(self._window_spool(key), ignore_errors=True)
 
     def _append(self, key: FileKey, part: int, record: SourceRecord) -> None:
         writer = self._parts.get((key, part))
@@ -264,6 +301,8 @@ class FilePipeline:
                 del self._unpersisted_facts[key]
             for key_part in [kp for kp in self._parts if self._owner_of(kp[0]) == tp]:
                 self._parts.pop(key_part).discard()
+            for key in {ks[0] for ks in self._run_spools if self._owner_of(ks[0]) == tp}:
+                self._drop_window_spools(key)
 
     def partitions(self) -> list[TP]:
         return list(self._windowers)
@@ -321,7 +360,7 @@ class FilePipeline:
             assert raw.value is not None
             message = decode_repartition(raw.value)
             messages.append((collector, raw.offset, message))
-            if isinstance(message, RoutedRun):
+            if isinstance(message, RoutedRun) and self._spool_dir is None:
                 topic, partition = message.source
                 sources.extend(RawRecord(topic, partition, offset, None, None, value)
                                for offset, _, value in message.records)
@@ -330,6 +369,10 @@ class FilePipeline:
         for collector, position, message in messages:
             if isinstance(message, FrontierMarker):
                 self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
+                continue
+            if self._spool_dir is not None:  # streaming: the entries go to the window's spools
+                self._handle_outputs(collector.add_records(position, message.key, message.source, message.records,
+                                                           now_wall_ms))
                 continue
             records = []
             for _ in message.records:
@@ -438,7 +481,21 @@ class FilePipeline:
         return outcome
 
     def _write_cut(self, cut: FileCut) -> WriteOutcome:
-        writer = self._parts.get((cut.key, cut.part))
+        if not cut.segments:
+            return self._write_part(cut, self._parts.get((cut.key, cut.part)))
+        if any((cut.key, seg.source) not in self._run_spools for seg in cut.segments):
+            return WriteOutcome(error_class="PARTITION_REVOKED", error_message="the partition was revoked")
+        try:
+            writer = self._streamed_part(cut)
+        except AssemblyError as exc:
+            return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
+                                source=exc.source)
+        try:
+            return self._write_part(cut, writer)
+        finally:
+            writer.discard()  # rendered again from the window's spools if the write is retried
+
+    def _write_part(self, cut: FileCut, writer: TemplatePart | StructuredPart | None) -> WriteOutcome:
         if writer is None and len(cut.records) < cut.count:
             # A streamed cut holds no records: they are only in the part's spool, and that is gone
             # because the partition was revoked meanwhile.  Assembling the cut would write a wrong
@@ -469,6 +526,7 @@ class FilePipeline:
             "bytes": result.bytes,
             "sha256": result.sha256,
             "file_key": cut.key.id,
+            "scope": "partition" if cut.key.per_partition else "window",
             "topic": cut.key.topic,
             "partition": cut.key.partition,
             "group": [list(pair) for pair in cut.key.group],
@@ -526,7 +584,9 @@ class FilePipeline:
         result = outcome.result
         self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256,
                                                       result.location, result.url), cut.key.id)
-        self._unpersisted_facts[cut.key] = windower.mark_finalized(cut)
+        self._unpersisted_facts[cut.key] = facts = windower.mark_finalized(cut)
+        if facts.closed and self._run_spools:
+            self._drop_window_spools(cut.key)
         if self.metrics is not None:
             self.metrics.files_finalized.labels(self._mode, cut.reason).inc()
             self.metrics.records_per_file.observe(cut.count)

@@ -13,12 +13,16 @@ from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, SchemaPack
-from stream_app.core.template import AssemblyError
+from jinja2 import meta
+
+from stream_app.core.assembly import AssemblyError
+from stream_app.core.template import make_environment
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.sinks.base import SinkError
-from stream_app.wiring import build_assembler, build_sink
+from stream_app.wiring import build_assembler, build_sink, window_policy
 
 _SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
+_SAMPLE_START_MS = int(_SAMPLE_TIME.timestamp() * 1000)
 
 
 def sample_value(schema: Any) -> Any:
@@ -78,22 +82,50 @@ def _check_pack_inputs(settings: AppSettings, pack: SchemaPack, samples: list[di
                               f"{missing}, which the input schema does not have")
 
 
+_PARTITION_VARIABLES = ("partition", "topic")
+
+
+def _check_scope(settings: AppSettings) -> None:
+    """Business files span every input partition: their templates cannot name one."""
+    if settings.worker.fileScope != "window":
+        return
+    env = make_environment()
+    templates = {"fileNameTemplate": settings.worker.fileNameTemplate}
+    if settings.worker.mode == "template":
+        templates.update(headerTemplate=settings.worker.headerTemplate, footerTemplate=settings.worker.footerTemplate)
+    for key, source in templates.items():
+        used = meta.find_undeclared_variables(env.parse(source)) & set(_PARTITION_VARIABLES)
+        if used:
+            raise ConfigError(
+                f"worker.{key}: uses {sorted(used)[0]!r}, but with worker.fileScope: window a file holds every "
+                "input partition's records; remove it, or set worker.fileScope: partition for files per partition")
+
+
+def _sample_key(settings: AppSettings, topic: str, partition: int, start: int,
+                group: tuple[tuple[str, str], ...] = ()) -> FileKey:
+    policy = window_policy(settings)
+    start = policy.start_of(start)
+    if settings.worker.fileScope == "window":
+        return FileKey(None, None, start, policy.end_of(start), group)
+    return FileKey(topic, partition, start, policy.end_of(start), group)
+
+
 def _check_file_names(settings: AppSettings) -> None:
     """Distinct file keys must render distinct names, or two files would collide."""
     assembler = build_assembler(settings)
-    size = settings.worker.window_size_ms
     group = tuple((name, "G1") for name in settings.worker.groupBy)
-    base = FileKey("topic", 0, 0, size, group)
-    variants = {
-        "partition": (FileKey("topic", 1, 0, size, group), 0),
-        "window": (FileKey("topic", 0, size, 2 * size, group), 0),
-        "part": (base, 1),
-    }
-    if len(settings.kafka.inputTopics) > 1:
-        variants["topic"] = (FileKey("other-topic", 0, 0, size, group), 0)
+    first = _SAMPLE_START_MS
+    base = _sample_key(settings, "topic", 0, first, group)
+    variants = {}
+    if settings.worker.fileScope == "partition":
+        variants["partition"] = (_sample_key(settings, "topic", 1, first, group), 0)
+    variants["window"] = (_sample_key(settings, "topic", 0, base.window_end_ms, group), 0)
+    variants["part"] = (base, 1)
+    if settings.worker.fileScope == "partition" and len(settings.kafka.inputTopics) > 1:
+        variants["topic"] = (_sample_key(settings, "other-topic", 0, first, group), 0)
     for name in settings.worker.groupBy:
         other = tuple((n, "G2" if n == name else "G1") for n, _ in group)
-        variants[f"group field {name}"] = (FileKey("topic", 0, 0, size, other), 0)
+        variants[f"group field {name}"] = (_sample_key(settings, "topic", 0, first, other), 0)
     try:
         base_name = assembler.file_name(base, 0, 1)
         if settings.sink.compression == "gzip" and not base_name.endswith(".gz"):
@@ -125,6 +157,7 @@ def run_preflight(settings: AppSettings) -> list[str]:
         raise ConfigError(f"worker.schema: {exc}") from None
     checked.append("templates compile" if settings.worker.mode == "template" else "schema pack is valid")
     samples = _sample_records(settings)
+    _check_scope(settings)
     _check_file_names(settings)
     checked.append("file names are unique per file key and safe")
     if isinstance(assembler, StructuredAssembler):
@@ -134,7 +167,7 @@ def run_preflight(settings: AppSettings) -> list[str]:
     elif samples is not None:
         for value in samples:
             records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]
-            key = FileKey(settings.kafka.inputTopics[0], 0, 0, settings.worker.window_size_ms)
+            key = _sample_key(settings, settings.kafka.inputTopics[0], 0, _SAMPLE_START_MS)
             try:
                 if settings.worker.streamingAppendEnabled:
                     # as streamed: header and footer see totals but not the list of records

@@ -11,6 +11,8 @@ from stream_app.codecs.avro import AvroDecoder, SchemaResolver
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import AppSettings, S3SinkSettings
+from stream_app.core.assembly import FileVariables
+from stream_app.core.cycles import ClearingCycles
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import SchemaPack, load_pack, pack_path
 from stream_app.core.template import TemplateAssembler
@@ -23,8 +25,20 @@ from stream_app.sinks.base import Sink
 from stream_app.sinks.local import LocalSink
 
 
+def clearing_cycles(settings: AppSettings) -> ClearingCycles:
+    window = settings.worker.window
+    return ClearingCycles(settings.worker.window_size_ms, window.timeZone, window.cutoff_ms)
+
+
+def file_variables(settings: AppSettings) -> FileVariables:
+    parties = settings.worker.parties
+    return FileVariables(clearing_cycles(settings),
+                         {} if parties is None else {"sender_id": parties.senderId, "receiver_id": parties.receiverId})
+
+
 def window_policy(settings: AppSettings) -> WindowPolicy:
     worker = settings.worker
+    cycles = clearing_cycles(settings)
     return WindowPolicy(
         size_ms=worker.window_size_ms,
         grace_ms=worker.window.graceMs,
@@ -32,6 +46,7 @@ def window_policy(settings: AppSettings) -> WindowPolicy:
         late_records=worker.lateRecords,
         idle_timeout_ms=worker.window.idleTimeoutMs,
         flush_interval_ms=worker.flushIntervalMs,
+        cycles=None if cycles.plain else cycles,
     )
 
 
@@ -54,7 +69,7 @@ def load_worker_pack(settings: AppSettings) -> SchemaPack:
 def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAssembler:
     worker = settings.worker
     if worker.mode == "structured":
-        return StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate)
+        return StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate, file_variables(settings))
     assert worker.recordTemplate is not None
     return TemplateAssembler(
         worker.headerTemplate,
@@ -63,6 +78,9 @@ def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAsse
         worker.fileNameTemplate,
         amount_field=worker.totals.amountField,
         currency_field=worker.totals.currencyField,
+        variables=file_variables(settings),
+        negative=(None if worker.totals.negative is None
+                  else (worker.totals.negative.field, frozenset(worker.totals.negative.values))),
     )
 
 

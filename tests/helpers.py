@@ -22,7 +22,7 @@ TEMPLATE_WORKER: dict[str, Any] = {
     "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_p{{ partition }}_{{ part }}.txt",
     "headerTemplate": "H|{{ file_key }}|{{ record_count }}\n",
     "recordTemplate": "D|{{ seq }}|{{ record.record_id }}|{{ record.amount | money }}|{{ record.currency }}\n",
-    "footerTemplate": "T|{{ totals.count }}|{{ totals.amount | money }}"
+    "footerTemplate": "T|{{ totals.count }}"
                       "{% for c, t in totals.by_currency.items() %}|{{ c }}={{ t.amount | money }}{% endfor %}\n",
 }
 

@@ -150,3 +150,21 @@ def test_repartition_format_round_trips_and_splits_long_runs():
     assert decode(encode_frontier(("in", 1), 77, 5 * H)) == FrontierMarker(("in", 1), 77, 5 * H)
     with pytest.raises(ValueError, match="version"):
         decode(b"\x09\x00")
+
+
+def test_streaming_append_gives_the_same_bytes_as_memory(tmp_path):
+    parts = partitioned(700, 3)
+    raws = [r for p in parts for r in p]
+    reference, _ = run(tmp_path / "mem", raws, 3, maxRecordsPerFile=90)
+    settings_kwargs = {"maxRecordsPerFile": 90, "streamingAppendEnabled": True}
+    out = tmp_path / "stream"
+    out.mkdir()
+    settings = settings_for(out, **{**WINDOW_SCOPE, **settings_kwargs})
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 3})})
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    spool = tmp_path / "spool"
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out), spool_dir=spool)
+    run_window_records(routing, files, sender, settings.input_partitions, interleave(parts, random.Random(9)), 50)
+    assert {p.name: p.read_bytes() for p in out.glob("F_*")} == reference
+    assert len(reference) > 5 and not [p for p in spool.rglob("*") if p.is_file()]  # spools gone

@@ -39,10 +39,31 @@ def test_renders_only_what_the_templates_produce():
 def test_totals_are_exact_where_floats_are_not():
     values = [{"id": str(i), "amount": Decimal("0.10"), "currency": "EUR"} for i in range(10)]
     values.append({"id": "x", "amount": Decimal("0.20"), "currency": "USD"})
-    body = assembler(footer="{{ totals.amount }}|{{ totals.by_currency['EUR'].amount }}|"
+    body = assembler(footer="{{ totals.count }}|{{ totals.by_currency['EUR'].amount }}|"
                             "{{ totals.by_currency['USD'].count }}").assemble(cut(values)).body
-    assert body.endswith(b"1.20|1.00|1")
+    assert body.endswith(b"11|1.00|1")
     assert sum([0.1] * 10) != 1.0  # what a float sum would have printed
+    single = assembler(footer="{{ totals.amount }}").assemble(cut(values[:10])).body
+    assert single.endswith(b"1.00")
+
+
+def test_totals_never_add_up_currencies():
+    values = [{"id": "a", "amount": Decimal("1.00"), "currency": "EUR"},
+              {"id": "b", "amount": Decimal("1.00"), "currency": "USD"}]
+    with pytest.raises(AssemblyError, match="different currencies"):
+        assembler(footer="{{ totals.amount }}").assemble(cut(values))
+
+
+def test_refunds_and_reversals_count_negative_with_a_debit_credit_indicator():
+    values = [{"id": "a", "amount": Decimal("10.00"), "currency": "EUR", "transaction_type": "PURCHASE"},
+              {"id": "b", "amount": Decimal("25.50"), "currency": "EUR", "transaction_type": "REFUND"},
+              {"id": "c", "amount": Decimal("5.00"), "currency": "USD", "transaction_type": "PURCHASE"},
+              {"id": "d", "amount": Decimal("1.25"), "currency": "USD", "transaction_type": "REVERSAL"}]
+    footer = ("{% for c, t in totals.by_currency.items() %}{{ c }}|{{ t.count }}|{{ t.credit }}|{{ t.debit }}|"
+              "{{ t.net }}|{{ t.indicator }};{% endfor %}")
+    a = TemplateAssembler("", "", footer, "f_{{ part }}.txt", negative=("transaction_type", frozenset({"REFUND", "REVERSAL"})))
+    body = a.assemble(cut(values)).body.decode()
+    assert body == "EUR|2|10.00|25.50|15.50|D;USD|2|5.00|1.25|3.75|C;"
 
 
 def test_float_money_is_rejected():

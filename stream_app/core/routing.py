@@ -22,7 +22,7 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from stream_app.core.records import SourceRecord
 from stream_app.core.windows import (
@@ -163,11 +163,55 @@ class PartitionRouter:
 
 # -- files -----------------------------------------------------------------------------------
 
+# Streaming append: a routed entry (source offset, event time ms, value bytes) goes to the
+# spool of its (file key, source partition) instead of memory.
+RoutedEntry = tuple[int, int, "bytes | None"]
+SpoolHook = Callable[[FileKey, TP, RoutedEntry], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Entries ``[first, end)`` (by position in the source's spool) of one source partition."""
+
+    source: TP
+    first: int
+    end: int
+
+
+@dataclass(slots=True)
+class _SpooledSource:
+    """Streaming: what a window keeps per source partition instead of its records."""
+
+    spooled: int = 0  # entries in the spool (across parts); the next entry's position
+    cut: int = 0  # entries already in cut parts
+    # runs of consecutive offsets: (first offset, last offset, spool position of the first)
+    runs: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def add(self, offset: int) -> None:
+        if self.runs and self.runs[-1][1] + 1 == offset:
+            first, _, position = self.runs[-1]
+            self.runs[-1] = (first, offset, position)
+        else:
+            self.runs.append((offset, offset, self.spooled))
+        self.spooled += 1
+
+    def ranges(self, first: int, end: int) -> list[tuple[int, int]]:
+        """Offset ranges of the entries at positions ``[first, end)``."""
+        out = []
+        for run_first, run_last, position in self.runs:
+            lo = max(first, position)
+            hi = min(end, position + run_last - run_first + 1)
+            if lo < hi:
+                out.append((run_first + lo - position, run_first + hi - 1 - position))
+        return out
+
+
 @dataclass(slots=True)
 class _CollectingWindow:
     key: FileKey
     part: int
     by_source: dict[TP, list[SourceRecord]] = field(default_factory=dict)
+    spooled: dict[TP, _SpooledSource] = field(default_factory=dict)
     last_offset: dict[TP, int] = field(default_factory=dict)
     count: int = 0
     first_position: int | None = None  # repartition offset of the oldest record held
@@ -184,7 +228,8 @@ class WindowCollector:
     """
 
     def __init__(self, topic: str, partition: int, policy: WindowPolicy, sources: Iterable[TP],
-                 checkpoint: Checkpoint | None = None, facts_lookup: FactsLookup | None = None) -> None:
+                 checkpoint: Checkpoint | None = None, facts_lookup: FactsLookup | None = None,
+                 on_spool: SpoolHook | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self._policy = policy
@@ -201,6 +246,7 @@ class WindowCollector:
         self._facts: dict[FileKey, WindowFacts | None] = {}
         self._closing: set[FileKey] = set()
         self._buffered = 0
+        self._on_spool = on_spool
         self.duplicates = 0
         self.last_record_wall_ms: int | None = None
 
@@ -234,10 +280,11 @@ class WindowCollector:
         return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
 
     # -- input --------------------------------------------------------------------------------
-    def add_records(self, position: int, key: FileKey, source: TP, records: Iterable[SourceRecord],
+    def add_records(self, position: int, key: FileKey, source: TP, records: Sequence[Any],
                     now_wall_ms: int) -> list[Output]:
         """Records of one source partition for one file key, in source offset order, read at
-        repartition offset ``position``."""
+        repartition offset ``position``: decoded ``SourceRecord`` s, or (streaming append) the
+        routed entries, which go to the spool hook."""
         if self.already_processed(position):
             return []
         self._next_offset = position + 1
@@ -248,11 +295,13 @@ class WindowCollector:
             self.duplicates += sum(1 for _ in records)  # routed again after the file was written
             return out
         window = self._open.get(key)
+        spool = self._on_spool
         for record in records:
-            if window is not None and record.offset <= window.last_offset.get(source, -1):
+            offset = record[0] if spool is not None else record.offset
+            if window is not None and offset <= window.last_offset.get(source, -1):
                 self.duplicates += 1
                 continue
-            if facts is not None and facts.holds_offset(record.offset, source):
+            if facts is not None and facts.holds_offset(offset, source):
                 self.duplicates += 1  # in an early-cut part that is already written
                 continue
             if window is None:
@@ -262,10 +311,17 @@ class WindowCollector:
             if window.first_position is None:
                 window.first_position = position
                 window.first_buffered_wall_ms = now_wall_ms
-            window.by_source.setdefault(source, []).append(record)
-            window.last_offset[source] = record.offset
+            if spool is not None:
+                spool(key, source, record)
+                spooled = window.spooled.get(source)
+                if spooled is None:
+                    spooled = window.spooled[source] = _SpooledSource()
+                spooled.add(offset)
+            else:
+                window.by_source.setdefault(source, []).append(record)
+                self._buffered += 1
+            window.last_offset[source] = offset
             window.count += 1
-            self._buffered += 1
         return out
 
     def add_frontier(self, position: int, source: TP, frontier: int) -> list[Output]:
@@ -306,14 +362,18 @@ class WindowCollector:
         ``maxRecordsPerFile`` to a part."""
         if not window.count:
             return
-        ordered = [r for source in sorted(window.by_source) for r in window.by_source[source]]
         size = self._policy.max_records_per_file
-        chunks = [ordered[i:i + size] for i in range(0, len(ordered), size)]
         assert window.first_position is not None
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
+        if window.spooled:
+            parts = self._spooled_parts(window, size)
+        else:
+            ordered = [r for source in sorted(window.by_source) for r in window.by_source[source]]
+            parts = [(chunk, source_ranges(chunk), len(chunk), ())
+                     for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size))]
+        for i, (chunk, ranges, count, segments) in enumerate(parts):
+            last = i == len(parts) - 1
             cut = FileCut(window.key, window.part, chunk, reason if last else "count", closes_window and last,
-                          len(chunk), window.first_position, [], source_ranges(chunk))
+                          count, window.first_position, [], ranges, segments)
             self._pending[(cut.key, cut.part)] = cut
             out.append(cut)
             window.part += 1
@@ -321,6 +381,28 @@ class WindowCollector:
         window.count = 0
         window.first_position = None
         window.first_buffered_wall_ms = None
+
+    @staticmethod
+    def _spooled_parts(window: _CollectingWindow, size: int) -> list[tuple[list, dict, int, tuple[Segment, ...]]]:
+        """Parts of a streamed window: spool segments in (topic, partition) order, ``size`` each."""
+        parts: list[tuple[list, dict, int, tuple[Segment, ...]]] = []
+        segments: list[Segment] = []
+        ranges: dict[TP, list[tuple[int, int]]] = {}
+        count = 0
+        for source in sorted(window.spooled):
+            spooled = window.spooled[source]
+            while spooled.cut < spooled.spooled:
+                end = min(spooled.spooled, spooled.cut + size - count)
+                segments.append(Segment(source, spooled.cut, end))
+                ranges[source] = spooled.ranges(spooled.cut, end)
+                count += end - spooled.cut
+                spooled.cut = end
+                if count == size:
+                    parts.append(([], ranges, count, tuple(segments)))
+                    segments, ranges, count = [], {}, 0
+        if count:
+            parts.append(([], ranges, count, tuple(segments)))
+        return parts
 
     def cut_idle(self, now_wall_ms: int) -> list[Output]:
         return []  # idleness is decided per input partition, by the routing stage
@@ -337,7 +419,7 @@ class WindowCollector:
         return out
 
     def cut_largest(self) -> list[Output]:
-        candidates = [w for w in self._open.values() if w.count]
+        candidates = [w for w in self._open.values() if w.by_source]  # only memory parts relieve memory
         if not candidates:
             return []
         out: list[Output] = []

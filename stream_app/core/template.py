@@ -8,7 +8,7 @@ so the same records always render the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from itertools import chain
 from typing import Any, Callable, Iterator, Mapping
@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping
 from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
+from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
 from stream_app.core.decimals import quantum
 from stream_app.core.naming import check_file_name
 from stream_app.core.records import SourceRecord
@@ -27,30 +28,9 @@ class FilterError(ValueError):
     """Raised by our template filters; its message describes the problem, never the value."""
 
 
-class AssemblyError(Exception):
-    """The file for a cut cannot be produced (template error, bad data).  Never holds values."""
-
-    def __init__(self, message: str, error_class: str = "TEMPLATE_ERROR",
-                 source: tuple[str, int, int] | None = None) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.source = source  # (topic, partition, offset) of the record at fault, when one is
-
-
-@dataclass(frozen=True, slots=True)
-class AssembledFile:
-    """A finished file: its name and a way to produce its bytes (any number of times)."""
-
-    name: str
-    chunks: Callable[[], Iterator[bytes]]
-    records: int
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks())
-
-
 def _to_datetime(value: Any) -> datetime:
+    if isinstance(value, date) and not isinstance(value, datetime):  # a business date
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, int):
@@ -123,23 +103,51 @@ def make_environment() -> SandboxedEnvironment:
 
 @dataclass(frozen=True, slots=True)
 class CurrencyTotal:
+    """Totals of one currency.  ``amount`` is the signed net (records matched by
+    ``totals.negative`` count negative); ``credit``/``debit`` are the gross sums of the positive
+    and negative amounts, ``indicator`` is ``C`` for a net of zero or more, else ``D``."""
+
     count: int
     amount: Decimal
+    credit: Decimal = Decimal(0)
+    debit: Decimal = Decimal(0)
+
+    @property
+    def indicator(self) -> str:
+        return "C" if self.amount >= 0 else "D"
+
+    @property
+    def net(self) -> Decimal:
+        """The absolute net amount, to print beside ``indicator``."""
+        return abs(self.amount)
 
 
-@dataclass(frozen=True, slots=True)
 class Totals:
-    count: int
-    amount: Decimal
-    by_currency: dict[str, CurrencyTotal]
+    """Totals of a part.  ``amount`` exists only when the part has a single currency: a sum
+    across currencies is not an amount."""
+
+    __slots__ = ("count", "by_currency", "_amount")
+
+    def __init__(self, count: int, amount: Decimal, by_currency: dict[str, CurrencyTotal]) -> None:
+        self.count = count
+        self.by_currency = by_currency
+        self._amount = amount
+
+    @property
+    def amount(self) -> Decimal:
+        if len(self.by_currency) > 1:
+            raise FilterError("totals.amount would add up different currencies; use totals.by_currency")
+        return self._amount
 
 
 class TotalsAccumulator:
     """Folds record amounts into ``Totals`` one record at a time (Decimal only)."""
 
-    def __init__(self, amount_field: str, currency_field: str | None) -> None:
+    def __init__(self, amount_field: str, currency_field: str | None,
+                 negative: tuple[str, frozenset[str]] | None = None) -> None:
         self._amount_field = amount_field
         self._currency_field = currency_field
+        self._negative = negative
         self._count = 0
         self._total = Decimal(0)
         self._per_ccy: dict[str, list] = {}
@@ -152,6 +160,8 @@ class TotalsAccumulator:
         except (KeyError, FilterError):
             raise AssemblyError(f"totals: field {self._amount_field!r} is missing or not a decimal",
                                 "BAD_AMOUNT") from None
+        if self._negative is not None and value.get(self._negative[0]) in self._negative[1]:
+            amount = -amount
         self._count += 1
         self._total += amount
         if self._currency_field is not None:
@@ -160,33 +170,24 @@ class TotalsAccumulator:
                 currency = str(currency)
             slot = self._per_ccy.get(currency)
             if slot is None:
-                slot = self._per_ccy[currency] = [0, Decimal(0)]
+                slot = self._per_ccy[currency] = [0, Decimal(0), Decimal(0), Decimal(0)]
             slot[0] += 1
             slot[1] += amount
+            if amount >= 0:
+                slot[2] += amount
+            else:
+                slot[3] -= amount
 
     def result(self) -> Totals:
-        by_currency = {c: CurrencyTotal(n, a) for c, (n, a) in sorted(self._per_ccy.items())}
+        by_currency = {c: CurrencyTotal(n, a, cr, db) for c, (n, a, cr, db) in sorted(self._per_ccy.items())}
         return Totals(self._count, self._total, by_currency)
-
-
-def file_context(key: FileKey, part: int, record_count: int) -> dict[str, Any]:
-    """Variables every template sees (the file name template sees only these)."""
-    return {
-        "topic": key.topic,
-        "partition": key.partition,
-        "window_start": _to_datetime(key.window_start_ms),
-        "window_end": _to_datetime(key.window_end_ms),
-        "part": part,
-        "group": dict(key.group),
-        "file_key": key.id,
-        "record_count": record_count,
-    }
 
 
 class FileNamer:
     """Renders ``fileNameTemplate`` for a file key; the result is always a safe plain name."""
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, variables: FileVariables = DEFAULT_VARIABLES) -> None:
+        self._variables = variables
         try:
             self._template = make_environment().from_string(template)
         except TemplateError as exc:
@@ -194,7 +195,7 @@ class FileNamer:
 
     def name(self, key: FileKey, part: int, record_count: int) -> str:
         try:
-            name = self._template.render(file_context(key, part, record_count))
+            name = self._template.render(self._variables.context(key, part, record_count))
         except Exception as exc:
             raise AssemblyError(f"fileNameTemplate: {type(exc).__name__}: {_safe_message(exc)}") from None
         try:
@@ -236,10 +237,13 @@ class TemplateAssembler:
         amount_field: str = "amount",
         currency_field: str | None = "currency",
         encoding: str = "utf-8",
+        variables: FileVariables = DEFAULT_VARIABLES,
+        negative: tuple[str, frozenset[str]] | None = None,
     ) -> None:
         env = make_environment()
         self._sources = {"headerTemplate": header, "recordTemplate": record, "footerTemplate": footer}
-        self._namer = FileNamer(file_name)
+        self.variables = variables
+        self._namer = FileNamer(file_name, variables)
         self._compiled = {}
         for name, source in self._sources.items():
             try:
@@ -249,6 +253,7 @@ class TemplateAssembler:
         self._batch = batch_template(env, record)
         self._amount_field = amount_field
         self._currency_field = currency_field
+        self._negative = negative
         self._encoding = encoding
 
     def _render(self, name: str, context: Mapping[str, Any]) -> str:
@@ -283,8 +288,8 @@ class TemplatePart:
         self._part = part
         self._spool = spool
         self._records = records
-        self._totals = TotalsAccumulator(assembler._amount_field, assembler._currency_field)
-        self._context = file_context(key, part, 0)
+        self._totals = TotalsAccumulator(assembler._amount_field, assembler._currency_field, assembler._negative)
+        self._context = assembler.variables.context(key, part, 0)
         self._render_record = assembler._compiled["recordTemplate"].render
         self._batch = assembler._batch
         self._pending: list[tuple[Mapping[str, Any], int, dict[str, Any]]] = []
@@ -337,7 +342,7 @@ class TemplatePart:
         if self._error is not None:
             raise self._error
         assembler = self._assembler
-        context = file_context(self._key, self._part, self.count)
+        context = assembler.variables.context(self._key, self._part, self.count)
         context["totals"] = self._totals.result()
         if self._records is not None:
             context["records"] = self._records

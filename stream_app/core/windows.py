@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Union
 
+from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
 
 CutReason = Literal["count", "watermark", "interval", "idle", "pressure"]
@@ -80,9 +81,16 @@ class WindowPolicy:
     late_records: Literal["deadLetter", "currentWindow"] = "deadLetter"
     idle_timeout_ms: int = 30_000
     flush_interval_ms: int | None = None
+    # Windows aligned to a cut-off in a time zone; None: UTC windows aligned to the epoch.
+    cycles: ClearingCycles | None = None
 
     def start_of(self, event_time_ms: int) -> int:
+        if self.cycles is not None:
+            return self.cycles.start_of(event_time_ms)
         return event_time_ms - (event_time_ms % self.size_ms)
+
+    def end_of(self, start_ms: int) -> int:
+        return self.cycles.end_of(start_ms) if self.cycles is not None else start_ms + self.size_ms
 
 
 class WindowAssigner:
@@ -108,7 +116,7 @@ class WindowAssigner:
         if key is None:
             if len(self._keys) >= 100_000:
                 self._keys.clear()
-            key = self._keys[ident] = FileKey(topic, partition, start, start + self._policy.size_ms, tuple(group))
+            key = self._keys[ident] = FileKey(topic, partition, start, self._policy.end_of(start), tuple(group))
         return key
 
 
@@ -215,6 +223,8 @@ class FileCut:
     # Partition scope: the ranges of the key's own partition; window scope: see ``sources``.
     ranges: list[tuple[int, int]] = field(default_factory=list)
     sources: SourceRanges | None = None
+    # Window scope with streaming append: where the records wait (core.routing.Segment s).
+    segments: tuple = ()
 
     @classmethod
     def of(cls, key: FileKey, part: int, records: list[SourceRecord], reason: CutReason = "count",

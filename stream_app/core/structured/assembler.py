@@ -17,7 +17,8 @@ from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSp
 from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
-from stream_app.core.template import AssembledFile, AssemblyError, FileNamer, file_context
+from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
+from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey
 
 
@@ -114,9 +115,10 @@ def _line(kind: str, spec: LineSpec | None, fields: list[CompiledField], row: Ma
 
 
 class StructuredAssembler:
-    def __init__(self, pack: SchemaPack, file_name_template: str) -> None:
+    def __init__(self, pack: SchemaPack, file_name_template: str, variables: FileVariables = DEFAULT_VARIABLES) -> None:
         self.pack = pack
-        self._namer = FileNamer(file_name_template)
+        self.variables = variables
+        self._namer = FileNamer(file_name_template, variables)
         self.formatter = build_formatter(pack)
         # Text XML cannot hold is the record's fault: projection says so, naming the field.
         self._first_unrepresentable = (unrepresentable_finder([f.spec.name for f in pack.fields if f.spec.output])
@@ -207,7 +209,7 @@ class StructuredPart:
         if self._error is not None:
             raise self._error
         assembler, formatter = self._assembler, self._assembler.formatter
-        context: dict[str, Any] = file_context(self._key, self._part, self.count)
+        context: dict[str, Any] = assembler.variables.context(self._key, self._part, self.count)
         for acc in self._aggregates:
             context[acc.spec.name] = acc.result()
         try:
