@@ -76,6 +76,14 @@ def worker(config: str) -> None:
     log_config = logging_config(settings.logLevel, settings.logFormat)
     logging.config.dictConfig(log_config)
     wait_for_broker(settings)
+    if settings.worker.fileScope == "window":
+        from stream_app.live.repartition import RepartitionTopicError, ensure_repartition_topic
+
+        try:
+            ensure_repartition_topic(settings)
+        except RepartitionTopicError as exc:
+            click.echo(f"stream-app worker: {exc}", err=True)
+            sys.exit(2)
     app, _runtime = create_app(settings)
     faust.Worker(app, loglevel=settings.logLevel, quiet=True, logging_config=log_config).execute_from_commandline()
 

@@ -33,7 +33,10 @@ from stream_app.sinks.base import SinkError
 from stream_app.live.startup import broker_reachable
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
-from stream_app.wiring import build_pipeline, prepare_worker_spool
+from stream_app.core.routing import repartition_partition
+from stream_app.live.repartition import KafkaRepartitionSender
+from stream_app.routing_stage import RoutingStage
+from stream_app.wiring import build_pipeline, build_routing, prepare_worker_spool
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,30 @@ class FaustStateStore:
         self.in_flight = InFlight()
         partitions = settings.kafka.topicPartitions
         size_s = settings.worker.window.sizeMs / 1000
-        self._windows = app.Table("file-windows", default=None, partitions=partitions).tumbling(size_s).table
-        self._checkpoints = app.Table("partition-checkpoints", default=None, partitions=partitions)
+        self._window_scope = settings.worker.fileScope == "window"
+        self._repartition_topic = settings.repartition_topic
+        self._repartition_partitions = settings.kafka.repartition_partitions
+        if self._window_scope:
+            # Co-partitioned with the repartition topic (Faust's assignor groups topics by partition
+            # count): the owner of a repartition partition owns the facts and checkpoint of its keys.
+            rp = self._repartition_partitions
+            self._windows = app.Table("business-windows", default=None, partitions=rp).tumbling(size_s).table
+            self._file_checkpoints = app.Table("file-checkpoints", default=None, partitions=rp)
+            # Co-partitioned with the input topics: the routing stage's checkpoint per input partition.
+            self._checkpoints = app.Table("routing-checkpoints", default=None, partitions=partitions)
+        else:
+            self._windows = app.Table("file-windows", default=None, partitions=partitions).tumbling(size_s).table
+            self._checkpoints = app.Table("partition-checkpoints", default=None, partitions=partitions)
+            self._file_checkpoints = self._checkpoints
+
+    def _facts_partition(self, key: FileKey) -> int:
+        if self._window_scope:
+            return repartition_partition(key, self._repartition_partitions)
+        assert key.partition is not None
+        return key.partition
+
+    def _checkpoint_table(self, tp: TP) -> Any:
+        return self._file_checkpoints if tp[0] == self._repartition_topic else self._checkpoints
 
     def _window_key(self, key: FileKey) -> tuple:
         window_range = self._windows.window.ranges(key.window_start_ms / 1000)[0]
@@ -69,20 +94,21 @@ class FaustStateStore:
         table_key = self._window_key(key)
         value = facts.to_json()
         self._windows.data[table_key] = value
-        self.in_flight.add(self._windows.send_changelog(key.partition, table_key, value))
+        self.in_flight.add(self._windows.send_changelog(self._facts_partition(key), table_key, value))
 
     @staticmethod
     def _tp_key(tp: TP) -> str:
         return f"{tp[0]}:{tp[1]}"
 
     def get_checkpoint(self, tp: TP) -> Checkpoint | None:
-        data = self._checkpoints.data.get(self._tp_key(tp))
+        data = self._checkpoint_table(tp).data.get(self._tp_key(tp))
         return Checkpoint.from_json(data) if data is not None else None
 
     def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None:
         key, value = self._tp_key(tp), checkpoint.to_json()
-        self._checkpoints.data[key] = value
-        self.in_flight.add(self._checkpoints.send_changelog(tp[1], key, value))
+        table = self._checkpoint_table(tp)
+        table.data[key] = value
+        self.in_flight.add(table.send_changelog(tp[1], key, value))
 
     async def delivered(self) -> None:
         await self.in_flight.delivered()
@@ -147,6 +173,16 @@ class LiveRuntime:
         self.state = FaustStateStore(app, settings)
         self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher,
                                                      spool_dir=prepare_worker_spool(settings), metrics=self.metrics)
+        # fileScope: window: the routing stage (input -> repartition topic); self.pipeline is then
+        # the file stage (repartition topic -> files).  Both run in this process, in one group.
+        self.repartition: KafkaRepartitionSender | None = None
+        self.routing: RoutingStage | None = None
+        self._repartition_topic: str | None = None
+        if settings.worker.fileScope == "window":
+            self.repartition = KafkaRepartitionSender(settings)
+            self.routing = build_routing(settings, self.state, self.publisher, self.repartition)
+            self._repartition_topic = settings.repartition_topic
+        self._idle_closed: list[TP] = []  # routed partitions whose idle close awaits its announcement
         removed = self.pipeline.sink.discard_partials()
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
@@ -161,14 +197,14 @@ class LiveRuntime:
         # The last fetched batch, sent to the decode helper but not yet windowed: it is windowed
         # when the next batch arrives (or at the next tick), so that the helper reads the next
         # batch while the worker windows this one.  Batches are taken in fetch order (_intake).
-        self._held: tuple[list[RawRecord], dict[tuple[str, int], int], Callable[[], bool]] | None = None
+        self._held: tuple[list[RawRecord], list[RawRecord], dict[tuple[str, int], int], Callable[[], bool]] | None = None
         self._intake = asyncio.Lock()
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)
 
     # -- intake -----------------------------------------------------------------------------
     def takes(self, topic: str) -> bool:
-        return topic in self._input_topics
+        return topic in self._input_topics or topic == self._repartition_topic
 
     async def on_fetched(self, batches: Mapping[FaustTP, Sequence[Any]], generation: int) -> None:
         """A fetched batch per input partition (aiokafka records), straight from the fetch loop."""
@@ -180,9 +216,15 @@ class LiveRuntime:
         def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
             return self._app.consumer_generation_id == generation and consumer.flow_active
 
+        if self._repartition_topic is None:
+            inputs, routed = raws, []
+        else:
+            inputs = [r for r in raws if r.topic != self._repartition_topic]
+            routed = [r for r in raws if r.topic == self._repartition_topic]
         async with self._intake:
-            self.pipeline.prefetch(raws)  # read by the helper while the held batch is windowed
-            held, self._held = self._held, (raws, consumed, still_current)
+            # read by the decode helper while the held batch is windowed
+            (self.routing or self.pipeline).prefetch(inputs)
+            held, self._held = self._held, (inputs, routed, consumed, still_current)
             if held is not None:
                 await self._process(*held)
 
@@ -200,13 +242,15 @@ class LiveRuntime:
         consumed: dict[tuple[str, int], int] = {}
         for raw in raws:
             consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
+        inputs = [r for r in raws if r.topic != self._repartition_topic]
+        routed = [r for r in raws if r.topic == self._repartition_topic]
         async with self._intake:
             await self._process_held()  # fetched before these
-            await self._process(raws, consumed, lambda: True)
+            await self._process(inputs, routed, consumed, lambda: True)
         for event in events:
             event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
 
-    async def _process(self, raws: list[RawRecord], consumed: Mapping[tuple[str, int], int],
+    async def _process(self, raws: list[RawRecord], routed: list[RawRecord], consumed: Mapping[tuple[str, int], int],
                        still_current: Callable[[], bool]) -> None:
         delay = 0.5
         while True:
@@ -216,7 +260,13 @@ class LiveRuntime:
                     if not still_current():
                         return
                     # Records processed before a failure are skipped on the retry (by offset).
-                    self.pipeline.process(raws, _now_ms())
+                    if self.routing is None:
+                        self.pipeline.process(raws, _now_ms())
+                    else:
+                        if raws:
+                            self.routing.process(raws, _now_ms())
+                        if routed:
+                            self.pipeline.process_routed(routed, _now_ms())
                 break
             except RegistryUnavailable as exc:
                 # Not the record's fault: hold the batch (no commit, no dead letter) and retry.
@@ -263,17 +313,21 @@ class LiveRuntime:
                 await self._process_held()
         await self._settle()
         async with self._lock:
+            if self.routing is not None:
+                self._idle_closed.extend(self.routing.close_idle(_now_ms(), self._caught_up))
             self.pipeline.tick(_now_ms(), self._caught_up)
             await self._flush_and_commit()
             self.pipeline.update_gauges(_now_ms())
-            for tp in self.pipeline.partitions():
+            for tp in self.pipeline.partitions() + (self.routing.partitions() if self.routing else []):
                 lag = self._lag(tp)
                 if lag is not None:
                     self.metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
 
     def _lag(self, tp: TP) -> int | None:
         highwater = self._app.consumer.highwater(FaustTP(tp[0], tp[1]))
-        next_offset = self.pipeline.windower(tp).next_offset
+        stage = self.routing.router(tp) if self.routing is not None and tp[0] != self._repartition_topic \
+            else self.pipeline.stage(tp)
+        next_offset = stage.next_offset
         if highwater is None or highwater < 0 or next_offset is None:
             return None
         return max(0, highwater - next_offset)
@@ -305,10 +359,34 @@ class LiveRuntime:
             await self.publisher.delivered()
             self.pipeline.persist_facts()
             await self.state.delivered()
+        committed = False
         if self.pipeline.advance_checkpoints():
             await self.state.delivered()
             self.pipeline.confirm_checkpoints()
+            committed = True
+        if self.routing is not None:
+            committed = await self._commit_routing() or committed
+        if committed:
             await self._commit()
+
+    async def _commit_routing(self) -> bool:
+        """The routing stage's durable order: repartition records and dead letters acknowledged,
+        then the checkpoint (offset, watermark, close frontier), then the commit of input offsets.
+        An idle close is announced only after its checkpoint is durable, so a restart can never
+        route a record into a window that some repartition partition already saw closed."""
+        assert self.routing is not None and self.repartition is not None
+        await self.repartition.delivered()
+        await self.publisher.delivered()
+        failpoint("routing.before-checkpoint")
+        moved = bool(self.routing.advance_checkpoints())
+        if moved:
+            await self.state.delivered()
+            self.routing.confirm_checkpoints()
+        if self._idle_closed:
+            announce, self._idle_closed = self._idle_closed, []
+            self.routing.announce(announce)
+            await self.repartition.delivered()
+        return moved
 
     async def _commit(self) -> None:
         """Commit the new checkpoints now (Faust would within commitIntervalMs anyway)."""
@@ -317,9 +395,12 @@ class LiveRuntime:
 
     def commit_gate(self, topic: str, partition: int) -> int | None:
         """What the consumer may commit for a partition: the persisted checkpoint."""
-        if topic not in self._input_topics:
+        if topic not in self._input_topics and topic != self._repartition_topic:
             return NOT_GATED
-        checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
+        if self.routing is not None and topic != self._repartition_topic:
+            checkpoint = self.routing.persisted_checkpoint((topic, partition))
+        else:
+            checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
         return checkpoint.offset if checkpoint is not None else None
 
     def not_ready_reason(self) -> str | None:
@@ -339,6 +420,18 @@ class LiveRuntime:
         self._held = None
         async with self._writing:
             self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
+            if self.routing is not None:
+                self.routing.revoke([(tp.topic, tp.partition) for tp in tps])
+                self._idle_closed = [tp for tp in self._idle_closed if tp in self.routing.partitions()]
+
+    async def on_rebalance_complete(self) -> None:
+        """Tables are recovered: route every assigned input partition, also one without records
+        (its idle close must still reach the file stage), and announce what each has closed."""
+        if self.routing is None:
+            return
+        assigned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._input_topics]
+        async with self._lock:
+            self.routing.assign(assigned, _now_ms())
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
@@ -403,6 +496,20 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.noack_take(worker.batchSize, within=worker.batchWithinMs / 1000):
             await runtime.on_events(events)
+
+    if runtime.routing is not None:
+        repartition = app.topic(settings.repartition_topic, key_serializer="raw", value_serializer="raw",
+                                partitions=kafka.repartition_partitions, internal=False)
+
+        # As the input agent: subscribes the consumer; batches go to the runtime (on_fetched).
+        @app.agent(repartition, name="files")
+        async def files(stream: faust.StreamT) -> None:
+            async for events in stream.noack_take(worker.batchSize, within=worker.batchWithinMs / 1000):
+                await runtime.on_events(events)
+
+        @app.on_rebalance_complete.connect
+        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+            await runtime.on_rebalance_complete()
 
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from stream_app.core.decimals import quantum
+from stream_app.core.decimals import quantize
 from stream_app.core.structured.pack import FieldSpec
 
 
@@ -74,11 +74,11 @@ def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
 def text_converter(spec: FieldSpec) -> Callable[[Any], str]:
     """``render_text`` for one field, with its common case (the field's own type) prepared."""
     if spec.type == "decimal" and spec.scale is not None:
-        places = quantum(spec.scale)
+        places = spec.scale
 
         def decimal_text(value: Any) -> str:
             if type(value) is Decimal:
-                return format(value.quantize(places, rounding=ROUND_HALF_EVEN), "f")
+                return format(quantize(value, places), "f")
             return render_text(spec, value)
 
         return decimal_text
@@ -104,7 +104,7 @@ def render_text(spec: FieldSpec, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         if spec.scale is not None:
-            value = value.quantize(quantum(spec.scale), rounding=ROUND_HALF_EVEN)
+            value = quantize(value, spec.scale)
         return format(value, "f")
     if isinstance(value, datetime):
         if spec.format:
