@@ -264,15 +264,24 @@ class VerifyingSink:
 
 
 def recorded_cuts(entries: list[dict], reader: RangeReader, decode: Any) -> Iterator[FileCut]:
-    """Rebuild each recorded part exactly from the offset ranges its manifest entry lists."""
-    for entry in sorted(entries, key=lambda e: (e["topic"], e["partition"], e["window_start"], e["part"])):
+    """Rebuild each recorded part exactly from the offset ranges its manifest entry lists (per
+    source partition; a business file's records in (topic, partition, offset) order)."""
+    def order(e: dict) -> tuple:
+        return (e["topic"] or "", -1 if e["partition"] is None else e["partition"], e["window_start"], e["part"])
+
+    for entry in sorted(entries, key=order):
         key = FileKey(entry["topic"], entry["partition"], entry["window_start"], entry["window_end"],
-                      tuple(tuple(pair) for pair in entry["group"]))
-        ranges = [(int(a), int(b)) for a, b in entry["offsets"][0]["ranges"]]
-        wanted = {off for a, b in ranges for off in range(a, b + 1)}
+                      tuple((str(n), str(v)) for n, v in entry["group"]))
         records = []
-        for batch in reader.read([PartitionRange(key.topic, key.partition, ranges[0][0], ranges[-1][1] + 1)]):
-            records.extend(decode(raw) for raw in batch if raw.offset in wanted)
-        if len(records) != len(wanted):
-            raise ReplayError(f"{entry['name']}: {len(wanted) - len(records)} recorded offsets are no longer readable")
+        for source in sorted(entry["offsets"], key=lambda o: (o["topic"], o["partition"])):
+            ranges = [(int(a), int(b)) for a, b in source["ranges"]]
+            wanted = {off for a, b in ranges for off in range(a, b + 1)}
+            found = []
+            span = PartitionRange(source["topic"], source["partition"], ranges[0][0], ranges[-1][1] + 1)
+            for batch in reader.read([span]):
+                found.extend(decode(raw) for raw in batch if raw.offset in wanted)
+            if len(found) != len(wanted):
+                raise ReplayError(f"{entry['name']}: {len(wanted) - len(found)} recorded offsets of "
+                                  f"{source['topic']}/{source['partition']} are no longer readable")
+            records.extend(found)
         yield FileCut.of(key, entry["part"], records, entry["reason"], False)

@@ -22,13 +22,15 @@ from stream_app.replay import (
     PartitionRange,
     RangeReader,
     ReplayError,
+    LoopbackSender,
     VerifyingSink,
     recorded_cuts,
     run_records,
+    run_window_records,
 )
 from stream_app.sinks.base import Sink
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_pipeline, build_sink
+from stream_app.wiring import build_pipeline, build_routing, build_sink
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,8 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
             # the recorded parts live in the configured sink's manifest, wherever the output goes
             recorded = target if request.out_dir is None else build_sink(settings)
             entries = [e for e in recorded.manifest_entries(request.window_start_ms)
-                       if request.partitions is None or e["partition"] in request.partitions]
+                       if request.partitions is None or e["partition"] in request.partitions
+                       or e.get("scope") == "window"]
             if not entries:
                 raise ReplayError("no recorded parts for that window in the manifest; replay an offset or time "
                                   "range instead")
@@ -169,7 +172,17 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
                     yield from batch
 
             try:
-                summary = run_records(pipeline, raws())
+                if settings.worker.fileScope == "window":
+                    # Both stages in this process, without the repartition topic; a window waits
+                    # for (and closes with) the replayed input partitions only.
+                    sources = tuple(sorted({(r.topic, r.partition) for r in ranges}))
+                    pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=sink, spool_dir=spool,
+                                              sources=sources)
+                    sender = LoopbackSender(settings.repartition_topic)
+                    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+                    summary = run_window_records(routing, pipeline, sender, sources, raws())
+                else:
+                    summary = run_records(pipeline, raws())
             finally:
                 progress.close()
             files, records = summary.names, summary.records

@@ -24,9 +24,9 @@ from stream_app.demo import DEMO_START, matched_records, spawn_worker, stop_work
 from stream_app.journal import Journal
 from stream_app.kafka_tools import committed_offsets, produce, read_dead_letters, read_journal
 from stream_app.pipeline import FilePipeline, MemoryStateStore
-from stream_app.replay import run_records
+from stream_app.replay import LoopbackSender, run_records, run_window_records
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_assembler, build_decoder, window_policy
+from stream_app.wiring import build_assembler, build_decoder, build_pipeline, build_routing, window_policy
 from tests.helpers import CollectingPublisher, config_dict, write_config
 
 SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
@@ -238,8 +238,16 @@ class LiveWorker:
         out = tmp_path / "reference"
         out.mkdir(exist_ok=True)
         settings = parse_config(self.config_data)
-        pipeline = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
-                                build_assembler(settings), LocalSink(out, manifest=False), MemoryStateStore(),
-                                CollectingPublisher(), Journal("reference"))
-        run_records(pipeline, sorted(self.produced, key=lambda r: (r.partition, r.offset)))
+        produced = sorted(self.produced, key=lambda r: (r.partition, r.offset))
+        if settings.worker.fileScope == "window":
+            settings = settings.model_copy(update={"input": settings.input.model_copy(update={"decodeProcess": False})})
+            publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+            routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+            files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out, manifest=False))
+            run_window_records(routing, files, sender, settings.input_partitions, produced)
+        else:
+            pipeline = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
+                                    build_assembler(settings), LocalSink(out, manifest=False), MemoryStateStore(),
+                                    CollectingPublisher(), Journal("reference"))
+            run_records(pipeline, produced)
         return {p.name: p.read_bytes() for p in sorted(out.iterdir())}

@@ -89,6 +89,11 @@ class PartitionRouter:
         return self._next_offset
 
     @property
+    def position(self) -> int:
+        """The next offset to read: also known for a partition that had no record yet."""
+        return self._next_offset if self._next_offset is not None else self._floor
+
+    @property
     def closed_before_ms(self) -> int | None:
         """Every window whose end is at or before this is closed for this partition."""
         by_watermark = None if self._watermark is None else self._watermark - self._policy.grace_ms

@@ -325,9 +325,10 @@ class LiveRuntime:
 
     def _lag(self, tp: TP) -> int | None:
         highwater = self._app.consumer.highwater(FaustTP(tp[0], tp[1]))
-        stage = self.routing.router(tp) if self.routing is not None and tp[0] != self._repartition_topic \
-            else self.pipeline.stage(tp)
-        next_offset = stage.next_offset
+        if self.routing is not None and tp[0] != self._repartition_topic:
+            next_offset: int | None = self.routing.router(tp).position  # known for an empty partition too
+        else:
+            next_offset = self.pipeline.stage(tp).next_offset
         if highwater is None or highwater < 0 or next_offset is None:
             return None
         return max(0, highwater - next_offset)

@@ -1,0 +1,157 @@
+"""Business files end to end on a real broker: routing stage -> repartition topic -> file stage.
+
+Four input partitions with windows interleaved across them; one file per file window across
+all partitions, byte-identical to both stages run in one process (what replay does), with two
+workers, a rebalance while files are written, and SIGKILL in either stage.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from stream_app.config import parse_config
+from stream_app.replay_cli import ReplayRequest, run_replay
+from tests.harness import LiveWorker, avro_values, wait_for
+
+pytestmark = pytest.mark.e2e
+H = 3_600_000
+WINDOW_SCOPE = {
+    "fileScope": "window",
+    "fileNameTemplate": "B_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ '%03d' % part }}.txt",
+}
+# Faust's own failpoints of the routing and the file stage, between each pair of durable steps.
+FAILPOINTS = ["routing.after-send=crash@3", "routing.before-checkpoint=crash@5", "sink.before-rename=crash@2",
+              "pipeline.after-write=crash@3", "pipeline.after-checkpoint=crash@3", "live.after-commit=crash@4"]
+
+
+def business_worker(bootstrap: str, tmp_path: Path, **worker) -> LiveWorker:
+    settings = {**WINDOW_SCOPE, "maxRecordsPerFile": 1500,
+                "window": {"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000}, **worker}
+    return LiveWorker(bootstrap, tmp_path, partitions=4, **settings)
+
+
+def interleaved(records: int, seed: int, span_hours: float) -> list[tuple[int, bytes]]:
+    """Each record to a random partition: every window has records of every partition."""
+    rng = random.Random(seed)
+    return [(rng.randrange(4), v) for v in avro_values(records, seed=seed, span_hours=span_hours)]
+
+
+def _all_files(workers: list[LiveWorker], expected: dict[str, bytes]) -> bool:
+    names: set[str] = set()
+    for w in workers:
+        names |= set(w.files())
+    return names >= set(expected)
+
+
+def test_two_workers_write_each_business_file_once_identical_to_replay(kafka_bootstrap, tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = business_worker(kafka_bootstrap, tmp_path / "a")
+    second = first.replica(tmp_path / "b")
+    first.produce(interleaved(16_000, seed=5, span_hours=6))
+    reference = first.reference_files(tmp_path)
+    assert len(reference) >= 10  # several windows, several parts each
+    first.start(env={"STREAM_APP_FAILPOINTS": "sink.write=delay@300"})  # slow writes: the rebalance meets one
+    try:
+        first.wait_for(lambda: len(first.files()) >= 2, 120, what="the first business files")
+        second.start()
+        first.wait_for(lambda: _all_files([first, second], reference), 300, interval_s=1, what="every file")
+        time.sleep(3)  # a file written twice would show up now
+        assert first.proc.poll() is None and second.proc.poll() is None
+    finally:
+        first.stop()
+        second.stop()
+    a, b = first.files(), second.files()
+    assert a and b, "the second worker took repartition partitions over"
+    assert not set(a) & set(b), f"written by both workers: {sorted(set(a) & set(b))}"
+    assert {**a, **b} == reference
+    for worker in (first, second):
+        assert "Traceback" not in worker.log.read_text()
+    # one created event per file; a window's parts together hold offsets of all four partitions
+    created = {e["file_name"]: e for e in first.created()}
+    assert set(created) == set(reference)
+    by_window: dict[int, set[int]] = {}
+    for event in created.values():
+        by_window.setdefault(event["window_start"], set()).update(o["partition"] for o in event["offsets"])
+    assert all(partitions == {0, 1, 2, 3} for partitions in by_window.values())
+    # replay reads the input topics (not the repartition topic) and gives the same bytes
+    settings = parse_config(first.config_data)
+    report = run_replay(settings, ReplayRequest(out_dir=tmp_path / "replayed"))
+    replayed = {p.name: p.read_bytes() for p in (tmp_path / "replayed").iterdir() if p.name != "manifest.jsonl"}
+    assert replayed == reference and sorted(report.files) == sorted(reference)
+
+
+def test_sigkill_in_either_stage_leaves_exactly_the_reference_files(kafka_bootstrap, tmp_path):
+    seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
+    print(f"crash test seed: {seed} (set CRASH_SEED to repeat)")
+    rng = random.Random(seed)
+    worker = business_worker(kafka_bootstrap, tmp_path, streamingAppendEnabled=True, spool_dir=tmp_path / "spool")
+    worker.produce(interleaved(30_000, seed=seed % 1000, span_hours=8))
+    reference = worker.reference_files(tmp_path)
+    try:
+        for point in FAILPOINTS:
+            worker.start(env={"STREAM_APP_FAILPOINTS": point})
+            try:
+                worker.proc.wait(timeout=120)
+            except Exception:
+                pytest.fail(f"failpoint {point} was never reached")
+            assert worker.proc.returncode == 137, point
+        for _ in range(4):
+            ready_before = worker.log_count("Worker ready")
+            worker.start()
+            worker.wait_for(lambda: worker.log_count("Worker ready") > ready_before, 90, what="worker ready")
+            time.sleep(rng.uniform(0.0, 4.0))
+            if worker.proc.poll() is None:
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait()
+        worker.start()
+        worker.wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
+    finally:
+        worker.stop()
+    assert worker.files() == reference
+    assert not list(worker.out.glob("*.tmp"))
+    ids: dict[str, set] = {}
+    for event in worker.created():
+        ids.setdefault(event["file_name"], set()).add(event["event_id"])
+    assert all(len(v) == 1 for v in ids.values()) and set(ids) == set(reference)
+
+
+def test_a_slow_partition_holds_only_the_windows_it_has_not_closed(kafka_bootstrap, tmp_path):
+    """Partition 3 stops after hour 2 while the others go on to hour 6: the windows it closed are
+    written at once, the rest wait for it, and its idle close releases them."""
+    worker = business_worker(kafka_bootstrap, tmp_path, window={"sizeMs": H, "graceMs": 0, "idleTimeoutMs": 15_000})
+    values = avro_values(6000, seed=11, span_hours=6)
+    early = values[:2000]  # about the first two hours
+    worker.produce([(i % 4, v) for i, v in enumerate(early)])
+    worker.produce([(i % 3, v) for i, v in enumerate(values[2000:])])  # partition 3 stays behind
+    reference = worker.reference_files(tmp_path)
+    worker.start()
+    started = time.monotonic()
+    try:
+        worker.wait_for(lambda: any("T0000" in n for n in worker.files()), 60, what="the first window's file")
+        first_files = time.monotonic() - started
+        written = set(worker.files())
+        assert written and all(n.startswith(("B_20260302T0000", "B_20260302T0100")) for n in written), written
+        worker.wait_for(lambda: set(worker.files()) >= set(reference), 120, what="every file after the idle close")
+    finally:
+        worker.stop()
+    assert worker.files() == reference
+    assert first_files < 15, "early windows did not wait for the idle timeout"
+
+
+def test_an_empty_partition_does_not_hold_a_window_forever(kafka_bootstrap, tmp_path):
+    worker = business_worker(kafka_bootstrap, tmp_path, window={"sizeMs": H, "graceMs": 0, "idleTimeoutMs": 3000})
+    worker.produce([(i % 2, v) for i, v in enumerate(avro_values(500, seed=3, span_hours=2))])  # 2, 3 stay empty
+    reference = worker.reference_files(tmp_path)
+    worker.start()
+    try:
+        worker.wait_for(lambda: set(worker.files()) >= set(reference), 90, what="files despite empty partitions")
+        wait_for(lambda: sum(max(o, 0) for o in worker.committed().values()) == 500, 30, what="input committed")
+    finally:
+        worker.stop()
+    assert worker.files() == reference
