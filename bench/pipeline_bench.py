@@ -100,21 +100,29 @@ def raw_read(bootstrap: str, topic: str, partitions: int, total: int, clock: Cpu
             **_cpu_fields(count, cpu, None if broker is None else broker - broker_started)}
 
 
+def _names(scope: str, extension: str) -> str:
+    partition = "_P{{ partition }}" if scope == "partition" else ""
+    return "F_{{ window_start | ts('%Y%m%d%H') }}" + partition + "_{{ part }}." + extension
+
+
 def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
-                work: Path, clock: CpuClock, streaming: bool = False, decode_process: bool = True) -> dict:
+                work: Path, clock: CpuClock, streaming: bool = False, decode_process: bool = True,
+                scope: str = "partition") -> dict:
     import yaml
 
-    out = work / ("out-structured" if structured else "out-template")
+    out = work / f"out-{'structured' if structured else 'template'}-{scope}"
     out.mkdir()
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     worker = {"window": {"sizeMs": 6 * 3600 * 1000, "graceMs": 300_000, "idleTimeoutMs": 2000},
               "maxRecordsPerFile": 50_000, "maxBufferedRecords": 400_000, "batchSize": 20_000,
-              "streamingAppendEnabled": streaming}
+              "streamingAppendEnabled": streaming, "fileScope": scope}
     if structured:
-        worker.update(mode="structured", schema={"id": "pcs-clearing", "version": "1.0.0"},
-                      fileNameTemplate="PCS_{{ window_start | ts('%Y%m%d%H') }}_P{{ partition }}_{{ part }}.xml")
+        # the pack's header names the partition; business files use the version without it
+        pack = "1.0.0" if scope == "partition" else "1.1.0"
+        worker.update(mode="structured", schema={"id": "pcs-clearing", "version": pack},
+                      fileNameTemplate=_names(scope, "xml"))
     else:
-        worker.update(fileNameTemplate="CLR_{{ window_start | ts('%Y%m%d%H') }}_P{{ partition }}_{{ part }}.txt",
+        worker.update(fileNameTemplate=_names(scope, "txt"),
                       headerTemplate="HDR|{{ window_start | ts }}\n", footerTemplate="TRL|{{ totals.count }}\n",
                       recordTemplate="DTL|{{ seq }}|{{ record.record_id }}|{{ record.amount | money }}|"
                                      "{{ record.currency }}|{{ record.merchant_name }}\n")
@@ -135,7 +143,13 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": app_id, "enable.auto.commit": False})
     tps = [TopicPartition(topic, p) for p in range(partitions)]
 
+    manifest = out / "manifest.jsonl"
+
     def committed() -> int:
+        if scope == "window":  # input commits say routed; the files are what counts
+            if not manifest.exists():
+                return 0
+            return sum(json.loads(line)["records"] for line in manifest.read_text().splitlines())
         return sum(tp.offset for tp in watcher.committed(tps, timeout=10) if tp.offset > 0)
 
     # wall time, worker + helper CPU, the worker process's own CPU, broker CPU
@@ -160,7 +174,10 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     # The clock starts at the first record processed: the journal's first event (a window
     # opening) carries its wall time.  Start-up and group join are reported apart.
     first = min(e["occurred_at"] for e in read_journal(bootstrap, f"{app_id}-journal")).timestamp()
-    name = "c live worker, structured (XML)" if structured else "b live worker, template"
+    if scope == "partition":
+        name = "c live worker, structured (XML)" if structured else "b live worker, template"
+    else:
+        name = "g business files, structured" if structured else "f business files, template"
     # CPU from the first record on: the samples around it, interpolated (start-up is not counted).
     tree_cpu, own_cpu = (samples[-1][i] - _at(samples, first, i) for i in (1, 2))
     broker_cpu = None if samples[-1][3] is None else samples[-1][3] - _at(samples, first, 3)
@@ -182,7 +199,9 @@ def _at(samples: list[tuple], wall: float, column: int) -> float:
     return before[column] + share * (after[column] - before[column])
 
 
-def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, work: Path, clock: CpuClock) -> dict:
+def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, work: Path, clock: CpuClock,
+           scope: str = "partition") -> dict:
+    names = _names(scope, "txt")
     script = f"""
 import json, os, sys
 from pathlib import Path
@@ -192,12 +211,12 @@ from stream_app.config import parse_config
 from stream_app.replay_cli import ReplayRequest, run_replay
 settings = parse_config({{"appId": "replay-bench", "kafka": {{"bootstrapServers": "{bootstrap}", "inputTopics": ["{topic}"],
   "topicPartitions": {partitions}}}, "worker": {{"window": {{"sizeMs": 21600000, "graceMs": 300000}},
-  "maxRecordsPerFile": 50000, "maxBufferedRecords": 400000,
-  "fileNameTemplate": "CLR_{{{{ window_start | ts('%Y%m%d%H') }}}}_P{{{{ partition }}}}_{{{{ part }}}}.txt",
+  "maxRecordsPerFile": 50000, "maxBufferedRecords": 400000, "fileScope": "{scope}",
+  "fileNameTemplate": "{names}",
   "recordTemplate": "DTL|{{{{ seq }}}}|{{{{ record.record_id }}}}|{{{{ record.amount | money }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_name }}}}\\\\n"}},
   "sink": {{"type": "local", "localTargetDir": "{work}"}}}})
 cpu_started = cpu_seconds(os.getpid())
-report = run_replay(settings, ReplayRequest(out_dir=Path("{work}") / "replay"))
+report = run_replay(settings, ReplayRequest(out_dir=Path("{work}") / "replay-{scope}"))
 # CPU and peak RSS of the replay process with its decode helper (a live child until exit)
 print(json.dumps({{"records": report.records, "seconds": report.seconds, "cpu": cpu_seconds(os.getpid()) - cpu_started,
                    "peak_rss_mb": peak_rss_mb(os.getpid())}}))
@@ -209,7 +228,8 @@ print(json.dumps({{"records": report.records, "seconds": report.seconds, "cpu": 
     broker = clock.broker()
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     cpu = _cpu_fields(result["records"], result.pop("cpu"), None if broker is None else broker - broker_started)
-    return {"path": "d replay (same range)", "bytes": size, **result, **cpu}
+    name = "d replay (same range)" if scope == "partition" else "h replay, business files"
+    return {"path": name, "bytes": size, **result, **cpu}
 
 
 def main() -> None:
@@ -218,7 +238,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--skip-rss", action="store_true", help="skip (e), the streaming RSS runs")
     parser.add_argument("--streaming", action="store_true", help="b and c with streamingAppendEnabled")
-    parser.add_argument("--paths", default="abcd", help="which of a-d to run (a, the ceiling, always runs)")
+    parser.add_argument("--paths", default="abcdfgh",
+                        help="which paths to run (a, the ceiling, always runs): b c d partition scope, "
+                             "f g h the same in window scope (business files)")
     parser.add_argument("--decode-in-worker", action="store_true",
                         help="b and c with input.decodeProcess: false (no helper process)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where pipeline.json goes")
@@ -243,14 +265,15 @@ def main() -> None:
         # before and just after it.
         raws = [raw_read(bootstrap, topic, args.partitions, args.records, clock)]
         rows = []
-        for path in "bcd":
+        for path in "bcdfgh":
             if path not in args.paths:
                 continue
-            if path == "d":
-                row = replay(bootstrap, topic, args.partitions, args.records, size, work, clock)
+            scope = "partition" if path in "bcd" else "window"
+            if path in "dh":
+                row = replay(bootstrap, topic, args.partitions, args.records, size, work, clock, scope)
             else:
-                row = live_worker(bootstrap, topic, args.partitions, args.records, size, path == "c", work,
-                                  clock, args.streaming, not args.decode_in_worker)
+                row = live_worker(bootstrap, topic, args.partitions, args.records, size, path in "cg", work,
+                                  clock, args.streaming, not args.decode_in_worker, scope)
             raws.append(raw_read(bootstrap, topic, args.partitions, args.records, clock))
             row["ceiling_records_per_s"] = round(sum(r["records"] / r["seconds"] for r in raws[-2:]) / 2)
             rows.append(row)

@@ -122,8 +122,6 @@ def demo_config(example: str, bootstrap: str, topics: tuple[str, str, str], part
     data["input"]["avroSchemas"] = {MATCHED_RECORD_SCHEMA_ID: str(AVRO_DIR / "matched_record.avsc")}
     data["schemasDir"] = str(SCHEMAS_DIR)
     data["worker"]["window"]["idleTimeoutMs"] = 1500  # close the last windows soon after the sample ends
-    if data["worker"].get("mode", "template") == "template":
-        data["worker"]["maxRecordsPerFile"] = max(1, records // 20)  # show count rolls too
     data["sink"]["localTargetDir"] = str(out_dir.resolve())
     return data
 

@@ -19,7 +19,7 @@ from stream_app.core.assembly import AssemblyError
 from stream_app.core.template import make_environment
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.sinks.base import SinkError
-from stream_app.wiring import build_assembler, build_sink, window_policy
+from stream_app.wiring import build_assembler, build_sink, load_worker_pack, window_policy
 
 _SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
 _SAMPLE_START_MS = int(_SAMPLE_TIME.timestamp() * 1000)
@@ -93,6 +93,14 @@ def _check_scope(settings: AppSettings) -> None:
     templates = {"fileNameTemplate": settings.worker.fileNameTemplate}
     if settings.worker.mode == "template":
         templates.update(headerTemplate=settings.worker.headerTemplate, footerTemplate=settings.worker.footerTemplate)
+    if settings.worker.mode == "structured":
+        pack = load_worker_pack(settings)
+        used = pack.file_variables_used() & set(_PARTITION_VARIABLES)
+        if used:
+            raise ConfigError(
+                f"worker.schema: {pack.path}: the header or trailer reads {sorted(used)[0]!r}, but with "
+                "worker.fileScope: window a file holds every input partition's records; use a pack version "
+                "without it, or set worker.fileScope: partition")
     for key, source in templates.items():
         used = meta.find_undeclared_variables(env.parse(source)) & set(_PARTITION_VARIABLES)
         if used:
@@ -158,9 +166,16 @@ def run_preflight(settings: AppSettings) -> list[str]:
     checked.append("templates compile" if settings.worker.mode == "template" else "schema pack is valid")
     samples = _sample_records(settings)
     _check_scope(settings)
+    checked.append(f"templates fit fileScope: {settings.worker.fileScope}")
     _check_file_names(settings)
     checked.append("file names are unique per file key and safe")
     if isinstance(assembler, StructuredAssembler):
+        key = _sample_key(settings, settings.kafka.inputTopics[0], 0, _SAMPLE_START_MS)
+        try:
+            assembler.open_part(key, 0, MemorySpool()).frame()
+        except AssemblyError as exc:
+            raise ConfigError(f"worker.schema: {assembler.pack.path}: {exc}") from None
+        checked.append("the pack's header and trailer render for a file window")
         if samples is not None:
             _check_pack_inputs(settings, assembler.pack, samples)
             checked.append("every field the pack maps from exists in the input schema")

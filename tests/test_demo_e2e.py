@@ -17,9 +17,19 @@ def test_demo_twice_with_the_same_seed_gives_identical_files(tmp_path):
     assert "dead letters: 2" in result.output and "clearing files, 600 records" in result.output
     second = run_demo(600, tmp_path / "b", seed=5)
     names = sorted(p.name for p in (tmp_path / "a").glob("CLR_*"))
-    assert names == sorted(p.name for p in (tmp_path / "b").glob("CLR_*")) and len(names) >= 10
+    # one business file per 6-hour clearing cycle across the three partitions
+    assert names == sorted(p.name for p in (tmp_path / "b").glob("CLR_*")) and len(names) == 5
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert sum(f["records"] for f in second.files) == 600
     sample = (tmp_path / "a" / names[0]).read_text()
-    assert sample.startswith("HDR|CLEARING|V01|") and "\nDTL|0000001|" in sample and "\nTRL|" in sample
+    assert sample.startswith("HDR|CLEARING|V02|ACQ0000001|SCHEME0001|") and "\nDTL|0000001|" in sample
+    assert "\nTOT|EUR|" in sample and "\nTRL|" in sample
+
+
+def test_business_files_do_not_depend_on_the_partition_count(tmp_path):
+    one = run_demo(600, tmp_path / "one", seed=5, partitions=1)
+    four = run_demo(600, tmp_path / "four", seed=5, partitions=4)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("CLR_*")}
+    assert len(files) == 5 and files == {p.name: p.read_bytes() for p in (tmp_path / "four").glob("CLR_*")}
+    assert one.dead_letters == four.dead_letters == 2

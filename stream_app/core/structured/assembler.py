@@ -205,9 +205,9 @@ class StructuredPart:
             self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {exc}", exc.error_class,
                                         source=(record.topic, record.partition, record.offset))
 
-    def finish(self) -> AssembledFile:
-        if self._error is not None:
-            raise self._error
+    def frame(self) -> tuple[bytes, bytes, bytes]:
+        """Header, grouped body and trailer bytes of the part as it is now (preflight renders
+        them for an empty part to check the file-level expressions)."""
         assembler, formatter = self._assembler, self._assembler.formatter
         context: dict[str, Any] = assembler.variables.context(self._key, self._part, self.count)
         for acc in self._aggregates:
@@ -218,6 +218,13 @@ class StructuredPart:
             tail = formatter.end(self._fixed_lines("trailer", context))
         except FormatError as exc:
             raise AssemblyError(str(exc), exc.error_class) from None
+        return head, groups, tail
+
+    def finish(self) -> AssembledFile:
+        if self._error is not None:
+            raise self._error
+        assembler, formatter = self._assembler, self._assembler.formatter
+        head, groups, tail = self.frame()
         spool = self._spool
 
         def chunks() -> Iterator[bytes]:
@@ -243,9 +250,12 @@ class StructuredPart:
                 lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, context)))
                 continue
             group_by = aggregates[spec.forEach].groupBy
+            # aggregates grouped by the same fields read as their value for this line's key
+            siblings = [a.name for a in aggregates.values() if a.groupBy == group_by and a.name != spec.forEach]
             for key, value in context[spec.forEach].items():
                 scope = ChainMap({"key": key[0] if len(key) == 1 else "/".join(map(str, key)), "value": value,
-                                  **dict(zip(group_by, key))}, context)
+                                  **dict(zip(group_by, key)),
+                                  **{name: context[name].get(key) for name in siblings}}, context)
                 lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, scope)))
         return lines
 

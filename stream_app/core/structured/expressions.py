@@ -46,6 +46,8 @@ def _str(value: Any, fn: str) -> str:
 
 
 def _dt(value: Any, fn: str) -> datetime:
+    if isinstance(value, date) and not isinstance(value, datetime):  # a business date: its midnight, UTC
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -115,6 +117,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "to_date": _to_date,
     "to_timezone": lambda v, tz: _dt(v, "to_timezone").astimezone(_zone(tz)),
     "eq": lambda a, b: a == b,
+    "lt": lambda a, b: _dec(a, "lt") < _dec(b, "lt"),
+    "ge": lambda a, b: _dec(a, "ge") >= _dec(b, "ge"),
     "is_in": lambda v, *options: v in options,
     "if_": _if,
     "least": lambda *values: min(values),

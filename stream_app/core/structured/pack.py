@@ -23,7 +23,8 @@ NUMERIC_TYPES = ("int", "decimal")
 
 # Variables every header/trailer expression can read, besides the pack's aggregates.
 FILE_VARIABLES = frozenset(
-    {"topic", "partition", "window_start", "window_end", "part", "group", "file_key", "record_count"}
+    {"topic", "partition", "window_start", "window_end", "part", "group", "file_key", "record_count",
+     "business_date", "file_sequence", "sender_id", "receiver_id"}
 )
 
 
@@ -224,6 +225,11 @@ class SchemaPack:
             for col in self.spec.body.columns:
                 self._check_aggregate(col, f"body.columns.{col.name}", allow_group=False)
 
+    def file_variables_used(self) -> set[str]:
+        """The file variables the header and trailer read (preflight checks them against the scope)."""
+        return {name for fields in (*self.header, *self.trailer) for field in fields for name in field.names
+                if name in FILE_VARIABLES}
+
     def _check_lines(self) -> None:
         aggregates = {a.name: a for a in self.spec.aggregates}
         base = set(FILE_VARIABLES) | set(aggregates)
@@ -244,6 +250,8 @@ class SchemaPack:
                         raise self.error(f"{kind}[{i}].forEach", "undefined-aggregate",
                                          f"{line.forEach!r} is not a grouped aggregate")
                     known |= {"key", "value", *agg.groupBy}
+                    # other aggregates grouped by the same fields: their value for the line's key
+                    known |= {a.name for a in aggregates.values() if a.groupBy == agg.groupBy}
                 for field in fields:
                     unknown = field.names - known
                     if unknown:
