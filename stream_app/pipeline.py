@@ -23,7 +23,7 @@ from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.repartition import FrontierMarker, RoutedRun, decode as decode_repartition
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.compression import gzipped
-from stream_app.core.spool import FileSpool, RunSpool
+from stream_app.core.spool import FileSpool, MergedSpool, RunSpool
 from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.routing import WindowCollector, repartition_partition
@@ -41,6 +41,7 @@ from stream_app.core.windows import (
     WindowFacts,
     WindowOpened,
     WindowPolicy,
+    compress_offsets,
 )
 from stream_app.faults import failpoint
 from stream_app.journal import Journal
@@ -196,6 +197,7 @@ class FilePipeline:
         self._spool_dir = spool_dir
         self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
         self._run_spools: dict[tuple[FileKey, TP], RunSpool] = {}  # window scope, streaming
+        self._merged: dict[tuple[FileKey, tuple], MergedSpool] = {}  # ... in file order, per cut batch
         self._compression = compression
         self._schema_ref = schema_ref
         self.metrics = metrics
@@ -261,22 +263,46 @@ class FilePipeline:
         failpoint("pipeline.append")
 
     def _streamed_part(self, cut: FileCut) -> TemplatePart | StructuredPart:
-        """Window scope, streaming: render a part from its spool segments (decoded in chunks)."""
+        """Window scope, streaming: render a part from the window's spools in file order.
+
+        The first part of a cut batch merges its spool segments into one sorted spool (bounded
+        memory); every part then reads its slice, and learns its offset ranges on the way.
+        """
+        assert cut.merged is not None
+        merged = self._merged.get((cut.key, cut.segments))
+        if merged is None:
+            sources = [segment.source for segment in cut.segments]
+            merged = MergedSpool(self._window_spool(cut.key) / f"merged-{cut.segments[0].first}",
+                                 [(i, self._run_spools[(cut.key, seg.source)], seg.first, seg.end)
+                                  for i, seg in enumerate(cut.segments)])
+            self._merged[(cut.key, cut.segments)] = merged
+        sources = [segment.source for segment in cut.segments]
         writer = self._assembler.open_part(cut.key, cut.part, FileSpool(self._window_spool(cut.key) / f"part-{cut.part}"))
-        for segment in cut.segments:
-            spool = self._run_spools[(cut.key, segment.source)]
-            topic, partition = segment.source
-            for entries in spool.read(segment.first, segment.end):
-                raws = [RawRecord(topic, partition, offset, None, None, value) for offset, _, value in entries]
-                for record in self._decoder.decode_many(raws):
-                    if type(record) is not SourceRecord:
-                        raise record
-                    writer.append(self._project_routed(record) if self._structured is not None else record)
+        offsets: dict[TP, list[int]] = {}
+        chunk: list[RawRecord] = []
+
+        def render(raws: list[RawRecord]) -> None:
+            for record in self._decoder.decode_many(raws):
+                if type(record) is not SourceRecord:
+                    raise record
+                writer.append(self._project_routed(record) if self._structured is not None else record)
+
+        for _, index, offset, value in merged.read(*cut.merged):
+            topic, partition = sources[index]
+            offsets.setdefault(sources[index], []).append(offset)
+            chunk.append(RawRecord(topic, partition, offset, None, None, value))
+            if len(chunk) >= 2000:
+                render(chunk)
+                chunk = []
+        render(chunk)
+        cut.sources = {tp: compress_offsets(sorted(found)) for tp, found in sorted(offsets.items())}
         return writer
 
     def _drop_window_spools(self, key: FileKey) -> None:
         for key_source in [ks for ks in self._run_spools if ks[0] == key]:
             self._run_spools.pop(key_source).discard()
+        for key_segments in [ks for ks in self._merged if ks[0] == key]:
+            self._merged.pop(key_segments).discard()
         shutil.rmtree(self._window_spool(key), ignore_errors=True)
 
     def _append(self, key: FileKey, part: int, record: SourceRecord) -> None:

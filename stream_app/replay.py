@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from stream_app.core.records import RawRecord
+from stream_app.core.routing import file_order
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary
 from stream_app.routing_stage import RoutingStage
@@ -265,7 +266,7 @@ class VerifyingSink:
 
 def recorded_cuts(entries: list[dict], reader: RangeReader, decode: Any) -> Iterator[FileCut]:
     """Rebuild each recorded part exactly from the offset ranges its manifest entry lists (per
-    source partition; a business file's records in (topic, partition, offset) order)."""
+    source partition; a business file's records in file order)."""
     def order(e: dict) -> tuple:
         return (e["topic"] or "", -1 if e["partition"] is None else e["partition"], e["window_start"], e["part"])
 
@@ -284,4 +285,6 @@ def recorded_cuts(entries: list[dict], reader: RangeReader, decode: Any) -> Iter
                 raise ReplayError(f"{entry['name']}: {len(wanted) - len(found)} recorded offsets of "
                                   f"{source['topic']}/{source['partition']} are no longer readable")
             records.extend(found)
+        if not key.per_partition:
+            records.sort(key=file_order)
         yield FileCut.of(key, entry["part"], records, entry["reason"], False)

@@ -83,18 +83,36 @@ def test_one_file_per_window_across_partitions_whatever_the_interleaving(tmp_pat
     assert all(e["file_key"].count("/") == 0 for e in created)
 
 
-def test_records_are_ordered_by_source_and_counts_cut_in_that_order(tmp_path):
+TIMED = {"recordTemplate": "D|{{ record.matched_at | ts('%Y%m%d%H%M%S') }}|{{ record.record_id }}\n",
+         "footerTemplate": "T|{{ totals.count }}\n"}
+
+
+def test_records_are_in_event_time_order_and_counts_cut_in_that_order(tmp_path):
     parts = partitioned(300, 3)
-    files, pub = run(tmp_path, [r for p in reversed(parts) for r in p], 3, maxRecordsPerFile=40)
-    for event in pub.of_type("created"):
-        assert event["records"] <= 40
-    # records in a file come by partition, then offset: the offsets a file lists never go back
-    created = sorted(pub.of_type("created"), key=lambda e: (e["window_start"], e["part"]))
-    by_window: dict[int, list[tuple[int, int]]] = {}
-    for e in created:
-        by_window.setdefault(e["window_start"], []).extend((o["partition"], o["first"]) for o in e["offsets"])
-    for coords in by_window.values():
-        assert coords == sorted(coords)
+    files, pub = run(tmp_path, [r for p in reversed(parts) for r in p], 3, maxRecordsPerFile=40, **TIMED)
+    assert all(e["records"] <= 40 for e in pub.of_type("created"))
+    by_window: dict[str, list[str]] = {}
+    for name in sorted(files):  # F_<window>_<part>.txt: parts in order
+        lines = [line for line in files[name].decode().splitlines() if line.startswith("D|")]
+        by_window.setdefault(name.rsplit("_", 1)[0], []).extend(line.split("|")[1] for line in lines)
+    assert all(times == sorted(times) for times in by_window.values()) and len(by_window) >= 5
+
+
+def test_the_same_records_give_the_same_files_whatever_the_partitioning(tmp_path):
+    """Which partition a record was produced to changes neither a file's records nor its order
+    (with a grace long enough that no partitioning makes a record late)."""
+    records = [r for p in partitioned(500, 1) for r in p]
+    grace = {"window": {"sizeMs": H, "graceMs": 24 * H}}
+    reference, _ = run(tmp_path / "one", records, 1, maxRecordsPerFile=70, **TIMED, **grace)
+    for partitions in (3, 4):
+        rng = random.Random(partitions)
+        spread: list[list[RawRecord]] = [[] for _ in range(partitions)]
+        for r in records:
+            p = rng.randrange(partitions)
+            spread[p].append(RawRecord("in", p, len(spread[p]), None, None, r.value))
+        files, _ = run(tmp_path / f"p{partitions}", interleave(spread, rng), partitions, maxRecordsPerFile=70,
+                       **TIMED, **grace)
+        assert files == reference
 
 
 def test_a_window_waits_for_every_partition(tmp_path):

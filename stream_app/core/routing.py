@@ -37,9 +37,16 @@ from stream_app.core.windows import (
     WindowClosed,
     WindowFacts,
     WindowOpened,
+    SourceRanges,
     WindowPolicy,
     source_ranges,
 )
+
+
+def file_order(record: SourceRecord) -> tuple[int, str, int, int]:
+    """Where a record goes in a business file: by event time, then source coordinates.  It does
+    not depend on arrival order, worker count or, for distinct event times, the partitioning."""
+    return (record.event_time_ms, record.topic, record.partition, record.offset)
 
 
 def repartition_partition(key: FileKey, partitions: int) -> int:
@@ -189,26 +196,6 @@ class _SpooledSource:
 
     spooled: int = 0  # entries in the spool (across parts); the next entry's position
     cut: int = 0  # entries already in cut parts
-    # runs of consecutive offsets: (first offset, last offset, spool position of the first)
-    runs: list[tuple[int, int, int]] = field(default_factory=list)
-
-    def add(self, offset: int) -> None:
-        if self.runs and self.runs[-1][1] + 1 == offset:
-            first, _, position = self.runs[-1]
-            self.runs[-1] = (first, offset, position)
-        else:
-            self.runs.append((offset, offset, self.spooled))
-        self.spooled += 1
-
-    def ranges(self, first: int, end: int) -> list[tuple[int, int]]:
-        """Offset ranges of the entries at positions ``[first, end)``."""
-        out = []
-        for run_first, run_last, position in self.runs:
-            lo = max(first, position)
-            hi = min(end, position + run_last - run_first + 1)
-            if lo < hi:
-                out.append((run_first + lo - position, run_first + hi - 1 - position))
-        return out
 
 
 @dataclass(slots=True)
@@ -321,7 +308,7 @@ class WindowCollector:
                 spooled = window.spooled.get(source)
                 if spooled is None:
                     spooled = window.spooled[source] = _SpooledSource()
-                spooled.add(offset)
+                spooled.spooled += 1
             else:
                 window.by_source.setdefault(source, []).append(record)
                 self._buffered += 1
@@ -363,22 +350,32 @@ class WindowCollector:
 
     # -- cuts ---------------------------------------------------------------------------------
     def _cut(self, window: _CollectingWindow, reason: CutReason, closes_window: bool, out: list[Output]) -> None:
-        """Everything the window holds becomes parts: records in (topic, partition, offset) order,
-        ``maxRecordsPerFile`` to a part."""
+        """Everything the window holds becomes parts: records in file order (event time, then
+        topic, partition, offset), ``maxRecordsPerFile`` to a part."""
         if not window.count:
             return
         size = self._policy.max_records_per_file
         assert window.first_position is not None
+        parts: list[tuple[list[SourceRecord], SourceRanges | None, int, tuple[int, int] | None]] = []
+        segments: tuple[Segment, ...] = ()
         if window.spooled:
-            parts = self._spooled_parts(window, size)
+            # Streaming: the parts are slices of the merged order of these spool segments,
+            # merged (and their offset ranges found) when the first of them is written.
+            segments = tuple(Segment(source, spooled.cut, spooled.spooled)
+                             for source, spooled in sorted(window.spooled.items()) if spooled.cut < spooled.spooled)
+            total = sum(seg.end - seg.first for seg in segments)
+            for spooled in window.spooled.values():
+                spooled.cut = spooled.spooled
+            parts = [([], None, min(size, total - start), (start, min(total, start + size)))
+                     for start in range(0, total, size)]
         else:
-            ordered = [r for source in sorted(window.by_source) for r in window.by_source[source]]
-            parts = [(chunk, source_ranges(chunk), len(chunk), ())
+            ordered = sorted((r for records in window.by_source.values() for r in records), key=file_order)
+            parts = [(chunk, source_ranges(chunk), len(chunk), None)
                      for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size))]
-        for i, (chunk, ranges, count, segments) in enumerate(parts):
+        for i, (chunk, ranges, count, merged) in enumerate(parts):
             last = i == len(parts) - 1
             cut = FileCut(window.key, window.part, chunk, reason if last else "count", closes_window and last,
-                          count, window.first_position, [], ranges, segments)
+                          count, window.first_position, [], ranges, segments, merged)
             self._pending[(cut.key, cut.part)] = cut
             out.append(cut)
             window.part += 1
@@ -386,28 +383,6 @@ class WindowCollector:
         window.count = 0
         window.first_position = None
         window.first_buffered_wall_ms = None
-
-    @staticmethod
-    def _spooled_parts(window: _CollectingWindow, size: int) -> list[tuple[list, dict, int, tuple[Segment, ...]]]:
-        """Parts of a streamed window: spool segments in (topic, partition) order, ``size`` each."""
-        parts: list[tuple[list, dict, int, tuple[Segment, ...]]] = []
-        segments: list[Segment] = []
-        ranges: dict[TP, list[tuple[int, int]]] = {}
-        count = 0
-        for source in sorted(window.spooled):
-            spooled = window.spooled[source]
-            while spooled.cut < spooled.spooled:
-                end = min(spooled.spooled, spooled.cut + size - count)
-                segments.append(Segment(source, spooled.cut, end))
-                ranges[source] = spooled.ranges(spooled.cut, end)
-                count += end - spooled.cut
-                spooled.cut = end
-                if count == size:
-                    parts.append(([], ranges, count, tuple(segments)))
-                    segments, ranges, count = [], {}, 0
-        if count:
-            parts.append(([], ranges, count, tuple(segments)))
-        return parts
 
     def cut_idle(self, now_wall_ms: int) -> list[Output]:
         return []  # idleness is decided per input partition, by the routing stage

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Iterator, Protocol
+import heapq
+from typing import BinaryIO, Iterator, Protocol
 
 READ_BLOCK = 1 << 20
 
@@ -73,8 +74,10 @@ class RunSpool:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "wb")
+        self.count = 0
 
     def append(self, entry: tuple[int, int, bytes | None]) -> None:
+        self.count += 1
         offset, event_time, value = entry
         self._fh.write(self._HEAD.pack(offset, event_time, -1 if value is None else len(value)))
         if value:
@@ -101,6 +104,81 @@ class RunSpool:
 
     def discard(self) -> None:
         self._fh.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# An entry in file order: (event time ms, source index, offset, value bytes).
+OrderedEntry = tuple[int, int, int, "bytes | None"]
+
+
+class MergedSpool:
+    """Routed entries of several sources in file order — event time, then source (topic,
+    partition), then offset — sorted on disk with bounded memory: sorted runs of ``run_size``
+    entries, then one k-way merge into a single file.  ``read(first, end)`` gives a slice of it.
+    """
+
+    _ENTRY = struct.Struct(">qHqi")
+
+    def __init__(self, path: Path, segments: list[tuple[int, RunSpool, int, int]], run_size: int = 50_000,
+                 mark_every: int = 10_000) -> None:
+        """``segments``: (source index, spool, first position, end position) per source."""
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        runs: list[Path] = []
+        for index, spool, first, end in segments:
+            for chunk in spool.read(first, end, run_size):
+                run = path.with_name(f"{path.name}.run{len(runs)}")
+                with open(run, "wb") as fh:
+                    for event_time, offset, value in sorted((e, o, v) for o, e, v in chunk):
+                        self._write(fh, (event_time, index, offset, value))
+                runs.append(run)
+        self._marks: list[int] = []  # byte position of every mark_every-th entry
+        self._mark_every = mark_every
+        self.count = 0
+        with open(path, "wb") as out:
+            for entry in heapq.merge(*(self._entries(run) for run in runs)):
+                if self.count % mark_every == 0:
+                    self._marks.append(out.tell())
+                self._write(out, entry)
+                self.count += 1
+        for run in runs:
+            run.unlink()
+
+    def _write(self, fh: "BinaryIO", entry: OrderedEntry) -> None:
+        event_time, index, offset, value = entry
+        fh.write(self._ENTRY.pack(event_time, index, offset, -1 if value is None else len(value)))
+        if value:
+            fh.write(value)
+
+    def _entries(self, path: Path, skip: int = 0, start_byte: int = 0) -> Iterator[OrderedEntry]:
+        head = self._ENTRY
+        with open(path, "rb") as fh:
+            fh.seek(start_byte)
+            while True:
+                raw = fh.read(head.size)
+                if not raw:
+                    return
+                event_time, index, offset, length = head.unpack(raw)
+                if skip:
+                    skip -= 1
+                    fh.seek(max(length, 0), os.SEEK_CUR)
+                    continue
+                yield event_time, index, offset, (None if length < 0 else fh.read(length))
+
+    def read(self, first: int, end: int) -> Iterator[OrderedEntry]:
+        mark = min(first // self._mark_every, len(self._marks) - 1) if self._marks else 0
+        start_byte = self._marks[mark] if self._marks else 0
+        entries = self._entries(self.path, skip=first - mark * self._mark_every, start_byte=start_byte)
+        for _ in range(end - first):
+            entry = next(entries, None)
+            if entry is None:
+                return
+            yield entry
+
+    def discard(self) -> None:
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -223,8 +223,11 @@ class FileCut:
     # Partition scope: the ranges of the key's own partition; window scope: see ``sources``.
     ranges: list[tuple[int, int]] = field(default_factory=list)
     sources: SourceRanges | None = None
-    # Window scope with streaming append: where the records wait (core.routing.Segment s).
+    # Window scope with streaming append: the spool segments (core.routing.Segment s) whose
+    # merged file order holds the part's records at positions ``merged`` = [first, end);
+    # ``sources`` is then filled in when the part is written.
     segments: tuple = ()
+    merged: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, key: FileKey, part: int, records: list[SourceRecord], reason: CutReason = "count",
@@ -240,6 +243,7 @@ class FileCut:
         """Offset ranges per source partition, in (topic, partition) order."""
         if self.sources is not None:
             return self.sources
+        assert self.key.per_partition, "a streamed business-file part knows its ranges once written"
         return {self.key.tp: self.ranges}
 
 
