@@ -29,11 +29,12 @@ def _sort_key(key: tuple) -> tuple:
 class _Fold:
     """count / sum / min / max of one aggregate, one row at a time (Decimal stays Decimal)."""
 
-    __slots__ = ("fn", "field", "count", "value", "add")
+    __slots__ = ("fn", "field", "count", "value", "add", "zero")
 
-    def __init__(self, spec: AggregateSpec) -> None:
+    def __init__(self, spec: AggregateSpec, zero: Any = Decimal(0)) -> None:
         self.fn = spec.fn
         self.field = spec.field
+        self.zero = zero  # the sum of no rows: 0 of the field's type
         self.count = 0
         self.value: Any = None
         # Bound once: a count needs no field, and the per-row call skips a branch on fn.
@@ -60,16 +61,17 @@ class _Fold:
         if self.fn == "count":
             return self.count
         if self.fn == "sum" and self.value is None:
-            return Decimal(0)
+            return self.zero
         return self.value
 
 
 class _Aggregate:
     """One pack aggregate, grouped (dict of folds, sorted by key at the end) or not."""
 
-    def __init__(self, spec: AggregateSpec) -> None:
+    def __init__(self, spec: AggregateSpec, zero: Any = Decimal(0)) -> None:
         self.spec = spec
-        self._total = _Fold(spec)
+        self.zero = zero
+        self._total = _Fold(spec, zero)
         self._groups: dict[tuple, _Fold] = {}
         self._group_by = tuple(spec.groupBy or ())
         self.add: Callable[[Mapping[str, Any]], None] = self._add_grouped if self._group_by else self._total.add
@@ -78,7 +80,7 @@ class _Aggregate:
         key = tuple([row[name] for name in self._group_by])
         fold = self._groups.get(key)
         if fold is None:
-            fold = self._groups[key] = _Fold(self.spec)
+            fold = self._groups[key] = _Fold(self.spec, self.zero)
         fold.add(row)
 
     def result(self) -> Any:
@@ -171,7 +173,9 @@ class StructuredPart:
         self._key = key
         self._part = part
         self._spool = spool
-        self._aggregates = [_Aggregate(spec) for spec in self._pack.spec.aggregates]
+        types = self._pack.field_types
+        self._aggregates = [_Aggregate(spec, 0 if types.get(spec.field or "") == "int" else Decimal(0))
+                            for spec in self._pack.spec.aggregates]
         body = self._pack.spec.body
         self._groups: dict[tuple, list[_Fold]] | None = {} if body else None
         self._write_detail = assembler.write_detail
