@@ -310,9 +310,11 @@ def main() -> None:
                   f"{row['helper_cores']:.2f}")
     result = {"records": args.records, "partitions": args.partitions, "cores": CORES, "rows": rows}
     if not args.skip_rss:
-        rss = subprocess.run([sys.executable, str(ROOT / "bench" / "streaming_rss.py")], capture_output=True, text=True)
-        print("\ne  streaming append, one window:\n" + rss.stdout)
-        result["streaming_rss"] = json.loads((RESULTS / "streaming_rss_template.json").read_text())
+        for scope, suffix in (("partition", ""), ("window", "_window")):
+            rss = subprocess.run([sys.executable, str(ROOT / "bench" / "streaming_rss.py"), "--scope", scope],
+                                 capture_output=True, text=True)
+            print(f"\ne  streaming append, one window, fileScope: {scope}:\n" + rss.stdout)
+            result[f"streaming_rss{suffix}"] = json.loads((RESULTS / f"streaming_rss_template{suffix}.json").read_text())
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -145,13 +145,23 @@ def test_a_slow_partition_holds_only_the_windows_it_has_not_closed(kafka_bootstr
 
 
 def test_an_empty_partition_does_not_hold_a_window_forever(kafka_bootstrap, tmp_path):
+    import urllib.request
+
     worker = business_worker(kafka_bootstrap, tmp_path, window={"sizeMs": H, "graceMs": 0, "idleTimeoutMs": 3000})
+    worker.enable_web()
     worker.produce([(i % 2, v) for i, v in enumerate(avro_values(500, seed=3, span_hours=2))])  # 2, 3 stay empty
     reference = worker.reference_files(tmp_path)
     worker.start()
     try:
         worker.wait_for(lambda: set(worker.files()) >= set(reference), 90, what="files despite empty partitions")
         wait_for(lambda: sum(max(o, 0) for o in worker.committed().values()) == 500, 30, what="input committed")
+        time.sleep(1)  # a timer tick updates the gauges
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert worker.readiness()[0] == 200
     finally:
         worker.stop()
     assert worker.files() == reference
+    # routing lag (input partitions) and file lag (repartition partitions) are reported apart
+    assert f'stream_app_consumer_lag{{partition="2",stage="routing",topic="{worker.topic}"}} 0.0' in metrics
+    assert f'stage="files",topic="{worker.app_id}-files-repartition"' in metrics

@@ -144,7 +144,7 @@ def test_poison_json_goes_to_the_dead_letter_topic(kafka_bootstrap, tmp_path):
         worker.stop()
     assert [d["reason"] for d in dead] == ["JSON_DECODE_ERROR", "NOT_AN_OBJECT", "MISSING_EVENT_TIME"]
     (body,) = worker.files().values()
-    assert b"D|1|r1|10.00|EUR\nD|2|r2|0.10|EUR\n" in body and b"T|2|10.10|EUR=10.10\n" in body
+    assert b"D|1|r1|10.00|EUR\nD|2|r2|0.10|EUR\n" in body and b"T|2|EUR=10.10\n" in body
 
 
 @pytest.mark.parametrize("streaming, records, per_file", [(False, 600, 20), (True, 500, 40)],
@@ -336,7 +336,7 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
     assert 'stream_app_dead_letters_total{reason="BAD_MAGIC_BYTE"} 1.0' in text
     assert "stream_app_records_per_file_count 2.0" in text and "stream_app_finalize_seconds_count 2.0" in text
     assert "stream_app_uncommitted_records 0.0" in text and "stream_app_open_windows 1.0" in text  # not closed yet
-    assert f'stream_app_consumer_lag{{partition="0",topic="{worker.topic}"}} 0.0' in text
+    assert f'stream_app_consumer_lag{{partition="0",stage="partition",topic="{worker.topic}"}} 0.0' in text
     for value in (b"poison", b"EUR"):
         assert value.decode() not in text  # no record data in labels
 

@@ -321,7 +321,12 @@ class LiveRuntime:
             for tp in self.pipeline.partitions() + (self.routing.partitions() if self.routing else []):
                 lag = self._lag(tp)
                 if lag is not None:
-                    self.metrics.consumer_lag.labels(tp[0], str(tp[1])).set(lag)
+                    self.metrics.consumer_lag.labels(self._stage_of(tp), tp[0], str(tp[1])).set(lag)
+
+    def _stage_of(self, tp: TP) -> str:
+        if self.routing is None:
+            return "partition"
+        return "files" if tp[0] == self._repartition_topic else "routing"
 
     def _lag(self, tp: TP) -> int | None:
         highwater = self._app.consumer.highwater(FaustTP(tp[0], tp[1]))

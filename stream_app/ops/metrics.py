@@ -25,8 +25,10 @@ class Metrics:
         self.open_windows = Gauge("stream_app_open_windows", "File windows with unfinalized records", registry=r)
         self.oldest_window_age = Gauge("stream_app_oldest_open_part_age_seconds",
                                        "Wall-clock age of the oldest open part", registry=r)
+        # stage: routing (input partitions of business files), files (repartition partitions) or
+        # partition (fileScope: partition, one stage)
         self.consumer_lag = Gauge("stream_app_consumer_lag", "High watermark minus next offset to process",
-                                  ["topic", "partition"], registry=r)
+                                  ["stage", "topic", "partition"], registry=r)
         self.uncommitted = Gauge("stream_app_uncommitted_records", "Records read but not yet below a commit",
                                  registry=r)
         self.dead_letters = Counter("stream_app_dead_letters_total", "Records sent to the dead-letter topic",
