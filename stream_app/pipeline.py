@@ -11,6 +11,7 @@ assembler and the sink; ``apply_write`` updates state on the driver's thread.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 import logging
 import random
 import shutil
@@ -197,6 +198,7 @@ class FilePipeline:
         self._spool_dir = spool_dir
         self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
         self._run_spools: dict[tuple[FileKey, TP], RunSpool] = {}  # window scope, streaming
+        self._prefetched_routed: deque[tuple[Sequence[RawRecord], tuple[list, list[RawRecord]]]] = deque()
         self._merged: dict[tuple[FileKey, tuple], MergedSpool] = {}  # ... in file order, per cut batch
         self._compression = compression
         self._schema_ref = schema_ref
@@ -375,28 +377,57 @@ class FilePipeline:
                 continue
             self._handle_outputs(outputs, raw)
 
-    def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
-        """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
+    def _parse_routed(self, raws: Sequence[RawRecord]) -> tuple[list, list[RawRecord]]:
+        """Repartition records -> (record, message) pairs and the routed values to decode."""
         messages = []
         sources: list[RawRecord] = []
         for raw in raws:
-            collector = self.collector((raw.topic, raw.partition))
-            if collector.already_processed(raw.offset):
-                continue
             assert raw.value is not None
             message = decode_repartition(raw.value)
-            messages.append((collector, raw.offset, message))
+            messages.append((raw, message))
             if isinstance(message, RoutedRun) and self._spool_dir is None:
                 topic, partition = message.source
                 sources.extend(RawRecord(topic, partition, offset, None, None, value)
                                for offset, _, value in message.records)
+        return messages, sources
+
+    def prefetch_routed(self, raws: Sequence[RawRecord]) -> None:
+        """The repartition batch ``process_routed`` gets next: its values may be decoded early
+        (by the file stage's own decode helper)."""
+        if not raws:
+            return
+        parsed = self._parse_routed(raws)
+        self._prefetched_routed.append((raws, parsed))
+        while len(self._prefetched_routed) > 4:  # dropped by a rebalance, never processed
+            self._prefetched_routed.popleft()
+        if parsed[1]:
+            self._decoder.prefetch(parsed[1])
+
+    def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
+        """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
+        parsed = next((p for batch, p in self._prefetched_routed if batch is raws), None)
+        if parsed is None:
+            parsed = self._parse_routed(raws)
+        else:
+            while self._prefetched_routed[0][0] is not raws:
+                self._prefetched_routed.popleft()
+            self._prefetched_routed.popleft()
+        messages, sources = parsed
         # The routing stage decoded (and validated) every routed value already; decoded again here.
         decoded = iter(self._decoder.decode_many(sources))
-        for collector, position, message in messages:
+        streaming = self._spool_dir is not None
+        for raw, message in messages:
+            collector = self.collector((raw.topic, raw.partition))
+            position = raw.offset
+            if collector.already_processed(position):
+                if isinstance(message, RoutedRun) and not streaming:
+                    for _ in message.records:
+                        next(decoded)
+                continue
             if isinstance(message, FrontierMarker):
                 self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
                 continue
-            if self._spool_dir is not None:  # streaming: the entries go to the window's spools
+            if streaming:  # the entries go to the window's spools, decoded when the window is written
                 self._handle_outputs(collector.add_records(position, message.key, message.source, message.records,
                                                            now_wall_ms))
                 continue

@@ -131,11 +131,9 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
     """Partition scope: the whole pipeline; window scope: the file stage."""
     worker = settings.worker
     scope = window_scope(settings, sources)
+    # Window scope: the file stage decodes routed values with a decode helper of its own (the
+    # routing stage's helper keeps its prefetched batches in order).
     decoder = build_decoder(settings)
-    if scope is not None and isinstance(decoder, ProcessAvroDecoder):
-        # The routing stage has the decode helper; routed values are decoded in the worker.
-        decoder = AvroDecoder(SchemaResolver(settings.input.avroSchemas, settings.input.schemaRegistryUrl),
-                              settings.input.eventTimeField, settings.input.maxRecordBytes)
     return FilePipeline(
         window_policy(settings),
         worker.groupBy,

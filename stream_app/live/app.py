@@ -222,8 +222,10 @@ class LiveRuntime:
             inputs = [r for r in raws if r.topic != self._repartition_topic]
             routed = [r for r in raws if r.topic == self._repartition_topic]
         async with self._intake:
-            # read by the decode helper while the held batch is windowed
+            # read by the decode helper(s) while the held batch is windowed
             (self.routing or self.pipeline).prefetch(inputs)
+            if routed:
+                self.pipeline.prefetch_routed(routed)
             held, self._held = self._held, (inputs, routed, consumed, still_current)
             if held is not None:
                 await self._process(*held)
