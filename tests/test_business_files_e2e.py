@@ -25,9 +25,10 @@ WINDOW_SCOPE = {
     "fileScope": "window",
     "fileNameTemplate": "B_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ '%03d' % part }}.txt",
 }
-# Faust's own failpoints of the routing and the file stage, between each pair of durable steps.
+# Failpoints of the routing and the file stage, between each pair of durable steps.
 FAILPOINTS = ["routing.after-send=crash@3", "routing.before-checkpoint=crash@5", "sink.before-rename=crash@2",
-              "pipeline.after-write=crash@3", "pipeline.after-checkpoint=crash@3", "live.after-commit=crash@4"]
+              "pipeline.after-write=crash@3", "live.before-facts=crash@2", "pipeline.after-checkpoint=crash@3",
+              "live.after-commit=crash@4"]
 
 
 def business_worker(bootstrap: str, tmp_path: Path, **worker) -> LiveWorker:
@@ -165,3 +166,65 @@ def test_an_empty_partition_does_not_hold_a_window_forever(kafka_bootstrap, tmp_
     # routing lag (input partitions) and file lag (repartition partitions) are reported apart
     assert f'stream_app_consumer_lag{{partition="2",stage="routing",topic="{worker.topic}"}} 0.0' in metrics
     assert f'stage="files",topic="{worker.app_id}-files-repartition"' in metrics
+
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bootstrap, tmp_path, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from stream_app.broker import free_port
+    from tests.helpers import write_config
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    s3.create_bucket(Bucket="clearing")
+    try:
+        (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+        first = business_worker(kafka_bootstrap, tmp_path / "a")
+        reference_source = first.config_data["sink"]
+        first.config_data["sink"] = {"type": "s3", "bucket": "clearing", "prefix": "out/", "endpointUrl": url,
+                                     "region": "us-east-1", "presignExpirySeconds": None}
+        write_config(first.config_path, first.config_data)
+        second = first.replica(tmp_path / "b")
+        second.config_data["sink"] = dict(first.config_data["sink"])
+        write_config(second.config_path, second.config_data)
+        first.produce(interleaved(8000, seed=6, span_hours=6))
+        local = dict(first.config_data)
+        first.config_data = {**local, "sink": reference_source}
+        reference = first.reference_files(tmp_path)
+        first.config_data = local
+
+        def stored() -> dict[str, bytes]:
+            listing = s3.list_objects_v2(Bucket="clearing", Prefix="out/").get("Contents", [])
+            return {o["Key"].removeprefix("out/"): s3.get_object(Bucket="clearing", Key=o["Key"])["Body"].read()
+                    for o in listing if not o["Key"].startswith("out/manifests/")}
+
+        first.start(env={**AWS_ENV, "STREAM_APP_FAILPOINTS": "sink.write=delay@300"})
+        try:
+            first.wait_for(lambda: len(stored()) >= 2, 120, what="the first objects")
+            second.start(env=AWS_ENV)
+            first.wait_for(lambda: set(stored()) >= set(reference), 300, interval_s=1, what="every object")
+            time.sleep(3)
+        finally:
+            first.stop()
+            second.stop()
+        assert stored() == reference
+        journal = first.journal()
+        assert not [e for e in journal if e["event_type"] == "write-failed"]  # no FILE_CONFLICT, no retry
+        created: dict[str, set] = {}
+        for event in journal:
+            if event["event_type"] == "created":
+                created.setdefault(event["file_name"], set()).add(event["worker_id"])
+        assert set(created) == set(reference)
+        assert {w for workers in created.values() for w in workers} == {first.config_data["workerId"],
+                                                                          second.config_data["workerId"]}
+    finally:
+        server.stop()

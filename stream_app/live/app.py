@@ -365,6 +365,7 @@ class LiveRuntime:
         # checkpoint before the commit that follows it.
         if self.pipeline.has_unpersisted_facts:
             await self.publisher.delivered()
+            failpoint("live.before-facts")  # `created` delivered, the facts not yet written
             self.pipeline.persist_facts()
             await self.state.delivered()
         committed = False
