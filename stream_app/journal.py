@@ -1,7 +1,8 @@
 """Journal events: one Avro record per lifecycle step, published to the journal topic.
 
-Event ids are derived from what the event is about (file key, part, attempt), so a step repeated
-after a restart publishes the same id and consumers de-duplicate on it.
+Event ids are derived from the app id (the consumer group) and what the event is about (file
+key, part, attempt), so a step repeated after a restart publishes the same id and consumers
+de-duplicate on it, and two apps that share a journal topic never share an id.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ def _offsets(cut: FileCut) -> list[dict]:
 class Journal:
     """Builds journal events; ``publish`` is injected (Kafka producer in the worker)."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, app_id: str = "stream-app") -> None:
         self.worker_id = worker_id
+        self.app_id = app_id
 
     def _event(self, event_type: str, eid: str, key: FileKey | None = None, **fields: Any) -> dict:
         event: dict[str, Any] = {
-            "event_id": eid,
+            "event_id": event_id(self.app_id, eid),
             "event_type": event_type,
             "occurred_at": now_ms(),
             "worker_id": self.worker_id,

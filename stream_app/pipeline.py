@@ -42,7 +42,6 @@ from stream_app.core.windows import (
     WindowFacts,
     WindowOpened,
     WindowPolicy,
-    compress_offsets,
 )
 from stream_app.faults import failpoint
 from stream_app.journal import Journal
@@ -144,6 +143,17 @@ class WindowScope:
 
 
 Stage = PartitionWindower | WindowCollector
+
+
+def _marked_runs(marks: bytearray, base: int) -> list[tuple[int, int]]:
+    """Inclusive runs of the marked positions (byte 1) of ``marks``, shifted by ``base``."""
+    runs, pos = [], marks.find(1)
+    while pos >= 0:
+        end = marks.find(0, pos)
+        end = len(marks) if end < 0 else end
+        runs.append((base + pos, base + end - 1))
+        pos = marks.find(1, end)
+    return runs
 
 
 class FilePipeline:
@@ -280,7 +290,9 @@ class FilePipeline:
             self._merged[(cut.key, cut.segments)] = merged
         sources = [segment.source for segment in cut.segments]
         writer = self._assembler.open_part(cut.key, cut.part, FileSpool(self._window_spool(cut.key) / f"part-{cut.part}"))
-        offsets: dict[TP, list[int]] = {}
+        # which offsets of each source the part holds: a byte per offset of the source's segment
+        # (they come in file order, not offset order), so memory stays flat per record
+        seen = {index: bytearray(high - low + 1) for index, (low, high) in merged.bounds.items()}
         chunk: list[RawRecord] = []
 
         def render(raws: list[RawRecord]) -> None:
@@ -291,13 +303,19 @@ class FilePipeline:
 
         for _, index, offset, value in merged.read(*cut.merged):
             topic, partition = sources[index]
-            offsets.setdefault(sources[index], []).append(offset)
+            seen[index][offset - merged.bounds[index][0]] = 1
             chunk.append(RawRecord(topic, partition, offset, None, None, value))
             if len(chunk) >= 2000:
                 render(chunk)
                 chunk = []
         render(chunk)
-        cut.sources = {tp: compress_offsets(sorted(found)) for tp, found in sorted(offsets.items())}
+        ranges = {}
+        for index, marks in seen.items():
+            low = merged.bounds[index][0]
+            found = _marked_runs(marks, low)
+            if found:
+                ranges[sources[index]] = found
+        cut.sources = dict(sorted(ranges.items()))
         return writer
 
     def _drop_window_spools(self, key: FileKey) -> None:

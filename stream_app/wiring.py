@@ -142,7 +142,7 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
         sink or build_sink(settings),
         state,
         publisher,
-        Journal(settings.workerId),
+        Journal(settings.workerId, settings.appId),
         retry_initial_ms=worker.writeRetryInitialMs,
         retry_max_ms=worker.writeRetryMaxMs,
         mode=worker.mode,

@@ -283,3 +283,14 @@ def test_a_cut_that_carries_its_records_is_written_by_a_streaming_pipeline(tmp_p
     key = FileKey("in", 0, start, start + 86_400_000)
     outcome = p.write_cut(FileCut.of(key, 0, records, "watermark", True))
     assert outcome.result is not None and (out / outcome.result.name).exists()
+
+
+def test_journal_event_ids_are_unique_per_app():
+    from stream_app.core.records import SourceRecord
+
+    key = FileKey("in", 0, 0, 3_600_000)
+    cut = FileCut.of(key, 0, [SourceRecord("in", 0, 5, 1, {})])
+    a, b = Journal("w", "app-a"), Journal("w", "app-b")
+    assert a.created(cut, "f", 1, "x")["event_id"] == Journal("w2", "app-a").created(cut, "f", 1, "x")["event_id"]
+    assert a.created(cut, "f", 1, "x")["event_id"] != b.created(cut, "f", 1, "x")["event_id"]
+    assert a.opened(key)["event_id"] != b.opened(key)["event_id"]

@@ -128,8 +128,12 @@ class MergedSpool:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         runs: list[Path] = []
+        # (lowest, highest) offset of each source's segment: spools hold offsets in increasing order
+        self.bounds: dict[int, tuple[int, int]] = {}
         for index, spool, first, end in segments:
             for chunk in spool.read(first, end, run_size):
+                low = self.bounds.get(index, (chunk[0][0], 0))[0]
+                self.bounds[index] = (low, chunk[-1][0])
                 run = path.with_name(f"{path.name}.run{len(runs)}")
                 with open(run, "wb") as fh:
                     for event_time, offset, value in sorted((e, o, v) for o, e, v in chunk):
