@@ -296,6 +296,8 @@ class AppSettings(_Model):
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logFormat: Literal["text", "json"] = "text"
     webPort: int | None = Field(default=None, ge=1, le=65535)
+    # Address the web port (probes, metrics) binds to; e.g. 127.0.0.1 behind a sidecar.
+    webHost: str = Field(default="0.0.0.0", min_length=1)
     # Faust's local data directory; a fresh temporary directory when unset.
     dataDir: str | None = None
     # Where schema packs live (structured mode), relative to the config file.

@@ -265,7 +265,7 @@ def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
     out.mkdir()
     data = config_dict(out, bootstrap=f"127.0.0.1:{port}", topic="late-broker", maxRecordsPerFile=5,
                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
-    data["appId"], data["webPort"] = "late-broker-app", web
+    data["appId"], data["webPort"], data["webHost"] = "late-broker-app", web, "127.0.0.1"
     config = write_config(tmp_path / "c.yaml", data)
     proc = spawn_worker(str(config), str(tmp_path / "worker.log"))
     broker = EmbeddedBroker(port=port)

@@ -122,7 +122,7 @@ class MergedSpool:
 
     _ENTRY = struct.Struct(">qHqi")
 
-    def __init__(self, path: Path, segments: list[tuple[int, RunSpool, int, int]], run_size: int = 50_000,
+    def __init__(self, path: Path, segments: list[tuple[int, RunSpool, int, int]], run_size: int = 10_000,
                  mark_every: int = 10_000) -> None:
         """``segments``: (source index, spool, first position, end position) per source."""
         self.path = path

@@ -490,6 +490,7 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
         stream_wait_empty=False,
         web_enabled=settings.webPort is not None,
         web_port=settings.webPort or 6066,
+        web_bind=settings.webHost,
         table_standby_replicas=0,
     )
     runtime = LiveRuntime(app, settings)

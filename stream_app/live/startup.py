@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class _ProbeServer:
-    def __init__(self, port: int, reason: str) -> None:
+    def __init__(self, host: str, port: int, reason: str) -> None:
         state = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,7 +36,7 @@ class _ProbeServer:
                 pass
 
         self.reason = reason
-        self._server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.allow_reuse_address = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
@@ -64,7 +64,8 @@ def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
     problem = broker_reachable(settings)
     if problem is None:
         return
-    probes = _ProbeServer(settings.webPort, f"Kafka unreachable: {problem}") if settings.webPort else None
+    probes = (_ProbeServer(settings.webHost, settings.webPort, f"Kafka unreachable: {problem}")
+              if settings.webPort else None)
     delay = 1.0
     try:
         while problem is not None:
