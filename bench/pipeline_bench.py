@@ -129,7 +129,8 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     config = {"appId": app_id, "kafka": {"bootstrapServers": bootstrap, "inputTopics": [topic],
                                           "journalTopic": f"{app_id}-journal", "deadLetterTopic": f"{app_id}-dlq",
                                           "topicPartitions": partitions, "commitIntervalMs": 500},
-              "worker": worker, "input": {"decodeProcess": decode_process}, "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
+              "worker": worker, "input": {"decodeProcess": decode_process},
+              "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
               "dataDir": str(work / f"{app_id}-data")}
     path = work / f"{app_id}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -213,7 +214,8 @@ settings = parse_config({{"appId": "replay-bench", "kafka": {{"bootstrapServers"
   "topicPartitions": {partitions}}}, "worker": {{"window": {{"sizeMs": 21600000, "graceMs": 300000}},
   "maxRecordsPerFile": 50000, "maxBufferedRecords": 400000, "fileScope": "{scope}",
   "fileNameTemplate": "{names}",
-  "recordTemplate": "DTL|{{{{ seq }}}}|{{{{ record.record_id }}}}|{{{{ record.amount | money }}}}|{{{{ record.currency }}}}|{{{{ record.merchant_name }}}}\\\\n"}},
+  "recordTemplate": "DTL|{{{{ seq }}}}|{{{{ record.record_id }}}}|{{{{ record.amount | money }}}}|"
+                    "{{{{ record.currency }}}}|{{{{ record.merchant_name }}}}\\\\n"}},
   "sink": {{"type": "local", "localTargetDir": "{work}"}}}})
 cpu_started = cpu_seconds(os.getpid())
 report = run_replay(settings, ReplayRequest(out_dir=Path("{work}") / "replay-{scope}"))

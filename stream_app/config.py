@@ -41,7 +41,7 @@ class KafkaSecurity(_Model):
     keyFile: str | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "KafkaSecurity":
+    def _consistent(self) -> KafkaSecurity:
         sasl = self.protocol.startswith("SASL")
         if sasl and (not self.saslMechanism or not self.username or not (self.passwordEnv or self.passwordFile)):
             raise ValueError("kafka.security: SASL needs saslMechanism, username and passwordEnv or passwordFile")
@@ -130,7 +130,7 @@ class WindowSettings(_Model):
         return (int(hours) * 60 + int(minutes)) * 60_000
 
     @model_validator(mode="after")
-    def _cycles(self) -> "WindowSettings":
+    def _cycles(self) -> WindowSettings:
         if (self.timeZone != "UTC" or self.cutoff != "00:00") and 86_400_000 % self.sizeMs:
             raise ValueError("worker.window.sizeMs must divide 24 hours when timeZone or cutoff is set "
                              f"(got {self.sizeMs})")
@@ -196,7 +196,7 @@ class WorkerSettings(_Model):
     batchWithinMs: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
-    def _mode_settings(self) -> "WorkerSettings":
+    def _mode_settings(self) -> WorkerSettings:
         if self.mode == "template":
             if not self.recordTemplate:
                 raise ValueError("worker.recordTemplate is required with mode: template")
@@ -221,7 +221,7 @@ class WorkerSettings(_Model):
         return self.streamingWindowMs or self.window.sizeMs
 
     @model_validator(mode="after")
-    def _buffer_holds_a_file(self) -> "WorkerSettings":
+    def _buffer_holds_a_file(self) -> WorkerSettings:
         # (in streaming mode parts wait on disk, so the in-memory bound does not limit them)
         if not self.streamingAppendEnabled and self.maxBufferedRecords < self.maxRecordsPerFile:
             raise ValueError(
@@ -273,7 +273,7 @@ class S3SinkSettings(_SinkCommon):
     staleUploadSeconds: int = Field(default=3600, ge=0)
 
     @model_validator(mode="after")
-    def _kms(self) -> "S3SinkSettings":
+    def _kms(self) -> S3SinkSettings:
         if self.kmsKeyId and self.sse != "aws:kms":
             raise ValueError("sink.kmsKeyId needs sink.sse: aws:kms")
         if self.prefix.startswith("/") or ".." in self.prefix:

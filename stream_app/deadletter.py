@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.journal import DEAD_LETTER_SCHEMA_ID, now_ms
+from stream_app.resources import AVRO_DIR
 
 DEAD_LETTER_SCHEMA = load_schema(AVRO_DIR / "dead_letter.avsc")
 

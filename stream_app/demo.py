@@ -13,11 +13,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Iterator
+from pathlib import Path
 
 import yaml
 
@@ -25,7 +25,7 @@ from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.resources import AVRO_DIR, EXAMPLES_DIR, SCHEMAS_DIR
 
 MATCHED_RECORD_SCHEMA_ID = 1
-DEMO_START = datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc)
+DEMO_START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 
 _MERCHANTS = [
     ("M100234", "CORNER BAKERY LTD", "5462", "GB"),
@@ -126,7 +126,7 @@ def demo_config(example: str, bootstrap: str, topics: tuple[str, str, str], part
     return data
 
 
-def spawn_worker(config_path: str, log_path: str, env: dict[str, str] | None = None) -> "subprocess.Popen[bytes]":
+def spawn_worker(config_path: str, log_path: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``stream-app worker`` as a child process (the demo and the e2e tests use this)."""
     log_file = open(log_path, "ab")
     return subprocess.Popen(
@@ -135,7 +135,7 @@ def spawn_worker(config_path: str, log_path: str, env: dict[str, str] | None = N
     )
 
 
-def stop_worker(proc: "subprocess.Popen[bytes]", timeout_s: float = 20.0) -> int:
+def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

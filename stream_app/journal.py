@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.resources import AVRO_DIR
 from stream_app.core.windows import FileCut, FileKey
+from stream_app.resources import AVRO_DIR
 
 # Schema ids written in the wire-format header of journal and dead-letter records when no
 # schema registry is configured; consumers read them with the files in avro/.

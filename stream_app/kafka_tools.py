@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from stream_app.journal import JOURNAL_SCHEMA
 from stream_app.deadletter import DEAD_LETTER_SCHEMA
+from stream_app.journal import JOURNAL_SCHEMA
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]]) -> int:

@@ -11,23 +11,25 @@ assembler and the sink; ``apply_write`` updates state on the driver's thread.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 import logging
 import random
 import shutil
 import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from stream_app.codecs import DecodeError, Decoder
-from stream_app.codecs.repartition import FrontierMarker, RoutedRun, decode as decode_repartition
-from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.codecs.repartition import FrontierMarker, RoutedRun
+from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.compression import gzipped
+from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.routing import WindowCollector, repartition_partition
 from stream_app.core.spool import FileSpool, MergedSpool, RunSpool
 from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
 from stream_app.core.structured.project import InvalidRecord
-from stream_app.core.routing import WindowCollector, repartition_partition
 from stream_app.core.template import AssemblyError, TemplateAssembler, TemplatePart
 from stream_app.core.windows import (
     Checkpoint,
@@ -122,7 +124,7 @@ class FlushSummary:
     failed: int = 0
     names: list[str] = field(default_factory=list)
 
-    def add(self, other: "FlushSummary") -> None:
+    def add(self, other: FlushSummary) -> None:
         self.files += other.files
         self.records += other.records
         self.bytes += other.bytes

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from jinja2 import meta
+
 from stream_app.config import AppSettings, ConfigError
+from stream_app.core.assembly import AssemblyError
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, SchemaPack
-from jinja2 import meta
-
-from stream_app.core.assembly import AssemblyError
 from stream_app.core.template import make_environment
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.sinks.base import SinkError
 from stream_app.wiring import build_assembler, build_sink, load_worker_pack, window_policy
 
-_SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
+_SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 _SAMPLE_START_MS = int(_SAMPLE_TIME.timestamp() * 1000)
 
 

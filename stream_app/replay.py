@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from stream_app.core.records import RawRecord
 from stream_app.core.routing import file_order

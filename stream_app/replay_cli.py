@@ -6,10 +6,10 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
@@ -19,10 +19,10 @@ from stream_app.pipeline import MemoryStateStore
 from stream_app.replay import (
     BEGINNING,
     CountingPublisher,
+    LoopbackSender,
     PartitionRange,
     RangeReader,
     ReplayError,
-    LoopbackSender,
     VerifyingSink,
     recorded_cuts,
     run_records,
@@ -59,7 +59,7 @@ class ReplayReport:
 def parse_time(text: str) -> int:
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 

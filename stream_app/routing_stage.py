@@ -12,7 +12,8 @@ can be committed as soon as the driver has their acknowledgements and the checkp
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.repartition import encode_frontier, encode_runs

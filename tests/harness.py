@@ -11,20 +11,21 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from stream_app.broker import create_topics
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import parse_config
-from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.demo import DEMO_START, matched_records, spawn_worker, stop_worker
 from stream_app.journal import Journal
 from stream_app.kafka_tools import committed_offsets, produce, read_dead_letters, read_journal
 from stream_app.pipeline import FilePipeline, MemoryStateStore
 from stream_app.replay import LoopbackSender, run_records, run_window_records
+from stream_app.resources import AVRO_DIR
 from stream_app.sinks.local import LocalSink
 from stream_app.wiring import build_assembler, build_decoder, build_pipeline, build_routing, window_policy
 from tests.helpers import CollectingPublisher, config_dict, write_config
@@ -105,7 +106,7 @@ class LiveWorker:
         self.web_port: int | None = None
         create_topics(bootstrap, {self.topic: partitions, self.journal_topic: 1, self.dead_topic: 1})
 
-    def replica(self, tmp_path: Path) -> "LiveWorker":
+    def replica(self, tmp_path: Path) -> LiveWorker:
         """Another replica of the same app (same group and topics) with its own volume and log,
         as the Helm chart runs it: target directory, spool and data directory per replica."""
         other = copy.copy(self)
@@ -134,7 +135,7 @@ class LiveWorker:
         assert self.web_port is not None
         return readiness(self.web_port)
 
-    def start(self, env: dict[str, str] | None = None) -> "LiveWorker":
+    def start(self, env: dict[str, str] | None = None) -> LiveWorker:
         self.proc = spawn_worker(str(self.config_path), str(self.log), env)
         return self
 

@@ -7,7 +7,6 @@ partitions, the batch sizes or crashes of either stage.
 from __future__ import annotations
 
 import random
-from decimal import Decimal
 from pathlib import Path
 
 import pytest

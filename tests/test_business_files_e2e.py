@@ -105,7 +105,8 @@ def test_sigkill_in_either_stage_leaves_exactly_the_reference_files(kafka_bootst
         for _ in range(4):
             ready_before = worker.log_count("Worker ready")
             worker.start()
-            worker.wait_for(lambda: worker.log_count("Worker ready") > ready_before, 90, what="worker ready")
+            worker.wait_for(lambda before=ready_before: worker.log_count("Worker ready") > before, 90,
+                            what="worker ready")
             time.sleep(rng.uniform(0.0, 4.0))
             if worker.proc.poll() is None:
                 os.killpg(worker.proc.pid, signal.SIGKILL)

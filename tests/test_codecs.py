@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -16,9 +16,9 @@ from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
-from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
 from stream_app.demo import matched_records
+from stream_app.resources import AVRO_DIR
 
 SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")
 
@@ -341,7 +341,7 @@ def test_nested_logical_types_cross_the_process_boundary(tmp_path):
     path = tmp_path / "outer.avsc"
     path.write_text(json.dumps(schema))
     parsed = load_schema(path)
-    when = datetime(2026, 3, 2, 6, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
     raws = [RawRecord("t", 0, i, None, None, encode_confluent(9, parsed, {"at": when, "legs": [
         {"amount": Decimal(f"{i}.05"), "when": when}]})) for i in range(3)]
     decoder = ProcessAvroDecoder({9: str(path)}, None, "at", 10_000)

@@ -54,7 +54,8 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
             ready_before = worker.log_count("Worker ready")
             worker.start()
             if i % 2:
-                worker.wait_for(lambda: worker.log_count("Worker ready") > ready_before, 90, what="worker ready")
+                worker.wait_for(lambda before=ready_before: worker.log_count("Worker ready") > before, 90,
+                                what="worker ready")
                 time.sleep(rng.uniform(0.0, 4.0))
             else:
                 time.sleep(rng.uniform(1.0, 6.0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,7 +17,7 @@ H = 3_600_000
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def ms(*args: int, tz: timezone | ZoneInfo = timezone.utc) -> int:
+def ms(*args: int, tz: timezone | ZoneInfo = UTC) -> int:
     return int(datetime(*args, tzinfo=tz).timestamp() * 1000)
 
 

@@ -47,10 +47,11 @@ def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap,
 def test_commit_never_passes_unfinalized_records_of_interleaved_windows(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=5,
                         window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    from datetime import timedelta
+
+    from stream_app.codecs.avro import encode_confluent
     from stream_app.demo import matched_records
     from tests.harness import SCHEMA
-    from stream_app.codecs.avro import encode_confluent
-    from datetime import timedelta
 
     base = list(matched_records(10, seed=5, span_hours=0.1))
 
@@ -303,7 +304,7 @@ def test_rss_stays_bounded_under_a_producer_flood(kafka_bootstrap, tmp_path):
         for values in rounds:
             worker.produce(values)
             done += len(values)
-            wait_for(lambda: sum(worker.committed().values()) >= done - 4000, 180, interval_s=2,
+            wait_for(lambda done=done: sum(worker.committed().values()) >= done - 4000, 180, interval_s=2,
                      what="the flood to be absorbed")
             peaks.append(_peak_rss_mb(worker.proc.pid))
     finally:

@@ -8,13 +8,13 @@ import pytest
 
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import parse_config
-from stream_app.resources import AVRO_DIR
 from stream_app.core.records import RawRecord
+from stream_app.core.windows import Checkpoint, FileCut, FileKey
 from stream_app.demo import matched_records
 from stream_app.journal import Journal
-from stream_app.core.windows import Checkpoint, FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary, MemoryStateStore
 from stream_app.replay import END_OF_INPUT_MS, flush_due, run_records
+from stream_app.resources import AVRO_DIR
 from stream_app.sinks.base import SinkError
 from stream_app.sinks.local import LocalSink
 from stream_app.wiring import build_assembler, build_decoder, window_policy

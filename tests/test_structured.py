@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from stream_app.config import ConfigError, parse_config
-from stream_app.resources import SCHEMAS_DIR
 from stream_app.core.records import SourceRecord
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, load_pack, pack_path
@@ -20,6 +19,7 @@ from stream_app.core.template import AssemblyError
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.demo import DEMO_START, matched_records
 from stream_app.preflight import run_preflight
+from stream_app.resources import SCHEMAS_DIR
 from tests.helpers import config_dict
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -64,8 +64,8 @@ detail_values = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
     st.sampled_from(["plain", 'q"uote', "a&b", "<tag>", "tab\there", "line\nbreak", "cr\r", "nul\x00", "\ufffe"]),
     st.decimals(allow_nan=False, allow_infinity=False, places=4),
-    st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5)), ZoneInfo("Europe/Berlin")])),
-    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1200, 1, 1)).map(lambda d: d.replace(tzinfo=timezone.utc)),
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5)), ZoneInfo("Europe/Berlin")])),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1200, 1, 1)).map(lambda d: d.replace(tzinfo=UTC)),
 )
 
 
@@ -97,10 +97,10 @@ def test_the_prepared_detail_writer_gives_the_bytes_of_the_general_line(columns,
     (FieldSpec(name="A", expr="a", type="decimal", scale=2), Decimal("-0.005")),
     (FieldSpec(name="A", expr="a", type="decimal", scale=2), 7),
     (FieldSpec(name="A", expr="a", type="decimal", scale=0), Decimal("1E+3")),
-    (FieldSpec(name="A", expr="a", type="datetime"), datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)),
-    (FieldSpec(name="A", expr="a", type="datetime"), datetime(999, 1, 2, tzinfo=timezone.utc)),
+    (FieldSpec(name="A", expr="a", type="datetime"), datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)),
+    (FieldSpec(name="A", expr="a", type="datetime"), datetime(999, 1, 2, tzinfo=UTC)),
     (FieldSpec(name="A", expr="a", type="datetime"), datetime(2026, 1, 2, 3, tzinfo=timezone(timedelta(hours=-4)))),
-    (FieldSpec(name="A", expr="a", type="datetime", format="%d.%m.%Y %H:%M"), datetime(2026, 1, 2, 3, tzinfo=timezone.utc)),
+    (FieldSpec(name="A", expr="a", type="datetime", format="%d.%m.%Y %H:%M"), datetime(2026, 1, 2, 3, tzinfo=UTC)),
     (FieldSpec(name="A", expr="a", type="int"), 42),
 ])
 def test_a_prepared_text_converter_renders_as_render_text(spec, value):

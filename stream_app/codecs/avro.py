@@ -11,10 +11,11 @@ import json
 import struct
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import fastavro
 
@@ -37,7 +38,7 @@ def load_schema(path: str | Path) -> dict:
     return fastavro.parse_schema(_schema_json(path))
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Converter = Callable[[Any], Any]
 
 

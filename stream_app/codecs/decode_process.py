@@ -38,11 +38,11 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import IO, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
 
 from stream_app.codecs import DecodeError
-from stream_app.codecs.avro import (AvroDecoder, RegistryUnavailable, SchemaResolver, convert_plain,
-                                    read_confluent)
+from stream_app.codecs.avro import AvroDecoder, RegistryUnavailable, SchemaResolver, convert_plain, read_confluent
 from stream_app.core.records import RawRecord, SourceRecord
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Iterator, Sequence
 
 import orjson
 

@@ -22,8 +22,8 @@ The Kafka key is the file key's id (records) or empty (frontiers: sent to every 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from stream_app.core.windows import TP, FileKey
 

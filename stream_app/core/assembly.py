@@ -3,9 +3,10 @@ every file sees, and the part-writer protocol both modes implement."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
@@ -48,7 +49,7 @@ class PartWriter(Protocol):
 
 
 def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 ChunkSource = Callable[[], Iterable[bytes]]
 

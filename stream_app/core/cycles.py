@@ -15,11 +15,11 @@ Each cycle has a **business date** (the local date its business day started on) 
 from __future__ import annotations
 
 from bisect import bisect_right
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 DAY_MS = 86_400_000
-_UTC = timezone.utc
+_UTC = UTC
 
 
 class ClearingCycles:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from stream_app.core.records import SourceRecord
 from stream_app.core.windows import (
@@ -33,11 +34,11 @@ from stream_app.core.windows import (
     FileCut,
     FileKey,
     Output,
+    SourceRanges,
     WindowAssigner,
     WindowClosed,
     WindowFacts,
     WindowOpened,
-    SourceRanges,
     WindowPolicy,
     source_ranges,
 )

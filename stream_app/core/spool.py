@@ -7,11 +7,12 @@ a sink hash it before uploading and lets a failed write be retried.
 
 from __future__ import annotations
 
+import heapq
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-import heapq
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 READ_BLOCK = 1 << 20
 
@@ -151,7 +152,7 @@ class MergedSpool:
         for run in runs:
             run.unlink()
 
-    def _write(self, fh: "BinaryIO", entry: OrderedEntry) -> None:
+    def _write(self, fh: BinaryIO, entry: OrderedEntry) -> None:
         event_time, index, offset, value = entry
         fh.write(self._ENTRY.pack(event_time, index, offset, -1 if value is None else len(value)))
         if value:

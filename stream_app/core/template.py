@@ -7,11 +7,12 @@ so the same records always render the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from itertools import chain
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -30,11 +31,11 @@ class FilterError(ValueError):
 
 def _to_datetime(value: Any) -> datetime:
     if isinstance(value, date) and not isinstance(value, datetime):  # a business date
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
     raise FilterError("expected a datetime or epoch milliseconds")
 
 
@@ -50,7 +51,7 @@ def _to_decimal(value: Any) -> Decimal:
 
 
 def filter_ts(value: Any, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
-    return _to_datetime(value).astimezone(timezone.utc).strftime(fmt)
+    return _to_datetime(value).astimezone(UTC).strftime(fmt)
 
 
 def filter_money(value: Any, places: int = 2) -> str:
@@ -266,7 +267,7 @@ class TemplateAssembler:
         return self._namer.name(key, part, record_count)
 
     def open_part(self, key: FileKey, part: int, spool: Spool,
-                  records: list[Mapping[str, Any]] | None = None) -> "TemplatePart":
+                  records: list[Mapping[str, Any]] | None = None) -> TemplatePart:
         """A part being written; ``records`` (all values) is only offered to in-memory parts."""
         return TemplatePart(self, key, part, spool, records)
 

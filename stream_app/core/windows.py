@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Union
+from typing import Literal
 
 from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
@@ -162,7 +163,7 @@ class WindowFacts:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "WindowFacts":
+    def from_json(cls, data: dict) -> WindowFacts:
         return cls(
             next_part=int(data["next_part"]),
             closed=bool(data["closed"]),
@@ -195,7 +196,7 @@ class Checkpoint:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "Checkpoint":
+    def from_json(cls, data: dict) -> Checkpoint:
         closed = data.get("closed_before_ms")
         frontiers = data.get("frontiers")
         return cls(int(data["offset"]), None if data["watermark_ms"] is None else int(data["watermark_ms"]),
@@ -231,7 +232,7 @@ class FileCut:
 
     @classmethod
     def of(cls, key: FileKey, part: int, records: list[SourceRecord], reason: CutReason = "count",
-           closes_window: bool = False, first_offset: int | None = None) -> "FileCut":
+           closes_window: bool = False, first_offset: int | None = None) -> FileCut:
         """A cut holding ``records`` (non-empty, in file order)."""
         if key.per_partition:
             ranges = compress_offsets(r.offset for r in records)
@@ -275,7 +276,7 @@ class LateRecord:
     key: FileKey
 
 
-Output = Union[FileCut, WindowOpened, WindowClosed, LateRecord]
+Output = FileCut | WindowOpened | WindowClosed | LateRecord
 
 
 @dataclass(slots=True)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from functools import partial
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
 
 import faust
 from faust.types import TP as FaustTP
@@ -23,19 +24,19 @@ from faust.types import TP as FaustTP
 from stream_app.codecs.avro import RegistryUnavailable
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
+from stream_app.core.routing import repartition_partition
 from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
 from stream_app.deadletter import dead_letter
-from stream_app.journal import encode_events
-from stream_app.pipeline import TP, FilePipeline, FlushSummary
 from stream_app.faults import failpoint
-from stream_app.live.transport import NOT_GATED, SCHEME
-from stream_app.sinks.base import SinkError
+from stream_app.journal import encode_events
+from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import broker_reachable
+from stream_app.live.transport import NOT_GATED, SCHEME
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
-from stream_app.core.routing import repartition_partition
-from stream_app.live.repartition import KafkaRepartitionSender
+from stream_app.pipeline import TP, FilePipeline, FlushSummary
 from stream_app.routing_stage import RoutingStage
+from stream_app.sinks.base import SinkError
 from stream_app.wiring import build_pipeline, build_routing, prepare_worker_spool
 
 log = logging.getLogger(__name__)

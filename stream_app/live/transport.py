@@ -18,7 +18,8 @@ finalized file, written to the checkpoint table and acknowledged by the broker.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -30,7 +31,7 @@ SCHEME = "streamapp"
 # (topic, partition) -> offset to commit, None for "nothing committable yet", or NOT_GATED for
 # topics that are not pipeline inputs (Faust's own bookkeeping applies to them).
 NOT_GATED = -1
-CommitGate = Callable[[str, int], Optional[int]]
+CommitGate = Callable[[str, int], int | None]
 
 
 class BatchIntake(Protocol):
@@ -65,7 +66,7 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
                        and (topics is None or tp in topics or tp.topic in topics))
         return iter(tps)
 
-    async def _wait_next_records(self, timeout: float) -> tuple[Optional[dict], Optional[set]]:
+    async def _wait_next_records(self, timeout: float) -> tuple[dict | None, set | None]:
         records, active = await super()._wait_next_records(timeout)
         intake: BatchIntake | None = getattr(self.app, "stream_app_intake", None)
         if not records or intake is None:
@@ -79,7 +80,7 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
             await intake.on_fetched(taken, self.app.consumer_generation_id)
         return {tp: batch for tp, batch in records.items() if tp not in taken}, active
 
-    def _new_offset(self, tp: TP) -> Optional[int]:
+    def _new_offset(self, tp: TP) -> int | None:
         gate: CommitGate | None = getattr(self.app, "stream_app_commit_gate", None)
         offset = gate(tp.topic, tp.partition) if gate is not None else NOT_GATED
         if offset == NOT_GATED:

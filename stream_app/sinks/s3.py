@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import boto3
 import orjson
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
-from botocore.exceptions import NoCredentialsError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from stream_app.config import S3SinkSettings
 from stream_app.core.compression import ChunkSource
@@ -166,7 +167,7 @@ class S3Sink:
         Only uploads older than ``staleUploadSeconds`` are touched, so that another replica's
         upload in progress is left alone.
         """
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self._settings.staleUploadSeconds)
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.staleUploadSeconds)
         removed = 0
         try:
             pages = self._client.get_paginator("list_multipart_uploads").paginate(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from stream_app.core.decimals import quantize
 from stream_app.core.structured.pack import FieldSpec
@@ -63,9 +64,9 @@ def line_writer(formatter: Formatter, fields: Sequence[FieldSpec]) -> DetailWrit
 
 def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
     """The whole file at once (tests, small files): the same bytes as the streamed form."""
-    header = [l for l in lines if l.kind == "header"]
-    trailer = [l for l in lines if l.kind == "trailer"]
-    body = b"".join(formatter.line(l) for l in lines if l.kind == "detail")
+    header = [line for line in lines if line.kind == "header"]
+    trailer = [line for line in lines if line.kind == "trailer"]
+    body = b"".join(formatter.line(line) for line in lines if line.kind == "detail")
     data = formatter.begin(header) + body + formatter.end(trailer)
     formatter.validate(iter([data]))
     return data
@@ -85,9 +86,9 @@ def text_converter(spec: FieldSpec) -> Callable[[Any], str]:
     if spec.type == "datetime" and not spec.format:
         def datetime_text(value: Any) -> str:
             # strftime's format at a third of its cost; strftime pads no year below 1000 on glibc
-            if type(value) is datetime and value.tzinfo is timezone.utc and value.year >= 1000:
-                return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (value.year, value.month, value.day,
-                                                         value.hour, value.minute, value.second)
+            if type(value) is datetime and value.tzinfo is UTC and value.year >= 1000:
+                return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031 - measured faster than format()
+                    value.year, value.month, value.day, value.hour, value.minute, value.second)
             return render_text(spec, value)
 
         return datetime_text
@@ -109,8 +110,8 @@ def render_text(spec: FieldSpec, value: Any) -> str:
     if isinstance(value, datetime):
         if spec.format:
             return value.strftime(spec.format)  # in the value's own zone (see to_timezone())
-        if value.tzinfo is not timezone.utc:  # decoders give UTC already; skip the copy then
-            value = value.astimezone(timezone.utc)
+        if value.tzinfo is not UTC:  # decoders give UTC already; skip the copy then
+            value = value.astimezone(UTC)
         return value.strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, date):
         return value.strftime(spec.format or "%Y-%m-%d")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from stream_app.core.formats.base import DetailWriter, Line, line_writer, render_text
 from stream_app.core.structured.pack import CsvSpec, FieldSpec

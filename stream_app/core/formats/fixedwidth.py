@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from stream_app.core.formats.base import DetailWriter, FormatError, Line, line_writer, render_text
 from stream_app.core.structured.pack import FieldSpec

@@ -12,9 +12,10 @@ validation also runs in bounded memory.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree

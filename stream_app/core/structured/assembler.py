@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Sequence
-
 from itertools import chain
-from typing import Iterator
+from typing import Any
 
-from stream_app.core.formats.base import Formatter, FormatError, Line
+from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
+from stream_app.core.formats.base import FormatError, Formatter, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
 from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
-from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
-from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
-from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
+from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
+from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey
 
@@ -144,7 +143,7 @@ class StructuredAssembler:
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
         return self._namer.name(key, part, record_count)
 
-    def open_part(self, key: FileKey, part: int, spool: Spool) -> "StructuredPart":
+    def open_part(self, key: FileKey, part: int, spool: Spool) -> StructuredPart:
         return StructuredPart(self, key, part, spool)
 
     def assemble(self, cut: FileCut) -> AssembledFile:

@@ -8,9 +8,10 @@ below are accepted.  Nothing is ever passed to ``eval``.
 from __future__ import annotations
 
 import ast
-from datetime import date, datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Callable, Mapping
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from stream_app.core.decimals import quantum
@@ -47,11 +48,11 @@ def _str(value: Any, fn: str) -> str:
 
 def _dt(value: Any, fn: str) -> datetime:
     if isinstance(value, date) and not isinstance(value, datetime):  # a business date: its midnight, UTC
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
     raise EvaluationError(f"{fn}() needs a datetime, got {type(value).__name__}")
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from stream_app.core.structured.expressions import EvaluationError
 from stream_app.core.structured.pack import CompiledField
@@ -38,7 +39,7 @@ def _coerce(field: CompiledField, value: Any) -> Any:
     if kind == "decimal" and isinstance(value, (Decimal, int)) and not isinstance(value, bool):
         return Decimal(value)
     if kind == "datetime" and isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if kind == "date" and isinstance(value, date) and not isinstance(value, datetime):
         return value
     if kind == "bool" and isinstance(value, bool):
