@@ -64,11 +64,12 @@ def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=0.2):
-                if msg.error() is None:
+                error = msg.error()
+                if error is None:
                     messages.append(msg)
                     at_end.discard(msg.partition())
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
             if expect is not None and len(messages) >= expect:
                 break
             if expect is None and len(at_end) == len(partitions):
@@ -81,7 +82,9 @@ def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s:
 def decode_avro(payload: bytes, schema: Any) -> dict:
     buf = io.BytesIO(payload)
     buf.seek(5)
-    return fastavro.schemaless_reader(buf, schema, None)
+    value = fastavro.schemaless_reader(buf, schema, None)
+    assert isinstance(value, dict)
+    return value
 
 
 def read_journal(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:

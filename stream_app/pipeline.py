@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.repartition import FrontierMarker, RoutedRun
@@ -300,7 +300,7 @@ class FilePipeline:
         def render(raws: list[RawRecord]) -> None:
             for record in self._decoder.decode_many(raws):
                 if type(record) is not SourceRecord:
-                    raise record
+                    raise cast(DecodeError, record)
                 writer.append(self._project_routed(record) if self._structured is not None else record)
 
         for _, index, offset, value in merged.read(*cut.merged):
@@ -379,13 +379,14 @@ class FilePipeline:
                 continue
             try:
                 if type(decoded) is not SourceRecord:
-                    raise decoded
+                    raise cast(DecodeError, decoded)
                 record = decoded
                 if self._structured is not None:
-                    record = self._project(record, raw)
-                    if record is None:
+                    projected = self._project(record, raw)
+                    if projected is None:
                         windower.skip(raw.offset)
                         continue
+                    record = projected
                 outputs = windower.process(record, now_wall_ms)
             except DecodeError as exc:
                 self._publisher.dead_letter(raw, exc.reason, exc.detail)
@@ -455,7 +456,7 @@ class FilePipeline:
             for _ in message.records:
                 record = next(decoded)
                 if type(record) is not SourceRecord:
-                    raise record  # the same codec accepted this value when routing it
+                    raise cast(DecodeError, record)  # the same codec accepted this value when routing it
                 if self._structured is not None:
                     record = self._project_routed(record)
                 records.append(record)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from stream_app.core.records import RawRecord
+from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.routing import file_order
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.pipeline import FilePipeline, FlushSummary
@@ -183,19 +183,22 @@ class RangeReader:
             messages = self._consumer.consume(self._batch, timeout=1.0)
             batch: list[RawRecord] = []
             for msg in messages:
-                tp = (msg.topic(), msg.partition())
+                topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+                tp = (topic, partition)
                 rng = todo.get(tp)
                 if rng is None:
                     continue
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF and (rng.end is None or msg.offset() >= rng.end):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF and (rng.end is None or offset >= rng.end):
                         del todo[tp]
                     continue
-                if rng.end is None or msg.offset() < rng.end:
+                if rng.end is None or offset < rng.end:
                     ts_type, ts = msg.timestamp()
-                    batch.append(RawRecord(msg.topic(), msg.partition(), msg.offset(), ts if ts_type else None,
-                                           msg.key(), msg.value(), tuple(msg.headers() or ())))
-                if rng.end is not None and msg.offset() + 1 >= rng.end:
+                    headers: tuple = tuple(msg.headers() or ())  # confluent-kafka: a list of (str, bytes)
+                    batch.append(RawRecord(topic, partition, offset, ts if ts_type else None,
+                                           msg.key(), msg.value(), headers))
+                if rng.end is not None and offset + 1 >= rng.end:
                     del todo[tp]
             if batch:
                 idle = 0
@@ -278,7 +281,7 @@ def recorded_cuts(entries: list[dict], reader: RangeReader, decode: Any) -> Iter
         for source in sorted(entry["offsets"], key=lambda o: (o["topic"], o["partition"])):
             ranges = [(int(a), int(b)) for a, b in source["ranges"]]
             wanted = {off for a, b in ranges for off in range(a, b + 1)}
-            found = []
+            found: list[SourceRecord] = []
             span = PartitionRange(source["topic"], source["partition"], ranges[0][0], ranges[-1][1] + 1)
             for batch in reader.read([span]):
                 found.extend(decode(raw) for raw in batch if raw.offset in wanted)

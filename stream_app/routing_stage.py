@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.repartition import encode_frontier, encode_runs
@@ -100,7 +100,7 @@ class RoutingStage:
                 continue
             try:
                 if type(decoded) is not SourceRecord:
-                    raise decoded
+                    raise cast(DecodeError, decoded)
                 record = decoded
                 if self._validator is not None:
                     self._validator.project(record.value)

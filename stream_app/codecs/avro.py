@@ -35,7 +35,9 @@ def _schema_json(path: str | Path) -> Any:
 
 
 def load_schema(path: str | Path) -> dict:
-    return fastavro.parse_schema(_schema_json(path))
+    parsed = fastavro.parse_schema(_schema_json(path))
+    assert isinstance(parsed, dict), f"{path} is not a record schema"
+    return parsed
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

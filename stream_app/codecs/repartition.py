@@ -75,16 +75,16 @@ def encode_runs(key: FileKey, source: TP, records: list[tuple[int, int, bytes | 
     while start < len(records):
         size, end = len(head), start
         while end < len(records) and (end == start or size < MAX_RUN_BYTES):
-            value = records[end][2]
-            size += _ENTRY.size + (len(value) if value is not None else 0)
+            payload = records[end][2]
+            size += _ENTRY.size + (len(payload) if payload is not None else 0)
             end += 1
         body = [bytes(head), _U32.pack(end - start)]
-        for offset, event_time, value in records[start:end]:
-            if value is None:
+        for offset, event_time, payload in records[start:end]:
+            if payload is None:
                 body.append(_ENTRY.pack(offset, event_time, -1))
             else:
-                body.append(_ENTRY.pack(offset, event_time, len(value)))
-                body.append(value)
+                body.append(_ENTRY.pack(offset, event_time, len(payload)))
+                body.append(payload)
         yield b"".join(body)
         start = end
 

@@ -272,7 +272,7 @@ class TemplateAssembler:
         return TemplatePart(self, key, part, spool, records)
 
     def assemble(self, cut: FileCut) -> AssembledFile:
-        values = [r.value for r in cut.records]
+        values: list[Mapping[str, Any]] = [r.value for r in cut.records]
         part = self.open_part(cut.key, cut.part, MemorySpool(), values)
         for record in cut.records:
             part.append(record)

@@ -394,12 +394,11 @@ class PartitionWindower:
         if facts is not None and record.offset <= self._finalized_high and facts.holds_offset(record.offset):
             pass  # already in a finalized part (re-read after a restart)
         else:
-            if self._is_closed(key, facts):
-                key = self._late_target(record)
-            if key is None:
-                out.append(LateRecord(record, self._assigner.key_for(record)))
+            target: FileKey | None = self._late_target(record) if self._is_closed(key, facts) else key
+            if target is None:
+                out.append(LateRecord(record, key))
             else:
-                self._append(key, record, now_wall_ms, out)
+                self._append(target, record, now_wall_ms, out)
         self._advance_watermark(record.offset, record.event_time_ms, out)
         return out
 

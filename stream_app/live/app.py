@@ -16,9 +16,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP as FaustTP
 
 from stream_app.codecs.avro import RegistryUnavailable
@@ -31,7 +32,7 @@ from stream_app.faults import failpoint
 from stream_app.journal import encode_events
 from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import broker_reachable
-from stream_app.live.transport import NOT_GATED, SCHEME
+from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
 from stream_app.pipeline import TP, FilePipeline, FlushSummary
@@ -84,7 +85,9 @@ class FaustStateStore:
         return self._file_checkpoints if tp[0] == self._repartition_topic else self._checkpoints
 
     def _window_key(self, key: FileKey) -> tuple:
-        window_range = self._windows.window.ranges(key.window_start_ms / 1000)[0]
+        window = self._windows.window
+        assert window is not None  # a windowed table
+        window_range = window.ranges(key.window_start_ms / 1000)[0]
         return (key.id, tuple(window_range))
 
     def get_facts(self, key: FileKey) -> WindowFacts | None:
@@ -211,7 +214,7 @@ class LiveRuntime:
         """A fetched batch per input partition (aiokafka records), straight from the fetch loop."""
         raws = [RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
                 for records in batches.values() for r in records]
-        consumer = self._app.consumer
+        consumer = cast(FaustConsumer, self._app.consumer)
         consumed = {(tp.topic, tp.partition): len(records) for tp, records in batches.items()}
 
         def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
@@ -470,9 +473,18 @@ def real_log_ends(settings: AppSettings, listed: dict[FaustTP, int]) -> dict[Fau
     return {FaustTP(*tp): end for tp, end in ends.items()}
 
 
-def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
+class StreamApp(faust.App):
+    """The Faust app with the hooks ``live/transport.py`` reads (typed, instead of attributes
+    set on a plain app)."""
+
+    stream_app_commit_gate: CommitGate | None = None
+    stream_app_intake: BatchIntake | None = None
+    stream_app_log_ends: LogEndProbe | None = None
+
+
+def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     kafka = settings.kafka
-    app = faust.App(
+    app = StreamApp(
         settings.appId,
         broker=[f"{SCHEME}://{host.strip()}" for host in kafka.bootstrapServers.split(",")],
         broker_credentials=faust_credentials(kafka.security),
@@ -505,7 +517,8 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
     # runtime as whole fetched batches (runtime.on_fetched) and never enter this stream.
     @app.agent(source, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(worker.batchSize, within=worker.batchWithinMs / 1000):
+        async for events in cast(faust.Stream, stream).noack_take(worker.batchSize,
+                                                                  within=worker.batchWithinMs / 1000):
             await runtime.on_events(events)
 
     if runtime.routing is not None:
@@ -515,11 +528,12 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
         # As the input agent: subscribes the consumer; batches go to the runtime (on_fetched).
         @app.agent(repartition, name="files")
         async def files(stream: faust.StreamT) -> None:
-            async for events in stream.noack_take(worker.batchSize, within=worker.batchWithinMs / 1000):
+            async for events in cast(faust.Stream, stream).noack_take(worker.batchSize,
+                                                                      within=worker.batchWithinMs / 1000):
                 await runtime.on_events(events)
 
-        @app.on_rebalance_complete.connect
-        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+        @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's stubs reject any coroutine
+        async def on_rebalance_complete(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
             await runtime.on_rebalance_complete()
 
     @app.timer(interval=0.25, name="flush-timer")
@@ -545,8 +559,8 @@ def create_app(settings: AppSettings) -> tuple[faust.App, LiveRuntime]:
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        await runtime.on_revoked(revoked)
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's stubs reject any coroutine
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        await runtime.on_revoked(args[0] if args else kwargs["revoked"])
 
     return app, runtime

@@ -66,7 +66,7 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
                        and (topics is None or tp in topics or tp.topic in topics))
         return iter(tps)
 
-    async def _wait_next_records(self, timeout: float) -> tuple[dict | None, set | None]:
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
         records, active = await super()._wait_next_records(timeout)
         intake: BatchIntake | None = getattr(self.app, "stream_app_intake", None)
         if not records or intake is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 from stream_app.core.formats.base import DetailWriter, Line, line_writer, render_text
 from stream_app.core.structured.pack import CsvSpec, FieldSpec
 
-_QUOTING = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "none": csv.QUOTE_NONE}
+_QUOTING: dict[str, Literal[0, 1, 2, 3]] = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL,
+                                            "none": csv.QUOTE_NONE}
 
 
 class CsvFormatter:

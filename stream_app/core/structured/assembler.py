@@ -258,7 +258,7 @@ class StructuredPart:
             for key, value in context[spec.forEach].items():
                 scope = ChainMap({"key": key[0] if len(key) == 1 else "/".join(map(str, key)), "value": value,
                                   **dict(zip(group_by, key)),
-                                  **{name: context[name].get(key) for name in siblings}}, context)
+                                  **{name: context[name].get(key) for name in siblings}}, dict(context))
                 lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, scope)))
         return lines
 

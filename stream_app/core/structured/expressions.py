@@ -242,7 +242,7 @@ def _build_lookup(node: ast.Call, args: list[Evaluator], maps: Mapping[str, Mapp
         if not isinstance(key, (str, int, bool)) and key is not None:
             raise EvaluationError(f"lookup() needs a text key, got {type(key).__name__}")
         if key in table:
-            return table[key]
+            return table[key]  # type: ignore[index]  # a map's keys are text; others never match
         if default is None:
             raise EvaluationError(f"lookup() found no entry in map {map_name!r}")
         return default(ctx)

@@ -113,7 +113,7 @@ def field_checker(field: CompiledField) -> Callable[[Any], Any]:
 
         def decimal_value(value: Any) -> Any:
             if type(value) is Decimal and value.is_finite() and (low is None or value >= low) \
-                    and (high is None or value <= high) and (scale is None or -value.as_tuple().exponent <= scale):
+                    and (high is None or value <= high) and (scale is None or -int(value.as_tuple().exponent) <= scale):
                 return value
             return check_value(field, value)
 
