@@ -182,6 +182,18 @@ class LiveWorker:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
 
+    def die_at(self, point: str, timeout_s: float = 120) -> None:
+        """Run until the failpoint ``point`` (``NAME=crash@N``) kills the worker by itself."""
+        import subprocess
+
+        self.start(env={"STREAM_APP_FAILPOINTS": point})
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"failpoint {point} was never reached") from None
+        assert self.proc.returncode == 137, point
+
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()

@@ -43,12 +43,7 @@ def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tm
     kills = 0
     try:
         for point in FAILPOINTS:  # each deliberate point: the worker must die there by itself
-            worker.start(env={"STREAM_APP_FAILPOINTS": point})
-            try:
-                worker.proc.wait(timeout=120)
-            except Exception:
-                pytest.fail(f"failpoint {point} was never reached")
-            assert worker.proc.returncode == 137, point
+            worker.die_at(point)
             kills += 1
         for i in range(RANDOM_KILLS):  # random moments: half while starting, half while processing
             ready_before = worker.log_count("Worker ready")

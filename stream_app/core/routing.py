@@ -34,6 +34,7 @@ from stream_app.core.windows import (
     FileCut,
     FileKey,
     Output,
+    PartLedger,
     SourceRanges,
     WindowAssigner,
     WindowClosed,
@@ -211,7 +212,7 @@ class _CollectingWindow:
     first_buffered_wall_ms: int | None = None
 
 
-class WindowCollector:
+class WindowCollector(PartLedger):
     """The file stage for one repartition partition.  Not thread-safe; one owner.
 
     Offers the interface ``FilePipeline`` finalizes and commits through (the same as
@@ -223,11 +224,11 @@ class WindowCollector:
     def __init__(self, topic: str, partition: int, policy: WindowPolicy, sources: Iterable[TP],
                  checkpoint: Checkpoint | None = None, facts_lookup: FactsLookup | None = None,
                  on_spool: SpoolHook | None = None) -> None:
+        super().__init__(facts_lookup)
         self.topic = topic
         self.partition = partition
         self._policy = policy
         self._sources = frozenset(sources)
-        self._lookup = facts_lookup or (lambda key: None)
         self._next_offset: int | None = checkpoint.offset if checkpoint else None
         self._floor = checkpoint.offset if checkpoint else 0
         base = {(t, p): c for t, p, c in (checkpoint.frontiers or ())} if checkpoint else {}
@@ -235,10 +236,6 @@ class WindowCollector:
         self._frontiers: dict[TP, int] = dict(base)
         self._marks: deque[tuple[int, TP, int]] = deque()  # (repartition offset, source, frontier)
         self._open: dict[FileKey, _CollectingWindow] = {}
-        self._pending: dict[tuple[FileKey, int], FileCut] = {}
-        self._facts: dict[FileKey, WindowFacts | None] = {}
-        self._closing: set[FileKey] = set()
-        self._buffered = 0
         self._on_spool = on_spool
         self.duplicates = 0
         self.last_record_wall_ms: int | None = None
@@ -249,10 +246,6 @@ class WindowCollector:
         return self._next_offset
 
     @property
-    def buffered_records(self) -> int:
-        return self._buffered
-
-    @property
     def open_windows(self) -> list[FileKey]:
         return list(self._open)
 
@@ -261,13 +254,6 @@ class WindowCollector:
 
     def frontier_of(self, source: TP) -> int | None:
         return self._frontiers.get(source)
-
-    def facts_for(self, key: FileKey) -> WindowFacts | None:
-        try:
-            return self._facts[key]
-        except KeyError:
-            facts = self._facts[key] = self._lookup(key)
-            return facts
 
     def already_processed(self, offset: int) -> bool:
         return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
@@ -408,31 +394,8 @@ class WindowCollector:
         return out
 
     # -- finalization and commit (as PartitionWindower) ---------------------------------------
-    def pending_cuts(self) -> list[FileCut]:
-        return sorted(self._pending.values(), key=lambda c: (c.key, c.part))
-
-    def is_pending(self, cut: FileCut) -> bool:
-        return self._pending.get((cut.key, cut.part)) is cut
-
-    def waits_for_earlier_part(self, cut: FileCut) -> bool:
-        return any(key == cut.key and part < cut.part for key, part in self._pending)
-
-    def _has_pending(self, key: FileKey) -> bool:
-        return any(k == key for k, _ in self._pending)
-
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
-        del self._pending[(cut.key, cut.part)]
-        self._buffered -= len(cut.records)
-        facts = self.facts_for(cut.key) or WindowFacts()
-        facts.parts[cut.part] = cut.source_ranges()
-        facts.next_part = max(facts.next_part, cut.part + 1)
-        if cut.closes_window:
-            self._closing.add(cut.key)
-        if cut.key in self._closing and not self._has_pending(cut.key):
-            facts.closed = True
-            self._closing.discard(cut.key)
-        self._facts[cut.key] = facts
-        return facts
+        return self._finalize(cut, cut.source_ranges())
 
     def mark_closed(self, key: FileKey) -> WindowFacts | None:
         return None  # closes follow the frontiers, which the checkpoint carries

@@ -301,7 +301,75 @@ FactsLookup = Callable[[FileKey], "WindowFacts | None"]
 AppendHook = Callable[[FileKey, int, SourceRecord], None]
 
 
-class PartitionWindower:
+class PartLedger:
+    """What both file-cutting state machines keep about their cut parts until they are durable:
+    the pending cuts (finalized in (window, part) order), the window facts and the windows whose
+    close waits for their last part.  ``PartitionWindower`` and the business-file
+    ``WindowCollector`` share it."""
+
+    def __init__(self, facts_lookup: FactsLookup | None) -> None:
+        self._lookup = facts_lookup or (lambda key: None)
+        self._pending: dict[tuple[FileKey, int], FileCut] = {}
+        self._facts: dict[FileKey, WindowFacts | None] = {}
+        # Windows closed while some of their parts still wait to be finalized: the close becomes
+        # a persisted fact only with the last of them (see _finalize).
+        self._closing: set[FileKey] = set()
+        self._buffered = 0
+
+    @property
+    def buffered_records(self) -> int:
+        """Records held in memory: open parts plus cut parts not yet finalized (0 when streaming)."""
+        return self._buffered
+
+    def facts_for(self, key: FileKey) -> WindowFacts | None:
+        # Cached, absent facts included: this owner is the only writer of its keys' facts, and
+        # the lookup (a table read) would otherwise run for every record of a new window.
+        try:
+            return self._facts[key]
+        except KeyError:
+            facts = self._facts[key] = self._lookup(key)
+            if facts is not None:
+                self._facts_loaded(facts)
+            return facts
+
+    def _facts_loaded(self, facts: WindowFacts) -> None:
+        """Hook: facts of a window were read from the store."""
+
+    def pending_cuts(self) -> list[FileCut]:
+        return sorted(self._pending.values(), key=lambda c: (c.key, c.part))
+
+    def is_pending(self, cut: FileCut) -> bool:
+        return self._pending.get((cut.key, cut.part)) is cut
+
+    def waits_for_earlier_part(self, cut: FileCut) -> bool:
+        """An earlier part of the cut's window is not finalized yet.
+
+        Parts are finalized in order: persisted facts then never hold part n+1 without part n,
+        so a restart re-reads part n's records into part n (its next_part is still n), not into
+        a new part with a different name.
+        """
+        return any(key == cut.key and part < cut.part for key, part in self._pending)
+
+    def _has_pending(self, key: FileKey) -> bool:
+        return any(k == key for k, _ in self._pending)
+
+    def _finalize(self, cut: FileCut, ranges: SourceRanges) -> WindowFacts:
+        """The cut's file is durable: drop its records and return the facts to persist."""
+        del self._pending[(cut.key, cut.part)]
+        self._buffered -= len(cut.records)  # 0 in streaming mode
+        facts = self.facts_for(cut.key) or WindowFacts()
+        facts.parts[cut.part] = ranges
+        facts.next_part = max(facts.next_part, cut.part + 1)
+        if cut.closes_window:
+            self._closing.add(cut.key)
+        if cut.key in self._closing and not self._has_pending(cut.key):
+            facts.closed = True
+            self._closing.discard(cut.key)
+        self._facts[cut.key] = facts
+        return facts
+
+
+class PartitionWindower(PartLedger):
     """Deterministic file cutting for one source partition.  Not thread-safe; one owner."""
 
     def __init__(
@@ -314,11 +382,11 @@ class PartitionWindower:
         facts_lookup: FactsLookup | None = None,
         on_append: AppendHook | None = None,
     ) -> None:
+        super().__init__(facts_lookup)
         self.topic = topic
         self.partition = partition
         self._policy = policy
         self._assigner = assigner
-        self._lookup = facts_lookup or (lambda key: None)
         self._next_offset: int | None = checkpoint.offset if checkpoint else None
         self._floor_offset = checkpoint.offset if checkpoint else 0
         self._watermark: int | None = checkpoint.watermark_ms if checkpoint else None
@@ -326,15 +394,9 @@ class PartitionWindower:
         self._marks: deque[tuple[int, int]] = deque()  # (offset, watermark after it), increasing
         self._open: dict[FileKey, _OpenWindow] = {}
         self._close_heap: list[tuple[int, FileKey]] = []
-        self._pending: dict[tuple[FileKey, int], FileCut] = {}
-        self._facts: dict[FileKey, WindowFacts | None] = {}
         # The highest offset any known finalized part holds: records above it (all of them, in
         # a run without restarts) skip the search through the parts' offset ranges.
         self._finalized_high = -1
-        # Windows closed while some of their parts still wait to be finalized: the close becomes
-        # a persisted fact only with the last of them (see mark_finalized).
-        self._closing: set[FileKey] = set()
-        self._buffered = 0
         self._on_append = on_append
         self.last_record_wall_ms: int | None = None
 
@@ -349,11 +411,6 @@ class PartitionWindower:
         return self._next_offset
 
     @property
-    def buffered_records(self) -> int:
-        """Records held in memory: open parts plus cut parts not yet finalized (0 when streaming)."""
-        return self._buffered
-
-    @property
     def open_windows(self) -> list[FileKey]:
         return list(self._open)
 
@@ -361,18 +418,9 @@ class PartitionWindower:
         """Wall-clock time each open part received its first record."""
         return [w.first_buffered_wall_ms for w in self._open.values() if w.first_buffered_wall_ms is not None]
 
-    def facts_for(self, key: FileKey) -> WindowFacts | None:
-        # Cached, absent facts included: this windower is the only writer of its keys' facts, and
-        # the lookup (a table read) would otherwise run for every record of a new window.
-        try:
-            return self._facts[key]
-        except KeyError:
-            facts = self._facts[key] = self._lookup(key)
-            if facts is not None:
-                self._finalized_high = max([self._finalized_high] + [last for sources in facts.parts.values()
-                                                                     for ranges in sources.values()
-                                                                     for _, last in ranges])
-            return facts
+    def _facts_loaded(self, facts: WindowFacts) -> None:
+        self._finalized_high = max([self._finalized_high] + [last for sources in facts.parts.values()
+                                                             for ranges in sources.values() for _, last in ranges])
 
     # -- input ------------------------------------------------------------------------------
     def already_processed(self, offset: int) -> bool:
@@ -490,41 +538,11 @@ class PartitionWindower:
         return [self._cut(window, "pressure", closes_window=False)]
 
     # -- finalization and commit ------------------------------------------------------------
-    def pending_cuts(self) -> list[FileCut]:
-        return sorted(self._pending.values(), key=lambda c: (c.key, c.part))
-
-    def is_pending(self, cut: FileCut) -> bool:
-        return self._pending.get((cut.key, cut.part)) is cut
-
-    def waits_for_earlier_part(self, cut: FileCut) -> bool:
-        """An earlier part of the cut's window is not finalized yet.
-
-        Parts are finalized in order: persisted facts then never hold part n+1 without part n,
-        so a restart re-reads part n's records into part n (its next_part is still n), not into
-        a new part with a different name.
-        """
-        return any(key == cut.key and part < cut.part for key, part in self._pending)
-
-    def _has_pending(self, key: FileKey) -> bool:
-        return any(k == key for k, _ in self._pending)
-
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
         """The cut's file is durable: drop its records and return the facts to persist."""
-        del self._pending[(cut.key, cut.part)]
-        self._buffered -= len(cut.records)  # 0 in streaming mode
-        facts = self.facts_for(cut.key) or WindowFacts()
-        facts.parts[cut.part] = {cut.key.tp: cut.ranges}
-        ranges = cut.ranges
-        if ranges:
-            self._finalized_high = max(self._finalized_high, max(last for _, last in ranges))
-        facts.next_part = max(facts.next_part, cut.part + 1)
-        if cut.closes_window:
-            self._closing.add(cut.key)
-        if cut.key in self._closing and not self._has_pending(cut.key):
-            facts.closed = True
-            self._closing.discard(cut.key)
-        self._facts[cut.key] = facts
-        return facts
+        if cut.ranges:
+            self._finalized_high = max(self._finalized_high, max(last for _, last in cut.ranges))
+        return self._finalize(cut, {cut.key.tp: cut.ranges})
 
     def mark_closed(self, key: FileKey) -> WindowFacts | None:
         """Persist an idle close so that records arriving later count as late after a restart.
