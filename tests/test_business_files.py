@@ -185,3 +185,60 @@ def test_streaming_append_gives_the_same_bytes_as_memory(tmp_path):
     run_window_records(routing, files, sender, settings.input_partitions, interleave(parts, random.Random(9)), 50)
     assert {p.name: p.read_bytes() for p in out.glob("F_*")} == reference
     assert len(reference) > 5 and not [p for p in spool.rglob("*") if p.is_file()]  # spools gone
+
+
+def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_path):
+    """The file stage's checkpoint carries every input partition's frontier as of its offset: a
+    new file stage that reads on from it (after a crash at any point) makes the same files."""
+    from stream_app.replay import flush_due
+
+    parts = partitioned(1200, 3)
+    raws = interleave(parts, random.Random(4))
+    reference, _ = run(tmp_path / "ref", raws, 3, maxRecordsPerFile=150)
+    settings = settings_for(tmp_path, **{**WINDOW_SCOPE, "maxRecordsPerFile": 150})
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 3})})
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    routing.assign(settings.input_partitions, 0)
+    log = []  # the repartition topic
+    for start in range(0, len(raws), 97):
+        routing.process(raws[start:start + 97], 0)
+        log.extend(sender.drain())
+    routing.announce(routing.close_idle(10**15, lambda tp: True))
+    log.extend(sender.drain())
+    for crash_at in (len(log) // 5, len(log) // 2, 4 * len(log) // 5):
+        out = tmp_path / f"crash{crash_at}"
+        out.mkdir()
+        state = MemoryStateStore()
+        first = build_pipeline(settings, state, publisher, sink=LocalSink(out))
+        for start in range(0, crash_at, 7):
+            first.process_routed(log[start:min(start + 7, crash_at)], 0)
+            flush_due(first, 0)
+        # crash: a new file stage reads each repartition partition from its checkpoint
+        second = build_pipeline(settings, state, publisher, sink=LocalSink(out))
+        checkpoints = {tp: cp.offset for tp, cp in state.checkpoints.items()}
+        remaining = [r for r in log if r.offset >= checkpoints.get((r.topic, r.partition), 0)]
+        assert len(remaining) < len(log)
+        for start in range(0, len(remaining), 11):
+            second.process_routed(remaining[start:start + 11], 0)
+            flush_due(second, 0)
+        assert {p.name: p.read_bytes() for p in out.glob("F_*")} == reference, crash_at
+
+
+def test_a_router_restored_from_its_checkpoint_keeps_an_idle_close():
+    from stream_app.core.routing import Late, PartitionRouter, Routed
+    from stream_app.core.windows import WindowAssigner, WindowPolicy
+
+    policy = WindowPolicy(H, 0, 100, idle_timeout_ms=1000)
+    assigner = WindowAssigner(policy, per_partition=False)
+    router = PartitionRouter("in", 0, policy, assigner)
+    router.idle_since(0)
+    from stream_app.core.records import SourceRecord
+
+    first = router.route(SourceRecord("in", 0, 0, 10, {}), 0)
+    assert isinstance(first, Routed) and router.frontier() == 0  # no window ends at or before 0
+    assert router.close_idle(5 * H) and router.frontier() == 5 * H  # idle: windows ended by 5 h are closed
+    restored = PartitionRouter("in", 0, policy, assigner, router.checkpoint())
+    late = restored.route(SourceRecord("in", 0, 1, 2 * H + 5, {}), 6 * H)
+    assert isinstance(late, Late) and restored.frontier() == 5 * H
+    assert isinstance(restored.route(SourceRecord("in", 0, 2, 5 * H + 1, {}), 6 * H), Routed)
