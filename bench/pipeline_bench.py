@@ -128,7 +128,8 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
                                      "{{ record.currency }}|{{ record.merchant_name }}\n")
     config = {"appId": app_id, "kafka": {"bootstrapServers": bootstrap, "inputTopics": [topic],
                                           "journalTopic": f"{app_id}-journal", "deadLetterTopic": f"{app_id}-dlq",
-                                          "topicPartitions": partitions, "commitIntervalMs": 500},
+                                          "topicPartitions": partitions, "commitIntervalMs": 500,
+                                          "confirmChangelogEnds": clock.broker() is not None},
               "worker": worker, "input": {"decodeProcess": decode_process},
               "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
               "dataDir": str(work / f"{app_id}-data")}

@@ -80,6 +80,12 @@ class KafkaSettings(_Model):
     # written (window size + grace + the longest lag you want to survive).
     repartitionRetentionMs: int = Field(default=7 * 24 * 3600 * 1000, ge=3600 * 1000)
     security: KafkaSecurity = KafkaSecurity()
+    # The embedded development broker (Tansu) can list stale end offsets; Faust's table recovery
+    # would then stop early and miss the newest facts and checkpoints.  true: on every
+    # rebalance, confirm each changelog's end by reading to end-of-partition with a second
+    # client.  Needless on Kafka (a listed end is right there), where it costs time inside the
+    # rebalance and read ACLs for a throwaway group; the demo and the tests turn it on.
+    confirmChangelogEnds: bool = False
 
     @property
     def repartition_partitions(self) -> int:

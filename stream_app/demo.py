@@ -178,6 +178,7 @@ def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootst
         produce(bootstrap, topic, values)
         config_path = work / "demo-config.yaml"
         config = demo_config(example, bootstrap, (topic, journal, dead), partitions, out_dir, records)
+        config["kafka"]["confirmChangelogEnds"] = broker is not None  # the embedded broker's quirk
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         proc = spawn_worker(str(config_path), str(work / "worker.log"))
         try:

@@ -12,16 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from stream_app.broker import EmbeddedBroker
-
-
-def _docker_available() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
+from tests.helpers import embedded_broker
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +21,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env:
         yield env
         return
-    if _docker_available():
+    if not embedded_broker():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:

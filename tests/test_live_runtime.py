@@ -122,3 +122,15 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
             await asyncio.wait_for(runtime.on_tick(), 5)
 
     asyncio.run(fetch_loop())
+
+
+def test_the_changelog_end_probe_is_an_embedded_broker_setting(tmp_path):
+    """Off by default (a real cluster lists true ends); on, table recovery confirms them."""
+    for enabled in (False, True):
+        data = config_dict(tmp_path, window={"sizeMs": 86_400_000})
+        data["kafka"]["confirmChangelogEnds"] = enabled
+        data["dataDir"] = str(tmp_path / f"faust-{enabled}")
+        app, _ = create_app(parse_config(data))
+        assert (app.stream_app_log_ends is not None) is enabled
+    assert parse_config(config_dict(tmp_path) | {"kafka": {"bootstrapServers": "x:1", "inputTopics": ["in"]}}) \
+        .kafka.confirmChangelogEnds is False

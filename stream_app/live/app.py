@@ -509,7 +509,8 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     runtime = LiveRuntime(app, settings)
     app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
     app.stream_app_intake = runtime  # fetched input batches go to the runtime (live/transport.py)
-    app.stream_app_log_ends = partial(real_log_ends, settings)  # for table recovery (live/transport.py)
+    if kafka.confirmChangelogEnds:  # the embedded broker's stale listed ends (live/transport.py)
+        app.stream_app_log_ends = partial(real_log_ends, settings)
     source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")
     worker = settings.worker
 
