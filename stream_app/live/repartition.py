@@ -83,8 +83,9 @@ class KafkaRepartitionSender:
         self._producer.poll(0)
 
     async def delivered(self) -> None:
-        if len(self._producer):  # queued or in flight
-            await asyncio.to_thread(self._producer.flush)
+        # In steps, so that a stop (or a broker outage) never leaves a thread blocked in flush().
+        while len(self._producer):  # queued or in flight
+            await asyncio.to_thread(self._producer.flush, 2.0)
         if self._errors:
             errors, self._errors = self._errors, []
             raise RepartitionSendError(f"{len(errors)} repartition record(s) not delivered: {errors[0]}")
