@@ -21,7 +21,6 @@ import asyncio
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import TP
@@ -92,7 +91,6 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
 
 
 class CheckpointCommitTransport(AIOKafkaTransport):
+    """Registered as ``streamapp://`` through the ``faust.transports`` entry point (pyproject.toml)."""
+
     Consumer = CheckpointCommitConsumer
-
-
-TRANSPORTS.aliases[SCHEME] = f"{__name__}:CheckpointCommitTransport"

@@ -1,0 +1,46 @@
+"""The Faust and aiokafka members that live/transport.py overrides or calls keep the shape it was
+written against: an upgrade that changes them fails here in seconds, not in an e2e run."""
+
+from __future__ import annotations
+
+import inspect
+
+import faust
+from faust.transport.drivers import by_url
+from faust.transport.drivers.aiokafka import Consumer
+
+from stream_app.live.transport import CheckpointCommitConsumer, CheckpointCommitTransport
+
+
+def _params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_the_transport_is_registered_through_faust_entry_points():
+    assert by_url("streamapp://127.0.0.1:9092") is CheckpointCommitTransport
+
+
+def test_overridden_consumer_members_keep_their_signatures():
+    assert _params(Consumer._wait_next_records) == ["self", "timeout"]
+    assert inspect.iscoroutinefunction(Consumer._wait_next_records)
+    assert _params(Consumer._filter_tps_with_pending_acks) == ["self", "topics"]
+    assert _params(Consumer._new_offset) == ["self", "tp"]
+    assert _params(Consumer.highwaters) == ["self", "partitions"]
+    assert inspect.iscoroutinefunction(Consumer.highwaters)
+    for name in ("_wait_next_records", "_filter_tps_with_pending_acks", "_new_offset", "highwaters"):
+        assert name in CheckpointCommitConsumer.__dict__  # still overridden here
+
+
+def test_consumer_state_the_overrides_read_still_exists():
+    from faust.transport.consumer import Consumer as BaseConsumer
+
+    declared = {name for cls in BaseConsumer.__mro__ for name in getattr(cls, "__annotations__", {})}
+    for attribute in ("_acked", "_acked_index", "flow_active"):
+        assert attribute in declared, attribute
+    assert hasattr(Consumer, "should_stop")
+    assert "noack_take" in dict(inspect.getmembers(faust.Stream))
+    assert faust.App.consumer_generation_id == 0  # declared on AppT, set by the consumer on each rebalance
+
+
+def test_the_tested_faust_release():
+    assert faust.__version__.startswith("0.15."), faust.__version__
