@@ -134,3 +134,18 @@ def test_the_changelog_end_probe_is_an_embedded_broker_setting(tmp_path):
         assert (app.stream_app_log_ends is not None) is enabled
     assert parse_config(config_dict(tmp_path) | {"kafka": {"bootstrapServers": "x:1", "inputTopics": ["in"]}}) \
         .kafka.confirmChangelogEnds is False
+
+
+def test_the_readiness_probe_reuses_one_client_and_caches_its_answer(tmp_path):
+    import time
+
+    from stream_app.live.startup import BrokerProbe
+
+    data = config_dict(tmp_path)
+    data["kafka"]["bootstrapServers"] = "127.0.0.1:9"  # nothing listens
+    probe = BrokerProbe(parse_config(data), ttl_s=30)
+    client = probe._admin
+    first = probe.problem(timeout_s=0.5)
+    started = time.monotonic()
+    assert first and probe.problem(timeout_s=0.5) == first and time.monotonic() - started < 0.1
+    assert probe._admin is client

@@ -31,7 +31,7 @@ from stream_app.deadletter import dead_letter
 from stream_app.faults import failpoint
 from stream_app.journal import encode_events
 from stream_app.live.repartition import KafkaRepartitionSender
-from stream_app.live.startup import broker_reachable
+from stream_app.live.startup import BrokerProbe
 from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
@@ -550,11 +550,13 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"alive": True})
 
+    probe = BrokerProbe(settings)  # one client for every /readyz
+
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         reason = runtime.not_ready_reason()
         if reason is None:
-            problem = await asyncio.to_thread(broker_reachable, settings, 2.0)
+            problem = await asyncio.to_thread(probe.problem, 2.0)
             reason = f"Kafka unreachable: {problem}" if problem else None
         if reason is not None:
             return web.json({"ready": False, "reason": reason}, status=503)

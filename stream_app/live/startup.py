@@ -59,6 +59,36 @@ def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> str | Non
         return str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
 
 
+class BrokerProbe:
+    """``/readyz``'s view of the cluster: one admin client, reused, asking for the metadata of
+    one input topic (not the whole cluster), the answer cached for ``ttl_s``."""
+
+    def __init__(self, settings: AppSettings, ttl_s: float = 2.0) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self._admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrapServers, "log_level": 0,
+                                   **confluent_security(settings.kafka.security)})
+        self._topic = settings.kafka.inputTopics[0]
+        self._ttl_s = ttl_s
+        self._checked_at = -ttl_s
+        self._problem: str | None = None
+        self._lock = threading.Lock()
+
+    def problem(self, timeout_s: float = 2.0) -> str | None:
+        from confluent_kafka import KafkaException
+
+        with self._lock:
+            if time.monotonic() - self._checked_at < self._ttl_s:
+                return self._problem
+            try:
+                self._admin.list_topics(self._topic, timeout=timeout_s)
+                self._problem = None
+            except KafkaException as exc:
+                self._problem = str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+            self._checked_at = time.monotonic()
+            return self._problem
+
+
 def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
     bootstrap = settings.kafka.bootstrapServers
     problem = broker_reachable(settings)
