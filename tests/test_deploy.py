@@ -51,18 +51,61 @@ def test_chart_lints_clean():
 
 def test_default_render(monkeypatch):
     m = render()
-    assert set(m) >= {"Deployment", "ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget"}
-    assert "ServiceMonitor" not in m and "StatefulSet" not in m
-    c = container(m)
+    # the default keeps files: a volume per replica (offsets are committed after a file is written)
+    assert set(m) >= {"StatefulSet", "ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    assert "ServiceMonitor" not in m and "Deployment" not in m
+    assert m["StatefulSet"][0]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "clearing-out"
+    c = container(m, "StatefulSet")
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["resources"]["limits"]["memory"] == "1Gi"
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz" and c["startupProbe"]["failureThreshold"] == 60
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
-    pod = m["Deployment"][0]["spec"]["template"]["spec"]
+    pod = m["StatefulSet"][0]["spec"]["template"]["spec"]
+    spool = next(v for v in pod["volumes"] if v["name"] == "spool")
+    assert spool == {"name": "spool", "emptyDir": {"sizeLimit": "10Gi"}}
+    assert not any(v["name"] == "clearing-out" for v in pod["volumes"])  # the claim, not an emptyDir
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     settings = worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}, monkeypatch)  # the real config model
     assert settings.kafka.bootstrapServers == "kafka:9092" and settings.sink.type == "local"
-    assert settings.webPort == c["ports"][0]["containerPort"]
+    assert settings.webPort == c["ports"][0]["containerPort"] and settings.worker.fileScope == "window"
+
+
+def test_no_default_loses_files():
+    with pytest.raises(helm.HelmError, match="ephemeralOutput"):
+        render({"persistence": {"enabled": False}})
+    m = render({"persistence": {"enabled": False}, "ephemeralOutput": True})  # explicitly accepted
+    volumes = m["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "clearing-out", "emptyDir": {}} in volumes
+    # S3 keeps the files: a Deployment, persistence or not, and no claim that nothing would use
+    m = render({"persistence": {"enabled": True}, "s3": {"enabled": True, "bucket": "files"}})
+    assert "StatefulSet" not in m and "clearing-out" not in {v["name"] for v in container(m)["volumeMounts"]}
+
+
+def test_more_replicas_than_partitions_do_not_render():
+    with pytest.raises(helm.HelmError, match="replicaCount 4 is more than the 3 partitions"):
+        render({"replicaCount": 4})
+    assert render({"replicaCount": 6, "config": {"kafka": {"topicPartitions": 3, "repartitionPartitions": 6,
+                                                           "inputTopics": ["matched-records"]}}})
+
+
+def test_operational_hooks_render():
+    digest = "sha256:" + "a" * 64
+    m = render({"image": {"repository": "r.example/stream-app", "tag": "1", "digest": digest},
+                "extraEnv": [{"name": "TZ", "value": "UTC"}], "envFrom": [{"secretRef": {"name": "extra"}}],
+                "extraVolumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+                "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca"}],
+                "podAnnotations": {"example.com/team": "clearing"},
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                               "whenUnsatisfiable": "ScheduleAnyway"}]})
+    pod = m["StatefulSet"][0]["spec"]["template"]
+    c = container(m, "StatefulSet")
+    assert c["image"] == f"r.example/stream-app@{digest}"
+    assert {"name": "TZ", "value": "UTC"} in c["env"] and c["envFrom"] == [{"secretRef": {"name": "extra"}}]
+    assert {"name": "ca", "mountPath": "/etc/ca"} in c["volumeMounts"]
+    assert {"name": "ca", "configMap": {"name": "ca"}} in pod["spec"]["volumes"]
+    assert pod["metadata"]["annotations"]["example.com/team"] == "clearing"
+    assert pod["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
 
 
 def test_s3_and_sasl_values(monkeypatch):
@@ -102,7 +145,7 @@ def test_custom_schema_packs_are_mounted_from_the_configmap():
     pack = (ROOT / "schemas" / "settlement-report" / "1.0.0" / "pack.yaml").read_text()
     m = render({"schemaPacks": [{"id": "settlement-report", "version": "1.0.0", "files": {"pack.yaml": pack}}]})
     assert m["ConfigMap"][0]["data"]["settlement-report__1.0.0__pack.yaml"] == pack
-    volume = next(v for v in m["Deployment"][0]["spec"]["template"]["spec"]["volumes"] if v["name"] == "schema-packs")
+    volume = next(v for v in m["StatefulSet"][0]["spec"]["template"]["spec"]["volumes"] if v["name"] == "schema-packs")
     assert volume["configMap"]["items"] == [{"key": "settlement-report__1.0.0__pack.yaml",
                                              "path": "settlement-report/1.0.0/pack.yaml"}]
 
@@ -113,6 +156,8 @@ def test_custom_schema_packs_are_mounted_from_the_configmap():
     ({"kafka": {"bootstrapServers": "k:9092", "sasl": {"enabled": True, "existingSecret": ""}}}, "existingSecret"),
     ({"resources": {"limits": {"memory": "lots"}}}, "memory"),
     ({"image": {"repository": "x", "tag": "1", "pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ({"image": {"repository": "x", "tag": "1", "digest": "latest"}}, "digest"),
+    ({"spool": {"sizeLimit": "huge"}}, "sizeLimit"),
 ])
 def test_bad_values_fail_at_install_time(values, key):
     with pytest.raises(helm.HelmError) as err:
