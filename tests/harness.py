@@ -192,7 +192,8 @@ class LiveWorker:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"failpoint {point} was never reached") from None
-        assert self.proc.returncode == 137, point
+        if self.proc.returncode != 137:
+            raise AssertionError(f"{point}: the worker exited with {self.proc.returncode}\n{self.diagnosis()}")
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
