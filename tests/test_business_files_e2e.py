@@ -27,7 +27,7 @@ WINDOW_SCOPE = {
 }
 # Failpoints of the routing and the file stage, between each pair of durable steps.
 FAILPOINTS = ["routing.after-send=crash@3", "routing.before-checkpoint=crash@5", "sink.before-rename=crash@2",
-              "pipeline.after-write=crash@3", "live.before-facts=crash@2", "pipeline.after-checkpoint=crash@3",
+              "pipeline.after-write=crash@3", "live.before-facts=crash@1", "pipeline.after-checkpoint=crash@3",
               "live.after-commit=crash@4"]
 
 
