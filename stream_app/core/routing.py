@@ -33,6 +33,7 @@ from stream_app.core.windows import (
     FactsLookup,
     FileCut,
     FileKey,
+    OffsetCursor,
     Output,
     PartLedger,
     SourceRanges,
@@ -70,7 +71,7 @@ class Late:
     key: FileKey  # the closed window it belonged to
 
 
-class PartitionRouter:
+class PartitionRouter(OffsetCursor):
     """The routing decision for one input partition.  Not thread-safe; one owner.
 
     State that must survive a restart is the checkpoint: next offset, watermark and close
@@ -83,8 +84,7 @@ class PartitionRouter:
         self.partition = partition
         self._policy = policy
         self._assigner = assigner
-        self._next_offset: int | None = checkpoint.offset if checkpoint else None
-        self._floor = checkpoint.offset if checkpoint else 0
+        OffsetCursor.__init__(self, checkpoint)
         self._watermark: int | None = checkpoint.watermark_ms if checkpoint else None
         self._idle_closed_before: int | None = checkpoint.closed_before_ms if checkpoint else None
         self.last_record_wall_ms: int | None = None
@@ -92,15 +92,6 @@ class PartitionRouter:
     @property
     def watermark_ms(self) -> int | None:
         return self._watermark
-
-    @property
-    def next_offset(self) -> int | None:
-        return self._next_offset
-
-    @property
-    def position(self) -> int:
-        """The next offset to read: also known for a partition that had no record yet."""
-        return self._next_offset if self._next_offset is not None else self._floor
 
     @property
     def closed_before_ms(self) -> int | None:
@@ -113,14 +104,6 @@ class PartitionRouter:
         """The close frontier as a window boundary (what markers carry); -1 before any close."""
         closed = self.closed_before_ms
         return -1 if closed is None else self._policy.start_of(closed)
-
-    def already_processed(self, offset: int) -> bool:
-        return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
-
-    def skip(self, offset: int) -> None:
-        """An offset consumed without a routed record (dead-lettered input)."""
-        if not self.already_processed(offset):
-            self._next_offset = offset + 1
 
     def _is_closed(self, key: FileKey) -> bool:
         closed = self.closed_before_ms
@@ -212,7 +195,7 @@ class _CollectingWindow:
     first_buffered_wall_ms: int | None = None
 
 
-class WindowCollector(PartLedger):
+class WindowCollector(PartLedger, OffsetCursor):
     """The file stage for one repartition partition.  Not thread-safe; one owner.
 
     Offers the interface ``FilePipeline`` finalizes and commits through (the same as
@@ -224,13 +207,12 @@ class WindowCollector(PartLedger):
     def __init__(self, topic: str, partition: int, policy: WindowPolicy, sources: Iterable[TP],
                  checkpoint: Checkpoint | None = None, facts_lookup: FactsLookup | None = None,
                  on_spool: SpoolHook | None = None) -> None:
-        super().__init__(facts_lookup)
+        PartLedger.__init__(self, facts_lookup)
+        OffsetCursor.__init__(self, checkpoint)
         self.topic = topic
         self.partition = partition
         self._policy = policy
         self._sources = frozenset(sources)
-        self._next_offset: int | None = checkpoint.offset if checkpoint else None
-        self._floor = checkpoint.offset if checkpoint else 0
         base = {(t, p): c for t, p, c in (checkpoint.frontiers or ())} if checkpoint else {}
         self._base_frontiers: dict[TP, int] = dict(base)
         self._frontiers: dict[TP, int] = dict(base)
@@ -242,10 +224,6 @@ class WindowCollector(PartLedger):
 
     # -- inspection (as PartitionWindower) ----------------------------------------------------
     @property
-    def next_offset(self) -> int | None:
-        return self._next_offset
-
-    @property
     def open_windows(self) -> list[FileKey]:
         return list(self._open)
 
@@ -254,9 +232,6 @@ class WindowCollector(PartLedger):
 
     def frontier_of(self, source: TP) -> int | None:
         return self._frontiers.get(source)
-
-    def already_processed(self, offset: int) -> bool:
-        return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
 
     # -- input --------------------------------------------------------------------------------
     def add_records(self, position: int, key: FileKey, source: TP, records: Sequence[Any],
@@ -313,10 +288,6 @@ class WindowCollector(PartLedger):
         self._frontiers[source] = frontier
         self._marks.append((position, source, frontier))
         return self._close_complete()
-
-    def skip(self, position: int) -> None:
-        if not self.already_processed(position):
-            self._next_offset = position + 1
 
     def closed_through(self) -> int | None:
         """Windows ending at or before this are closed for every input partition."""

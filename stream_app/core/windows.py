@@ -301,6 +301,33 @@ FactsLookup = Callable[[FileKey], "WindowFacts | None"]
 AppendHook = Callable[[FileKey, int, SourceRecord], None]
 
 
+class OffsetCursor:
+    """Where a state machine stands in its input partition.  Offsets below the checkpoint it was
+    restored from, and up to the last one it processed, are skipped when they are read again."""
+
+    def __init__(self, checkpoint: Checkpoint | None) -> None:
+        self._next_offset: int | None = checkpoint.offset if checkpoint else None
+        self._floor = checkpoint.offset if checkpoint else 0
+
+    @property
+    def next_offset(self) -> int | None:
+        """The offset after the last one processed (None before the first record)."""
+        return self._next_offset
+
+    @property
+    def position(self) -> int:
+        """The next offset to read: also known for a partition that had no record yet."""
+        return self._next_offset if self._next_offset is not None else self._floor
+
+    def already_processed(self, offset: int) -> bool:
+        return offset < self._floor or (self._next_offset is not None and offset < self._next_offset)
+
+    def skip(self, offset: int) -> None:
+        """Account for an offset consumed without a record for this stage (e.g. dead-lettered)."""
+        if not self.already_processed(offset):
+            self._next_offset = offset + 1
+
+
 class PartLedger:
     """What both file-cutting state machines keep about their cut parts until they are durable:
     the pending cuts (finalized in (window, part) order), the window facts and the windows whose
@@ -369,7 +396,7 @@ class PartLedger:
         return facts
 
 
-class PartitionWindower(PartLedger):
+class PartitionWindower(PartLedger, OffsetCursor):
     """Deterministic file cutting for one source partition.  Not thread-safe; one owner."""
 
     def __init__(
@@ -382,13 +409,12 @@ class PartitionWindower(PartLedger):
         facts_lookup: FactsLookup | None = None,
         on_append: AppendHook | None = None,
     ) -> None:
-        super().__init__(facts_lookup)
+        PartLedger.__init__(self, facts_lookup)
+        OffsetCursor.__init__(self, checkpoint)
         self.topic = topic
         self.partition = partition
         self._policy = policy
         self._assigner = assigner
-        self._next_offset: int | None = checkpoint.offset if checkpoint else None
-        self._floor_offset = checkpoint.offset if checkpoint else 0
         self._watermark: int | None = checkpoint.watermark_ms if checkpoint else None
         self._base_watermark = self._watermark
         self._marks: deque[tuple[int, int]] = deque()  # (offset, watermark after it), increasing
@@ -406,11 +432,6 @@ class PartitionWindower(PartLedger):
         return self._watermark
 
     @property
-    def next_offset(self) -> int | None:
-        """The offset after the last one processed (None before the first record)."""
-        return self._next_offset
-
-    @property
     def open_windows(self) -> list[FileKey]:
         return list(self._open)
 
@@ -423,14 +444,6 @@ class PartitionWindower(PartLedger):
                                                              for ranges in sources.values() for _, last in ranges])
 
     # -- input ------------------------------------------------------------------------------
-    def already_processed(self, offset: int) -> bool:
-        return offset < self._floor_offset or (self._next_offset is not None and offset < self._next_offset)
-
-    def skip(self, offset: int) -> None:
-        """Account for an offset consumed without a windowed record (dead-lettered input)."""
-        if not self.already_processed(offset):
-            self._next_offset = offset + 1
-
     def process(self, record: SourceRecord, now_wall_ms: int) -> list[Output]:
         if self.already_processed(record.offset):
             return []

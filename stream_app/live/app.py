@@ -220,11 +220,7 @@ class LiveRuntime:
         def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
             return self._app.consumer_generation_id == generation and consumer.flow_active
 
-        if self._repartition_topic is None:
-            inputs, routed = raws, []
-        else:
-            inputs = [r for r in raws if r.topic != self._repartition_topic]
-            routed = [r for r in raws if r.topic == self._repartition_topic]
+        inputs, routed = self._split(raws)
         async with self._intake:
             # read by the decode helper(s) while the held batch is windowed
             (self.routing or self.pipeline).prefetch(inputs)
@@ -233,6 +229,13 @@ class LiveRuntime:
             held, self._held = self._held, (inputs, routed, consumed, still_current)
             if held is not None:
                 await self._process(*held)
+
+    def _split(self, raws: list[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
+        """(input records, repartition records); the latter only with business files."""
+        if self._repartition_topic is None:
+            return raws, []
+        return ([r for r in raws if r.topic != self._repartition_topic],
+                [r for r in raws if r.topic == self._repartition_topic])
 
     async def _process_held(self) -> None:
         """Window the held batch now (the caller holds ``_intake``)."""
@@ -248,8 +251,7 @@ class LiveRuntime:
         consumed: dict[tuple[str, int], int] = {}
         for raw in raws:
             consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
-        inputs = [r for r in raws if r.topic != self._repartition_topic]
-        routed = [r for r in raws if r.topic == self._repartition_topic]
+        inputs, routed = self._split(raws)
         async with self._intake:
             await self._process_held()  # fetched before these
             await self._process(inputs, routed, consumed, lambda: True)
