@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, cast
 
 from stream_app.codecs import DecodeError, Decoder
+from stream_app.codecs.carried import as_read
 from stream_app.codecs.repartition import encode_frontier, encode_runs
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.routing import Late, PartitionRouter, repartition_partition
@@ -122,7 +123,8 @@ class RoutingStage:
                                             f"window {outcome.key.id} was already closed for {raw.topic}/{raw.partition}")
                 continue
             runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(
-                (record.offset, record.event_time_ms, raw.value))
+                (record.offset, record.event_time_ms,
+                 record.carried if record.carried is not None else as_read(cast(bytes, raw.value))))
         for (key, source), records in runs.items():
             partition = repartition_partition(key, self._partitions)
             for payload in encode_runs(key, source, records):

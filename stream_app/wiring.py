@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from stream_app.codecs import Decoder
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver
+from stream_app.codecs.carried import CarriedDecoder, CarryingAvroDecoder
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
 from stream_app.config import AppSettings, S3SinkSettings
@@ -50,14 +52,27 @@ def window_policy(settings: AppSettings) -> WindowPolicy:
     )
 
 
-def build_decoder(settings: AppSettings) -> Decoder:
+def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[str] | None = None) -> Decoder:
+    """The input codec; ``carry``: the routing stage's, whose records come with their carried form
+    and may hold only the fields in ``reads`` (None: all)."""
     inp = settings.input
     if inp.format == "json":
         return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes)
     if inp.decodeProcess:
-        return ProcessAvroDecoder(inp.avroSchemas, inp.schemaRegistryUrl, inp.eventTimeField, inp.maxRecordBytes)
+        return ProcessAvroDecoder(inp.avroSchemas, inp.schemaRegistryUrl, inp.eventTimeField, inp.maxRecordBytes,
+                                  carry=carry, reads=reads)
     resolver = SchemaResolver(inp.avroSchemas, inp.schemaRegistryUrl)
-    return AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes)
+    return (CarryingAvroDecoder if carry else AvroDecoder)(resolver, inp.eventTimeField, inp.maxRecordBytes)
+
+
+def build_routed_decoder(settings: AppSettings) -> Decoder:
+    """The file stage's: routed values in their carried form, decoded in this process."""
+    inp = settings.input
+    if inp.format == "json":
+        return CarriedDecoder(JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes), None,
+                              inp.eventTimeField)
+    resolver = SchemaResolver(inp.avroSchemas, inp.schemaRegistryUrl)
+    return CarriedDecoder(AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes), resolver, inp.eventTimeField)
 
 
 def load_worker_pack(settings: AppSettings) -> SchemaPack:
@@ -120,7 +135,10 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
                   sender: RepartitionSender) -> RoutingStage:
     worker = settings.worker
     assembler = build_assembler(settings)
-    return RoutingStage(window_policy(settings), worker.groupBy, build_decoder(settings),
+    # Routing reads the event time and the groupBy fields, and all of a record it validates.
+    validates = isinstance(assembler, StructuredAssembler) and assembler.on_invalid_record == "deadLetter"
+    reads = None if validates else [settings.input.eventTimeField, *worker.groupBy]
+    return RoutingStage(window_policy(settings), worker.groupBy, build_decoder(settings, carry=True, reads=reads),
                         assembler if isinstance(assembler, StructuredAssembler) else None, state, publisher,
                         sender, settings.kafka.repartition_partitions)
 
@@ -131,9 +149,7 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
     """Partition scope: the whole pipeline; window scope: the file stage."""
     worker = settings.worker
     scope = window_scope(settings, sources)
-    # Window scope: the file stage decodes routed values with a decode helper of its own (the
-    # routing stage's helper keeps its prefetched batches in order).
-    decoder = build_decoder(settings)
+    decoder = build_decoder(settings) if scope is None else build_routed_decoder(settings)
     return FilePipeline(
         window_policy(settings),
         worker.groupBy,

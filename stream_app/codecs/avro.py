@@ -113,6 +113,9 @@ class RecordReader:
             plain = {**schema, "fields": fields}
         fastavro.parse_schema(schema)  # the schema as written must be valid, not only its plain form
         self._plain = fastavro.parse_schema(plain)
+        # top-level field names in schema order: the order of a read value's keys (codecs/carried.py)
+        self.names: tuple[str, ...] | None = (
+            tuple(f["name"] for f in plain["fields"]) if isinstance(plain, dict) and plain.get("type") == "record" else None)
 
     def read_plain(self, buf: io.BytesIO) -> Any:
         """The value with the top-level logical fields still plain (see ``convert``)."""
@@ -120,10 +123,11 @@ class RecordReader:
 
     def convert(self, value: dict, time_field: str | None = None) -> int | None:
         """Converts the plain logical fields in place; returns ``time_field`` as epoch ms when it
-        is a timestamp-millis field (which spares the caller converting the datetime back)."""
+        is a timestamp-millis field (which spares the caller converting the datetime back).
+        ``value`` may hold only some of the fields (the routing stage's, see decode_process.py)."""
         millis = None
         for name, convert in self._converters:
-            field = value[name]
+            field = value.get(name)
             if field is not None:
                 if name == time_field and convert is _timestamp_millis:
                     millis = field
@@ -219,10 +223,10 @@ class AvroDecoder:
         value, millis = decode_confluent(check_size(raw, self._max), self._resolver, self._event_time_field)
         return self.source_record(raw, value, millis)
 
-    def source_record(self, raw: RawRecord, value: dict, millis: int | None) -> SourceRecord:
+    def source_record(self, raw: RawRecord, value: dict, millis: int | None, carried: bytes | None = None) -> SourceRecord:
         if millis is None:
             millis = event_time_ms(value, self._event_time_field)
-        return SourceRecord(raw.topic, raw.partition, raw.offset, millis, value)
+        return SourceRecord(raw.topic, raw.partition, raw.offset, millis, value, None, carried)
 
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
         return decode_each(self, raws)

@@ -18,7 +18,9 @@ Protocol on the helper's stdin/stdout: one JSON line with the settings, then fra
 big-endian length and a body.  A request body is ``marshal`` of a list of payloads (bytes or
 None); a response body is b"M" + ``marshal`` (or b"P" + ``pickle`` when a value holds objects
 marshal cannot carry, e.g. nested logical types) of one item per payload:
-``(0, schema_id, plain value)``, ``(1, reason, detail)`` for a decode error, or
+``(0, schema_id, plain value)``, or with ``carry`` when the value has a packed form
+``(0, schema_id, packed form, plain value of the fields the routing stage reads)``,
+``(1, reason, detail)`` for a decode error, or
 ``(2, message)`` when the schema registry could not be asked.
 """
 
@@ -43,6 +45,7 @@ from typing import IO, Any
 
 from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, RegistryUnavailable, SchemaResolver, convert_plain, read_confluent
+from stream_app.codecs.carried import CarryingAvroDecoder, pack, unpack
 from stream_app.core.records import RawRecord, SourceRecord
 
 log = logging.getLogger(__name__)
@@ -135,11 +138,17 @@ class ProcessAvroDecoder:
     """``AvroDecoder`` whose bulk path reads record bodies in a helper process."""
 
     def __init__(self, local_schemas: dict[int, str], registry_url: str | None, event_time_field: str,
-                 max_record_bytes: int, restart_after_s: float = 60.0) -> None:
+                 max_record_bytes: int, restart_after_s: float = 60.0, carry: bool = False,
+                 reads: Sequence[str] | None = None) -> None:
+        # carry: the routing stage's decoder.  Records come with their carried form, which the
+        # helper packs (codecs/carried.py); their value then holds only the fields in ``reads``
+        # (event time, groupBy: all the routing stage looks at; None: every field), so the worker
+        # neither unpacks nor converts the rest.
         self._settings = {"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry_url,
-                          "max": max_record_bytes}
+                          "max": max_record_bytes, "carry": carry, "reads": None if reads is None else list(reads)}
         self._resolver = SchemaResolver(local_schemas, registry_url)
-        self._local = AvroDecoder(self._resolver, event_time_field, max_record_bytes)
+        self._local: AvroDecoder = (CarryingAvroDecoder if carry else AvroDecoder)(
+            self._resolver, event_time_field, max_record_bytes)
         self._time_field = event_time_field
         self._proc: subprocess.Popen | None = None
         self._sender: _FrameSender | None = None
@@ -291,9 +300,12 @@ class ProcessAvroDecoder:
             reader = self._resolver.get(schema_id)
             if reader is None:  # known to the helper a moment ago: the registry forgot it
                 return DecodeError("UNKNOWN_SCHEMA_ID", f"schema id {schema_id} is not known")
+            carried = None
+            if len(item) == 4:  # carry: the packed form and the fields read, or None for all
+                carried, value = value, item[3] if item[3] is not None else unpack(reader, value)
             try:
                 millis = convert_plain(schema_id, reader, value, self._time_field)
-                return self._local.source_record(raw, value, millis)
+                return self._local.source_record(raw, value, millis, carried)
             except DecodeError as exc:
                 return exc
         if item[0] == _ERROR:
@@ -302,13 +314,18 @@ class ProcessAvroDecoder:
 
 
 # -- the helper process -------------------------------------------------------------------------
-def _decode_payload(payload: bytes | None, resolver: SchemaResolver, max_bytes: int) -> tuple:
+def _decode_payload(payload: bytes | None, resolver: SchemaResolver, max_bytes: int, carry: bool,
+                    reads: list[str] | None) -> tuple:
     try:
         if payload is None:
             raise DecodeError("NULL_VALUE", "record value is null (tombstone)")
         if len(payload) > max_bytes:
             raise DecodeError("OVERSIZED_RECORD", f"record value has {len(payload)} bytes, limit is {max_bytes}")
-        schema_id, _reader, value = read_confluent(payload, resolver)
+        schema_id, reader, value = read_confluent(payload, resolver)
+        if carry:
+            packed = pack(schema_id, reader, value)
+            if packed is not None:
+                return (_OK, schema_id, packed, None if reads is None else {n: value[n] for n in reads if n in value})
         return (_OK, schema_id, value)
     except DecodeError as exc:
         return (_ERROR, exc.reason, exc.detail)
@@ -322,7 +339,7 @@ def main() -> None:
     sys.stdout = sys.stderr  # nothing but frames on the frame stream
     settings = json.loads(stdin.readline())
     resolver = SchemaResolver({int(k): v for k, v in settings["local"].items()}, settings["registry"])
-    max_bytes = settings["max"]
+    max_bytes, carry, reads = settings["max"], settings["carry"], settings["reads"]
     # Requests are read by a thread as they come: the worker may send the next chunk before it
     # reads this answer, and neither side may block on a full pipe while the other waits.
     requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -336,7 +353,7 @@ def main() -> None:
 
     threading.Thread(target=read_requests, daemon=True).start()
     while (body := requests.get()) is not None:
-        items = [_decode_payload(p, resolver, max_bytes) for p in marshal.loads(body)]
+        items = [_decode_payload(p, resolver, max_bytes, carry, reads) for p in marshal.loads(body)]
         try:
             answer = b"M" + marshal.dumps(items)
         except ValueError:  # objects marshal cannot carry (nested logical types)

@@ -17,6 +17,9 @@ class SourceRecord:
     value: dict[str, Any]
     # Structured mode: the projected, validated row (or the Violation that stopped it).
     row: Any = None
+    # Window scope, routing: the value in the form the repartition topic carries it, when the
+    # decoder made one (codecs/carried.py); else the routing stage sends the bytes as read.
+    carried: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -187,6 +187,7 @@ class LiveRuntime:
             self.routing = build_routing(settings, self.state, self.publisher, self.repartition)
             self._repartition_topic = settings.repartition_topic
         self._idle_closed: list[TP] = []  # routed partitions whose idle close awaits its announcement
+        self._routing_commit_due = 0.0  # time.monotonic() of the next routing commit
         removed = self.pipeline.sink.discard_partials()
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
@@ -379,7 +380,7 @@ class LiveRuntime:
             await self.state.delivered()
             self.pipeline.confirm_checkpoints()
             committed = True
-        if self.routing is not None:
+        if self.routing is not None and (self._idle_closed or time.monotonic() >= self._routing_commit_due):
             committed = await self._commit_routing() or committed
         if committed:
             await self._commit()
@@ -390,6 +391,9 @@ class LiveRuntime:
         An idle close is announced only after its checkpoint is durable, so a restart can never
         route a record into a window that some repartition partition already saw closed."""
         assert self.routing is not None and self.repartition is not None
+        # At most once per commitIntervalMs: each routing commit waits for three round trips
+        # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
+        self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
         await self.repartition.delivered()
         await self.publisher.delivered()
         failpoint("routing.before-checkpoint")

@@ -1,0 +1,121 @@
+"""The form in which a routed record's value travels from the routing stage to the file stage.
+
+The routing stage has already read every value it routes; the file stage needs it again to
+render the file.  Reading Avro twice was a third of the CPU of business files, so an Avro
+record travels as its top-level field values, logical ones still plain, packed with msgpack:
+unpacking that costs a quarter of an Avro read, and the file stage converts the logical fields
+with the same ``RecordReader`` as any decode.  So a record decoded from its carried form is the
+record the input codec gives (tests/test_carried.py holds them equal).
+
+Two forms, told apart by the first byte::
+
+    0 (as read): the input value's bytes as read from Kafka, decoded again with the input codec
+                 (JSON, and Avro values msgpack cannot hold: nested logical types)
+    1 (packed):  i32 schema id (big-endian) | msgpack array of the record's top-level fields
+                 in schema order (ints, floats, strings, bytes, nulls, lists, maps)
+
+msgpack, not marshal or pickle: the repartition topic is read back by the file stage, and a
+msgpack reader only ever builds plain values from whatever bytes it is given.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgpack
+
+from stream_app.codecs import DecodeError, Decoder, check_size, decode_each, event_time_ms
+from stream_app.codecs.avro import AvroDecoder, RecordReader, SchemaResolver, convert_plain, read_confluent
+from stream_app.core.records import RawRecord, SourceRecord
+
+AS_READ, PACKED = 0, 1
+_PACKED_HEAD = struct.Struct(">BI")
+_AS_READ_HEAD = bytes([AS_READ])
+
+
+def as_read(value: bytes) -> bytes:
+    return _AS_READ_HEAD + value
+
+
+def pack(schema_id: int, reader: RecordReader, value: dict[str, Any]) -> bytes | None:
+    """The packed form of a value ``reader`` read (plain top-level logical fields), or None
+    when msgpack cannot hold it exactly (the caller sends the value as read)."""
+    names = reader.names
+    if names is None or len(value) != len(names):
+        return None
+    try:
+        # fastavro builds the record's dict in schema order; the reader zips the names back on
+        return _PACKED_HEAD.pack(PACKED, schema_id) + msgpack.packb(list(value.values()))
+    except (TypeError, ValueError, OverflowError):  # a datetime or Decimal nested in the record
+        return None
+
+
+def unpack(reader: RecordReader, carried: bytes) -> dict[str, Any]:
+    """The plain value of a packed form (``reader`` is that of the schema id it names)."""
+    assert reader.names is not None
+    return dict(zip(reader.names, msgpack.unpackb(memoryview(carried)[_PACKED_HEAD.size:])))
+
+
+def packed_schema_id(carried: bytes) -> int | None:
+    if len(carried) < _PACKED_HEAD.size or carried[0] != PACKED:
+        return None
+    return int(_PACKED_HEAD.unpack_from(carried)[1])
+
+
+class CarryingAvroDecoder(AvroDecoder):
+    """The routing stage's in-process Avro decoder: records come with their packed form."""
+
+    def __init__(self, resolver: SchemaResolver, event_time_field: str, max_record_bytes: int) -> None:
+        super().__init__(resolver, event_time_field, max_record_bytes)
+        self._resolver = resolver
+        self._time_field = event_time_field
+        self._max_bytes = max_record_bytes
+
+    def decode(self, raw: RawRecord) -> SourceRecord:
+        schema_id, reader, value = read_confluent(check_size(raw, self._max_bytes), self._resolver)
+        carried = pack(schema_id, reader, value)  # before the logical fields are converted
+        millis = convert_plain(schema_id, reader, value, self._time_field)
+        return self.source_record(raw, value, millis, carried)
+
+
+class CarriedDecoder:
+    """The file stage's decoder: routed values in their carried form -> the input codec's records."""
+
+    def __init__(self, input_decoder: Decoder, resolver: SchemaResolver | None, event_time_field: str) -> None:
+        self._input = input_decoder
+        self._resolver = resolver
+        self._time_field = event_time_field
+
+    def decode(self, raw: RawRecord) -> SourceRecord:
+        carried = raw.value
+        if not carried:
+            raise DecodeError("NULL_VALUE", "routed value is empty")
+        if carried[0] == AS_READ:
+            return self._input.decode(RawRecord(raw.topic, raw.partition, raw.offset, raw.timestamp_ms, raw.key,
+                                                carried[1:], raw.headers))
+        schema_id = packed_schema_id(carried)
+        if schema_id is None or self._resolver is None:
+            raise DecodeError("BAD_ROUTED_VALUE", f"routed value of unknown form {carried[0]}")
+        reader = self._resolver.get(schema_id)
+        if reader is None:
+            raise DecodeError("UNKNOWN_SCHEMA_ID", f"schema id {schema_id} is not known")
+        try:
+            value = unpack(reader, carried)
+        except (ValueError, TypeError) as exc:  # msgpack's errors on bad bytes
+            raise DecodeError("BAD_ROUTED_VALUE", f"packed value does not unpack ({type(exc).__name__})") from None
+        millis = convert_plain(schema_id, reader, value, self._time_field)
+        return _record(raw, value, millis, self._time_field)
+
+    def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:
+        return decode_each(self, raws)
+
+    def prefetch(self, raws: Sequence[RawRecord]) -> None:
+        pass  # unpacking is cheap: done in decode_many, in this thread
+
+
+def _record(raw: RawRecord, value: dict[str, Any], millis: int | None, time_field: str) -> SourceRecord:
+    if millis is None:
+        millis = event_time_ms(value, time_field)
+    return SourceRecord(raw.topic, raw.partition, raw.offset, millis, value)
