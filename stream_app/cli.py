@@ -84,7 +84,16 @@ def worker(config: str) -> None:
         except RepartitionTopicError as exc:
             click.echo(f"stream-app worker: {exc}", err=True)
             sys.exit(2)
-    app, _runtime = create_app(settings)
+    from stream_app.codecs.registry import RegistryUnavailable
+
+    try:
+        app, _runtime = create_app(settings)
+    except RegistryUnavailable as exc:  # registering the event schemas: the restart retries
+        click.echo(f"stream-app worker: {exc}", err=True)
+        sys.exit(1)
+    except ConfigError as exc:
+        click.echo(f"stream-app worker: {exc}", err=True)
+        sys.exit(2)
     faust.Worker(app, loglevel=settings.logLevel, quiet=True, logging_config=log_config).execute_from_commandline()
 
 

@@ -92,11 +92,42 @@ class KafkaSettings(_Model):
         return self.repartitionPartitions or self.topicPartitions
 
 
+class SchemaRegistrySettings(_Model):
+    """A Confluent-API schema registry (Confluent Platform or Cloud, Karapace, Apicurio's ccompat API)."""
+
+    # one URL, or several separated by commas (tried in turn)
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    # "key:secret" (a Confluent Cloud API key) in an environment variable, never in the config
+    basicAuthEnv: str | None = None
+    # a static bearer token in an environment variable, with the logical cluster and identity
+    # pool the registry expects beside it (Confluent Cloud OAuth)
+    bearerTokenEnv: str | None = None
+    logicalCluster: str | None = None
+    identityPoolId: str | None = None
+    caFile: str | None = None
+    certFile: str | None = None
+    keyFile: str | None = None
+    timeoutS: float = Field(default=10.0, gt=0)
+    # register the journal and dead-letter schemas under <topic>-value and write the ids the
+    # registry gives; false: the fixed ids 1001/1002 (read them with the files in avro/)
+    registerEventSchemas: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SchemaRegistrySettings:
+        if self.basicAuthEnv and self.bearerTokenEnv:
+            raise ValueError("input.schemaRegistry: set basicAuthEnv or bearerTokenEnv, not both")
+        if bool(self.bearerTokenEnv) != bool(self.logicalCluster and self.identityPoolId):
+            raise ValueError("input.schemaRegistry: bearerTokenEnv, logicalCluster and identityPoolId go together")
+        if self.keyFile and not self.certFile:
+            raise ValueError("input.schemaRegistry: keyFile needs certFile")
+        return self
+
+
 class InputSettings(_Model):
     format: Literal["avro", "json"] = "avro"
     eventTimeField: str = Field(default="matched_at", min_length=1)
-    # Confluent schema registry; when unset, ids are resolved from ``avroSchemas``.
-    schemaRegistryUrl: str | None = None
+    # Confluent-API schema registry; when unset, ids are resolved from ``avroSchemas``.
+    schemaRegistry: SchemaRegistrySettings | None = None
     # Schema id (as written in the wire format) -> .avsc file, relative to the config file.
     avroSchemas: dict[int, str] = Field(default_factory=lambda: {1: str(AVRO_DIR / "matched_record.avsc")})
     # JSON only: fields converted to Decimal (money is never float).

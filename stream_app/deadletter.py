@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.codecs.registry import DEAD_LETTER_SCHEMA_ID
 from stream_app.core.records import RawRecord
-from stream_app.journal import DEAD_LETTER_SCHEMA_ID, now_ms
+from stream_app.journal import now_ms
 from stream_app.resources import AVRO_DIR
 
 DEAD_LETTER_SCHEMA = load_schema(AVRO_DIR / "dead_letter.avsc")
 
 
-def dead_letter(raw: RawRecord, reason: str, detail: str, worker_id: str) -> bytes:
+def dead_letter(raw: RawRecord, reason: str, detail: str, worker_id: str, schema_id: int = DEAD_LETTER_SCHEMA_ID) -> bytes:
     envelope = {
         "reason": reason,
         "detail": detail,
@@ -24,4 +25,4 @@ def dead_letter(raw: RawRecord, reason: str, detail: str, worker_id: str) -> byt
         "worker_id": worker_id,
         "dead_lettered_at": now_ms(),
     }
-    return encode_confluent(DEAD_LETTER_SCHEMA_ID, DEAD_LETTER_SCHEMA, envelope)
+    return encode_confluent(schema_id, DEAD_LETTER_SCHEMA, envelope)

@@ -84,17 +84,11 @@ def encoded_matched_records(count: int, seed: int, schema_id: int = MATCHED_RECO
 
 
 def register_schema(registry_url: str, subject: str) -> int:
-    """Register the matched-record schema with a Confluent-compatible registry; returns its id."""
-    import json
-    import urllib.request
+    """Register the matched-record schema with a Confluent-API registry; returns its id."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
     schema = (AVRO_DIR / "matched_record.avsc").read_text(encoding="utf-8")
-    request = urllib.request.Request(
-        f"{registry_url.rstrip('/')}/subjects/{subject}/versions", method="POST",
-        data=json.dumps({"schema": schema}).encode(),
-        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return int(json.loads(resp.read())["id"])
+    return int(SchemaRegistryClient({"url": registry_url}).register_schema(subject, Schema(schema, "AVRO")))
 
 
 def produce_sample(bootstrap: str, topic: str, records: int, seed: int, partitions: int,

@@ -13,13 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from stream_app.codecs.avro import encode_confluent, load_schema
+from stream_app.codecs.registry import JOURNAL_SCHEMA_ID
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.resources import AVRO_DIR
-
-# Schema ids written in the wire-format header of journal and dead-letter records when no
-# schema registry is configured; consumers read them with the files in avro/.
-JOURNAL_SCHEMA_ID = 1001
-DEAD_LETTER_SCHEMA_ID = 1002
 
 JOURNAL_SCHEMA = load_schema(AVRO_DIR / "journal_event.avsc")
 
@@ -106,5 +102,6 @@ class Journal:
         )
 
 
-def encode_events(events: Iterable[dict]) -> list[bytes]:
-    return [encode_confluent(JOURNAL_SCHEMA_ID, JOURNAL_SCHEMA, e) for e in events]
+def encode_events(events: Iterable[dict], schema_id: int = JOURNAL_SCHEMA_ID) -> list[bytes]:
+    """``schema_id``: the id the registry gave the journal schema (codecs/registry.py)."""
+    return [encode_confluent(schema_id, JOURNAL_SCHEMA, e) for e in events]

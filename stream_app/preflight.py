@@ -55,7 +55,7 @@ def sample_value(schema: Any) -> Any:
 
 
 def _sample_records(settings: AppSettings) -> list[dict] | None:
-    if settings.input.format != "avro" or settings.input.schemaRegistryUrl or not settings.input.avroSchemas:
+    if settings.input.format != "avro" or settings.input.schemaRegistry or not settings.input.avroSchemas:
         return None
     samples = []
     for schema_id, path in sorted(settings.input.avroSchemas.items()):

@@ -6,12 +6,14 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from stream_app.codecs import Decoder
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver
 from stream_app.codecs.carried import CarriedDecoder, CarryingAvroDecoder
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
+from stream_app.codecs.registry import client_conf
 from stream_app.config import AppSettings, S3SinkSettings
 from stream_app.core.assembly import FileVariables
 from stream_app.core.cycles import ClearingCycles
@@ -52,6 +54,11 @@ def window_policy(settings: AppSettings) -> WindowPolicy:
     )
 
 
+def registry_conf(settings: AppSettings) -> dict[str, Any] | None:
+    registry = settings.input.schemaRegistry
+    return None if registry is None else client_conf(registry)
+
+
 def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[str] | None = None) -> Decoder:
     """The input codec; ``carry``: the routing stage's, whose records come with their carried form
     and may hold only the fields in ``reads`` (None: all)."""
@@ -59,9 +66,9 @@ def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[st
     if inp.format == "json":
         return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes)
     if inp.decodeProcess:
-        return ProcessAvroDecoder(inp.avroSchemas, inp.schemaRegistryUrl, inp.eventTimeField, inp.maxRecordBytes,
+        return ProcessAvroDecoder(inp.avroSchemas, registry_conf(settings), inp.eventTimeField, inp.maxRecordBytes,
                                   carry=carry, reads=reads)
-    resolver = SchemaResolver(inp.avroSchemas, inp.schemaRegistryUrl)
+    resolver = SchemaResolver(inp.avroSchemas, registry_conf(settings))
     return (CarryingAvroDecoder if carry else AvroDecoder)(resolver, inp.eventTimeField, inp.maxRecordBytes)
 
 
@@ -71,7 +78,7 @@ def build_routed_decoder(settings: AppSettings) -> Decoder:
     if inp.format == "json":
         return CarriedDecoder(JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes), None,
                               inp.eventTimeField)
-    resolver = SchemaResolver(inp.avroSchemas, inp.schemaRegistryUrl)
+    resolver = SchemaResolver(inp.avroSchemas, registry_conf(settings))
     return CarriedDecoder(AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes), resolver, inp.eventTimeField)
 
 

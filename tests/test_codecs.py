@@ -139,11 +139,11 @@ class _Registry:
 def test_schema_registry_resolution(sample):
     from pathlib import Path
 
-    from stream_app.codecs.avro import RegistryUnavailable
+    from stream_app.codecs.registry import RegistryUnavailable
 
     registry = _Registry({42: Path(SCHEMA_PATH).read_text()})
     try:
-        decoder = AvroDecoder(SchemaResolver(registry_url=registry.url), "matched_at", 1_000_000)
+        decoder = AvroDecoder(SchemaResolver(registry={"url": registry.url}), "matched_at", 1_000_000)
         payload = encode_confluent(42, load_schema(SCHEMA_PATH), sample)
         assert decoder.decode(raw(payload)).value["record_id"] == sample["record_id"]
         decoder.decode(raw(payload))
@@ -154,7 +154,7 @@ def test_schema_registry_resolution(sample):
         registry.server.shutdown()
         registry.server.server_close()
     with pytest.raises(RegistryUnavailable):
-        SchemaResolver(registry_url=registry.url, timeout_s=1).get(1)
+        SchemaResolver(registry={"url": registry.url, "timeout": 1}).get(1)
 
 
 # -- the helper process -------------------------------------------------------------------------
@@ -355,13 +355,13 @@ def test_nested_logical_types_cross_the_process_boundary(tmp_path):
 
 
 def test_an_unreachable_registry_holds_the_batch_back(sample):
-    from stream_app.codecs.avro import RegistryUnavailable
+    from stream_app.codecs.registry import RegistryUnavailable
 
     registry = _Registry({})
     url = registry.url
     registry.server.shutdown()
     registry.server.server_close()
-    decoder = ProcessAvroDecoder({}, url, "matched_at", 1_000_000)
+    decoder = ProcessAvroDecoder({}, {"url": url, "timeout": 1}, "matched_at", 1_000_000)
     try:
         payload = encode_confluent(42, load_schema(SCHEMA_PATH), sample)
         with pytest.raises(RegistryUnavailable):

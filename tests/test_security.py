@@ -79,7 +79,7 @@ def test_config_dump_masks_credentials(tmp_path, monkeypatch):
     data = config_dict(tmp_path)
     data["kafka"]["security"] = {"protocol": "SASL_SSL", "saslMechanism": "PLAIN", "username": "u",
                                  "passwordEnv": "KAFKA_PASSWORD"}
-    data["input"] = {"schemaRegistryUrl": "https://svc:registry-pass@registry:8081"}
+    data["input"] = {"schemaRegistry": {"url": "https://svc:registry-pass@registry:8081"}}
     result = CliRunner().invoke(main, ["config", "--config", str(write_config(tmp_path / "c.yaml", data))])
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output and "registry-pass" not in result.output

@@ -1,7 +1,7 @@
 """Avro in the Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary.
 
-Schemas come from a Confluent-compatible schema registry when one is configured, else from the
-``avroSchemas`` map of schema id -> ``.avsc`` file.
+Schemas come from a Confluent-API schema registry when one is configured (codecs/registry.py),
+else from the ``avroSchemas`` map of schema id -> ``.avsc`` file.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
@@ -20,14 +18,11 @@ from typing import Any
 import fastavro
 
 from stream_app.codecs import DecodeError, check_size, decode_each, event_time_ms
+from stream_app.codecs.registry import SchemaLookup
 from stream_app.core.records import RawRecord, SourceRecord
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
-
-
-class RegistryUnavailable(Exception):
-    """The schema registry could not be asked; transient, the batch is retried."""
 
 
 def _schema_json(path: str | Path) -> Any:
@@ -141,31 +136,34 @@ class RecordReader:
 
 
 class SchemaResolver:
-    """Schema id -> record reader, from local files or a registry (cached either way)."""
+    """Schema id -> record reader, from local files or a registry (cached either way).
 
-    def __init__(self, local: dict[int, str] | None = None, registry_url: str | None = None, timeout_s: float = 5.0):
+    ``registry``: the registry client's configuration (codecs/registry.py ``client_conf``).
+    """
+
+    def __init__(self, local: dict[int, str] | None = None, registry: dict[str, Any] | None = None):
         self._cache: dict[int, RecordReader] = {}
-        self._registry_url = registry_url.rstrip("/") if registry_url else None
-        self._timeout = timeout_s
-        if not self._registry_url:
+        self._registry_conf = registry
+        self._lookup: SchemaLookup | None = None
+        if registry is None:
             for schema_id, path in (local or {}).items():
                 self._cache[int(schema_id)] = RecordReader(_schema_json(path))
 
     def get(self, schema_id: int) -> RecordReader | None:
         if schema_id in self._cache:
             return self._cache[schema_id]
-        if not self._registry_url:
+        if self._registry_conf is None:
+            return None
+        if self._lookup is None:
+            self._lookup = SchemaLookup(self._registry_conf)
+        text = self._lookup.schema_text(schema_id)
+        if text is None:
             return None
         try:
-            with urllib.request.urlopen(f"{self._registry_url}/schemas/ids/{schema_id}", timeout=self._timeout) as resp:
-                body = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise RegistryUnavailable(f"schema registry answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise RegistryUnavailable(f"schema registry unreachable: {exc}") from None
-        reader = self._cache[schema_id] = RecordReader(json.loads(body["schema"]))
+            reader = RecordReader(json.loads(text))
+        except Exception:  # a registered schema fastavro cannot parse: its records cannot be read
+            return None
+        self._cache[schema_id] = reader
         return reader
 
 

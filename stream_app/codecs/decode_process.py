@@ -44,8 +44,9 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from stream_app.codecs import DecodeError
-from stream_app.codecs.avro import AvroDecoder, RegistryUnavailable, SchemaResolver, convert_plain, read_confluent
+from stream_app.codecs.avro import AvroDecoder, SchemaResolver, convert_plain, read_confluent
 from stream_app.codecs.carried import CarryingAvroDecoder, pack, unpack
+from stream_app.codecs.registry import RegistryUnavailable
 from stream_app.core.records import RawRecord, SourceRecord
 
 log = logging.getLogger(__name__)
@@ -137,16 +138,16 @@ class _FrameSender:
 class ProcessAvroDecoder:
     """``AvroDecoder`` whose bulk path reads record bodies in a helper process."""
 
-    def __init__(self, local_schemas: dict[int, str], registry_url: str | None, event_time_field: str,
+    def __init__(self, local_schemas: dict[int, str], registry: dict[str, Any] | None, event_time_field: str,
                  max_record_bytes: int, restart_after_s: float = 60.0, carry: bool = False,
                  reads: Sequence[str] | None = None) -> None:
         # carry: the routing stage's decoder.  Records come with their carried form, which the
         # helper packs (codecs/carried.py); their value then holds only the fields in ``reads``
         # (event time, groupBy: all the routing stage looks at; None: every field), so the worker
         # neither unpacks nor converts the rest.
-        self._settings = {"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry_url,
+        self._settings = {"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry,
                           "max": max_record_bytes, "carry": carry, "reads": None if reads is None else list(reads)}
-        self._resolver = SchemaResolver(local_schemas, registry_url)
+        self._resolver = SchemaResolver(local_schemas, registry)
         self._local: AvroDecoder = (CarryingAvroDecoder if carry else AvroDecoder)(
             self._resolver, event_time_field, max_record_bytes)
         self._time_field = event_time_field

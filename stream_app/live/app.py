@@ -22,7 +22,7 @@ import faust
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP as FaustTP
 
-from stream_app.codecs.avro import RegistryUnavailable
+from stream_app.codecs.registry import RegistryUnavailable, event_schema_ids
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.core.routing import repartition_partition
@@ -142,6 +142,7 @@ class FaustPublisher:
         self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
         self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
         self._worker_id = settings.workerId
+        self.schema_ids = event_schema_ids(settings)  # registered when a registry is configured
         self.dead_letters: dict[str, int] = {}
         self._logged: dict[str, int] = {}
 
@@ -153,14 +154,15 @@ class FaustPublisher:
             self._logged = dict(self.dead_letters)
 
     def journal(self, event: dict, partition_key: str) -> None:
-        (payload,) = encode_events([event])
+        (payload,) = encode_events([event], self.schema_ids.journal)
         self.in_flight.add(self._journal.send_soon(key=partition_key.encode(), value=payload))
 
     def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
         self._metrics.dead_letters.labels(reason).inc()
         log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
-        self.in_flight.add(self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id)))
+        self.in_flight.add(self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id,
+                                                                                  self.schema_ids.dead_letter)))
 
     async def delivered(self) -> None:
         await self.in_flight.delivered()
