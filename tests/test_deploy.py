@@ -19,8 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "stream-app"
 
 
-def render(values: dict | None = None) -> dict[str, list[dict]]:
-    out = helm.Chart.load(str(CHART)).render(values, name="clearing", namespace="payments")
+REGISTRY = {"schemaRegistry": {"url": "http://schema-registry:8081"}}
+
+
+def render(values: dict | None = None, schema: dict | None = REGISTRY) -> dict[str, list[dict]]:
+    """The chart's manifests by kind; ``schema``: the input-schema values merged in (Avro input needs one)."""
+    merged = {**(schema or {}), **(values or {})}
+    out = helm.Chart.load(str(CHART)).render(merged, name="clearing", namespace="payments")
     manifests: dict[str, list[dict]] = {}
     for path, text in out.items():
         if not path.endswith(".yaml"):
@@ -43,10 +48,95 @@ def container(manifests: dict, kind: str = "Deployment") -> dict:
 
 
 def test_chart_lints_clean():
-    report = helm.lint(str(CHART))
-    assert report["errors"] == [] and not [m for m in report["messages"] if m["severity"] >= 2]
-    ci_values = yaml.safe_load((CHART / "ci" / "s3-sasl-values.yaml").read_text())
-    assert helm.lint(str(CHART), ci_values)["errors"] == []
+    for values in sorted((CHART / "ci").glob("*.yaml")):
+        report = helm.lint(str(CHART), yaml.safe_load(values.read_text()))
+        assert report["errors"] == [] and not [m for m in report["messages"] if m["severity"] >= 2], values.name
+    # (helm lint passes over `fail`; rendering without an input schema fails: test_avro_input_needs_its_schema)
+
+
+def test_avro_input_needs_its_schema(monkeypatch):
+    with pytest.raises(helm.HelmError, match="Avro input needs its schema"):
+        render(schema=None)
+    with pytest.raises(helm.HelmError, match="not both"):
+        render({"avroSchemas": {"1": "{}"}})
+    with pytest.raises(helm.HelmError, match="not under config.input"):
+        render({"config": {"input": {"format": "avro", "avroSchemas": {"1": "/x.avsc"}}}})
+    # JSON input has no schema to give
+    m = render({"config": {"input": {"format": "json", "eventTimeField": "matched_at"}}}, schema=None)
+    assert worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, monkeypatch).input.format == "json"
+
+
+def test_schema_files_are_mounted_and_configured(monkeypatch):
+    text = (ROOT / "avro" / "matched_record.avsc").read_text()
+    m = render({"avroSchemas": {"7": text}}, schema=None)
+    assert m["ConfigMap"][0]["data"]["avro__7.avsc"] == text
+    pod = m["StatefulSet"][0]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "avro-schemas")
+    assert volume["configMap"]["items"] == [{"key": "avro__7.avsc", "path": "7.avsc"}]
+    assert {"name": "avro-schemas", "mountPath": "/etc/stream-app/avro", "readOnly": True} in \
+        container(m, "StatefulSet")["volumeMounts"]
+    settings = worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, monkeypatch)
+    assert settings.input.avroSchemas == {7: "/etc/stream-app/avro/7.avsc"} and settings.input.schemaRegistry is None
+
+
+def test_registry_credentials_and_tls_come_from_secrets(monkeypatch):
+    from stream_app.codecs.registry import client_conf
+
+    m = render({"schemaRegistry": {"url": "https://psrc-1.confluent.cloud",
+                                   "basicAuth": {"existingSecret": "sr-key", "key": "user-info"},
+                                   "tls": {"existingSecret": "sr-ca", "clientCertificate": True}}}, schema=None)
+    c = container(m, "StatefulSet")
+    env = {e["name"]: e for e in c["env"]}
+    assert env["SCHEMA_REGISTRY_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": "sr-key", "key": "user-info"}
+    assert {"name": "registry-tls", "mountPath": "/etc/stream-app/registry-tls", "readOnly": True} in c["volumeMounts"]
+    volumes = m["StatefulSet"][0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "registry-tls", "secret": {"secretName": "sr-ca"}} in volumes
+    settings = worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "SCHEMA_REGISTRY_AUTH": "KEY:SECRET"}, monkeypatch)
+    registry = settings.input.schemaRegistry
+    assert registry is not None
+    assert client_conf(registry) == {"url": "https://psrc-1.confluent.cloud", "timeout": 10.0,
+                                     "basic.auth.user.info": "KEY:SECRET",
+                                     "ssl.ca.location": "/etc/stream-app/registry-tls/ca.crt",
+                                     "ssl.certificate.location": "/etc/stream-app/registry-tls/tls.crt",
+                                     "ssl.key.location": "/etc/stream-app/registry-tls/tls.key"}
+    assert "KEY:SECRET" not in str(m)
+
+
+def exposed_samples() -> set[str]:
+    """Every sample name the worker's /metrics can show (counters: _total; histograms: _bucket, ...)."""
+    from stream_app.ops.metrics import Metrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+
+
+def used_metrics(text: str) -> set[str]:
+    return set(re.findall(r"\bstream_app_[a-z_]+", text)) - {"stream_app_"}
+
+
+def test_dashboard_and_alerts_render_and_use_only_metrics_that_exist():
+    m = render({"grafanaDashboard": {"enabled": True, "folder": "Payments"},
+                "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}})
+    dashboard_map = next(c for c in m["ConfigMap"] if c["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard_map["metadata"]["annotations"] == {"grafana_folder": "Payments"}
+    import json
+
+    dashboard = json.loads(dashboard_map["data"]["stream-app.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rule = m["PrometheusRule"][0]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"StreamAppConsumerLag", "StreamAppOldPart", "StreamAppWriteFailures",
+                           "StreamAppDeadLetters", "StreamAppNotReady"}
+    assert all('job="clearing-stream-app"' in r["expr"] and 'namespace="payments"' in r["expr"] for r in alerts.values())
+    assert m["Service"][0]["metadata"]["name"] == "clearing-stream-app"  # the job label a ServiceMonitor gives
+    used = used_metrics(" ".join(exprs + [r["expr"] for r in alerts.values()]))
+    assert used and used <= exposed_samples(), used - exposed_samples()
+    # every metric the worker has is on the dashboard
+    families = {name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in exposed_samples()}
+    assert families <= {u.removesuffix("_bucket") for u in used_metrics(" ".join(exprs))} | {"stream_app_finalize_seconds"}
+    assert "ConfigMap" in render() and "PrometheusRule" not in render()
 
 
 def test_default_render(monkeypatch):

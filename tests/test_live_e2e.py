@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import pytest
@@ -340,6 +342,16 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
     assert f'stream_app_consumer_lag{{partition="0",stage="partition",topic="{worker.topic}"}} 0.0' in text
     for value in (b"poison", b"EUR"):
         assert value.decode() not in text  # no record data in labels
+    assert "stream_app_ready 1.0" in text or "stream_app_ready 0.0" in text
+    # the chart's dashboard and alerts use only metrics this /metrics serves
+    from tests.test_deploy import render, used_metrics
+
+    served = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        served |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+    m = render({"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    used = used_metrics(json.dumps(m["PrometheusRule"]) + json.dumps(m["ConfigMap"]))
+    assert used and used <= served, used - served
 
 
 def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap, tmp_path):

@@ -19,8 +19,13 @@ import pytest
 
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent, load_schema
 from stream_app.codecs.decode_process import ProcessAvroDecoder
-from stream_app.codecs.registry import DEAD_LETTER_SCHEMA_ID, JOURNAL_SCHEMA_ID, RegistryUnavailable, client_conf, \
-    event_schema_ids
+from stream_app.codecs.registry import (
+    DEAD_LETTER_SCHEMA_ID,
+    JOURNAL_SCHEMA_ID,
+    RegistryUnavailable,
+    client_conf,
+    event_schema_ids,
+)
 from stream_app.config import ConfigError, SchemaRegistrySettings, load_config
 from stream_app.core.records import RawRecord
 from stream_app.deadletter import dead_letter

@@ -566,6 +566,7 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
         if reason is None:
             problem = await asyncio.to_thread(probe.problem, 2.0)
             reason = f"Kafka unreachable: {problem}" if problem else None
+        runtime.metrics.ready.set(0 if reason is not None else 1)  # as of the last probe
         if reason is not None:
             return web.json({"ready": False, "reason": reason}, status=503)
         return web.json({"ready": True})

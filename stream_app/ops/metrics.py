@@ -42,6 +42,7 @@ class Metrics:
         self.write_failures = Counter("stream_app_write_failures_total", "Failed file writes and finalizations",
                                       ["error_class"], registry=r)
         self.retries = Counter("stream_app_write_retries_total", "Retried file writes", registry=r)
+        self.ready = Gauge("stream_app_ready", "1 when the last /readyz probe answered ready, else 0", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,6 +49,30 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- $_ := set $kafka "security" $security -}}
 {{- $_ := set $cfg "kafka" $kafka -}}
+{{- $input := deepCopy (default dict $cfg.input) -}}
+{{- if or (hasKey $input "schemaRegistry") (hasKey $input "avroSchemas") -}}
+{{- fail "set the input schema with the chart's schemaRegistry / avroSchemas values, not under config.input" -}}
+{{- end -}}
+{{- with .Values.schemaRegistry -}}
+{{- if .url -}}
+{{- $registry := dict "url" .url "registerEventSchemas" .registerEventSchemas -}}
+{{- if .basicAuth.existingSecret }}{{ $_ := set $registry "basicAuthEnv" "SCHEMA_REGISTRY_AUTH" }}{{ end -}}
+{{- if .tls.existingSecret -}}
+{{- $_ := set $registry "caFile" "/etc/stream-app/registry-tls/ca.crt" -}}
+{{- if .tls.clientCertificate -}}
+{{- $_ := set $registry "certFile" "/etc/stream-app/registry-tls/tls.crt" -}}
+{{- $_ := set $registry "keyFile" "/etc/stream-app/registry-tls/tls.key" -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $input "schemaRegistry" $registry -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.avroSchemas -}}
+{{- $files := dict -}}
+{{- range $id, $_ := .Values.avroSchemas }}{{ $_ := set $files $id (printf "/etc/stream-app/avro/%s.avsc" $id) }}{{ end -}}
+{{- $_ := set $input "avroSchemas" $files -}}
+{{- end -}}
+{{- $_ := set $cfg "input" $input -}}
 {{- $_ := set $cfg "webPort" .Values.webPort -}}
 {{- $_ := set $cfg "dataDir" "/tmp/stream-app-data" -}}
 {{- $_ := set $cfg "spoolDir" "/var/spool/stream-app" -}}
