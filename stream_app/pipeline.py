@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from stream_app.codecs import DecodeError, Decoder
+from stream_app.codecs.carried import CarriedDecoder
 from stream_app.codecs.repartition import FrontierMarker, RoutedRun
 from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.compression import gzipped
@@ -139,6 +140,7 @@ class WindowScope:
     repartition_topic: str
     repartition_partitions: int
     sources: tuple[TP, ...]  # every input partition; a window closes once all have closed it
+    decoder: CarriedDecoder  # routed values (in their carried form) -> records
 
     def owner_of(self, key: FileKey) -> TP:
         return (self.repartition_topic, repartition_partition(key, self.repartition_partitions))
@@ -210,7 +212,7 @@ class FilePipeline:
         self._spool_dir = spool_dir
         self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
         self._run_spools: dict[tuple[FileKey, TP], RunSpool] = {}  # window scope, streaming
-        self._prefetched_routed: deque[tuple[Sequence[RawRecord], tuple[list, list[RawRecord]]]] = deque()
+        self._prefetched_routed: deque[tuple[Sequence[RawRecord], list[tuple[RawRecord, RoutedRun | FrontierMarker]]]] = deque()
         self._merged: dict[tuple[FileKey, tuple], MergedSpool] = {}  # ... in file order, per cut batch
         self._compression = compression
         self._schema_ref = schema_ref
@@ -297,8 +299,11 @@ class FilePipeline:
         seen = {index: bytearray(high - low + 1) for index, (low, high) in merged.bounds.items()}
         chunk: list[RawRecord] = []
 
+        assert self._scope is not None
+        decoder = self._scope.decoder
+
         def render(raws: list[RawRecord]) -> None:
-            for record in self._decoder.decode_many(raws):
+            for record in decoder.decode_many(raws):
                 if type(record) is not SourceRecord:
                     raise cast(DecodeError, record)
                 writer.append(self._project_routed(record) if self._structured is not None else record)
@@ -398,31 +403,22 @@ class FilePipeline:
                 continue
             self._handle_outputs(outputs, raw)
 
-    def _parse_routed(self, raws: Sequence[RawRecord]) -> tuple[list, list[RawRecord]]:
-        """Repartition records -> (record, message) pairs and the routed values to decode."""
+    @staticmethod
+    def _parse_routed(raws: Sequence[RawRecord]) -> list[tuple[RawRecord, RoutedRun | FrontierMarker]]:
+        """Repartition records -> (record, message) pairs."""
         messages = []
-        sources: list[RawRecord] = []
         for raw in raws:
             assert raw.value is not None
-            message = decode_repartition(raw.value)
-            messages.append((raw, message))
-            if isinstance(message, RoutedRun) and self._spool_dir is None:
-                topic, partition = message.source
-                sources.extend(RawRecord(topic, partition, offset, None, None, value)
-                               for offset, _, value in message.records)
-        return messages, sources
+            messages.append((raw, decode_repartition(raw.value)))
+        return messages
 
     def prefetch_routed(self, raws: Sequence[RawRecord]) -> None:
-        """The repartition batch ``process_routed`` gets next: its values may be decoded early
-        (by the file stage's own decode helper)."""
+        """The repartition batch ``process_routed`` gets next, parsed while the batch before is held."""
         if not raws:
             return
-        parsed = self._parse_routed(raws)
-        self._prefetched_routed.append((raws, parsed))
+        self._prefetched_routed.append((raws, self._parse_routed(raws)))
         while len(self._prefetched_routed) > 4:  # dropped by a rebalance, never processed
             self._prefetched_routed.popleft()
-        if parsed[1]:
-            self._decoder.prefetch(parsed[1])
 
     def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
@@ -433,17 +429,13 @@ class FilePipeline:
             while self._prefetched_routed[0][0] is not raws:
                 self._prefetched_routed.popleft()
             self._prefetched_routed.popleft()
-        messages, sources = parsed
-        # The routing stage decoded (and validated) every routed value already; decoded again here.
-        decoded = iter(self._decoder.decode_many(sources))
+        assert self._scope is not None
+        decoder = self._scope.decoder
         streaming = self._spool_dir is not None
-        for raw, message in messages:
+        for raw, message in parsed:
             collector = self.collector((raw.topic, raw.partition))
             position = raw.offset
             if collector.already_processed(position):
-                if isinstance(message, RoutedRun) and not streaming:
-                    for _ in message.records:
-                        next(decoded)
                 continue
             if isinstance(message, FrontierMarker):
                 self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
@@ -452,14 +444,10 @@ class FilePipeline:
                 self._handle_outputs(collector.add_records(position, message.key, message.source, message.records,
                                                            now_wall_ms))
                 continue
-            records = []
-            for _ in message.records:
-                record = next(decoded)
-                if type(record) is not SourceRecord:
-                    raise cast(DecodeError, record)  # the same codec accepted this value when routing it
-                if self._structured is not None:
-                    record = self._project_routed(record)
-                records.append(record)
+            # the routing stage read (and validated) these values; a DecodeError here is a damaged topic
+            records = decoder.decode_run(message.source, message.records)
+            if self._structured is not None:
+                records = [self._project_routed(record) for record in records]
             self._handle_outputs(collector.add_records(position, message.key, message.source, records, now_wall_ms))
 
     def _project_routed(self, record: SourceRecord) -> SourceRecord:

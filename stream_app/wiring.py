@@ -72,7 +72,7 @@ def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[st
     return (CarryingAvroDecoder if carry else AvroDecoder)(resolver, inp.eventTimeField, inp.maxRecordBytes)
 
 
-def build_routed_decoder(settings: AppSettings) -> Decoder:
+def build_routed_decoder(settings: AppSettings) -> CarriedDecoder:
     """The file stage's: routed values in their carried form, decoded in this process."""
     inp = settings.input
     if inp.format == "json":
@@ -135,7 +135,7 @@ def window_scope(settings: AppSettings, sources: tuple[tuple[str, int], ...] | N
     if settings.worker.fileScope != "window":
         return None
     return WindowScope(settings.repartition_topic, settings.kafka.repartition_partitions,
-                       settings.input_partitions if sources is None else sources)
+                       settings.input_partitions if sources is None else sources, build_routed_decoder(settings))
 
 
 def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher,
@@ -156,7 +156,7 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
     """Partition scope: the whole pipeline; window scope: the file stage."""
     worker = settings.worker
     scope = window_scope(settings, sources)
-    decoder = build_decoder(settings) if scope is None else build_routed_decoder(settings)
+    decoder = build_decoder(settings)  # partition scope (window scope: the scope's decoder)
     return FilePipeline(
         window_policy(settings),
         worker.groupBy,

@@ -198,3 +198,13 @@ def test_structured_preflight_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"\[undefined-field\] the pack maps from \['arn_number'\]") as err:
         run_preflight(parse_config(data))
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("millis", [67_768_036_191_676_796_000, -67_768_036_191_676_796_000])
+def test_epoch_millis_beyond_a_datetime_are_an_evaluation_error(millis):
+    from stream_app.core.structured.expressions import EvaluationError, compile_expression
+
+    for source in ("to_date(record.at)", "format_datetime(record.at, '%Y')"):
+        evaluate, _ = compile_expression(source)
+        with pytest.raises(EvaluationError, match="out of range"):
+            evaluate({"record": {"at": millis}})

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -113,6 +113,33 @@ class CarriedDecoder:
 
     def prefetch(self, raws: Sequence[RawRecord]) -> None:
         pass  # unpacking is cheap: done in decode_many, in this thread
+
+    def decode_run(self, source: tuple[str, int], entries: Sequence[tuple[int, int, bytes | None]]) -> list[SourceRecord]:
+        """The records of a routed run (raises ``DecodeError``): ``decode`` per entry, with the
+        packed form's path inlined and its reader looked up once per schema id (the hot path)."""
+        topic, partition = source
+        records: list[SourceRecord] = []
+        readers: dict[int, RecordReader] = {}
+        unpackb, time_field = msgpack.unpackb, self._time_field
+        for offset, _, carried in entries:
+            if carried and carried[0] == PACKED and self._resolver is not None:
+                schema_id = _PACKED_HEAD.unpack_from(carried)[1]
+                reader = readers.get(schema_id)
+                if reader is None:
+                    found = self._resolver.get(schema_id)
+                    if found is None or found.names is None:
+                        raise DecodeError("UNKNOWN_SCHEMA_ID", f"schema id {schema_id} is not known")
+                    reader = readers[schema_id] = found
+                try:
+                    value = dict(zip(cast(tuple, reader.names), unpackb(memoryview(carried)[_PACKED_HEAD.size:])))
+                except (ValueError, TypeError) as exc:
+                    raise DecodeError("BAD_ROUTED_VALUE", f"packed value does not unpack ({type(exc).__name__})") from None
+                millis = convert_plain(schema_id, reader, value, time_field)
+                records.append(SourceRecord(topic, partition, offset,
+                                            millis if millis is not None else event_time_ms(value, time_field), value))
+            else:
+                records.append(self.decode(RawRecord(topic, partition, offset, None, None, carried)))
+        return records
 
 
 def _record(raw: RawRecord, value: dict[str, Any], millis: int | None, time_field: str) -> SourceRecord:

@@ -96,9 +96,12 @@ class PartitionRouter(OffsetCursor):
     @property
     def closed_before_ms(self) -> int | None:
         """Every window whose end is at or before this is closed for this partition."""
-        by_watermark = None if self._watermark is None else self._watermark - self._policy.grace_ms
-        candidates = [c for c in (by_watermark, self._idle_closed_before) if c is not None]
-        return max(candidates) if candidates else None
+        # per record (via _is_closed): plain comparisons, no list
+        idle = self._idle_closed_before
+        if self._watermark is None:
+            return idle
+        by_watermark = self._watermark - self._policy.grace_ms
+        return by_watermark if idle is None or by_watermark > idle else idle
 
     def frontier(self) -> int:
         """The close frontier as a window boundary (what markers carry); -1 before any close."""

@@ -52,7 +52,10 @@ def _dt(value: Any, fn: str) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):  # beyond what a datetime holds (year 1..9999)
+            raise EvaluationError(f"{fn}() got epoch milliseconds out of range") from None
     raise EvaluationError(f"{fn}() needs a datetime, got {type(value).__name__}")
 
 
