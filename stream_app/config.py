@@ -230,7 +230,6 @@ class WorkerSettings(_Model):
     # Records per fetched batch (max.poll.records).  Each batch is decoded as a pipelined stream of
     # chunks; the helper process idles between batches, so larger batches keep it busier.
     batchSize: int = Field(default=10_000, ge=1)
-    batchWithinMs: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
     def _mode_settings(self) -> WorkerSettings:

@@ -15,7 +15,6 @@ import logging
 import random
 import shutil
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +211,6 @@ class FilePipeline:
         self._spool_dir = spool_dir
         self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
         self._run_spools: dict[tuple[FileKey, TP], RunSpool] = {}  # window scope, streaming
-        self._prefetched_routed: deque[tuple[Sequence[RawRecord], list[tuple[RawRecord, RoutedRun | FrontierMarker]]]] = deque()
         self._merged: dict[tuple[FileKey, tuple], MergedSpool] = {}  # ... in file order, per cut batch
         self._compression = compression
         self._schema_ref = schema_ref
@@ -412,23 +410,9 @@ class FilePipeline:
             messages.append((raw, decode_repartition(raw.value)))
         return messages
 
-    def prefetch_routed(self, raws: Sequence[RawRecord]) -> None:
-        """The repartition batch ``process_routed`` gets next, parsed while the batch before is held."""
-        if not raws:
-            return
-        self._prefetched_routed.append((raws, self._parse_routed(raws)))
-        while len(self._prefetched_routed) > 4:  # dropped by a rebalance, never processed
-            self._prefetched_routed.popleft()
-
     def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
-        parsed = next((p for batch, p in self._prefetched_routed if batch is raws), None)
-        if parsed is None:
-            parsed = self._parse_routed(raws)
-        else:
-            while self._prefetched_routed[0][0] is not raws:
-                self._prefetched_routed.popleft()
-            self._prefetched_routed.popleft()
+        parsed = self._parse_routed(raws)
         assert self._scope is not None
         decoder = self._scope.decoder
         streaming = self._spool_dir is not None

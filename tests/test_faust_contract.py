@@ -38,9 +38,17 @@ def test_consumer_state_the_overrides_read_still_exists():
     for attribute in ("_acked", "_acked_index", "flow_active"):
         assert attribute in declared, attribute
     assert hasattr(Consumer, "should_stop")
-    assert "noack_take" in dict(inspect.getmembers(faust.Stream))
     assert faust.App.consumer_generation_id == 0  # declared on AppT, set by the consumer on each rebalance
 
 
 def test_the_tested_faust_release():
     assert faust.__version__.startswith("0.15."), faust.__version__
+
+
+def test_the_livelock_check_still_reads_the_inbound_time_the_runtime_feeds():
+    from faust.sensors import Monitor
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert isinstance(Monitor().stream_inbound_time, dict)  # keyed by TP, monotonic seconds
+    source = inspect.getsource(AIOKafkaConsumerThread.verify_event_path)
+    assert "monitor.stream_inbound_time.get(tp)" in source and "SLOW_PROCESSING_STREAM_IDLE" in source

@@ -149,3 +149,25 @@ def test_the_readiness_probe_reuses_one_client_and_caches_its_answer(tmp_path):
     started = time.monotonic()
     assert first and probe.problem(timeout_s=0.5) == first and time.monotonic() - started < 0.1
     assert probe._admin is client
+
+
+def test_processed_batches_feed_faust_s_livelock_check(tmp_path, monkeypatch):
+    """Records taken from the fetch loop never enter a stream: the runtime stamps the partition's
+    inbound time, so Faust's livelock check does not call a busy partition stuck."""
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out, maxRecordsPerFile=1000, window={"sizeMs": 86_400_000})
+    data.update(dataDir=str(tmp_path / "faust"))
+    app, runtime = create_app(parse_config(data))
+    _acked_without_a_broker(runtime, monkeypatch)
+    assert FaustTP("in", 0) not in app.monitor.stream_inbound_time
+    batch = raws(5)
+
+    async def process() -> None:
+        await runtime._process(batch, [], {("in", 0): len(batch)}, lambda: True)
+        await runtime._settle()
+
+    asyncio.run(process())
+    import time
+
+    assert 0 <= time.monotonic() - app.monitor.stream_inbound_time[FaustTP("in", 0)] < 5

@@ -201,9 +201,9 @@ class LiveRuntime:
         # The finalize + commit of the last processed batch, left running while the fetch loop
         # brings the next batch (whose decoding starts meanwhile); awaited before anything else.
         self._committing: asyncio.Task | None = None
-        # The last fetched batch, sent to the decode helper but not yet windowed: it is windowed
-        # when the next batch arrives (or at the next tick), so that the helper reads the next
-        # batch while the worker windows this one.  Batches are taken in fetch order (_intake).
+        # The last fetched input batch, sent to the decode helper but not yet windowed: it is
+        # windowed when the next batch arrives (or at the next tick), so that the helper reads the
+        # next batch while the worker windows this one.  Batches are taken in fetch order (_intake).
         self._held: tuple[list[RawRecord], list[RawRecord], dict[tuple[str, int], int], Callable[[], bool]] | None = None
         self._intake = asyncio.Lock()
         self._max_buffered = settings.worker.maxBufferedRecords
@@ -225,13 +225,21 @@ class LiveRuntime:
 
         inputs, routed = self._split(raws)
         async with self._intake:
-            # read by the decode helper(s) while the held batch is windowed
+            # read by the decode helper while the held batch is windowed
             (self.routing or self.pipeline).prefetch(inputs)
-            if routed:
-                self.pipeline.prefetch_routed(routed)
-            held, self._held = self._held, (inputs, routed, consumed, still_current)
+            held = self._held
+            if inputs:
+                self._held = (inputs, [], {tp: n for tp, n in consumed.items() if tp[0] != self._repartition_topic},
+                              still_current)
+            elif held is not None:
+                self._held = None
             if held is not None:
                 await self._process(*held)
+            if routed:
+                # Repartition records have nothing to decode ahead (codecs/carried.py): held,
+                # they would only wait for the next fetch or tick.
+                await self._process([], routed, {tp: n for tp, n in consumed.items() if tp[0] == self._repartition_topic},
+                                    still_current)
 
     def _split(self, raws: list[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
         """(input records, repartition records); the latter only with business files."""
@@ -245,21 +253,6 @@ class LiveRuntime:
         held, self._held = self._held, None
         if held is not None:
             await self._process(*held)
-
-    async def on_events(self, events: Sequence[Any]) -> None:
-        """Events that reached the agent through Faust's stream path (the intake normally takes them)."""
-        raws = [RawRecord(e.message.topic, e.message.partition, e.message.offset,
-                          int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                          e.message.key, e.message.value, _headers(e.message.headers)) for e in events]
-        consumed: dict[tuple[str, int], int] = {}
-        for raw in raws:
-            consumed[(raw.topic, raw.partition)] = consumed.get((raw.topic, raw.partition), 0) + 1
-        inputs, routed = self._split(raws)
-        async with self._intake:
-            await self._process_held()  # fetched before these
-            await self._process(inputs, routed, consumed, lambda: True)
-        for event in events:
-            event.ack()  # commits follow the checkpoints, not acks (see live/transport.py)
 
     async def _process(self, raws: list[RawRecord], routed: list[RawRecord], consumed: Mapping[tuple[str, int], int],
                        still_current: Callable[[], bool]) -> None:
@@ -284,8 +277,14 @@ class LiveRuntime:
                 log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        # Faust's livelock check reads when a stream last took a record of a partition; these
+        # records never enter a stream, so the runtime tells it, else it would report every
+        # partition of a backlog as stuck (tests/test_faust_contract.py pins the field).
+        inbound = self._app.monitor.stream_inbound_time
+        now = time.monotonic()
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
+            inbound[FaustTP(topic, partition)] = now
         self.publisher.log_dead_letters()
         # Finalized and committed in the background: the fetch loop returns for the next batch
         # at once, and every later step (next batch, tick, backpressure) awaits this one first.
@@ -455,13 +454,6 @@ class LiveRuntime:
             self.routing.assign(assigned, _now_ms())
 
 
-def _headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
-    if not headers:
-        return ()
-    items = headers.items() if isinstance(headers, dict) else headers
-    return tuple((str(k), v) for k, v in items)
-
-
 def real_log_ends(settings: AppSettings, listed: dict[FaustTP, int]) -> dict[FaustTP, int]:
     from stream_app.replay import RangeReader
 
@@ -520,26 +512,23 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     if kafka.confirmChangelogEnds:  # the embedded broker's stale listed ends (live/transport.py)
         app.stream_app_log_ends = partial(real_log_ends, settings)
     source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")
-    worker = settings.worker
 
-    # The agent subscribes the consumer to the input topics; their records normally reach the
-    # runtime as whole fetched batches (runtime.on_fetched) and never enter this stream.
+    # The agents only subscribe the consumer to their topics: the consumer hands every fetched
+    # batch of them to the runtime (runtime.on_fetched, live/transport.py), so no record ever
+    # enters these streams.
     @app.agent(source, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for events in cast(faust.Stream, stream).noack_take(worker.batchSize,
-                                                                  within=worker.batchWithinMs / 1000):
-            await runtime.on_events(events)
+        async for _ in stream:
+            raise RuntimeError("an input record reached the agent stream; the intake takes every fetched batch")
 
     if runtime.routing is not None:
         repartition = app.topic(settings.repartition_topic, key_serializer="raw", value_serializer="raw",
                                 partitions=kafka.repartition_partitions, internal=False)
 
-        # As the input agent: subscribes the consumer; batches go to the runtime (on_fetched).
         @app.agent(repartition, name="files")
         async def files(stream: faust.StreamT) -> None:
-            async for events in cast(faust.Stream, stream).noack_take(worker.batchSize,
-                                                                      within=worker.batchWithinMs / 1000):
-                await runtime.on_events(events)
+            async for _ in stream:
+                raise RuntimeError("a repartition record reached the agent stream; the intake takes every batch")
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's stubs reject any coroutine
         async def on_rebalance_complete(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
