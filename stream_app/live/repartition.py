@@ -65,7 +65,9 @@ class KafkaRepartitionSender:
         self._producer = Producer({
             "bootstrap.servers": kafka.bootstrapServers, **confluent_security(kafka.security),
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "queue.buffering.max.kbytes": 262144, "log_level": 3,
+            "queue.buffering.max.kbytes": 262144, "log_level": 4,
+            # through Python logging (and its OutageFilter), not straight to stderr
+            "logger": logging.getLogger("librdkafka.repartition"),
         })
         self._errors: list[str] = []
 
