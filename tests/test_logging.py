@@ -40,6 +40,17 @@ def test_a_repeated_line_passes_once_per_backoff_step_per_partition():
     assert all(quiet.filter(_record("aiokafka", "same", level=logging.INFO)) for _ in range(50))
 
 
+def test_lines_that_differ_only_in_a_duration_are_one_kind():
+    clock = Clock()
+    quiet = OutageFilter(first_s=1, max_s=8, clock=clock)
+    passed = 0
+    for step in range(100):
+        clock.now = step / 10
+        passed += quiet.filter(_record("mode.timers", "Timer %s is overlapping (interval=%r runtime=%r)",
+                                       "flush-timer", 0.25, 0.3 + step / 1000, level=logging.WARNING))
+    assert passed == 4  # t = 0, 1, 3, 7
+
+
 def test_a_kind_quiet_for_the_longest_step_starts_over():
     clock = Clock()
     quiet = OutageFilter(first_s=1, max_s=4, clock=clock)

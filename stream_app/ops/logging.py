@@ -57,8 +57,9 @@ class OutageFilter(logging.Filter):
         if record.levelno < logging.WARNING or not record.name.startswith(CLIENT_LOGGERS):
             return True
         now = self._clock()
-        try:
-            args = tuple(str(a) for a in record.args) if isinstance(record.args, tuple) else (str(record.args),)
+        try:  # floats (durations, rates) vary line to line: they do not make a kind
+            args = tuple("<float>" if isinstance(a, float) else str(a) for a in record.args) \
+                if isinstance(record.args, tuple) else (str(record.args),)
         except Exception:
             args = ()
         kind = (record.name, str(record.msg), args)
