@@ -101,15 +101,19 @@ def worker(config: str) -> None:
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
 @click.option("--from-offset", "from_offsets", multiple=True, metavar="P=OFFSET", help="First offset of partition P.")
 @click.option("--to-offset", "to_offsets", multiple=True, metavar="P=OFFSET",
-              help="End offset (exclusive) of partition P; default: the end of the partition.")
-@click.option("--from-time", help="Start at the first record at or after this time (ISO-8601).")
-@click.option("--to-time", help="Stop before the first record at or after this time (ISO-8601).")
+              help="Exclusive end of partition P: the first offset not replayed (a manifest range's last "
+                   "offset + 1); default: the end of the partition.")
+@click.option("--from-time", help="Rebuild the file windows that start at or after this time (event time, ISO-8601).")
+@click.option("--to-time", help="... and before this time (event time, ISO-8601).")
 @click.option("--window", "window", help="Replay the recorded parts of the file window starting at this time.")
 @click.option("--partitions", help="Comma-separated partitions (default: all).")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Write to this directory instead of the sink.")
+@click.option("--allow-partial", is_flag=True,
+              help="With --out: write files an offset range holds only part of, as PARTIAL_<name>.")
 @click.option("--verify", is_flag=True, help="Write nothing; compare with the stored files and the manifest.")
 def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ...], from_time: str | None,
-           to_time: str | None, window: str | None, partitions: str | None, out: str | None, verify: bool) -> None:
+           to_time: str | None, window: str | None, partitions: str | None, out: str | None, allow_partial: bool,
+           verify: bool) -> None:
     """Regenerate (or --verify) files from a bounded range, byte-identical to the live run."""
     from stream_app.replay import ReplayError
     from stream_app.replay_cli import ReplayRequest, parse_offsets, parse_time, run_replay
@@ -126,6 +130,7 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
             window_start_ms=parse_time(window) if window else None,
             out_dir=Path(out) if out else None,
             verify=verify,
+            allow_partial=allow_partial,
         )
         report = run_replay(settings, request)
     except (ConfigError, ReplayError, ValueError) as exc:
@@ -136,6 +141,8 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
     if report.dead_letters:
         click.echo("dead letters (not published): " + ", ".join(f"{k}={v}" for k, v in
                                                                  sorted(report.dead_letters.items())))
+    for name in report.partial:
+        click.echo(f"PARTIAL     {name}: holds only the range's part of its window (not a live file)")
     for problem in report.problems:
         click.echo(problem)
     if report.problems:

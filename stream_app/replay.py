@@ -151,12 +151,15 @@ class RangeReader:
             raise ReplayError(f"topic {topic} is not readable: {meta.error if meta else 'unknown topic'}")
         return sorted(meta.partitions)
 
-    def offset_for_time(self, topic: str, partition: int, time_ms: int) -> int | None:
-        """First offset at or after ``time_ms``; None when there is none (the end of the log)."""
+    def log_end(self, topic: str, partition: int, at_least: int) -> int:
+        """The partition's next offset, confirmed by reading when the listed one is below
+        ``at_least`` (a broker can list a stale end; it never lists one beyond the log)."""
         from confluent_kafka import TopicPartition
 
-        (tp,) = self._consumer.offsets_for_times([TopicPartition(topic, partition, time_ms)], timeout=15)
-        return tp.offset if tp.offset >= 0 else None
+        _, listed = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        if listed >= at_least:
+            return int(listed)
+        return self.log_ends({(topic, partition): max(int(listed), 0)})[(topic, partition)]
 
     def log_ends(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """The real end offset of each partition, reading on from ``starts`` to end-of-partition.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ class ReplayRequest:
     window_start_ms: int | None = None  # replay the recorded parts of one window
     out_dir: Path | None = None
     verify: bool = False
+    allow_partial: bool = False  # write files a range holds only part of, as PARTIAL_<name>
 
 
 @dataclass
@@ -54,6 +56,7 @@ class ReplayReport:
     dead_letters: dict[str, int]
     problems: list[str]
     seconds: float
+    partial: list[str] = field(default_factory=list)  # files written as PARTIAL_<name>
 
 
 def parse_time(text: str) -> int:
@@ -112,25 +115,58 @@ class Progress:
 
 
 def _ranges(settings: AppSettings, reader: RangeReader, request: ReplayRequest) -> list[PartitionRange]:
+    """The offset ranges to read; an offset past the end of its partition is an error at once."""
     ranges = []
     for topic in settings.kafka.inputTopics:
-        for partition in request.partitions or reader.partitions(topic):
-            start: int | None = request.from_offsets.get(partition, BEGINNING)
-            end: int | None = request.to_offsets.get(partition)
-            if request.from_time_ms is not None:
-                start = reader.offset_for_time(topic, partition, request.from_time_ms)
-                if start is None:
-                    continue  # nothing at or after the start time
-            if request.to_time_ms is not None:
-                end = reader.offset_for_time(topic, partition, request.to_time_ms)
-            assert start is not None
+        known = reader.partitions(topic)
+        for partition in request.partitions or known:
+            if partition not in known:
+                raise ReplayError(f"{topic} has no partition {partition} (it has {len(known)})")
+            start = request.from_offsets.get(partition, BEGINNING)
+            end = request.to_offsets.get(partition)
+            bounds = [(flag, offset) for flag, offset in (("--from-offset", start), ("--to-offset", end))
+                      if offset is not None and offset > 0]
+            if bounds:
+                log_end = reader.log_end(topic, partition, max(offset for _, offset in bounds))
+                for flag, offset in bounds:
+                    if offset > log_end:
+                        raise ReplayError(f"{flag} {partition}={offset} is past the end of {topic}/{partition} "
+                                          f"(its next offset is {log_end})")
+            if end is not None and start != BEGINNING and end < start:
+                raise ReplayError(f"--to-offset {partition}={end} is before --from-offset {partition}={start}")
             ranges.append(PartitionRange(topic, partition, start, end))
     return ranges
 
 
+def _bounded(settings: AppSettings, request: ReplayRequest) -> bool:
+    """True when the range may hold only part of some window (so part of some file)."""
+    return (any(offset > 0 for offset in request.from_offsets.values()) or bool(request.to_offsets)
+            or (settings.worker.fileScope == "window" and request.partitions is not None))
+
+
+def _in_time_range(request: ReplayRequest, window_start_ms: int) -> bool:
+    return ((request.from_time_ms is None or window_start_ms >= request.from_time_ms)
+            and (request.to_time_ms is None or window_start_ms < request.to_time_ms))
+
+
+def _file_chunks(path: Path) -> Callable[[], Iterator[bytes]]:
+    def chunks() -> Iterator[bytes]:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                yield block
+    return chunks
+
+
 def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
+    """``--window`` and ``--from-time/--to-time`` rebuild file windows exactly (from the manifest's
+    offset ranges, or by scanning the partitions for windows it does not record); an offset range
+    runs the windowing over that range, and a file it holds only part of is never passed off under
+    a live file's name."""
     tune_for_throughput()
     started = time.monotonic()
+    timed = request.from_time_ms is not None or request.to_time_ms is not None
+    if timed and (request.from_offsets or request.to_offsets or request.window_start_ms is not None):
+        raise ReplayError("--from-time/--to-time select file windows; they do not combine with offsets or --window")
     target: Sink
     if request.out_dir is not None:
         request.out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,60 +175,98 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
     else:
         target = build_sink(settings)
     sink: Sink = VerifyingSink(target) if request.verify else target
+    # the recorded parts live in the configured sink's manifest, wherever the output goes
+    recorded = target if request.out_dir is None else build_sink(settings)
     publisher = CountingPublisher()
     spool = Path(tempfile.mkdtemp(prefix="stream-app-replay-")) if settings.worker.streamingAppendEnabled else None
-    pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=sink, spool_dir=spool)
     reader = RangeReader(_consumer_config(settings))
-    files: list[str] = []
-    records = 0
     try:
+        entries: list[dict] = []
         if request.window_start_ms is not None:
-            # the recorded parts live in the configured sink's manifest, wherever the output goes
-            recorded = target if request.out_dir is None else build_sink(settings)
-            entries = [e for e in recorded.manifest_entries(request.window_start_ms)
-                       if request.partitions is None or e["partition"] in request.partitions
-                       or e.get("scope") == "window"]
+            entries = recorded.manifest_entries(request.window_start_ms)
             if not entries:
-                raise ReplayError("no recorded parts for that window in the manifest; replay an offset or time "
-                                  "range instead")
+                raise ReplayError("no recorded parts for that window in the manifest; replay a time range (which "
+                                  "scans for it) or an offset range instead")
+        elif timed:
+            entries = [e for e in recorded.manifest_entries() if _in_time_range(request, e["window_start"])]
+        entries = [e for e in entries if request.partitions is None or e["partition"] in request.partitions
+                   or e.get("scope") == "window"]
+        if entries:
+            pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=sink, spool_dir=spool)
+            files, records = [], 0
             for cut in recorded_cuts(entries, reader, pipeline.prepare):
                 outcome = pipeline.write_cut(cut)
                 if outcome.result is None:
                     raise ReplayError(f"{outcome.name or cut.key.id}: {outcome.error_message}")
                 files.append(outcome.result.name)
                 records += cut.count
+            partial: list[str] = []
         else:
-            ranges = _ranges(settings, reader, request)
-            sizes = [r.size for r in ranges]
-            progress = Progress(None if None in sizes else sum(s for s in sizes if s is not None))
-
-            def raws() -> Iterator[RawRecord]:
-                for batch in reader.read(ranges):
-                    progress.update(batch)
-                    yield from batch
-
-            try:
-                if settings.worker.fileScope == "window":
-                    # Both stages in this process, without the repartition topic; a window waits
-                    # for (and closes with) the replayed input partitions only.
-                    sources = tuple(sorted({(r.topic, r.partition) for r in ranges}))
-                    pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=sink, spool_dir=spool,
-                                              sources=sources)
-                    sender = LoopbackSender(settings.repartition_topic)
-                    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
-                    summary = run_window_records(routing, pipeline, sender, sources, raws())
-                else:
-                    summary = run_records(pipeline, raws())
-            finally:
-                progress.close()
-            files, records = summary.names, summary.records
-            failed = pipeline.pending_cuts()
-            if failed:
-                raise ReplayError(f"{len(failed)} file(s) could not be written; see the log")
+            files, records, partial = _replay_range(settings, request, reader, publisher, sink, recorded, spool)
     finally:
         reader.close()
     problems = sink.problems if isinstance(sink, VerifyingSink) else []
-    return ReplayReport(files, records, publisher.dead_letters, problems, time.monotonic() - started)
+    return ReplayReport(files, records, publisher.dead_letters, problems, time.monotonic() - started, partial)
+
+
+def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeReader, publisher: CountingPublisher,
+                  sink: Sink, recorded: Sink, spool: Path | None) -> tuple[list[str], int, list[str]]:
+    """Window the range into a scratch directory, then publish what the request selects: with a
+    time range the windows starting in it; from a bounded offset range a file under its live
+    name only when the live file is identical (else it holds part of its window: refused, or
+    PARTIAL_<name> with --allow-partial and --out)."""
+    ranges = _ranges(settings, reader, request)
+    sizes = [r.size for r in ranges]
+    progress = Progress(None if None in sizes else sum(s for s in sizes if s is not None))
+    scratch_dir = Path(tempfile.mkdtemp(prefix="stream-app-replay-files-"))
+    scratch = LocalSink(scratch_dir, 0o600, manifest=True)
+
+    def raws() -> Iterator[RawRecord]:
+        for batch in reader.read(ranges):
+            progress.update(batch)
+            yield from batch
+
+    try:
+        try:
+            if settings.worker.fileScope == "window":
+                # Both stages in this process, without the repartition topic; a window waits
+                # for (and closes with) the replayed input partitions only.
+                sources = tuple(sorted({(r.topic, r.partition) for r in ranges}))
+                pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=scratch, spool_dir=spool,
+                                          sources=sources)
+                sender = LoopbackSender(settings.repartition_topic)
+                routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+                run_window_records(routing, pipeline, sender, sources, raws())
+            else:
+                pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=scratch, spool_dir=spool)
+                run_records(pipeline, raws())
+        finally:
+            progress.close()
+        if pipeline.pending_cuts():
+            raise ReplayError(f"{len(pipeline.pending_cuts())} file(s) could not be written; see the log")
+        produced = scratch.manifest_entries()
+        timed = request.from_time_ms is not None or request.to_time_ms is not None
+        if timed:
+            produced = [e for e in produced if _in_time_range(request, e["window_start"])]
+            if not produced:
+                raise ReplayError("no file window starts in the time range (by event time); nothing written")
+        live = {e["name"]: e["sha256"] for e in recorded.manifest_entries()} if _bounded(settings, request) else None
+        partial = [e for e in produced if live is not None and live.get(e["name"]) != e["sha256"]]
+        if partial and not (request.allow_partial and request.out_dir is not None and not request.verify):
+            names = ", ".join(e["name"] for e in partial[:5]) + (" ..." if len(partial) > 5 else "")
+            raise ReplayError(f"the range holds only part of the window of {len(partial)} file(s) ({names}); "
+                              "rebuild whole windows with --window or --from-time/--to-time, or write them as "
+                              "PARTIAL_<name> with --out DIR --allow-partial")
+        partial_names = {e["name"] for e in partial}
+        files: list[str] = []
+        for entry in produced:
+            name = f"PARTIAL_{entry['name']}" if entry["name"] in partial_names else entry["name"]
+            result = sink.write(name, _file_chunks(scratch_dir / entry["name"]))
+            sink.record_manifest(name, {**entry, "name": name, **({"partial": True} if name != entry["name"] else {})})
+            files.append(result.name)
+        return files, sum(e["records"] for e in produced), [f"PARTIAL_{n}" for n in sorted(partial_names)]
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
 def _consumer_config(settings: AppSettings) -> dict:

@@ -103,3 +103,60 @@ def test_log_ends_are_read_not_trusted_from_the_listing(kafka_bootstrap):
         assert reader.log_ends({(topic, 0): 0, (topic, 1): 1}) == {(topic, 0): 4, (topic, 1): 3}
     finally:
         reader.close()
+
+
+def test_a_time_range_rebuilds_the_windows_that_start_in_it_by_event_time(live_run, tmp_path):
+    window_files = {n: b for n, b in live_run.files().items() if "_20260302T0100_" in n}
+    code, output = replay(live_run, "--from-time", "2026-03-02T01:00:00Z", "--to-time", "2026-03-02T02:00:00Z",
+                          "--out", str(tmp_path / "t"))
+    assert code == 0, output
+    assert _files(tmp_path / "t") == window_files and window_files
+    # an open end takes every window from the start on, none before it
+    code, output = replay(live_run, "--from-time", "2026-03-02T02:00:00Z", "--out", str(tmp_path / "late"))
+    assert code == 0, output
+    later = {n for n in live_run.files() if "_20260302T00" not in n and "_20260302T01" not in n}
+    assert set(_files(tmp_path / "late")) == later and later
+    # a range that matches nothing says so and fails
+    code, output = replay(live_run, "--from-time", "2030-01-01T00:00:00Z", "--to-time", "2030-01-02T00:00:00Z",
+                          "--out", str(tmp_path / "none"))
+    assert code == 2 and "no file window starts in the time range" in output
+
+
+def test_a_time_range_without_a_manifest_scans_for_its_windows(live_run, tmp_path):
+    import copy
+
+    from tests.helpers import write_config
+
+    data = copy.deepcopy(live_run.config_data)
+    elsewhere = tmp_path / "empty-sink"
+    elsewhere.mkdir()
+    data["sink"]["localTargetDir"] = str(elsewhere)  # a sink that records nothing
+    config = write_config(tmp_path / "scan.yaml", data)
+    result = CliRunner().invoke(main, ["replay", "--config", str(config), "--from-time", "2026-03-02T01:00:00Z",
+                                       "--to-time", "2026-03-02T02:00:00Z", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path / "s") == {n: b for n, b in live_run.files().items() if "_20260302T0100_" in n}
+
+
+def test_a_partial_offset_range_never_passes_for_a_live_file(live_run, tmp_path):
+    code, output = replay(live_run, "--partitions", "0", "--from-offset", "0=7", "--out", str(tmp_path / "refused"))
+    assert code == 2 and "holds only part of the window" in output
+    assert not [p for p in (tmp_path / "refused").iterdir() if p.name != "manifest.jsonl"]
+    code, output = replay(live_run, "--partitions", "0", "--from-offset", "0=7", "--out", str(tmp_path / "p"),
+                          "--allow-partial")
+    assert code == 0, output
+    replayed = _files(tmp_path / "p")
+    live = live_run.files()
+    partial = {n for n in replayed if n.startswith("PARTIAL_")}
+    assert partial and all(f"PARTIAL     {n}" in output for n in partial)
+    assert all(n.removeprefix("PARTIAL_") in live and replayed[n] != live[n.removeprefix("PARTIAL_")] for n in partial)
+    assert all(replayed[n] == live[n] for n in replayed if n not in partial)  # whole files keep their names
+
+
+def test_an_offset_past_the_end_is_an_immediate_error(live_run, tmp_path):
+    import time
+
+    started = time.monotonic()
+    code, output = replay(live_run, "--partitions", "0", "--to-offset", "0=100000", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--to-offset 0=100000 is past the end" in output
+    assert time.monotonic() - started < 8
