@@ -205,7 +205,12 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
             files, records, partial = _replay_range(settings, request, reader, publisher, sink, recorded, spool)
     finally:
         reader.close()
-    problems = sink.problems if isinstance(sink, VerifyingSink) else []
+    problems: list[str] = []
+    if isinstance(sink, VerifyingSink):
+        complete = (not timed and request.window_start_ms is None and request.partitions is None
+                    and not request.from_offsets and not request.to_offsets)
+        sink.finish(complete)
+        problems = sink.problems
     return ReplayReport(files, records, publisher.dead_letters, problems, time.monotonic() - started, partial)
 
 

@@ -160,3 +160,38 @@ def test_an_offset_past_the_end_is_an_immediate_error(live_run, tmp_path):
     code, output = replay(live_run, "--partitions", "0", "--to-offset", "0=100000", "--out", str(tmp_path / "x"))
     assert code == 2 and "--to-offset 0=100000 is past the end" in output
     assert time.monotonic() - started < 8
+
+
+def test_verify_accounts_for_every_file_and_manifest_field(live_run, tmp_path):
+    import json
+
+    manifest = live_run.out / "manifest.jsonl"
+    original = manifest.read_text()
+    stray = live_run.out / "F_STRAY_20260302.txt"
+    try:
+        stray.write_text("not a clearing file\n")
+        code, output = replay(live_run, "--verify")
+        assert code == 1 and f"STRAY       {stray.name}" in output
+        stray.unlink()
+        lines = [json.loads(line) for line in original.splitlines()]
+        victim = lines[0]["name"]
+        edits = [("records", lines[0]["records"] + 1),
+                 ("offsets", [{**lines[0]["offsets"][0], "ranges": [[0, 1]]}]),
+                 ("part", lines[0]["part"] + 7),
+                 ("window_end", lines[0]["window_end"] + 1)]
+        for field, value in edits:
+            manifest.write_text("\n".join(json.dumps({**e, field: value} if e["name"] == victim else e)
+                                          for e in lines) + "\n")
+            code, output = replay(live_run, "--verify")
+            assert code == 1 and f"MANIFEST    {victim}: {field} is" in output, (field, output)
+        # a manifest line for a file replay never produces
+        ghost = {**lines[0], "name": "F_GHOST.txt"}
+        manifest.write_text(original + json.dumps(ghost) + "\n")
+        code, output = replay(live_run, "--verify")
+        assert code == 1 and "UNPRODUCED  F_GHOST.txt" in output
+        manifest.write_text(original)
+        code, output = replay(live_run, "--verify")
+        assert code == 0, output  # untouched: no finding
+    finally:
+        manifest.write_text(original)
+        stray.unlink(missing_ok=True)

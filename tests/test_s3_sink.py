@@ -203,6 +203,29 @@ def test_pipeline_to_s3_gives_the_same_bytes_as_the_local_sink(moto_url, bucket,
     assert created and all(e["url"] and e["location"].startswith(f"s3://{bucket}/out/") for e in created)
 
 
+def test_verify_audits_an_s3_sink_too(moto_url, bucket, tmp_path):
+    """The replay audit on S3: stored names (not manifests), strays and manifest fields."""
+    from stream_app.replay import VerifyingSink, run_records
+    from tests.test_pipeline import pipeline, raws
+
+    records = raws(120, partitions=2)
+    run_records(pipeline(tmp_path, sink=sink(moto_url, bucket), maxRecordsPerFile=50)[0], records)
+    stored = sink(moto_url, bucket).stored_names()
+    assert stored and not any(n.startswith("manifests/") for n in stored)
+    client(moto_url).put_object(Bucket=bucket, Key="out/STRAY.txt", Body=b"x")
+    entry = next(e for e in sink(moto_url, bucket).manifest_entries())
+    key = sink(moto_url, bucket).manifest_key(entry["file_key"])
+    body = client(moto_url).get_object(Bucket=bucket, Key=key)["Body"].read()
+    client(moto_url).put_object(Bucket=bucket, Key=key, Body=body.replace(
+        f'"records":{entry["records"]}'.encode(), f'"records":{entry["records"] + 1}'.encode(), 1))
+    audit = VerifyingSink(sink(moto_url, bucket))
+    run_records(pipeline(tmp_path, sink=audit, maxRecordsPerFile=50)[0], records)
+    audit.finish(complete=True)
+    assert "STRAY       STRAY.txt: stored, but replay produces no such file" in audit.problems
+    assert any(p.startswith(f"MANIFEST    {entry['name']}: records is") for p in audit.problems), audit.problems
+    assert len(audit.problems) == 2, audit.problems
+
+
 def test_s3_config_validation(tmp_path):
     from tests.helpers import config_dict
 

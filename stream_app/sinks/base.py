@@ -55,6 +55,9 @@ class Sink(Protocol):
     def stat(self, name: str) -> str | None:
         """sha256 of the stored file ``name``, or None when there is none (replay --verify)."""
 
+    def stored_names(self) -> list[str]:
+        """Every complete file the sink holds (not the manifest, not partial uploads): replay --verify."""
+
     def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
         """Manifest entries, optionally only those of one window start."""
 

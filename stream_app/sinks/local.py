@@ -86,6 +86,10 @@ class LocalSink:
         path = self.target_dir / check_file_name(name)
         return _sha256_of(path) if path.is_file() else None
 
+    def stored_names(self) -> list[str]:
+        return sorted(p.name for p in self.target_dir.iterdir()
+                      if p.is_file() and p.name != MANIFEST_NAME and not p.name.endswith(".tmp"))
+
     def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
         path = self.target_dir / MANIFEST_NAME
         if not path.exists():

@@ -146,6 +146,18 @@ class S3Sink:
         except Exception as exc:
             raise classify(exc) from None
 
+    def stored_names(self) -> list[str]:
+        prefix, names = self._settings.prefix, []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(prefix):]
+                    if not name.startswith("manifests/"):
+                        names.append(name)
+        except Exception as exc:
+            raise classify(exc) from None
+        return sorted(names)
+
     def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
         entries: list[dict] = []
         try:
