@@ -149,6 +149,85 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
         sys.exit(1)
 
 
+@main.command("journal")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only these event types (repeatable).")
+@click.option("--file-key", help="Only the events of this file key.")
+@click.option("--window", help="Only the events of the file windows starting at this time (ISO-8601).")
+@click.option("--since", help="Only events that occurred at or after this time (ISO-8601).")
+@click.option("--until", help="Only events that occurred before this time (ISO-8601).")
+@click.option("--follow", is_flag=True, help="Keep reading new events (Ctrl-C to stop).")
+@click.option("--summary", is_flag=True, help="One line per file window: files, records, bytes, failures.")
+def journal(config: str, types: tuple[str, ...], file_key: str | None, window: str | None, since: str | None,
+            until: str | None, follow: bool, summary: bool) -> None:
+    """Read the journal topic: one JSON object per event (or per window with --summary)."""
+    import orjson
+
+    from stream_app.inspect_cli import JournalFilter, journal_events, plain, window_summary
+    from stream_app.replay_cli import parse_time
+
+    try:
+        settings = load_config(config)
+        selection = JournalFilter(types, file_key, parse_time(window) if window else None,
+                                  parse_time(since) if since else None, parse_time(until) if until else None)
+    except (ConfigError, ValueError) as exc:
+        click.echo(f"journal: {exc}", err=True)
+        sys.exit(2)
+    if summary and follow:
+        click.echo("journal: --summary reads to the end; it does not combine with --follow", err=True)
+        sys.exit(2)
+    events = journal_events(settings, selection, follow)
+    try:
+        if summary:
+            for row in window_summary(list(events)):
+                click.echo(orjson.dumps(row).decode())
+        else:
+            for event in events:
+                click.echo(orjson.dumps(plain(event)).decode())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("dead-letters")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+@click.option("--reason", "reasons", multiple=True, metavar="REASON", help="Only these reasons (repeatable).")
+@click.option("--list", "listing", is_flag=True, help="One JSON object per dead letter (coordinates, reason, "
+                                                        "value length and sha256), instead of counts by reason.")
+@click.option("--show-values", is_flag=True, help="With --list on a terminal: the original values too.")
+@click.option("--redrive", is_flag=True, help="Send the selected dead letters back to their source topic, once each.")
+@click.option("--to-topic", help="With --redrive: send them to this topic instead.")
+def dead_letters_command(config: str, reasons: tuple[str, ...], listing: bool, show_values: bool, redrive: bool,
+                         to_topic: str | None) -> None:
+    """Count, list or re-drive the dead letters (record contents only with --show-values on a terminal)."""
+    import orjson
+
+    from stream_app.inspect_cli import dead_letters
+    from stream_app.inspect_cli import redrive as redrive_letters
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        click.echo(f"dead-letters: {exc}", err=True)
+        sys.exit(2)
+    if show_values and not sys.stdout.isatty():
+        click.echo("dead-letters: --show-values prints record contents; only to a terminal", err=True)
+        sys.exit(2)
+    if redrive:
+        report = redrive_letters(settings, reasons, to_topic)
+        click.echo(f"re-drove {report.produced} dead letter(s); {report.skipped} passed over "
+                   "(not selected, or without a value)")
+        return
+    counts: dict[str, int] = {}
+    for letter in dead_letters(settings, reasons):
+        counts[letter.envelope["reason"]] = counts.get(letter.envelope["reason"], 0) + 1
+        if listing:
+            click.echo(orjson.dumps(letter.describe(show_values)).decode())
+    if not listing:
+        for reason, count in sorted(counts.items()):
+            click.echo(f"{count:>8}  {reason}")
+        click.echo(f"{sum(counts.values()):>8}  total")
+
+
 @main.command("produce-demo")
 @click.option("--records", default=20000, show_default=True)
 @click.option("--seed", default=42, show_default=True)

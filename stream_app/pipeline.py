@@ -25,7 +25,7 @@ from stream_app.codecs.carried import CarriedDecoder
 from stream_app.codecs.repartition import FrontierMarker, RoutedRun
 from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.compression import gzipped
-from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.records import RawRecord, SourceRecord, is_redriven
 from stream_app.core.routing import WindowCollector, repartition_partition
 from stream_app.core.spool import FileSpool, MergedSpool, RunSpool
 from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
@@ -390,7 +390,7 @@ class FilePipeline:
                         windower.skip(raw.offset)
                         continue
                     record = projected
-                outputs = windower.process(record, now_wall_ms)
+                outputs = windower.process(record, now_wall_ms, is_redriven(raw))
             except DecodeError as exc:
                 self._publisher.dead_letter(raw, exc.reason, exc.detail)
                 windower.skip(raw.offset)

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import as_read
 from stream_app.codecs.repartition import encode_frontier, encode_runs
-from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.records import RawRecord, SourceRecord, is_redriven
 from stream_app.core.routing import Late, PartitionRouter, repartition_partition
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.project import InvalidRecord
@@ -105,7 +105,7 @@ class RoutingStage:
                 record = decoded
                 if self._validator is not None:
                     self._validator.project(record.value)
-                outcome = router.route(record, now_wall_ms)
+                outcome = router.route(record, now_wall_ms, is_redriven(raw))
             except DecodeError as exc:
                 self._dead_letter(router, raw, exc.reason, exc.detail)
                 continue

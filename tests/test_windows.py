@@ -197,3 +197,21 @@ def test_a_window_is_a_closed_fact_only_once_all_its_parts_are_finalized(close):
     facts = w.mark_finalized(part1)  # were it written first, its facts must not say closed
     assert not facts.closed
     assert w.mark_finalized(part0).closed
+
+
+def test_a_redriven_late_record_goes_to_the_first_open_window_from_the_watermark():
+    store: dict = {}
+    w = make(WindowPolicy(H, 0, 100, idle_timeout_ms=1000), facts=store)  # lateRecords: deadLetter
+    w.process(rec(0, 10), 0)
+    w.process(rec(1, 2 * H + 5), 0)
+    assert isinstance(w.process(rec(2, 10), 0)[0], LateRecord)  # late, not re-driven: a dead letter
+    assert not any(isinstance(o, LateRecord) for o in w.process(rec(3, 10), 0, redriven=True))
+    assert sorted(k.window_start_ms for k in w.open_windows) == [2 * H]  # the watermark's window
+    for out in w.cut_idle(3 * H):  # every window closed by the idle timeout, its part finalized
+        if isinstance(out, FileCut):
+            store[out.key] = w.mark_finalized(out)
+        elif isinstance(out, WindowClosed):
+            store[out.key] = w.mark_closed(out.key) or store[out.key]
+    assert not w.open_windows
+    assert not any(isinstance(o, LateRecord) for o in w.process(rec(4, 10), 3 * H + 1, redriven=True))
+    assert sorted(k.window_start_ms for k in w.open_windows) == [3 * H]  # the next one, still open

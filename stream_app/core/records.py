@@ -33,3 +33,13 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+# Set by ``stream-app dead-letters --redrive`` on a dead letter sent back to an input topic. A
+# re-driven record whose window is already closed goes into the partition's current window (its
+# own window's file is written), whatever ``lateRecords`` says: that is what re-driving it asks.
+REDRIVE_HEADER = "stream-app-redrive"
+
+
+def is_redriven(raw: RawRecord) -> bool:
+    return bool(raw.headers) and any(key == REDRIVE_HEADER for key, _ in raw.headers)

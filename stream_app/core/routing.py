@@ -112,8 +112,9 @@ class PartitionRouter(OffsetCursor):
         closed = self.closed_before_ms
         return closed is not None and key.window_end_ms <= closed
 
-    def route(self, record: SourceRecord, now_wall_ms: int) -> Routed | Late | None:
-        """None: already processed (re-read below the checkpoint)."""
+    def route(self, record: SourceRecord, now_wall_ms: int, redriven: bool = False) -> Routed | Late | None:
+        """None: already processed (re-read below the checkpoint).  ``redriven``: a late record
+        goes into the current window (see records.REDRIVE_HEADER)."""
         if self.already_processed(record.offset):
             return None
         self._next_offset = record.offset + 1
@@ -124,8 +125,13 @@ class PartitionRouter(OffsetCursor):
             outcome = Routed(record, key)
         else:
             target = None
-            if self._policy.late_records == "currentWindow" and self._watermark is not None:
+            if (self._policy.late_records == "currentWindow" or redriven) and self._watermark is not None:
                 target = self._assigner.key_for(record, event_time_ms=self._watermark)
+                # re-driven: the first window from the watermark's on that is open (as in windows.py)
+                for _ in range(3 if redriven else 0):
+                    if not self._is_closed(target):
+                        break
+                    target = self._assigner.key_for(record, event_time_ms=target.window_end_ms)
                 if self._is_closed(target):
                     target = None
             outcome = Routed(record, target) if target is not None else Late(record, key)

@@ -444,7 +444,8 @@ class PartitionWindower(PartLedger, OffsetCursor):
                                                              for ranges in sources.values() for _, last in ranges])
 
     # -- input ------------------------------------------------------------------------------
-    def process(self, record: SourceRecord, now_wall_ms: int) -> list[Output]:
+    def process(self, record: SourceRecord, now_wall_ms: int, redriven: bool = False) -> list[Output]:
+        """``redriven``: a late record goes into the current window (see records.REDRIVE_HEADER)."""
         if self.already_processed(record.offset):
             return []
         self._next_offset = record.offset + 1
@@ -455,7 +456,7 @@ class PartitionWindower(PartLedger, OffsetCursor):
         if facts is not None and record.offset <= self._finalized_high and facts.holds_offset(record.offset):
             pass  # already in a finalized part (re-read after a restart)
         else:
-            target: FileKey | None = self._late_target(record) if self._is_closed(key, facts) else key
+            target: FileKey | None = self._late_target(record, redriven) if self._is_closed(key, facts) else key
             if target is None:
                 out.append(LateRecord(record, key))
             else:
@@ -468,11 +469,17 @@ class PartitionWindower(PartLedger, OffsetCursor):
             return True
         return self._watermark is not None and key.window_end_ms + self._policy.grace_ms <= self._watermark
 
-    def _late_target(self, record: SourceRecord) -> FileKey | None:
-        if self._policy.late_records != "currentWindow" or self._watermark is None:
+    def _late_target(self, record: SourceRecord, redriven: bool = False) -> FileKey | None:
+        if (self._policy.late_records != "currentWindow" and not redriven) or self._watermark is None:
             return None
         key = self._assigner.key_for(record, event_time_ms=self._watermark)
-        return None if self._is_closed(key, self.facts_for(key)) else key
+        # A re-driven record must land somewhere: the first window from the watermark's on that
+        # is still open (after an idle close, the one after the watermark's), decided by offsets.
+        for _ in range(4 if redriven else 1):
+            if not self._is_closed(key, self.facts_for(key)):
+                return key
+            key = self._assigner.key_for(record, event_time_ms=key.window_end_ms)
+        return None
 
     def _append(self, key: FileKey, record: SourceRecord, now_wall_ms: int, out: list[Output]) -> None:
         window = self._open.get(key)

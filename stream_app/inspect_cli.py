@@ -1,0 +1,228 @@
+"""``stream-app journal`` and ``stream-app dead-letters``: read the worker's own topics, and send
+fixed or late records back to an input topic.
+
+Both read on assigned partitions from the beginning (no group, no commits) with confluent-kafka,
+decode with the schemas in ``avro/`` (whatever id the header carries: the journal and dead-letter
+schemas are this project's), and stop at the end of every partition unless ``follow``.
+
+Re-drive sends each source record once: it produces the selected envelopes' original key, value
+and headers (plus ``stream-app-redrive: <source topic>/<partition>/<offset>``), skipping an
+envelope for a source record it already sent in this run (dead letters are at least once: a
+worker that re-reads a partition after a restart writes them again), and commits the
+dead-letter offsets of the consumer group ``<appId>-redrive`` after the produce is
+acknowledged, so a second run continues after them; envelopes it passes over (not selected)
+are committed too, so each dead letter is considered once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from stream_app.config import AppSettings
+from stream_app.core.records import REDRIVE_HEADER
+from stream_app.deadletter import DEAD_LETTER_SCHEMA
+from stream_app.journal import JOURNAL_SCHEMA
+from stream_app.kafka_tools import decode_avro
+from stream_app.ops.security import confluent_security
+
+
+def _client_config(settings: AppSettings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.kafka.bootstrapServers, **confluent_security(settings.kafka.security)}
+
+
+def read_topic(settings: AppSettings, topic: str, follow: bool = False,
+               stop: Callable[[], bool] = lambda: False) -> Iterator[Any]:
+    """Messages of ``topic`` from the beginning; to the end of every partition, or on (``follow``)."""
+    consumer = Consumer({**_client_config(settings), "group.id": f"stream-app-inspect-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "enable.partition.eof": True, "log_level": 0})
+    try:
+        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return
+        partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        while not stop():
+            for msg in consumer.consume(500, timeout=0.5):
+                error = msg.error()
+                if error is None:
+                    at_end.discard(msg.partition() or 0)
+                    yield msg
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
+            if not follow and len(at_end) == len(partitions):
+                return
+    finally:
+        consumer.close()
+
+
+def plain(value: Any) -> Any:
+    """A decoded event as JSON-ready values (timestamps as ISO-8601 UTC)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+# -- journal --------------------------------------------------------------------------------------
+
+@dataclass
+class JournalFilter:
+    types: tuple[str, ...] = ()
+    file_key: str | None = None
+    window_start_ms: int | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, event: dict) -> bool:
+        occurred = _millis(event["occurred_at"])
+        start = event.get("window_start")
+        return ((not self.types or event["event_type"] in self.types)
+                and (self.file_key is None or event.get("file_key") == self.file_key)
+                and (self.window_start_ms is None or (start is not None and _millis(start) == self.window_start_ms))
+                and (self.since_ms is None or occurred >= self.since_ms)
+                and (self.until_ms is None or occurred < self.until_ms))
+
+
+def _millis(value: datetime | int) -> int:
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+
+
+def journal_events(settings: AppSettings, selection: JournalFilter, follow: bool = False,
+                   stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
+    for msg in read_topic(settings, settings.kafka.journalTopic, follow, stop):
+        event = decode_avro(msg.value() or b"", JOURNAL_SCHEMA)
+        if selection.matches(event):
+            yield event
+
+
+def window_summary(events: list[dict]) -> list[dict]:
+    """Per file window: files created (distinct event ids: re-sent events count once), records,
+    bytes, failures, and whether it was closed."""
+    windows: dict[str, dict] = {}
+    seen: set[str] = set()
+    for event in events:
+        if event["event_id"] in seen or event.get("file_key") is None:
+            continue
+        seen.add(event["event_id"])
+        row = windows.setdefault(event["file_key"], {
+            "file_key": event["file_key"], "window_start": plain(event.get("window_start")),
+            "files": 0, "records": 0, "bytes": 0, "failures": 0, "closed": False})
+        kind = event["event_type"]
+        if kind == "created":
+            row["files"] += 1
+            row["records"] += event.get("records") or 0
+            row["bytes"] += event.get("bytes") or 0
+        elif kind in ("write-failed", "finalize-failed", "validation-failed"):
+            row["failures"] += 1
+        elif kind == "closed":
+            row["closed"] = True
+    return sorted(windows.values(), key=lambda r: (r["window_start"] or "", r["file_key"]))
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+
+@dataclass
+class DeadLetter:
+    partition: int  # of the dead-letter topic
+    offset: int
+    envelope: dict
+
+    def describe(self, show_values: bool = False) -> dict:
+        env = self.envelope
+        value = env.get("original_value")
+        row = {"dead_letter": f"{env.get('source_topic')}/{env['source_partition']}@{env['source_offset']}",
+               "at": f"{self.partition}/{self.offset}", "reason": env["reason"], "detail": env["detail"],
+               "value_bytes": None if value is None else len(value),
+               "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+               "dead_lettered_at": plain(env["dead_lettered_at"])}
+        if show_values:
+            row["value"] = None if value is None else value.decode("utf-8", "backslashreplace")
+        return row
+
+
+def dead_letters(settings: AppSettings, reasons: tuple[str, ...] = ()) -> Iterator[DeadLetter]:
+    for msg in read_topic(settings, settings.kafka.deadLetterTopic):
+        envelope = decode_avro(msg.value() or b"", DEAD_LETTER_SCHEMA)
+        if not reasons or envelope["reason"] in reasons:
+            yield DeadLetter(msg.partition() or 0, msg.offset() or 0, envelope)
+
+
+@dataclass
+class RedriveReport:
+    produced: int
+    skipped: int  # considered before, or not selected
+
+
+def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | None = None,
+            idle_s: float = 3.0) -> RedriveReport:
+    """Send the selected dead letters back (their source topic, or ``to_topic``), each once."""
+    config = _client_config(settings)
+    topic = settings.kafka.deadLetterTopic
+    consumer = Consumer({**config, "group.id": f"{settings.appId}-redrive", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True, "log_level": 0})
+    producer = Producer({**config, "enable.idempotence": True, "acks": "all", "log_level": 0})
+    errors: list[str] = []
+    produced = skipped = 0
+    sent: set[tuple[str, int, int]] = set()  # source records re-driven in this run
+    try:
+        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return RedriveReport(0, 0)
+        partitions = sorted(meta.partitions)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+        consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                         for tp in committed])
+        at_end: set[int] = set()
+        positions: dict[int, int] = {}
+        quiet_since = time.monotonic()
+        while len(at_end) < len(partitions) and time.monotonic() - quiet_since < idle_s:
+            messages = consumer.consume(500, timeout=0.5)
+            for msg in messages:
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition() or 0)
+                    continue
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                if offset < positions.get(partition, -1):
+                    continue  # delivered again (a fetch retried after end-of-partition): once is enough
+                quiet_since = time.monotonic()
+                at_end.discard(partition)
+                positions[partition] = offset + 1
+                envelope = decode_avro(msg.value() or b"", DEAD_LETTER_SCHEMA)
+                source = (envelope["source_topic"], envelope["source_partition"], envelope["source_offset"])
+                if ((reasons and envelope["reason"] not in reasons) or envelope.get("original_value") is None
+                        or source in sent):
+                    skipped += 1  # a worker that re-read its partition wrote the dead letter again
+                    continue
+                sent.add(source)
+                headers = [(h["key"], h["value"]) for h in envelope.get("original_headers") or []
+                           if h["key"] != REDRIVE_HEADER]
+                headers.append((REDRIVE_HEADER, "/".join(str(part) for part in source).encode()))
+                producer.produce(to_topic or envelope["source_topic"], value=envelope["original_value"],
+                                 key=envelope.get("original_key"), headers=headers,
+                                 on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+                produced += 1
+                producer.poll(0)
+        producer.flush(30)
+        if errors or len(producer):
+            raise RuntimeError(f"re-drive not acknowledged ({errors[0] if errors else 'timed out'}); "
+                               "nothing committed: run it again")
+        if positions:  # only after every produce is acknowledged
+            consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in positions.items()], asynchronous=False)
+    finally:
+        consumer.close()
+    return RedriveReport(produced, skipped)
