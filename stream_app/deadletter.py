@@ -5,14 +5,18 @@ from __future__ import annotations
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.codecs.registry import DEAD_LETTER_SCHEMA_ID
 from stream_app.core.records import RawRecord
-from stream_app.journal import now_ms
+from stream_app.journal import event_id, now_ms
 from stream_app.resources import AVRO_DIR
 
 DEAD_LETTER_SCHEMA = load_schema(AVRO_DIR / "dead_letter.avsc")
+# Envelopes written before 0.2.0: the same fields without the trailing event_id.
+DEAD_LETTER_SCHEMA_V1 = {**DEAD_LETTER_SCHEMA, "fields": DEAD_LETTER_SCHEMA["fields"][:-1]}
 
 
-def dead_letter(raw: RawRecord, reason: str, detail: str, worker_id: str, schema_id: int = DEAD_LETTER_SCHEMA_ID) -> bytes:
+def dead_letter(raw: RawRecord, reason: str, detail: str, worker_id: str, schema_id: int = DEAD_LETTER_SCHEMA_ID,
+                app_id: str = "stream-app") -> bytes:
     envelope = {
+        "event_id": event_id(app_id, "dead-letter", raw.topic, raw.partition, raw.offset, reason),
         "reason": reason,
         "detail": detail,
         "source_topic": raw.topic,

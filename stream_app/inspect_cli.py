@@ -28,9 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from stream_app.config import AppSettings
 from stream_app.core.records import REDRIVE_HEADER
-from stream_app.deadletter import DEAD_LETTER_SCHEMA
 from stream_app.journal import JOURNAL_SCHEMA
-from stream_app.kafka_tools import decode_avro
+from stream_app.kafka_tools import decode_avro, decode_dead_letter
 from stream_app.ops.security import confluent_security
 
 
@@ -143,7 +142,8 @@ class DeadLetter:
     def describe(self, show_values: bool = False) -> dict:
         env = self.envelope
         value = env.get("original_value")
-        row = {"dead_letter": f"{env.get('source_topic')}/{env['source_partition']}@{env['source_offset']}",
+        row = {"event_id": env.get("event_id") or None,
+               "dead_letter": f"{env.get('source_topic')}/{env['source_partition']}@{env['source_offset']}",
                "at": f"{self.partition}/{self.offset}", "reason": env["reason"], "detail": env["detail"],
                "value_bytes": None if value is None else len(value),
                "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
@@ -155,7 +155,7 @@ class DeadLetter:
 
 def dead_letters(settings: AppSettings, reasons: tuple[str, ...] = ()) -> Iterator[DeadLetter]:
     for msg in read_topic(settings, settings.kafka.deadLetterTopic):
-        envelope = decode_avro(msg.value() or b"", DEAD_LETTER_SCHEMA)
+        envelope = decode_dead_letter(msg.value() or b"")
         if not reasons or envelope["reason"] in reasons:
             yield DeadLetter(msg.partition() or 0, msg.offset() or 0, envelope)
 
@@ -202,7 +202,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
                 quiet_since = time.monotonic()
                 at_end.discard(partition)
                 positions[partition] = offset + 1
-                envelope = decode_avro(msg.value() or b"", DEAD_LETTER_SCHEMA)
+                envelope = decode_dead_letter(msg.value() or b"")
                 source = (envelope["source_topic"], envelope["source_partition"], envelope["source_offset"])
                 if ((reasons and envelope["reason"] not in reasons) or envelope.get("original_value") is None
                         or source in sent):

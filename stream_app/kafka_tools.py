@@ -11,7 +11,7 @@ from typing import Any
 import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from stream_app.deadletter import DEAD_LETTER_SCHEMA
+from stream_app.deadletter import DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_V1
 from stream_app.journal import JOURNAL_SCHEMA
 
 
@@ -91,8 +91,16 @@ def read_journal(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
     return [decode_avro(m.value(), JOURNAL_SCHEMA) for m in read_topic(bootstrap, topic, **kwargs)]
 
 
+def decode_dead_letter(payload: bytes) -> dict:
+    """An envelope of this version, or of one before 0.2.0 (no event_id: given as "")."""
+    try:
+        return decode_avro(payload, DEAD_LETTER_SCHEMA)
+    except (EOFError, ValueError, IndexError):
+        return {**decode_avro(payload, DEAD_LETTER_SCHEMA_V1), "event_id": ""}
+
+
 def read_dead_letters(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
-    return [decode_avro(m.value(), DEAD_LETTER_SCHEMA) for m in read_topic(bootstrap, topic, **kwargs)]
+    return [decode_dead_letter(m.value()) for m in read_topic(bootstrap, topic, **kwargs)]
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:

@@ -161,6 +161,20 @@ class RangeReader:
             return int(listed)
         return self.log_ends({(topic, partition): max(int(listed), 0)})[(topic, partition)]
 
+    def total(self, ranges: list[PartitionRange]) -> int | None:
+        """Records in the ranges, open ends as the broker lists them (for a progress total)."""
+        from confluent_kafka import TopicPartition
+
+        total = 0
+        try:
+            for r in ranges:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(r.topic, r.partition), timeout=10)
+                start = low if r.start < 0 else r.start
+                total += max(0, (high if r.end is None else r.end) - start)
+        except Exception:  # no total, still a progress line
+            return None
+        return total
+
     def log_ends(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """The real end offset of each partition, reading on from ``starts`` to end-of-partition.
 

@@ -29,7 +29,7 @@ from stream_app.replay import (
     run_records,
     run_window_records,
 )
-from stream_app.sinks.base import Sink
+from stream_app.sinks.base import Sink, SinkError
 from stream_app.sinks.local import LocalSink
 from stream_app.wiring import build_pipeline, build_routing, build_sink
 
@@ -221,8 +221,7 @@ def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeRe
     name only when the live file is identical (else it holds part of its window: refused, or
     PARTIAL_<name> with --allow-partial and --out)."""
     ranges = _ranges(settings, reader, request)
-    sizes = [r.size for r in ranges]
-    progress = Progress(None if None in sizes else sum(s for s in sizes if s is not None))
+    progress = Progress(reader.total(ranges))
     scratch_dir = Path(tempfile.mkdtemp(prefix="stream-app-replay-files-"))
     scratch = LocalSink(scratch_dir, 0o600, manifest=True)
 
@@ -266,8 +265,11 @@ def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeRe
         files: list[str] = []
         for entry in produced:
             name = f"PARTIAL_{entry['name']}" if entry["name"] in partial_names else entry["name"]
-            result = sink.write(name, _file_chunks(scratch_dir / entry["name"]))
-            sink.record_manifest(name, {**entry, "name": name, **({"partial": True} if name != entry["name"] else {})})
+            try:
+                result = sink.write(name, _file_chunks(scratch_dir / entry["name"]))
+                sink.record_manifest(name, {**entry, "name": name, **({"partial": True} if name != entry["name"] else {})})
+            except SinkError as exc:  # replay does not retry: the operator sees why at once
+                raise ReplayError(f"{name}: {exc} ({exc.error_class})") from None
             files.append(result.name)
         return files, sum(e["records"] for e in produced), [f"PARTIAL_{n}" for n in sorted(partial_names)]
     finally:

@@ -4,6 +4,7 @@ journal topic never share an event id."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -53,7 +54,10 @@ def test_journal_dead_letters_and_a_redrive_round_trip(kafka_bootstrap, tmp_path
         assert code == 0 and "re-drove 0 dead letter(s)" in output, output  # each once
         # the re-driven late records go into the current window: every record in exactly one file
         wait_for(lambda: records_in_files(worker) >= 64, 60, what="the re-driven records in a file")
+        time.sleep(2)
+        assert records_in_files(worker) == 64  # each record in exactly one file
         assert len(worker.dead_letters()) == len(letters)  # none of them dead-lettered again
+        assert all(d["event_id"] for d in letters)
 
         code, output = run(worker, "journal", "--type", "created")
         created = [json.loads(line) for line in output.splitlines()]

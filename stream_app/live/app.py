@@ -142,6 +142,7 @@ class FaustPublisher:
         self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
         self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
         self._worker_id = settings.workerId
+        self._app_id = settings.appId
         self.schema_ids = event_schema_ids(settings)  # registered when a registry is configured
         self.dead_letters: dict[str, int] = {}
         self._logged: dict[str, int] = {}
@@ -162,7 +163,8 @@ class FaustPublisher:
         self._metrics.dead_letters.labels(reason).inc()
         log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
         self.in_flight.add(self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id,
-                                                                                  self.schema_ids.dead_letter)))
+                                                                                  self.schema_ids.dead_letter,
+                                                                                  self._app_id)))
 
     async def delivered(self) -> None:
         await self.in_flight.delivered()

@@ -1,0 +1,27 @@
+"""Dead-letter envelopes: ids per app and source record; envelopes of 0.1.0 still read."""
+
+from __future__ import annotations
+
+from stream_app.codecs.avro import encode_confluent
+from stream_app.core.records import RawRecord
+from stream_app.deadletter import DEAD_LETTER_SCHEMA_V1, dead_letter
+from stream_app.kafka_tools import decode_dead_letter
+
+RAW = RawRecord("in", 2, 41, 1_700_000_000_000, b"k", b"\x00bad", (("h", b"v"),))
+
+
+def test_event_ids_are_per_app_and_source_record():
+    first = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w1", app_id="clearing-a"))
+    again = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w2", app_id="clearing-a"))
+    other_app = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w1", app_id="clearing-b"))
+    other_reason = decode_dead_letter(dead_letter(RAW, "BAD_MAGIC_BYTE", "x", "w1", app_id="clearing-a"))
+    assert first["event_id"] == again["event_id"]  # dead-lettered again after a re-read: the same id
+    assert len({first["event_id"], other_app["event_id"], other_reason["event_id"]}) == 3
+    assert (first["source_topic"], first["source_offset"], first["original_value"]) == ("in", 41, b"\x00bad")
+
+
+def test_an_envelope_written_before_0_2_0_still_reads():
+    envelope = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w1"))
+    old = encode_confluent(1002, DEAD_LETTER_SCHEMA_V1, {k: v for k, v in envelope.items() if k != "event_id"})
+    read = decode_dead_letter(old)
+    assert read["event_id"] == "" and read["source_offset"] == 41 and read["reason"] == "LATE_RECORD"
