@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream_app.config import AppSettings, ConfigError, SchemaRegistrySettings
+from stream_app.ops.security import tls_files
 
 # Written in the wire-format header of journal and dead-letter records when no registry is used
 # (or registerEventSchemas is false); consumers read them with the files in avro/.
@@ -44,12 +45,7 @@ def client_conf(registry: SchemaRegistrySettings) -> dict[str, Any]:
                      "bearer.auth.token": _env("bearerTokenEnv", registry.bearerTokenEnv),
                      "bearer.auth.logical.cluster": registry.logicalCluster,
                      "bearer.auth.identity.pool.id": registry.identityPoolId})
-    if registry.caFile:
-        conf["ssl.ca.location"] = registry.caFile
-    if registry.certFile:
-        conf["ssl.certificate.location"] = registry.certFile
-    if registry.keyFile:
-        conf["ssl.key.location"] = registry.keyFile
+    conf.update(tls_files(registry.caFile, registry.certFile, registry.keyFile))
     return conf
 
 

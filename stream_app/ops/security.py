@@ -37,13 +37,14 @@ def confluent_security(security: KafkaSecurity) -> dict[str, Any]:
         conf.update({"sasl.mechanism": security.saslMechanism, "sasl.username": security.username,
                      "sasl.password": sasl_password(security)})
     if security.protocol in ("SSL", "SASL_SSL"):
-        if security.caFile:
-            conf["ssl.ca.location"] = security.caFile
-        if security.certFile:
-            conf["ssl.certificate.location"] = security.certFile
-        if security.keyFile:
-            conf["ssl.key.location"] = security.keyFile
+        conf.update(tls_files(security.caFile, security.certFile, security.keyFile))
     return conf
+
+
+def tls_files(ca: str | None, cert: str | None, key: str | None) -> dict[str, str]:
+    """TLS files as librdkafka and confluent-kafka's schema-registry client both name them."""
+    files = {"ssl.ca.location": ca, "ssl.certificate.location": cert, "ssl.key.location": key}
+    return {name: path for name, path in files.items() if path}
 
 
 def ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
