@@ -184,6 +184,8 @@ def journal(config: str, types: tuple[str, ...], file_key: str | None, window: s
         else:
             for event in events:
                 click.echo(orjson.dumps(plain(event)).decode())
+                if follow:
+                    sys.stdout.flush()  # a line as it comes, also into a pipe
     except KeyboardInterrupt:
         pass
 

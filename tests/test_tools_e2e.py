@@ -70,9 +70,30 @@ def test_journal_dead_letters_and_a_redrive_round_trip(kafka_bootstrap, tmp_path
         window = created[0]["window_start"]
         code, output = run(worker, "journal", "--window", window)
         assert code == 0 and all(json.loads(line)["window_start"] == window for line in output.splitlines())
+        _follow_reads_on(worker, len(created))
     finally:
         worker.stop()
     assert sum(1 for _ in worker.files()) >= 3
+
+
+def _follow_reads_on(worker: LiveWorker, existing: int) -> None:
+    """--follow prints what is there and keeps reading: it does not stop at the end of the topic."""
+    import subprocess
+    import sys
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "journal", "--config", str(worker.config_path),
+                             "--type", "created", "--follow"], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    try:
+        wait_for(lambda: len(lines) >= existing, 30, what="the followed events")
+        assert len(lines) == existing and all(json.loads(line)["event_type"] == "created" for line in lines)
+        time.sleep(3)
+        assert proc.poll() is None  # still following after the end of the topic
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_two_apps_on_one_journal_topic_never_share_an_event_id(kafka_bootstrap, tmp_path):
