@@ -6,12 +6,13 @@ decode with the schemas in ``avro/`` (whatever id the header carries: the journa
 schemas are this project's), and stop at the end of every partition unless ``follow``.
 
 Re-drive sends each source record once: it produces the selected envelopes' original key, value
-and headers (plus ``stream-app-redrive: <source topic>/<partition>/<offset>``), skipping an
-envelope for a source record it already sent in this run (dead letters are at least once: a
-worker that re-reads a partition after a restart writes them again), and commits the
+and headers (plus ``stream-app-redrive: <source topic>/<partition>/<offset>``) and commits the
 dead-letter offsets of the consumer group ``<appId>-redrive`` after the produce is
-acknowledged, so a second run continues after them; envelopes it passes over (not selected)
-are committed too, so each dead letter is considered once.
+acknowledged, so a second run continues after them (envelopes it passes over are committed
+too).  Dead letters are at least once (a worker that re-reads a partition after a restart
+writes them again), so a source record is sent once per run, and not at all when the target
+topic already holds a re-driven copy (its records produced since the oldest selected dead
+letter are scanned for the header).
 """
 
 from __future__ import annotations
@@ -166,17 +167,53 @@ class RedriveReport:
     skipped: int  # considered before, or not selected
 
 
+def redriven_sources(settings: AppSettings, topic: str, since_ms: int) -> set[str]:
+    """The ``stream-app-redrive`` header values of ``topic``'s records produced since ``since_ms``
+    (Kafka timestamps: a re-driven record is produced after its dead letter was written)."""
+    consumer = Consumer({**_client_config(settings), "group.id": f"stream-app-inspect-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0})
+    found: set[str] = set()
+    try:
+        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return found
+        starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)],
+                                            timeout=15)
+        todo = [tp for tp in starts if tp.offset >= 0]  # -1: nothing produced since
+        if not todo:
+            return found
+        consumer.assign(todo)
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(at_end) < len(todo) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition() or 0)
+                    continue
+                raw_headers = msg.headers() or ()
+                pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+                for key, value in pairs:
+                    if key == REDRIVE_HEADER and value is not None:
+                        found.add(value if isinstance(value, str) else value.decode("utf-8", "replace"))
+    finally:
+        consumer.close()
+    return found
+
+
 def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | None = None,
             idle_s: float = 3.0) -> RedriveReport:
-    """Send the selected dead letters back (their source topic, or ``to_topic``), each once."""
+    """Send the selected dead letters back (their source topic, or ``to_topic``), each source
+    record once: not twice in a run, and not again when a re-driven copy is already there."""
     config = _client_config(settings)
     topic = settings.kafka.deadLetterTopic
     consumer = Consumer({**config, "group.id": f"{settings.appId}-redrive", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "enable.partition.eof": True, "log_level": 0})
     producer = Producer({**config, "enable.idempotence": True, "acks": "all", "log_level": 0})
     errors: list[str] = []
-    produced = skipped = 0
-    sent: set[tuple[str, int, int]] = set()  # source records re-driven in this run
+    skipped = 0
+    selected: dict[tuple[str, int, int], dict] = {}  # source record -> its first envelope
     try:
         meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -189,8 +226,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
         positions: dict[int, int] = {}
         quiet_since = time.monotonic()
         while len(at_end) < len(partitions) and time.monotonic() - quiet_since < idle_s:
-            messages = consumer.consume(500, timeout=0.5)
-            for msg in messages:
+            for msg in consumer.consume(500, timeout=0.5):
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -205,18 +241,29 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
                 envelope = decode_dead_letter(msg.value() or b"")
                 source = (envelope["source_topic"], envelope["source_partition"], envelope["source_offset"])
                 if ((reasons and envelope["reason"] not in reasons) or envelope.get("original_value") is None
-                        or source in sent):
-                    skipped += 1  # a worker that re-read its partition wrote the dead letter again
+                        or source in selected):
+                    skipped += 1  # not selected, or the same record dead-lettered again (a re-read)
                     continue
-                sent.add(source)
-                headers = [(h["key"], h["value"]) for h in envelope.get("original_headers") or []
-                           if h["key"] != REDRIVE_HEADER]
-                headers.append((REDRIVE_HEADER, "/".join(str(part) for part in source).encode()))
-                producer.produce(to_topic or envelope["source_topic"], value=envelope["original_value"],
-                                 key=envelope.get("original_key"), headers=headers,
-                                 on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-                produced += 1
-                producer.poll(0)
+                selected[source] = envelope
+        # Dead letters are at least once: a copy written after an earlier run must not send its
+        # record a second time, so look for the copies that run already sent.
+        since = min((_millis(e["dead_lettered_at"]) for e in selected.values()), default=0) - 60_000
+        targets = {to_topic or source[0] for source in selected}
+        already = set().union(*(redriven_sources(settings, target, since) for target in targets)) if selected else set()
+        produced = 0
+        for source, envelope in selected.items():
+            marker = "/".join(str(part) for part in source)
+            if marker in already:
+                skipped += 1
+                continue
+            headers = [(h["key"], h["value"]) for h in envelope.get("original_headers") or []
+                       if h["key"] != REDRIVE_HEADER]
+            headers.append((REDRIVE_HEADER, marker.encode()))
+            producer.produce(to_topic or envelope["source_topic"], value=envelope["original_value"],
+                             key=envelope.get("original_key"), headers=headers,
+                             on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+            produced += 1
+            producer.poll(0)
         producer.flush(30)
         if errors or len(producer):
             raise RuntimeError(f"re-drive not acknowledged ({errors[0] if errors else 'timed out'}); "
