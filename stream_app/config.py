@@ -92,6 +92,18 @@ class KafkaSettings(_Model):
         return self.repartitionPartitions or self.topicPartitions
 
 
+def _instant_ms(text: str) -> int:
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone (end it with Z or +HH:MM)")
+    return int(parsed.timestamp() * 1000)
+
+
 class SchemaRegistrySettings(_Model):
     """A Confluent-API schema registry (Confluent Platform or Cloud, Karapace, Apicurio's ccompat API)."""
 
@@ -136,6 +148,31 @@ class InputSettings(_Model):
     # Avro only: read record bodies in a helper process (one more core for the hot path; see
     # stream_app/codecs/decode_process.py).  false: decode in the worker process.
     decodeProcess: bool = True
+    # Plausible event times, [minEventTime, maxEventTime) in ISO-8601 with a zone: a record
+    # outside is dead-lettered (EVENT_TIME_OUT_OF_RANGE) instead of opening a window that can
+    # never close.  Fixed bounds, not the wall clock, so replay decides the same.
+    minEventTime: str = "2000-01-01T00:00:00Z"
+    maxEventTime: str = "2100-01-01T00:00:00Z"
+
+    @field_validator("minEventTime", "maxEventTime")
+    @classmethod
+    def _instant(cls, value: str) -> str:
+        _instant_ms(value)
+        return value
+
+    @model_validator(mode="after")
+    def _event_time_range(self) -> InputSettings:
+        if not 0 <= self.min_event_ms < self.max_event_ms <= 253_402_300_799_999:
+            raise ValueError("input: minEventTime must be before maxEventTime, both within 1970..9999")
+        return self
+
+    @property
+    def min_event_ms(self) -> int:
+        return _instant_ms(self.minEventTime)
+
+    @property
+    def max_event_ms(self) -> int:
+        return _instant_ms(self.maxEventTime)
 
 
 class WindowSettings(_Model):

@@ -103,6 +103,8 @@ class RoutingStage:
                 if type(decoded) is not SourceRecord:
                     raise cast(DecodeError, decoded)
                 record = decoded
+                if not self._policy.plausible(record.event_time_ms):
+                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", "event time outside input.minEventTime .. maxEventTime")
                 if self._validator is not None:
                     self._validator.project(record.value)
                 outcome = router.route(record, now_wall_ms, is_redriven(raw))

@@ -51,6 +51,8 @@ def window_policy(settings: AppSettings) -> WindowPolicy:
         idle_timeout_ms=worker.window.idleTimeoutMs,
         flush_interval_ms=worker.flushIntervalMs,
         cycles=None if cycles.plain else cycles,
+        min_event_ms=settings.input.min_event_ms,
+        max_event_ms=settings.input.max_event_ms,
     )
 
 

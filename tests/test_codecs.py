@@ -96,6 +96,9 @@ def test_json_decimals_and_iso_time(js):
     (b'{"matched_at": "yesterday"}', "BAD_EVENT_TIME"),
     (b'{"matched_at": "2026-03-02T01:00:00"}', "BAD_EVENT_TIME"),
     (b'{"matched_at": 1, "amount": "12,50"}', "BAD_DECIMAL"),
+    (b'{"matched_at": 1, "amount": "NaN"}', "BAD_DECIMAL"),
+    (b'{"matched_at": 1, "amount": "-Infinity"}', "BAD_DECIMAL"),
+    (b'{"matched_at": 1, "amount": "sNaN"}', "BAD_DECIMAL"),
 ])
 def test_json_poison(js, payload, reason):
     with pytest.raises(DecodeError) as err:

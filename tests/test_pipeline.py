@@ -294,3 +294,46 @@ def test_journal_event_ids_are_unique_per_app():
     assert a.created(cut, "f", 1, "x")["event_id"] == Journal("w2", "app-a").created(cut, "f", 1, "x")["event_id"]
     assert a.created(cut, "f", 1, "x")["event_id"] != b.created(cut, "f", 1, "x")["event_id"]
     assert a.opened(key)["event_id"] != b.opened(key)["event_id"]
+
+
+@pytest.mark.parametrize("scope", ["partition", "window"])
+def test_implausible_event_times_are_dead_letters_and_the_partition_flows_on(tmp_path, scope):
+    """A year-9999 or microsecond timestamp would open a window that never closes."""
+    from datetime import UTC, datetime
+
+    from stream_app.config import parse_config
+    from stream_app.replay import LoopbackSender, run_records, run_window_records
+    from stream_app.wiring import build_pipeline, build_routing
+    from tests.helpers import config_dict
+
+    records = list(matched_records(30, 3, span_hours=2))
+    records[5]["matched_at"] = datetime(9999, 12, 31, tzinfo=UTC)
+    records[9]["matched_at"] = datetime(1999, 12, 31, 23, 59, tzinfo=UTC)
+    values = [RawRecord("in", 0, i, None, None, encode_confluent(1, SCHEMA, r)) for i, r in enumerate(records)]
+    data = config_dict(tmp_path, maxRecordsPerFile=1000, fileScope=scope,
+                       fileNameTemplate="F_{{ window_start | ts('%Y%m%d%H') }}_{{ part }}.txt")
+    settings = parse_config(data)
+    publisher = CollectingPublisher()
+    if scope == "window":
+        files = build_pipeline(settings, MemoryStateStore(), publisher, sources=(("in", 0),))
+        sender = LoopbackSender(settings.repartition_topic)
+        routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+        summary = run_window_records(routing, files, sender, (("in", 0),), values)
+    else:
+        summary = run_records(build_pipeline(settings, MemoryStateStore(), publisher), values)
+    assert [(raw.offset, reason) for raw, reason, _ in publisher.dead] == [
+        (5, "EVENT_TIME_OUT_OF_RANGE"), (9, "EVENT_TIME_OUT_OF_RANGE")]
+    assert summary.records == 28  # every other record in a file, the windows closed
+
+
+def test_event_time_bounds_are_validated(tmp_path):
+    from stream_app.config import ConfigError, parse_config
+    from tests.helpers import config_dict
+
+    data = config_dict(tmp_path)
+    data["input"] = {"minEventTime": "2026-01-01T00:00:00"}
+    with pytest.raises(ConfigError, match="no time zone"):
+        parse_config(data)
+    data["input"] = {"minEventTime": "2030-01-01T00:00:00Z", "maxEventTime": "2029-01-01T00:00:00Z"}
+    with pytest.raises(ConfigError, match="minEventTime must be before maxEventTime"):
+        parse_config(data)

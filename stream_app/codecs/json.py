@@ -31,9 +31,12 @@ class JsonDecoder:
                 continue
             try:
                 # A JSON number arrives as float; its shortest repr is the literal that was sent.
-                value[name] = Decimal(current if isinstance(current, str) else repr(current))
+                number = Decimal(current if isinstance(current, str) else repr(current))
             except (InvalidOperation, TypeError):
                 raise DecodeError("BAD_DECIMAL", f"field {name!r} is not a decimal number") from None
+            if not number.is_finite():  # "NaN", "Infinity": never an amount
+                raise DecodeError("BAD_DECIMAL", f"field {name!r} is not a finite decimal number")
+            value[name] = number
         return SourceRecord(raw.topic, raw.partition, raw.offset, event_time_ms(value, self._event_time_field), value)
 
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:

@@ -84,6 +84,13 @@ class WindowPolicy:
     flush_interval_ms: int | None = None
     # Windows aligned to a cut-off in a time zone; None: UTC windows aligned to the epoch.
     cycles: ClearingCycles | None = None
+    # Plausible event times [min, max): outside, a record is dead-lettered (EVENT_TIME_OUT_OF_RANGE)
+    # rather than open a window that never closes (a year-9999 or microsecond timestamp).
+    min_event_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
+    max_event_ms: int = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+    def plausible(self, event_time_ms: int) -> bool:
+        return self.min_event_ms <= event_time_ms < self.max_event_ms
 
     def start_of(self, event_time_ms: int) -> int:
         if self.cycles is not None:
