@@ -73,6 +73,9 @@ class KafkaSettings(_Model):
     # leaves the worker waiting on broker round trips between batches; the fetch loop stays
     # bounded by what it buffers (one fetch per partition) and by aiokafka's 50 MiB per request.
     maxPartitionFetchBytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # The largest record the dead-letter and journal topics take (the broker's or topic's
+    # message.max.bytes): a dead-letter envelope beyond it goes without the original value.
+    maxMessageBytes: int = Field(default=1_000_000, ge=16 * 1024)
     # fileScope: window: partitions of the internal repartition topic (the file stage's input and
     # the unit of file ownership); the input topics' partition count when unset.
     repartitionPartitions: int | None = Field(default=None, ge=1)

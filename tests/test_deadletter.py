@@ -25,3 +25,17 @@ def test_an_envelope_written_before_0_2_0_still_reads():
     old = encode_confluent(1002, DEAD_LETTER_SCHEMA_V1, {k: v for k, v in envelope.items() if k != "event_id"})
     read = decode_dead_letter(old)
     assert read["event_id"] == "" and read["source_offset"] == 41 and read["reason"] == "LATE_RECORD"
+
+
+def test_an_envelope_too_large_for_a_kafka_record_goes_without_the_value():
+    import hashlib
+
+    big = RawRecord("in", 0, 7, None, b"k", b"{" + b"x" * 40_000, ())
+    payload = dead_letter(big, "JSON_DECODE_ERROR", "not valid JSON (position 1)", "w1", max_bytes=20_000)
+    assert len(payload) <= 20_000
+    envelope = decode_dead_letter(payload)
+    assert envelope["original_value"] is None and envelope["original_key"] == b"k"
+    assert f"original value withheld: 40001 bytes, sha256 {hashlib.sha256(big.value).hexdigest()}" in envelope["detail"]
+    assert envelope["reason"] == "JSON_DECODE_ERROR" and envelope["source_offset"] == 7
+    small = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w1", max_bytes=20_000))
+    assert small["original_value"] == RAW.value  # kept when it fits

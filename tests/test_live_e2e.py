@@ -150,6 +150,32 @@ def test_poison_json_goes_to_the_dead_letter_topic(kafka_bootstrap, tmp_path):
     assert b"D|1|r1|10.00|EUR\nD|2|r2|0.10|EUR\n" in body and b"T|2|EUR=10.10\n" in body
 
 
+def test_a_dead_letter_too_large_for_its_topic_goes_without_its_value(kafka_bootstrap, tmp_path):
+    """A record near the input's size limit that must be dead-lettered: no crash loop, the
+    partition goes on (issue: the envelope exceeded the producer's request limit)."""
+    worker = LiveWorker(kafka_bootstrap, tmp_path, input_format="json", maxRecordsPerFile=2,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.config_data["kafka"]["maxMessageBytes"] = 20_000
+    from tests.helpers import write_config
+
+    write_config(worker.config_path, worker.config_data)
+    ok = b'{"record_id": "r1", "matched_at": "2026-03-02T01:00:00Z", "amount": "10.00", "currency": "EUR"}'
+    ok2 = b'{"record_id": "r2", "matched_at": "2026-03-02T01:30:00Z", "amount": "0.10", "currency": "EUR"}'
+    huge = b"{" + b"x" * 40_000  # not JSON, and its envelope would not fit
+    worker.produce([ok, huge, ok2])
+    worker.start()
+    try:
+        (dead,) = worker.dead_letters(expect=1)
+        wait_for(lambda: worker.committed()[0] == 3, 60, what="commit past the huge record")
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
+    assert dead["reason"] == "JSON_DECODE_ERROR" and dead["original_value"] is None and dead["source_offset"] == 1
+    assert "original value withheld: 40001 bytes" in dead["detail"]
+    (body,) = worker.files().values()
+    assert b"D|1|r1|10.00|EUR\nD|2|r2|0.10|EUR\n" in body
+
+
 @pytest.mark.parametrize("streaming, records, per_file", [(False, 600, 20), (True, 500, 40)],
                          ids=["buffered", "streaming"])
 def test_restart_after_sigkill_resumes_without_duplicates(kafka_bootstrap, tmp_path, streaming, records, per_file):

@@ -143,6 +143,7 @@ class FaustPublisher:
         self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
         self._worker_id = settings.workerId
         self._app_id = settings.appId
+        self._max_bytes = settings.kafka.maxMessageBytes
         self.schema_ids = event_schema_ids(settings)  # registered when a registry is configured
         self.dead_letters: dict[str, int] = {}
         self._logged: dict[str, int] = {}
@@ -164,7 +165,7 @@ class FaustPublisher:
         log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
         self.in_flight.add(self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id,
                                                                                   self.schema_ids.dead_letter,
-                                                                                  self._app_id)))
+                                                                                  self._app_id, self._max_bytes)))
 
     async def delivered(self) -> None:
         await self.in_flight.delivered()
@@ -502,6 +503,8 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
         broker_max_poll_records=settings.worker.batchSize,  # records per fetched batch
         consumer_max_fetch_size=kafka.maxPartitionFetchBytes,
         producer_acks=-1,
+        # room for a dead-letter envelope of maxMessageBytes and the request around it
+        producer_max_request_size=max(1_000_000, kafka.maxMessageBytes + 65_536),
         stream_wait_empty=False,
         web_enabled=settings.webPort is not None,
         web_port=settings.webPort or 6066,
