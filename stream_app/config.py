@@ -154,6 +154,10 @@ class InputSettings(_Model):
     # Plausible event times, [minEventTime, maxEventTime) in ISO-8601 with a zone: a record
     # outside is dead-lettered (EVENT_TIME_OUT_OF_RANGE) instead of opening a window that can
     # never close.  Fixed bounds, not the wall clock, so replay decides the same.
+    # Sample records (a JSON object per line, as the input would decode; relative to the config
+    # file): preflight renders the templates or the pack against them.  Needed for JSON input
+    # and with a schema registry, where there is no local schema to make a sample from.
+    sampleFile: str | None = None
     minEventTime: str = "2000-01-01T00:00:00Z"
     maxEventTime: str = "2100-01-01T00:00:00Z"
 
@@ -446,8 +450,11 @@ def _resolve_relative_paths(settings: AppSettings, base: Path) -> AppSettings:
     if isinstance(sink, LocalSinkSettings) and not Path(sink.localTargetDir).is_absolute():
         sink = sink.model_copy(update={"localTargetDir": str((base / sink.localTargetDir).resolve())})
     schemas_dir = Path(settings.schemasDir)
+    sample = settings.input.sampleFile
+    if sample is not None and not Path(sample).is_absolute():
+        sample = str((base / sample).resolve())
     return settings.model_copy(update={
-        "input": settings.input.model_copy(update={"avroSchemas": schemas}),
+        "input": settings.input.model_copy(update={"avroSchemas": schemas, "sampleFile": sample}),
         "sink": sink,
         "schemasDir": str(schemas_dir if schemas_dir.is_absolute() else (base / schemas_dir).resolve()),
     })

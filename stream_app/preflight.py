@@ -54,7 +54,33 @@ def sample_value(schema: Any) -> Any:
     return sample_value(kind)
 
 
+def _sample_file_records(settings: AppSettings) -> list[dict]:
+    """input.sampleFile, each line decoded as the input codec would (JSON: decimals, event time)."""
+    from stream_app.codecs import DecodeError
+    from stream_app.codecs.json import JsonDecoder
+    from stream_app.core.records import RawRecord
+
+    path = settings.input.sampleFile
+    assert path is not None
+    try:
+        lines = [line for line in Path(path).read_bytes().splitlines() if line.strip()]
+    except OSError as exc:
+        raise ConfigError(f"input.sampleFile: cannot read {path}: {exc.strerror}") from None
+    if not lines:
+        raise ConfigError(f"input.sampleFile: {path} has no records")
+    decoder = JsonDecoder(settings.input.eventTimeField, settings.input.decimalFields, settings.input.maxRecordBytes)
+    samples = []
+    for number, line in enumerate(lines, 1):
+        try:
+            samples.append(decoder.decode(RawRecord("sample", 0, number, None, None, line)).value)
+        except DecodeError as exc:
+            raise ConfigError(f"input.sampleFile: {path} line {number}: {exc.reason}: {exc.detail}") from None
+    return samples
+
+
 def _sample_records(settings: AppSettings) -> list[dict] | None:
+    if settings.input.sampleFile is not None:
+        return _sample_file_records(settings)
     if settings.input.format != "avro" or settings.input.schemaRegistry or not settings.input.avroSchemas:
         return None
     samples = []
@@ -154,8 +180,13 @@ def _variable_for(what: str) -> str:
     return {"window": "window_start", "part": "part", "partition": "partition", "topic": "topic"}[what]
 
 
-def run_preflight(settings: AppSettings) -> list[str]:
-    """Raise ``ConfigError`` naming the bad key; return what was checked."""
+def run_preflight(settings: AppSettings, require_samples: bool = True) -> list[str]:
+    """Raise ``ConfigError`` naming the bad key; return what was checked.
+
+    Without a sample record (JSON input or a schema registry, and no ``input.sampleFile``) the
+    templates or pack cannot be rendered before data arrives: an error naming what could not be
+    checked, unless ``require_samples`` is false (``--skip-render``; the worker at start), which
+    reports it among the checks."""
     checked = ["configuration schema"]
     try:
         assembler = build_assembler(settings)
@@ -165,6 +196,16 @@ def run_preflight(settings: AppSettings) -> list[str]:
         raise ConfigError(f"worker.schema: {exc}") from None
     checked.append("templates compile" if settings.worker.mode == "template" else "schema pack is valid")
     samples = _sample_records(settings)
+    if samples is None:
+        what = ("the pack's mappings and validation" if isinstance(assembler, StructuredAssembler)
+                else "headerTemplate, recordTemplate and footerTemplate")
+        why = "JSON input" if settings.input.format == "json" else "the schema registry"
+        message = (f"input.sampleFile: {what} cannot be rendered before data arrives: with {why} there is no "
+                   "local schema to make a sample record from; name a file of sample records (a JSON object "
+                   "per line) in input.sampleFile, or run preflight with --skip-render")
+        if require_samples:
+            raise ConfigError(message)
+        checked.append(f"NOT CHECKED: {what} against a record (no input.sampleFile)")
     _check_scope(settings)
     checked.append(f"templates fit fileScope: {settings.worker.fileScope}")
     _check_file_names(settings)
@@ -179,6 +220,12 @@ def run_preflight(settings: AppSettings) -> list[str]:
         if samples is not None:
             _check_pack_inputs(settings, assembler.pack, samples)
             checked.append("every field the pack maps from exists in the input schema")
+            # real records (not the ones made from a schema, whose values break typed rules)
+            for sample in samples if settings.input.sampleFile is not None else []:
+                try:
+                    assembler.project(sample)
+                except Exception as exc:  # InvalidRecord, EvaluationError: the sample breaks a rule
+                    raise ConfigError(f"input.sampleFile: a sample record fails the pack: {exc}") from None
     elif samples is not None:
         for value in samples:
             records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]

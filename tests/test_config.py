@@ -134,3 +134,34 @@ def test_json_log_lines_carry_the_file_window_as_correlation_id():
     entry = json.loads(stream.getvalue())
     assert entry["message"] == "file in/0/0 failed" and entry["file_key"] == "in/0/0" and entry["part"] == 1
     assert entry["level"] == "WARNING" and entry["ts"].endswith("+00:00")
+
+
+def test_preflight_renders_json_templates_against_the_sample_file_or_says_it_cannot(tmp_path):
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+    from tests.helpers import write_config
+
+    data = config_dict(tmp_path, recordTemplate="D|{{ record.record_id }}|{{ record.amount | money }}|"
+                                                 "{{ record.no_such_field.x }}\n")
+    data["input"] = {"format": "json"}
+    with pytest.raises(ConfigError, match="input.sampleFile: headerTemplate, recordTemplate and footerTemplate "
+                                          "cannot be rendered"):
+        run_preflight(parse_config(data))
+    checked = run_preflight(parse_config(data), require_samples=False)  # the worker at start, --skip-render
+    assert any(item.startswith("NOT CHECKED") for item in checked)
+    config = write_config(tmp_path / "json.yaml", data)
+    result = CliRunner().invoke(main, ["preflight", "--config", str(config), "--skip-render"])
+    assert result.exit_code == 0 and "NOT CHECKED" in result.output
+    # with a sample file the templates are rendered: the undefined field is found before any data
+    (tmp_path / "samples.jsonl").write_text(
+        '{"record_id": "r1", "matched_at": "2026-03-02T01:00:00Z", "amount": "10.00", "currency": "EUR"}\n')
+    data["input"]["sampleFile"] = "samples.jsonl"
+    result = CliRunner().invoke(main, ["preflight", "--config", str(write_config(tmp_path / "json.yaml", data))])
+    assert result.exit_code == 2 and "recordTemplate" in result.output and "no_such_field" in result.output
+    data["worker"]["recordTemplate"] = "D|{{ record.record_id }}|{{ record.amount | money }}\n"
+    result = CliRunner().invoke(main, ["preflight", "--config", str(write_config(tmp_path / "json.yaml", data))])
+    assert result.exit_code == 0 and "ok  templates render a sample record" in result.output, result.output
+    (tmp_path / "samples.jsonl").write_text('{"record_id": "r1", "amount": "NaN", "matched_at": 1}\n')
+    result = CliRunner().invoke(main, ["preflight", "--config", str(write_config(tmp_path / "json.yaml", data))])
+    assert result.exit_code == 2 and "samples.jsonl line 1: BAD_DECIMAL" in result.output
