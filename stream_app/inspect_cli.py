@@ -38,6 +38,31 @@ def _client_config(settings: AppSettings) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka.bootstrapServers, **confluent_security(settings.kafka.security)}
 
 
+def _to_end(consumer: Any, partitions: int, follow: bool = False, stop: Callable[[], bool] = lambda: False,
+            idle_s: float | None = None) -> Iterator[Any]:
+    """The records an assigned consumer reads, until every one of its ``partitions`` reported its
+    end (or on, ``follow``; or once nothing came for ``idle_s``).  A record delivered again (a
+    fetch retried after end-of-partition) is given once."""
+    at_end: set[int] = set()
+    positions: dict[int, int] = {}
+    quiet_since = time.monotonic()
+    while not stop() and (idle_s is None or time.monotonic() - quiet_since < idle_s):
+        for msg in consumer.consume(500, timeout=0.5):
+            partition, offset, error = msg.partition() or 0, msg.offset() or 0, msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(partition)
+                continue
+            if offset < positions.get(partition, -1):
+                continue
+            positions[partition] = offset + 1
+            at_end.discard(partition)
+            quiet_since = time.monotonic()
+            yield msg
+        if not follow and len(at_end) >= partitions:
+            return
+
+
 def read_topic(settings: AppSettings, topic: str, follow: bool = False,
                stop: Callable[[], bool] = lambda: False) -> Iterator[Any]:
     """Messages of ``topic`` from the beginning; to the end of every partition, or on (``follow``)."""
@@ -50,17 +75,7 @@ def read_topic(settings: AppSettings, topic: str, follow: bool = False,
             return
         partitions = sorted(meta.partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        at_end: set[int] = set()
-        while not stop():
-            for msg in consumer.consume(500, timeout=0.5):
-                error = msg.error()
-                if error is None:
-                    at_end.discard(msg.partition() or 0)
-                    yield msg
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition() or 0)
-            if not follow and len(at_end) == len(partitions):
-                return
+        yield from _to_end(consumer, len(partitions), follow, stop)
     finally:
         consumer.close()
 
@@ -183,20 +198,12 @@ def redriven_sources(settings: AppSettings, topic: str, since_ms: int) -> set[st
         if not todo:
             return found
         consumer.assign(todo)
-        at_end: set[int] = set()
-        deadline = time.monotonic() + 60
-        while len(at_end) < len(todo) and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition() or 0)
-                    continue
-                raw_headers = msg.headers() or ()
-                pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-                for key, value in pairs:
-                    if key == REDRIVE_HEADER and value is not None:
-                        found.add(value if isinstance(value, str) else value.decode("utf-8", "replace"))
+        for msg in _to_end(consumer, len(todo), idle_s=10):
+            raw_headers = msg.headers() or ()
+            pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+            for key, value in pairs:
+                if key == REDRIVE_HEADER and value is not None:
+                    found.add(value if isinstance(value, str) else value.decode("utf-8", "replace"))
     finally:
         consumer.close()
     return found
@@ -222,29 +229,16 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
         consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                          for tp in committed])
-        at_end: set[int] = set()
         positions: dict[int, int] = {}
-        quiet_since = time.monotonic()
-        while len(at_end) < len(partitions) and time.monotonic() - quiet_since < idle_s:
-            for msg in consumer.consume(500, timeout=0.5):
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition() or 0)
-                    continue
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                if offset < positions.get(partition, -1):
-                    continue  # delivered again (a fetch retried after end-of-partition): once is enough
-                quiet_since = time.monotonic()
-                at_end.discard(partition)
-                positions[partition] = offset + 1
-                envelope = decode_dead_letter(msg.value() or b"")
-                source = (envelope["source_topic"], envelope["source_partition"], envelope["source_offset"])
-                if ((reasons and envelope["reason"] not in reasons) or envelope.get("original_value") is None
-                        or source in selected):
-                    skipped += 1  # not selected, or the same record dead-lettered again (a re-read)
-                    continue
-                selected[source] = envelope
+        for msg in _to_end(consumer, len(partitions), idle_s=idle_s):
+            positions[msg.partition() or 0] = (msg.offset() or 0) + 1
+            envelope = decode_dead_letter(msg.value() or b"")
+            source = (envelope["source_topic"], envelope["source_partition"], envelope["source_offset"])
+            if ((reasons and envelope["reason"] not in reasons) or envelope.get("original_value") is None
+                    or source in selected):
+                skipped += 1  # not selected, or the same record dead-lettered again (a re-read)
+                continue
+            selected[source] = envelope
         # Dead letters are at least once: a copy written after an earlier run must not send its
         # record a second time, so look for the copies that run already sent.
         since = min((_millis(e["dead_lettered_at"]) for e in selected.values()), default=0) - 60_000
