@@ -67,16 +67,10 @@ def packed_schema_id(carried: bytes) -> int | None:
 class CarryingAvroDecoder(AvroDecoder):
     """The routing stage's in-process Avro decoder: records come with their packed form."""
 
-    def __init__(self, resolver: SchemaResolver, event_time_field: str, max_record_bytes: int) -> None:
-        super().__init__(resolver, event_time_field, max_record_bytes)
-        self._resolver = resolver
-        self._time_field = event_time_field
-        self._max_bytes = max_record_bytes
-
     def decode(self, raw: RawRecord) -> SourceRecord:
-        schema_id, reader, value = read_confluent(check_size(raw, self._max_bytes), self._resolver)
+        schema_id, reader, value = read_confluent(check_size(raw, self._max), self._resolver)
         carried = pack(schema_id, reader, value)  # before the logical fields are converted
-        millis = convert_plain(schema_id, reader, value, self._time_field)
+        millis = convert_plain(schema_id, reader, value, self._event_time_field)
         return self.source_record(raw, value, millis, carried)
 
 
