@@ -239,6 +239,9 @@ class Parties(_Model):
 class SchemaRef(_Model):
     id: str = Field(min_length=1)
     version: str = Field(min_length=1)
+    # Your own copy of the pack's XSD (e.g. the official ISO 20022 schema), instead of the pack's
+    # output.xml.xsd; relative to the config file.
+    xsd: str | None = None
 
 
 class WorkerSettings(_Model):
@@ -453,8 +456,13 @@ def _resolve_relative_paths(settings: AppSettings, base: Path) -> AppSettings:
     sample = settings.input.sampleFile
     if sample is not None and not Path(sample).is_absolute():
         sample = str((base / sample).resolve())
+    worker = settings.worker
+    ref = worker.schema_
+    if ref is not None and ref.xsd is not None and not Path(ref.xsd).is_absolute():
+        worker = worker.model_copy(update={"schema_": ref.model_copy(update={"xsd": str((base / ref.xsd).resolve())})})
     return settings.model_copy(update={
         "input": settings.input.model_copy(update={"avroSchemas": schemas, "sampleFile": sample}),
+        "worker": worker,
         "sink": sink,
         "schemasDir": str(schemas_dir if schemas_dir.is_absolute() else (base / schemas_dir).resolve()),
     })

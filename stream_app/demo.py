@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -41,11 +42,67 @@ _CURRENCY_BY_COUNTRY = {"GB": "GBP", "SE": "SEK"}
 _SCHEMES = [("VISA", "4"), ("MASTERCARD", "5")]
 _ACQUIRERS = ["ACQ-000451", "ACQ-001877", "ACQ-009320"]
 _ISSUERS = ["ISS-424242", "ISS-535110", "ISS-601100", "ISS-377412"]
+# Settlement parties (ISO 20022 packs): the BIC of each acquirer and issuer, the issuer's country
+# for its cardholders' IBANs, and cardholder names (absent on a quarter of the records).
+_ACQUIRER_BIC = {"ACQ-000451": "BARCGB22", "ACQ-001877": "COBADEFFXXX", "ACQ-009320": "NDEASESS"}
+_ISSUER_BANK = {"ISS-424242": ("DEUTDEFF", "DE"), "ISS-535110": ("INGBNL2A", "NL"),
+                "ISS-601100": ("BNPAFRPP", "FR"), "ISS-377412": ("AIBKIE2D", "IE")}
+_CARDHOLDERS = ["ANNA SCHMIDT", "JAN DE VRIES", "CLAIRE DUBOIS", "SEAN MURPHY", "LENA BERG", "OMAR HADDAD"]
+
+
+def iban_check_digits(country: str, bban: str) -> str:
+    """ISO 13616 check digits: 98 minus the mod-97 of BBAN + country + 00 (letters as 10..35)."""
+    digits = "".join(str(int(c, 36)) for c in bban + country + "00")
+    return f"{98 - int(digits) % 97:02d}"
+
+
+def is_valid_iban(iban: str) -> bool:
+    """The ISO 13616 mod-97 check (what a receiving bank's validator does first)."""
+    moved = iban[4:] + iban[:4]
+    return iban[:2].isalpha() and iban[2:4].isdigit() and int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _bban(country: str, rng: random.Random) -> str:
+    """A national account number of the country's format, national check digits included."""
+    def digits(n: int) -> str:
+        return "".join(str(rng.randint(0, 9)) for _ in range(n))
+
+    if country == "DE":
+        return digits(8) + digits(10)
+    if country in ("GB", "IE"):
+        return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(4)) + digits(14)
+    if country == "NL":
+        return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(4)) + digits(10)
+    if country == "SE":
+        return digits(20)
+    if country == "FR":  # bank, branch, account, then the RIB key
+        bank, branch, account = digits(5), digits(5), digits(11)
+        return bank + branch + account + f"{97 - (89 * int(bank) + 15 * int(branch) + 3 * int(account)) % 97:02d}"
+    if country == "ES":  # bank, branch, two control digits, account
+        bank_branch, account = digits(8), digits(10)
+
+        def control(text: str) -> int:
+            weights = [1, 2, 4, 8, 5, 10, 9, 7, 3, 6]
+            value = 11 - sum(int(c) * w for c, w in zip(text.rjust(10, "0"), weights)) % 11
+            return {10: 1, 11: 0}.get(value, value)
+
+        return bank_branch + f"{control(bank_branch)}{control(account)}" + account
+    raise ValueError(f"no BBAN format for {country}")
+
+
+def iban(country: str, rng: random.Random) -> str:
+    bban = _bban(country, rng)
+    return country + iban_check_digits(country, bban) + bban
+
+
+# One settlement account per merchant, fixed by the merchant id.
+_MERCHANT_IBAN = {merchant_id: iban(country, random.Random(merchant_id)) for merchant_id, _, _, country in _MERCHANTS}
 
 
 def matched_records(count: int, seed: int, span_hours: float = 26.0, start: datetime = DEMO_START) -> Iterator[dict]:
     """Records with event times rising through ``span_hours`` from ``start`` (small jitter)."""
     rng = random.Random(seed)
+    parties = random.Random(f"parties-{seed}")  # its own stream: the other fields stay as they were
     step_ms = span_hours * 3600 * 1000 / max(count, 1)
     for i in range(count):
         merchant_id, merchant_name, mcc, country = rng.choice(_MERCHANTS)
@@ -54,7 +111,7 @@ def matched_records(count: int, seed: int, span_hours: float = 26.0, start: date
         matched_at = start + timedelta(milliseconds=max(0, int(i * step_ms) + jitter))
         tx_type = rng.choices(["PURCHASE", "REFUND", "CASH_ADVANCE", "REVERSAL"], [90, 6, 2, 2])[0]
         amount = Decimal(rng.randint(100, 250_000)).scaleb(-2)
-        yield {
+        record: dict[str, Any] = {
             "record_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "match_id": f"MT{rng.getrandbits(40):012d}",
             "matched_at": matched_at,
@@ -75,6 +132,15 @@ def matched_records(count: int, seed: int, span_hours: float = 26.0, start: date
             "arn": "".join(str(rng.randint(0, 9)) for _ in range(23)),
             "stan": f"{rng.randint(0, 999_999):06d}",
         }
+        issuer_bic, issuer_country = _ISSUER_BANK[record["issuer_id"]]
+        record.update({
+            "debtor_name": None if parties.random() < 0.25 else parties.choice(_CARDHOLDERS),
+            "debtor_iban": iban(issuer_country, parties),
+            "debtor_bic": issuer_bic,
+            "creditor_iban": _MERCHANT_IBAN[merchant_id],
+            "creditor_bic": _ACQUIRER_BIC[record["acquirer_id"]],
+        })
+        yield record
 
 
 def encoded_matched_records(count: int, seed: int, schema_id: int = MATCHED_RECORD_SCHEMA_ID) -> Iterator[bytes]:

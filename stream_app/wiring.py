@@ -87,7 +87,7 @@ def build_routed_decoder(settings: AppSettings) -> CarriedDecoder:
 def load_worker_pack(settings: AppSettings) -> SchemaPack:
     ref = settings.worker.schema_
     assert ref is not None
-    return load_pack(pack_path(Path(settings.schemasDir), ref.id, ref.version))
+    return load_pack(pack_path(Path(settings.schemasDir), ref.id, ref.version), ref.xsd)
 
 
 def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAssembler:

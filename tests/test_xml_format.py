@@ -40,9 +40,9 @@ def test_serialization_matches_lxml(fields, indent, depth):
     seen: set[str] = set()
     values = []
     for name, attribute, text in fields:
-        if attribute and name in seen:
-            continue  # an attribute name appears once per element
-        seen.add(name) if attribute else None
+        if (name, attribute) in seen:
+            continue  # one field per element or attribute (two fields on one path are a pack error)
+        seen.add((name, attribute))
         values.append((FieldSpec(name=name, expr=name, attribute=attribute), text))
     formatter = XmlFormatter(XmlSpec(rootElement="Doc", recordElement="Rec", indent=indent), "utf-8", None)
     line = Line("detail", None, None, tuple(values))
@@ -105,3 +105,83 @@ def test_the_prepared_detail_writer_gives_the_bytes_of_the_general_line(columns,
 ])
 def test_a_prepared_text_converter_renders_as_render_text(spec, value):
     assert text_converter(spec)(value) == render_text(spec, value)
+
+
+# Nested layouts: paths below the line's element (core/structured/xmlpaths.py).
+steps = st.tuples(st.sampled_from(["A", "B", "Cd"]), st.sampled_from([1, 1, 2]))
+paths = st.tuples(st.lists(steps, min_size=1, max_size=3), st.one_of(st.none(), st.sampled_from(["Ccy", "id"])))
+
+
+def path_text(elements: list[tuple[str, int]], attribute: str | None) -> str:
+    text = "/".join(name if n == 1 else f"{name}[{n}]" for name, n in elements)
+    return f"{text}/@{attribute}" if attribute else text
+
+
+def lxml_nested(tag: str, fields: list[tuple[list[tuple[str, int]], str | None, str | None]],
+                indent: bool, depth: int) -> str:
+    """The contract built independently with lxml: the skeleton in first-appearance order, values
+    set, then every element without text or a child element pruned (the line's element stays)."""
+    root = etree.Element(tag)
+    made: dict[tuple, etree._Element] = {(): root}
+    for elements, attribute, value in fields:
+        parent = root
+        for i in range(len(elements)):
+            key = tuple(elements[: i + 1])
+            if key not in made:
+                made[key] = etree.SubElement(parent, elements[i][0])
+            parent = made[key]
+        if value is None:
+            continue
+        if attribute:
+            parent.set(attribute, value)
+        else:
+            parent.text = value
+
+    def prune(element: etree._Element) -> None:
+        for child in list(element):
+            prune(child)
+            if child.text is None and len(child) == 0:
+                element.remove(child)
+
+    prune(root)
+    if not indent:
+        return etree.tostring(root, encoding="unicode")
+    etree.indent(root, space="  ", level=depth)
+    return "  " * depth + etree.tostring(root, encoding="unicode") + "\n"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(paths, st.one_of(st.none(), xml_text)), min_size=1, max_size=7), st.booleans(),
+       st.integers(1, 3))
+def test_random_nested_layouts_serialize_as_lxml_builds_them(columns, indent, depth):
+    from stream_app.core.structured.xmlpaths import XmlPathError, build_tree
+
+    specs = [FieldSpec(name=f"F{i}", expr="x", path=path_text(*path)) for i, (path, _) in enumerate(columns)]
+    try:
+        build_tree("Rec", [spec.path for spec in specs])
+    except XmlPathError:
+        return  # a layout the contract refuses (the pack loader names the field)
+    formatter = XmlFormatter(XmlSpec(rootElement="Doc", recordElement="Rec", indent=indent), "utf-8", None)
+    line = Line("detail", None, None, tuple((spec, value) for spec, (_, value) in zip(specs, columns)))
+    expected = lxml_nested("Rec", [(p[0], p[1], v) for p, v in columns], indent, depth)
+    assert formatter._element(line, depth) == expected
+    write = formatter.detail_writer(specs)  # the prepared path gives the same bytes
+    row = {spec.name: value for spec, (_, value) in zip(specs, columns)}
+    assert write(row) == formatter.line(line)
+
+
+def test_a_prefixed_namespace_and_nested_root_apply_to_every_element():
+    spec = XmlSpec(rootElement="Document/Batch", namespace="urn:example:n", prefix="n", recordElement="Tx",
+                   bodyElement="Txs")
+    formatter = XmlFormatter(spec, "utf-8", None)
+    amount = FieldSpec(name="Amt", expr="a", path="Amt/Value")
+    currency = FieldSpec(name="Ccy", expr="c", path="Amt/@Ccy")
+    header = Line("header", "Hdr", None, ((FieldSpec(name="Id", expr="i", path="Grp/Id"), "H1"),))
+    data = (formatter.begin([header]) + formatter.line(Line("detail", None, None, ((amount, "1.00"), (currency, "EUR"))))
+            + formatter.end([]))
+    root = etree.fromstring(data)
+    ns = "{urn:example:n}"
+    assert root.tag == f"{ns}Document" and root[0].tag == f"{ns}Batch"
+    assert [e.tag for e in root.iter()] == [f"{ns}{t}" for t in ("Document", "Batch", "Hdr", "Grp", "Id", "Txs", "Tx",
+                                                                  "Amt", "Value")]
+    assert root.find(f".//{ns}Amt").get("Ccy") == "EUR" and b"<n:Value>1.00</n:Value>" in data

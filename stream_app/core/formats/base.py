@@ -111,7 +111,11 @@ def render_text(spec: FieldSpec, value: Any) -> str:
         if spec.format:
             return value.strftime(spec.format)  # in the value's own zone (see to_timezone())
         if value.tzinfo is not UTC:  # decoders give UTC already; skip the copy then
-            value = value.astimezone(UTC)
+            try:
+                value = value.astimezone(UTC)
+            except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is before year 1 in UTC
+                raise FormatError(f"field {spec.name!r}: the date-time is outside years 1-9999 in UTC",
+                                  "VALUE_OUT_OF_RANGE") from None
         return value.strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, date):
         return value.strftime(spec.format or "%Y-%m-%d")

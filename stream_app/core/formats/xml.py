@@ -22,6 +22,7 @@ from lxml import etree
 
 from stream_app.core.formats.base import DetailWriter, FormatError, Line, render_text, text_converter
 from stream_app.core.structured.pack import FieldSpec, XmlSpec
+from stream_app.core.structured.xmlpaths import XmlNode, build_tree, field_path, kept_slots, slot_order
 
 _ELEMENT = re.compile(r"Element '([^']+)'")
 _FACET = re.compile(r"\[facet '(\w+)'\]")
@@ -60,6 +61,12 @@ def escape_attribute(text: str) -> str:
     return text.translate(_ATTR_ESCAPES) if _ATTR_SPECIAL.search(text) else text
 
 
+def _walk(node: XmlNode) -> Iterator[XmlNode]:
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
 class _ChunkReader:
     """A file-like ``read(n)`` over byte chunks for lxml's incremental parser: small chunks are
     joined, a large one is sliced in place (never re-copied per call)."""
@@ -91,30 +98,47 @@ class XmlFormatter:
         self._encoding = encoding
         self._schema = etree.XMLSchema(etree.parse(str(xsd_path))) if xsd_path else None
         self._nl = "\n" if spec.indent else ""
-        self._detail_depth = 2 if spec.bodyElement else 1
+        self._roots = spec.rootElement.split("/")  # the outermost carries namespace and root attributes
+        self._line_depth = len(self._roots)  # header and trailer elements
+        self._detail_depth = self._line_depth + (1 if spec.bodyElement else 0)
+        # A line's fields (name, path, attribute) -> its element tree, slot order and attribute slots.
+        self._trees: dict[tuple, tuple[XmlNode, list[int], frozenset[int]]] = {}
+
+    def _qualify(self, tag: str) -> str:
+        return f"{self._spec.prefix}:{tag}" if self._spec.prefix else tag
 
     def _encode(self, text: str) -> bytes:
         return text.encode(self._encoding, errors="xmlcharrefreplace")
 
+    def _tree(self, tag: str, fields: Sequence[FieldSpec]) -> tuple[XmlNode, list[int], frozenset[int]]:
+        key = (tag, *[(f.name, f.path, f.attribute) for f in fields])
+        cached = self._trees.get(key)
+        if cached is None:
+            tree = build_tree(tag, [field_path(f.name, f.path, f.attribute) for f in fields])
+            attribute_slots = frozenset(slot for node in _walk(tree) for _, slot in node.attributes)
+            cached = self._trees[key] = (tree, slot_order(tree), attribute_slots)
+        return cached
+
     def _element(self, line: Line, depth: int) -> str:
-        tag = line.element or self._spec.recordElement
-        attributes: list[tuple[str, str]] = []
-        children: list[tuple[str, str]] = []
-        for field, value in line.values:
+        tree, order, attribute_slots = self._tree(line.element or self._spec.recordElement,
+                                                  [spec for spec, _ in line.values])
+        texts: list[tuple[int, str]] = []
+        for slot in order:
+            field, value = line.values[slot]
             if value is None:
                 continue  # optional null fields are omitted
-            text = value if type(value) is str else render_text(field, value)
-            (attributes if field.attribute else children).append((field.name, text))
+            texts.append((slot, value if type(value) is str else render_text(field, value)))
         # One regex pass over all texts for the common case of nothing to check or escape.
-        texts = "".join([text for _, text in attributes] + [text for _, text in children])
-        if INVALID_XML_CHAR.search(texts):
-            bad = next(name for name, text in attributes + children if INVALID_XML_CHAR.search(text))
-            raise FormatError(f"field {bad!r} holds a character XML cannot represent", "XML_INVALID_CHAR")
-        if _ATTR_SPECIAL.search(texts):
-            attributes = [(name, escape_attribute(text)) for name, text in attributes]
-            children = [(name, escape_text(text)) for name, text in children]
-        layout = self._layout(tag, depth, [name for name, _ in attributes], [name for name, _ in children])
-        return layout(*[text for _, text in attributes], *[text for _, text in children])
+        joined = "".join([text for _, text in texts])
+        if INVALID_XML_CHAR.search(joined):
+            bad = next(slot for slot, text in texts if INVALID_XML_CHAR.search(text))
+            raise FormatError(f"field {line.values[bad][0].name!r} holds a character XML cannot represent",
+                              "XML_INVALID_CHAR")
+        if _ATTR_SPECIAL.search(joined):
+            texts = [(slot, escape_attribute(text) if slot in attribute_slots else escape_text(text))
+                     for slot, text in texts]
+        layout = self._layout(tree, order, frozenset(slot for slot, _ in texts), depth)
+        return layout(*[text for _, text in texts])
 
     def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
         """Detail elements through ``_element``'s layouts, prepared once instead of per line.
@@ -124,11 +148,12 @@ class XmlFormatter:
         general path, so the bytes are the same either way (tests/test_xml_format.py holds the
         two equal).
         """
-        ordered = [f for f in fields if f.attribute] + [f for f in fields if not f.attribute]
+        tree, order, _ = self._tree(self._spec.recordElement, fields)
+        ordered = [fields[slot] for slot in order]
         names = [f.name for f in ordered]
         texts_of = [text_converter(f) for f in ordered]
         layouts: dict[tuple[int, ...], Callable[..., str]] = {}
-        encoding, line = self._encoding, self.line
+        encoding, line, depth = self._encoding, self.line, self._detail_depth
 
         def write(row: Mapping[str, Any]) -> bytes:
             values = [row[name] for name in names]
@@ -140,40 +165,54 @@ class XmlFormatter:
             if not _NOT_VERBATIM.search("".join(texts)):
                 fill = layouts.get(nulls)
                 if fill is None:
-                    present = [f for i, f in enumerate(ordered) if i not in nulls]
-                    fill = layouts[nulls] = self._layout(self._spec.recordElement, self._detail_depth,
-                                                         [f.name for f in present if f.attribute],
-                                                         [f.name for f in present if not f.attribute])
+                    present = frozenset(slot for i, slot in enumerate(order) if i not in nulls)
+                    fill = layouts[nulls] = self._layout(tree, order, present, depth)
                 return fill(*texts).encode(encoding, errors="xmlcharrefreplace")
             return line(Line("detail", None, None, tuple([(f, row[f.name]) for f in fields])))
 
         return write
 
-    def _layout(self, tag: str, depth: int, attributes: list[str], children: list[str]) -> Callable[..., str]:
-        """An element's layout as a format string: attribute then child texts fill it, in order."""
+    def _layout(self, tree: XmlNode, order: list[int], present: frozenset[int], depth: int) -> Callable[..., str]:
+        """A line's layout as a format string, filled by the present slots' texts in slot order
+        (texts of attributes whose element is omitted are dropped)."""
+        fill = self._markup(tree, present, depth, True).format
+        kept = kept_slots(tree, present)
+        if len(kept) == len(present):
+            return fill
+        given = [slot for slot in order if slot in present]
+        picks = [given.index(slot) for slot in kept]
+        return lambda *texts: fill(*[texts[i] for i in picks])
+
+    def _markup(self, node: XmlNode, present: frozenset[int], depth: int, is_line: bool) -> str:
         def brace(text: str) -> str:  # XML names hold no braces; escaped for format() all the same
             return text.replace("{", "{{").replace("}", "}}")
 
-        tag = brace(tag)
-        start = f"<{tag}" + "".join(f' {brace(name)}="{{}}"' for name in attributes)
-        elements = [f"<{brace(name)}>{{}}</{brace(name)}>" for name in children]
-        if not elements:
-            return (f"{start}/>" if not self._spec.indent else f"{'  ' * depth}{start}/>\n").format
-        if not self._spec.indent:
-            return f"{start}>{''.join(elements)}</{tag}>".format
-        pad = "  " * depth
-        inner = f"\n{pad}  "
-        return f"{pad}{start}>{inner}{inner.join(elements)}\n{pad}</{tag}>\n".format
+        children = "".join([self._markup(child, present, depth + 1, False) for child in node.children])
+        has_text = node.text is not None and node.text in present
+        if not has_text and not children and not is_line:
+            return ""  # an element with nothing in it is omitted with its attributes
+        tag = brace(self._qualify(node.tag))
+        start = f"<{tag}" + "".join(f' {brace(name)}="{{}}"' for name, slot in node.attributes if slot in present)
+        pad, nl = ("  " * depth, "\n") if self._spec.indent else ("", "")
+        if has_text:
+            return f"{pad}{start}>{{}}</{tag}>{nl}"
+        if children:
+            return f"{pad}{start}>{nl}{children}{pad}</{tag}>{nl}"
+        return f"{pad}{start}/>{nl}"
 
     def begin(self, header: list[Line]) -> bytes:
         spec = self._spec
         parts = [f"<?xml version='1.0' encoding='{self._encoding}'?>\n"] if spec.declaration else []
-        attrs = f" xmlns={quoteattr(spec.namespace)}" if spec.namespace else ""
+        declare = f"xmlns:{spec.prefix}" if spec.prefix else "xmlns"
+        attrs = f" {declare}={quoteattr(spec.namespace)}" if spec.namespace else ""
         attrs += "".join(f" {name}={quoteattr(value)}" for name, value in spec.rootAttributes.items())
-        parts.append(f"<{spec.rootElement}{attrs}>{self._nl}")
-        parts.extend(self._element(line, 1) for line in header)
+        for depth, root in enumerate(self._roots):
+            pad = "  " * depth if spec.indent else ""
+            parts.append(f"{pad}<{self._qualify(root)}{attrs if depth == 0 else ''}>{self._nl}")
+        parts.extend(self._element(line, self._line_depth) for line in header)
         if spec.bodyElement:
-            parts.append(f"{'  ' if spec.indent else ''}<{spec.bodyElement}>{self._nl}")
+            pad = "  " * self._line_depth if spec.indent else ""
+            parts.append(f"{pad}<{self._qualify(spec.bodyElement)}>{self._nl}")
         return self._encode("".join(parts))
 
     def line(self, line: Line) -> bytes:
@@ -181,9 +220,14 @@ class XmlFormatter:
 
     def end(self, trailer: list[Line]) -> bytes:
         spec = self._spec
-        parts = [f"{'  ' if spec.indent else ''}</{spec.bodyElement}>{self._nl}"] if spec.bodyElement else []
-        parts.extend(self._element(line, 1) for line in trailer)
-        parts.append(f"</{spec.rootElement}>\n")
+        parts = []
+        if spec.bodyElement:
+            pad = "  " * self._line_depth if spec.indent else ""
+            parts.append(f"{pad}</{self._qualify(spec.bodyElement)}>{self._nl}")
+        parts.extend(self._element(line, self._line_depth) for line in trailer)
+        for depth in reversed(range(len(self._roots))):
+            pad = "  " * depth if spec.indent else ""
+            parts.append(f"{pad}</{self._qualify(self._roots[depth])}>{self._nl if depth else chr(10)}")
         return self._encode("".join(parts))
 
     def validate(self, chunks: Iterator[bytes]) -> None:

@@ -100,7 +100,7 @@ def build_formatter(pack: SchemaPack) -> Formatter:
     out = pack.spec.output
     if out.format == "xml":
         assert out.xml is not None
-        return XmlFormatter(out.xml, out.encoding, pack.directory / out.xml.xsd if out.xml.xsd else None)
+        return XmlFormatter(out.xml, out.encoding, pack.xsd_path)
     if out.format == "csv":
         assert out.csv is not None
         detail = pack.body_fields if pack.spec.body else pack.fields

