@@ -227,9 +227,12 @@ class LiveWorker:
         return {p.name: p.read_bytes() for p in sorted(self.out.iterdir())
                 if p.name != "manifest.jsonl" and p.suffix != ".tmp"}
 
-    def assert_reference_files(self, tmp_path: Path) -> dict[str, bytes]:
-        """The worker's files equal the pure core's; on a mismatch, say how (never a byte dump)."""
-        files, reference = self.files(), self.reference_files(tmp_path)
+    def assert_reference_files(self, tmp_path: Path, reference: dict[str, bytes] | None = None,
+                               files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+        """The worker's files (or ``files``) equal the pure core's (or ``reference``); on a
+        mismatch, say how (never a byte dump)."""
+        files = self.files() if files is None else files
+        reference = self.reference_files(tmp_path) if reference is None else reference
         if files == reference:
             return files
         differ = sorted(n for n in set(files) & set(reference) if files[n] != reference[n])

@@ -70,7 +70,7 @@ def test_two_workers_write_each_business_file_once_identical_to_replay(kafka_boo
     a, b = first.files(), second.files()
     assert a and b, "the second worker took repartition partitions over"
     assert not set(a) & set(b), f"written by both workers: {sorted(set(a) & set(b))}"
-    assert {**a, **b} == reference
+    first.assert_reference_files(tmp_path, reference, files={**a, **b})
     for worker in (first, second):
         assert "Traceback" not in worker.log.read_text()
     # one created event per file; a window's parts together hold offsets of all four partitions
@@ -110,7 +110,7 @@ def test_sigkill_in_either_stage_leaves_exactly_the_reference_files(kafka_bootst
         worker.wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
     finally:
         worker.stop()
-    assert worker.files() == reference
+    worker.assert_reference_files(tmp_path, reference)
     assert not list(worker.out.glob("*.tmp"))
     ids: dict[str, set] = {}
     for event in worker.created():
@@ -137,7 +137,7 @@ def test_a_slow_partition_holds_only_the_windows_it_has_not_closed(kafka_bootstr
         worker.wait_for(lambda: set(worker.files()) >= set(reference), 120, what="every file after the idle close")
     finally:
         worker.stop()
-    assert worker.files() == reference
+    worker.assert_reference_files(tmp_path, reference)
     assert first_files < 15, "early windows did not wait for the idle timeout"
 
 
@@ -158,7 +158,7 @@ def test_an_empty_partition_does_not_hold_a_window_forever(kafka_bootstrap, tmp_
         assert worker.readiness()[0] == 200
     finally:
         worker.stop()
-    assert worker.files() == reference
+    worker.assert_reference_files(tmp_path, reference)
     # routing lag (input partitions) and file lag (repartition partitions) are reported apart
     assert f'stream_app_consumer_lag{{partition="2",stage="routing",topic="{worker.topic}"}} 0.0' in metrics
     assert f'stage="files",topic="{worker.app_id}-files-repartition"' in metrics

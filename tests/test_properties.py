@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, RecordReader, SchemaResolver, encode_confluent, load_schema
 from stream_app.codecs.json import JsonDecoder
+from stream_app.core.decimals import NotExact
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.structured.pack import CompiledField, FieldSpec
 from stream_app.core.structured.project import InvalidRecord, check_value, field_checker
@@ -131,7 +132,14 @@ def test_record_reader_converts_logical_types_exactly_as_fastavro_does(plain):
             RecordReader(LOGICAL_SCHEMA).read(io.BytesIO(data))
         return
     reader = RecordReader(LOGICAL_SCHEMA)
-    got, millis = reader.read(io.BytesIO(data), "ts_ms")
+    try:
+        got, millis = reader.read(io.BytesIO(data), "ts_ms")
+    except NotExact:
+        # fastavro rounds a coefficient beyond the schema's precision; the reader refuses it
+        precisions = {"amount": 18, "narrow": 4, "opt_amount": 9}
+        assert any(plain[name] is not None and len(str(abs(int.from_bytes(plain[name], "big", signed=True)))) > digits
+                   for name, digits in precisions.items())
+        return
     assert millis == plain["ts_ms"]  # the event time, without a round trip through datetime
     assert reader.read(io.BytesIO(data), "ts_us")[1] is None  # only timestamp-millis is epoch ms as is
     assert got == expected

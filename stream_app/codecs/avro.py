@@ -11,7 +11,7 @@ import json
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal
+from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import fastavro
 
 from stream_app.codecs import DecodeError, check_size, decode_each, event_time_ms
 from stream_app.codecs.registry import SchemaLookup
+from stream_app.core.decimals import NotExact
 from stream_app.core.records import RawRecord, SourceRecord
 
 MAGIC_BYTE = 0
@@ -49,12 +50,14 @@ def _timestamp_micros(value: int) -> datetime:
 
 
 def _decimal(precision: int, scale: int) -> Converter:
-    context = Context(prec=precision)
+    # Inexact trapped: where fastavro's create_decimal would round a coefficient beyond the
+    # schema's precision (bytes no conforming writer makes), this raises.
+    context = Context(prec=precision, traps=[Inexact, InvalidOperation])
     from_bytes = int.from_bytes
 
     def convert(value: bytes) -> Decimal:
-        # Decimal(int) is exact; scaleb rounds the coefficient to the precision as fastavro's
-        # create_decimal does, so the result is the same Decimal, digits and exponent.
+        # Decimal(int) is exact; scaleb keeps the coefficient as fastavro's create_decimal does,
+        # so the result is the same Decimal, digits and exponent.
         return Decimal(from_bytes(value, "big", signed=True)).scaleb(-scale, context)
     return convert
 
@@ -126,7 +129,10 @@ class RecordReader:
             if field is not None:
                 if name == time_field and convert is _timestamp_millis:
                     millis = field
-                value[name] = convert(field)
+                try:
+                    value[name] = convert(field)
+                except DecimalException:
+                    raise NotExact(f"field {name!r} has more digits than its schema's precision") from None
         return millis
 
     def read(self, buf: io.BytesIO, time_field: str | None = None) -> tuple[Any, int | None]:
@@ -201,6 +207,8 @@ def convert_plain(schema_id: int, reader: RecordReader, value: dict, time_field:
     """``RecordReader.convert`` with its failures (a timestamp beyond year 9999) as decode errors."""
     try:
         return reader.convert(value, time_field)
+    except NotExact as exc:
+        raise DecodeError("BAD_DECIMAL", str(exc)) from None
     except Exception as exc:  # OverflowError of a timestamp beyond year 9999, ...
         raise DecodeError("AVRO_DECODE_ERROR", f"bytes do not match schema {schema_id} ({type(exc).__name__})") from None
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from decimal import Decimal, InvalidOperation
 
 import orjson
 
 from stream_app.codecs import DecodeError, check_size, decode_each, event_time_ms
+from stream_app.core.decimals import NotExact, exact_decimal
 from stream_app.core.records import RawRecord, SourceRecord
 
 
@@ -31,12 +31,9 @@ class JsonDecoder:
                 continue
             try:
                 # A JSON number arrives as float; its shortest repr is the literal that was sent.
-                number = Decimal(current if isinstance(current, str) else repr(current))
-            except (InvalidOperation, TypeError):
-                raise DecodeError("BAD_DECIMAL", f"field {name!r} is not a decimal number") from None
-            if not number.is_finite():  # "NaN", "Infinity": never an amount
-                raise DecodeError("BAD_DECIMAL", f"field {name!r} is not a finite decimal number")
-            value[name] = number
+                value[name] = exact_decimal(current if isinstance(current, str) else repr(current))
+            except NotExact as exc:
+                raise DecodeError("BAD_DECIMAL", f"field {name!r} {exc}") from None
         return SourceRecord(raw.topic, raw.partition, raw.offset, event_time_ms(value, self._event_time_field), value)
 
     def decode_many(self, raws: Sequence[RawRecord]) -> Iterator[SourceRecord | DecodeError]:

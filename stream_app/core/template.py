@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 from itertools import chain
 from typing import Any
 
@@ -18,7 +18,7 @@ from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
-from stream_app.core.decimals import quantum
+from stream_app.core.decimals import EXACT, INEXACT, NotExact, exact_decimal, quantize
 from stream_app.core.naming import check_file_name
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
@@ -44,9 +44,9 @@ def _to_decimal(value: Any) -> Decimal:
         return value
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
-            return Decimal(value)
-        except InvalidOperation:
-            raise FilterError("not a decimal number") from None
+            return exact_decimal(value)
+        except NotExact as exc:
+            raise FilterError(str(exc)) from None
     raise FilterError("money must be a Decimal, int or numeric string, never float")
 
 
@@ -55,8 +55,7 @@ def filter_ts(value: Any, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
 
 
 def filter_money(value: Any, places: int = 2) -> str:
-    amount = (value if type(value) is Decimal else _to_decimal(value)).quantize(quantum(places),
-                                                                              rounding=ROUND_HALF_EVEN)
+    amount = quantize(value if type(value) is Decimal else _to_decimal(value), places)
     # str() of a Decimal with exponent -places (0..6) is already plain notation, and cheaper
     # than format(); beyond that str() could switch to scientific notation.
     return str(amount) if 0 <= places <= 6 else format(amount, "f")
@@ -64,7 +63,7 @@ def filter_money(value: Any, places: int = 2) -> str:
 
 def filter_minor_units(value: Any, places: int = 2) -> str:
     """Amount as an integer count of minor units (12.34 -> '1234'), common in clearing files."""
-    return format(_to_decimal(value).scaleb(places).quantize(Decimal(1), rounding=ROUND_HALF_EVEN), "f")
+    return format(quantize(_to_decimal(value).scaleb(places, EXACT), 0), "f")
 
 
 def filter_pad(value: Any, width: int, align: str = "left", fill: str = " ") -> str:
@@ -96,8 +95,14 @@ class RecordSandbox(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
+def _plain_decimal(value: Any) -> Any:
+    """Every Decimal a template prints is in plain notation (never 1E+3 or 1E-7), as in totals."""
+    return format(value, "f") if type(value) is Decimal else value
+
+
 def make_environment() -> SandboxedEnvironment:
-    env = RecordSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = RecordSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                        finalize=_plain_decimal)
     env.filters.update(ts=filter_ts, money=filter_money, minor_units=filter_minor_units, pad=filter_pad)
     return env
 
@@ -162,22 +167,27 @@ class TotalsAccumulator:
             raise AssemblyError(f"totals: field {self._amount_field!r} is missing or not a decimal",
                                 "BAD_AMOUNT") from None
         if self._negative is not None and value.get(self._negative[0]) in self._negative[1]:
-            amount = -amount
-        self._count += 1
-        self._total += amount
-        if self._currency_field is not None:
-            currency = value.get(self._currency_field)
-            if type(currency) is not str:  # JSON input may hold anything: keyed by its text
-                currency = str(currency)
-            slot = self._per_ccy.get(currency)
-            if slot is None:
-                slot = self._per_ccy[currency] = [0, Decimal(0), Decimal(0), Decimal(0)]
-            slot[0] += 1
-            slot[1] += amount
-            if amount >= 0:
-                slot[2] += amount
-            else:
-                slot[3] -= amount
+            amount = -amount  # exact: negation changes no digit
+        add = EXACT.add
+        try:
+            self._count += 1
+            self._total = add(self._total, amount)
+            if self._currency_field is not None:
+                currency = value.get(self._currency_field)
+                if type(currency) is not str:  # JSON input may hold anything: keyed by its text
+                    currency = str(currency)
+                slot = self._per_ccy.get(currency)
+                if slot is None:
+                    slot = self._per_ccy[currency] = [0, Decimal(0), Decimal(0), Decimal(0)]
+                slot[0] += 1
+                slot[1] = add(slot[1], amount)
+                if amount >= 0:
+                    slot[2] = add(slot[2], amount)
+                else:
+                    slot[3] = EXACT.subtract(slot[3], amount)
+        except INEXACT:
+            raise AssemblyError(f"totals: the sum of {self._amount_field!r} is not exact within "
+                                f"{EXACT.prec} digits", "INEXACT_TOTAL") from None
 
     def result(self) -> Totals:
         by_currency = {c: CurrencyTotal(n, a, cr, db) for c, (n, a, cr, db) in sorted(self._per_ccy.items())}

@@ -9,6 +9,7 @@ from itertools import chain
 from typing import Any
 
 from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
+from stream_app.core.decimals import EXACT, INEXACT
 from stream_app.core.formats.base import FormatError, Formatter, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
@@ -50,7 +51,11 @@ class _Fold:
         if self.value is None:
             self.value = value
         elif self.fn == "sum":
-            self.value += value
+            try:
+                self.value = EXACT.add(self.value, value) if type(value) is Decimal else self.value + value
+            except INEXACT:
+                raise AssemblyError(f"aggregate sum of {self.field!r} is not exact within {EXACT.prec} digits",
+                                    "INEXACT_TOTAL") from None
         elif self.fn == "min":
             self.value = min(self.value, value)
         else:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from stream_app.core.decimals import quantum
+from stream_app.core.decimals import EXACT, INEXACT, NotExact, exact_decimal, quantize
 
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
@@ -34,9 +34,9 @@ def _dec(value: Any, fn: str) -> Decimal:
         return Decimal(value)
     if isinstance(value, str):
         try:
-            return Decimal(value)
-        except InvalidOperation:
-            pass
+            return exact_decimal(value)
+        except NotExact as exc:
+            raise EvaluationError(f"{fn}() needs a decimal: the text {exc}") from None
     raise EvaluationError(f"{fn}() needs a decimal, got {type(value).__name__}")
 
 
@@ -67,7 +67,7 @@ def _zone(name: str) -> ZoneInfo:
 
 
 def _quantize(value: Any, places: int) -> Decimal:
-    return _dec(value, "quantize").quantize(quantum(int(places)), rounding=ROUND_HALF_EVEN)
+    return quantize(_dec(value, "quantize"), int(places))
 
 
 def _substr(value: Any, start: int, length: int | None = None) -> str:
@@ -112,11 +112,12 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "coalesce": lambda *values: next((v for v in values if v is not None and v != ""), None),
     "text": _text,
     "quantize": _quantize,
-    "minor_units": lambda v, places=2: int(_quantize(v, places).scaleb(int(places))),
-    "neg": lambda v: -_dec(v, "neg"),
-    "abs": lambda v: abs(_dec(v, "abs")),
-    "add": lambda a, b: _dec(a, "add") + _dec(b, "add"),
-    "sub": lambda a, b: _dec(a, "sub") - _dec(b, "sub"),
+    # exact or an EvaluationError (EXACT traps Inexact; the call wrapper turns it into one)
+    "minor_units": lambda v, places=2: int(_quantize(v, places).scaleb(int(places), EXACT)),
+    "neg": lambda v: EXACT.minus(_dec(v, "neg")),
+    "abs": lambda v: EXACT.abs(_dec(v, "abs")),
+    "add": lambda a, b: EXACT.add(_dec(a, "add"), _dec(b, "add")),
+    "sub": lambda a, b: EXACT.subtract(_dec(a, "sub"), _dec(b, "sub")),
     "format_datetime": _format_datetime,
     "to_date": _to_date,
     "to_timezone": lambda v, tz: _dt(v, "to_timezone").astimezone(_zone(tz)),
@@ -198,6 +199,8 @@ def compile_expression(source: str, maps: Mapping[str, Mapping[str, Any]] | None
             def failed(exc: Exception) -> EvaluationError:
                 if isinstance(exc, EvaluationError):
                     return exc
+                if isinstance(exc, INEXACT):
+                    return EvaluationError(f"{name}(): the result is not exact within {EXACT.prec} digits")
                 return EvaluationError(f"{name}() failed: {type(exc).__name__}")
 
             # One- and two-argument calls, the common ones, without building an argument tuple.
