@@ -151,13 +151,16 @@ class InputSettings(_Model):
     # Avro only: read record bodies in a helper process (one more core for the hot path; see
     # stream_app/codecs/decode_process.py).  false: decode in the worker process.
     decodeProcess: bool = True
-    # Plausible event times, [minEventTime, maxEventTime) in ISO-8601 with a zone: a record
-    # outside is dead-lettered (EVENT_TIME_OUT_OF_RANGE) instead of opening a window that can
-    # never close.  Fixed bounds, not the wall clock, so replay decides the same.
+    # JSON only: an object holding a key twice is a dead letter (DUPLICATE_KEY), or lastWins
+    # keeps the last value as JSON parsers do.
+    duplicateKeys: Literal["reject", "lastWins"] = "reject"
     # Sample records (a JSON object per line, as the input would decode; relative to the config
     # file): preflight renders the templates or the pack against them.  Needed for JSON input
     # and with a schema registry, where there is no local schema to make a sample from.
     sampleFile: str | None = None
+    # Plausible event times, [minEventTime, maxEventTime) in ISO-8601 with a zone: a record
+    # outside is dead-lettered (EVENT_TIME_OUT_OF_RANGE) instead of opening a window that can
+    # never close.  Fixed bounds, not the wall clock, so replay decides the same.
     minEventTime: str = "2000-01-01T00:00:00Z"
     maxEventTime: str = "2100-01-01T00:00:00Z"
 

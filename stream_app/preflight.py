@@ -68,7 +68,8 @@ def _sample_file_records(settings: AppSettings) -> list[dict]:
         raise ConfigError(f"input.sampleFile: cannot read {path}: {exc.strerror}") from None
     if not lines:
         raise ConfigError(f"input.sampleFile: {path} has no records")
-    decoder = JsonDecoder(settings.input.eventTimeField, settings.input.decimalFields, settings.input.maxRecordBytes)
+    decoder = JsonDecoder(settings.input.eventTimeField, settings.input.decimalFields, settings.input.maxRecordBytes,
+                          settings.input.duplicateKeys)
     samples = []
     for number, line in enumerate(lines, 1):
         try:

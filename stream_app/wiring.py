@@ -66,7 +66,7 @@ def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[st
     and may hold only the fields in ``reads`` (None: all)."""
     inp = settings.input
     if inp.format == "json":
-        return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes)
+        return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys)
     if inp.decodeProcess:
         return ProcessAvroDecoder(inp.avroSchemas, registry_conf(settings), inp.eventTimeField, inp.maxRecordBytes,
                                   carry=carry, reads=reads)
@@ -78,7 +78,7 @@ def build_routed_decoder(settings: AppSettings) -> CarriedDecoder:
     """The file stage's: routed values in their carried form, decoded in this process."""
     inp = settings.input
     if inp.format == "json":
-        return CarriedDecoder(JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes), None,
+        return CarriedDecoder(JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys), None,
                               inp.eventTimeField)
     resolver = SchemaResolver(inp.avroSchemas, registry_conf(settings))
     return CarriedDecoder(AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes), resolver, inp.eventTimeField)
