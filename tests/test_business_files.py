@@ -242,3 +242,37 @@ def test_a_router_restored_from_its_checkpoint_keeps_an_idle_close():
     late = restored.route(SourceRecord("in", 0, 1, 2 * H + 5, {}), 6 * H)
     assert isinstance(late, Late) and restored.frontier() == 5 * H
     assert isinstance(restored.route(SourceRecord("in", 0, 2, 5 * H + 1, {}), 6 * H), Routed)
+
+
+def test_records_routed_again_while_a_closed_window_waits_to_be_written_are_dropped():
+    """A routing stage that restarts sends a window's records again; when the file stage has
+    already closed that window (every source's frontier passed it) but not yet written it, the
+    copies are duplicates: they must not open the window a second time (which would write
+    part 0 again with one source's records only)."""
+    from stream_app.core.records import SourceRecord
+    from stream_app.core.routing import WindowCollector
+    from stream_app.core.windows import WindowPolicy
+
+    policy = WindowPolicy(size_ms=H, grace_ms=0, max_records_per_file=100)
+    sources = [("in", 0), ("in", 1)]
+    collector = WindowCollector("rep", 0, policy, sources)
+    key = FileKey(None, None, 0, H)
+
+    def records(source: int, offsets: range) -> list[SourceRecord]:
+        return [SourceRecord("in", source, o, o * 1000, {"amount": o}) for o in offsets]
+
+    position = 0
+    for source in (0, 1):
+        collector.add_records(position, key, ("in", source), records(source, range(5)), 0)
+        position += 1
+    for source in (0, 1):
+        collector.add_frontier(position, ("in", source), H)
+        position += 1
+    (cut,) = collector.pending_cuts()  # closed, waiting to be written
+    assert cut.count == 10
+    # source 0 routed again (its router restarted from an older checkpoint), then its frontier
+    assert collector.add_records(position, key, ("in", 0), records(0, range(5)), 0) == []
+    collector.add_frontier(position + 1, ("in", 0), H)
+    collector.add_frontier(position + 2, ("in", 1), 2 * H)
+    assert collector.pending_cuts() == [cut] and collector.open_windows == []
+    assert collector.duplicates == 5

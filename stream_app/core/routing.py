@@ -253,9 +253,14 @@ class WindowCollector(PartLedger, OffsetCursor):
         self._next_offset = position + 1
         self.last_record_wall_ms = now_wall_ms
         out: list[Output] = []
+        # A window every source's frontier has passed can receive no new record: a router only
+        # routes a window's records before its own close mark, and sends late ones elsewhere.
+        # So these are copies from a restarted router — also while the closed window still
+        # waits to be written, when neither the open window nor durable facts would say so.
+        through = self.closed_through()
         facts = self.facts_for(key)
-        if facts is not None and facts.closed:
-            self.duplicates += sum(1 for _ in records)  # routed again after the file was written
+        if (through is not None and key.window_end_ms <= through) or (facts is not None and facts.closed):
+            self.duplicates += len(records)
             return out
         window = self._open.get(key)
         spool = self._on_spool

@@ -7,7 +7,8 @@ import io
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-from stream_app.core.formats.base import DetailWriter, Line, line_writer, render_text
+from stream_app.core.formats.base import DetailWriter, FormatError, Line, line_writer, render_text
+from stream_app.core.formats.text import TEXT_ERROR_CLASS, FieldTextViolation, TextPolicy
 from stream_app.core.structured.pack import CsvSpec, FieldSpec
 
 _QUOTING: dict[str, Literal[0, 1, 2, 3]] = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL,
@@ -15,8 +16,10 @@ _QUOTING: dict[str, Literal[0, 1, 2, 3]] = {"minimal": csv.QUOTE_MINIMAL, "all":
 
 
 class CsvFormatter:
-    def __init__(self, spec: CsvSpec, encoding: str, line_ending: str, column_names: list[str]) -> None:
+    def __init__(self, spec: CsvSpec, encoding: str, line_ending: str, column_names: list[str],
+                 text: TextPolicy) -> None:
         self._spec = spec
+        self._text = text
         self._encoding = encoding
         self._columns = column_names
         self._buf = io.StringIO()
@@ -30,10 +33,14 @@ class CsvFormatter:
         self._writer.writerows(rows)
         return self._buf.getvalue().encode(self._encoding)
 
-    @staticmethod
-    def _row(line: Line) -> list[str]:
+    def _row(self, line: Line) -> list[str]:
         row = [line.record_type] if line.record_type is not None else []
-        row.extend(render_text(spec, value) for spec, value in line.values)
+        texts = [render_text(spec, value) for spec, value in line.values]
+        try:
+            row.extend(self._text.clean_texts([spec.name for spec, _ in line.values], texts))
+        except FieldTextViolation as exc:
+            raise FormatError(f"{line.kind} line: field {exc.field!r} violates rule {exc.violation.rule} "
+                              f"({exc.violation})", TEXT_ERROR_CLASS[exc.violation.rule]) from None
         return row
 
     def begin(self, header: list[Line]) -> bytes:

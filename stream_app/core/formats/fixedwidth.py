@@ -5,20 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from stream_app.core.formats.base import DetailWriter, FormatError, Line, line_writer, render_text
+from stream_app.core.formats.text import TEXT_ERROR_CLASS, FieldTextViolation, TextPolicy
 from stream_app.core.structured.pack import FieldSpec
 
 
 class FixedWidthFormatter:
-    def __init__(self, encoding: str, line_ending: str, detail_record_type: str | None) -> None:
+    def __init__(self, encoding: str, line_ending: str, detail_record_type: str | None, text: TextPolicy) -> None:
         self._encoding = encoding
         self._line_ending = line_ending
         self._detail_type = detail_record_type
+        self._text = text
 
     def line(self, line: Line) -> bytes:
         record_type = line.record_type if line.kind != "detail" else (line.record_type or self._detail_type)
         parts = [record_type or ""]
-        for spec, value in line.values:
-            text = render_text(spec, value)
+        specs = [spec for spec, _ in line.values]
+        texts = [render_text(spec, value) for spec, value in line.values]
+        try:
+            texts = self._text.clean_texts([spec.name for spec in specs], texts)
+        except FieldTextViolation as exc:
+            raise FormatError(f"{line.kind} line: field {exc.field!r} violates rule {exc.violation.rule} "
+                              f"({exc.violation})", TEXT_ERROR_CLASS[exc.violation.rule]) from None
+        for spec, text in zip(specs, texts):
             width = spec.width or 0
             if len(text) > width:
                 raise FormatError(f"{line.kind} line: field {spec.name!r} needs {len(text)} characters, "
@@ -26,11 +34,7 @@ class FixedWidthFormatter:
             align = spec.align or ("right" if spec.type in ("int", "decimal") else "left")
             parts.append(text.rjust(width, spec.pad) if align == "right" else text.ljust(width, spec.pad))
         parts.append(self._line_ending)
-        try:
-            return "".join(parts).encode(self._encoding)
-        except UnicodeEncodeError as exc:
-            raise FormatError(f"{line.kind} line: a value cannot be encoded as {self._encoding} "
-                              f"(position {exc.start})", "ENCODING_ERROR") from None
+        return "".join(parts).encode(self._encoding)  # every text passed the encoding check
 
     def begin(self, header: list[Line]) -> bytes:
         return b"".join(self.line(line) for line in header)

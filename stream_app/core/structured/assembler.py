@@ -13,6 +13,7 @@ from stream_app.core.decimals import EXACT, INEXACT
 from stream_app.core.formats.base import FormatError, Formatter, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
+from stream_app.core.formats.text import FieldTextViolation, TextPolicy
 from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
@@ -106,12 +107,18 @@ def build_formatter(pack: SchemaPack) -> Formatter:
     if out.format == "xml":
         assert out.xml is not None
         return XmlFormatter(out.xml, out.encoding, pack.xsd_path)
+    text = text_policy(pack)
     if out.format == "csv":
         assert out.csv is not None
         detail = pack.body_fields if pack.spec.body else pack.fields
-        return CsvFormatter(out.csv, out.encoding, out.lineEnding, [f.spec.name for f in detail if f.spec.output])
+        return CsvFormatter(out.csv, out.encoding, out.lineEnding, [f.spec.name for f in detail if f.spec.output], text)
     return FixedWidthFormatter(out.encoding, out.lineEnding,
-                               out.fixedWidth.detailRecordType if out.fixedWidth else None)
+                               out.fixedWidth.detailRecordType if out.fixedWidth else None, text)
+
+
+def text_policy(pack: SchemaPack) -> TextPolicy:
+    out = pack.spec.output
+    return TextPolicy(out.encoding, out.controlCharacters, out.controlReplacement, out.unencodable)
 
 
 def _line(kind: str, spec: LineSpec | None, fields: list[CompiledField], row: Mapping[str, Any]) -> Line:
@@ -126,9 +133,15 @@ class StructuredAssembler:
         self.variables = variables
         self._namer = FileNamer(file_name_template, variables)
         self.formatter = build_formatter(pack)
-        # Text XML cannot hold is the record's fault: projection says so, naming the field.
-        self._first_unrepresentable = (unrepresentable_finder([f.spec.name for f in pack.fields if f.spec.output])
-                                       if isinstance(self.formatter, XmlFormatter) else None)
+        # Text the format cannot hold is the record's fault: projection says so, naming the field
+        # (or repairs it, where the pack says how), so onInvalidRecord decides, not the window.
+        output_names = [f.spec.name for f in pack.fields if f.spec.output]
+        xml = isinstance(self.formatter, XmlFormatter)
+        self._first_unrepresentable = unrepresentable_finder(output_names) if xml else None
+        self._clean_text = None if xml else text_policy(pack).row_cleaner(output_names)
+        # fixed width: a string longer than its field is the record's violation, not the file's
+        self._widths = [(f.spec.name, f.spec.width) for f in pack.fields
+                        if f.spec.output and f.spec.width is not None and pack.spec.output.format == "fixedWidth"]
         self._projector = RowProjector(pack.fields)
         self.write_detail = self.formatter.detail_writer([f.spec for f in pack.fields if f.spec.output])
 
@@ -143,6 +156,15 @@ class StructuredAssembler:
             bad = self._first_unrepresentable(row)
             if bad is not None:
                 raise InvalidRecord(Violation(bad, "xmlChar", "a character XML 1.0 cannot represent"))
+        elif self._clean_text is not None:
+            try:
+                self._clean_text(row)
+            except FieldTextViolation as exc:
+                raise InvalidRecord(Violation(exc.field, exc.violation.rule, str(exc.violation))) from None
+            for name, width in self._widths:
+                value = row[name]
+                if type(value) is str and len(value) > width:
+                    raise InvalidRecord(Violation(name, "width", f"{len(value)} characters, the field holds {width}"))
         return row
 
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
@@ -161,7 +183,7 @@ class StructuredAssembler:
         try:
             return evaluate_fields(fields, context)
         except InvalidRecord as exc:
-            raise AssemblyError(f"{where}: {exc.violation.describe()}", "VALIDATION_FAILED") from None
+            raise AssemblyError(f"pack {self.pack.id}: {where}: {exc.violation.describe()}", "VALIDATION_FAILED") from None
 
 
 class StructuredPart:
@@ -192,7 +214,8 @@ class StructuredPart:
         self.count += 1
         row = record.row
         if isinstance(row, Violation):
-            self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {row.describe()}",
+            self._error = AssemblyError(f"pack {self._pack.id}: {record.topic}/{record.partition}@{record.offset}: "
+                                        f"{row.describe()}",
                                         "VALIDATION_FAILED", source=(record.topic, record.partition, record.offset))
             return
         for acc in self._aggregates:
@@ -210,7 +233,8 @@ class StructuredPart:
         try:
             self._spool.write(self._write_detail(row))
         except FormatError as exc:
-            self._error = AssemblyError(f"{record.topic}/{record.partition}@{record.offset}: {exc}", exc.error_class,
+            self._error = AssemblyError(f"pack {self._pack.id}: {record.topic}/{record.partition}@{record.offset}: {exc}",
+                                        exc.error_class,
                                         source=(record.topic, record.partition, record.offset))
 
     def frame(self) -> tuple[bytes, bytes, bytes]:
@@ -225,7 +249,7 @@ class StructuredPart:
             groups = b"".join(formatter.line(line) for line in self._group_lines())
             tail = formatter.end(self._fixed_lines("trailer", context))
         except FormatError as exc:
-            raise AssemblyError(str(exc), exc.error_class) from None
+            raise AssemblyError(f"pack {self._pack.id}: {exc}", exc.error_class) from None
         return head, groups, tail
 
     def finish(self) -> AssembledFile:
@@ -241,7 +265,7 @@ class StructuredPart:
         try:
             formatter.validate(chunks())
         except FormatError as exc:
-            raise AssemblyError(str(exc), exc.error_class) from None
+            raise AssemblyError(f"pack {self._pack.id}: {exc}", exc.error_class) from None
         name = assembler.file_name(self._key, self._part, self.count)
         return AssembledFile(name, chunks, self.count)
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stream_app.core.formats.text import CONTROL
 from stream_app.core.structured.expressions import Evaluator, ExpressionError, compile_expression
 from stream_app.core.structured.xmlpaths import ELEMENT_PATH, XML_NAME, XmlPathError, build_tree, field_path
 
@@ -113,6 +114,12 @@ class OutputSpec(_Model):
     format: Literal["xml", "csv", "fixedWidth"]
     encoding: str = "utf-8"
     lineEnding: Literal["\n", "\r\n"] = "\n"
+    # CSV and fixed width (core/formats/text.py): a control character (CR, LF, tab, other C0/C1)
+    # in a value is a violation of the field, or replaced by controlReplacement; a character the
+    # encoding cannot hold is a violation, or transliterated (accents dropped, a fixed table).
+    controlCharacters: Literal["reject", "replace"] = "reject"
+    controlReplacement: str = Field(default=" ", min_length=1, max_length=1)
+    unencodable: Literal["reject", "transliterate"] = "reject"
     xml: XmlSpec | None = None
     csv: CsvSpec | None = None
     fixedWidth: FixedWidthSpec | None = None
@@ -279,6 +286,9 @@ class SchemaPack:
             "x".encode(out.encoding)
         except LookupError:
             raise self.error("output.encoding", "encoding", f"unknown encoding {out.encoding!r}") from None
+        if CONTROL.match(out.controlReplacement) or not _encodable(out.controlReplacement, out.encoding):
+            raise self.error("output.controlReplacement", "controlChar",
+                             f"the replacement must be a printable character {out.encoding} can encode")
         if out.format == "fixedWidth":
             for where, fields in self._all_output_fields():
                 for field in fields:
@@ -341,6 +351,14 @@ class SchemaPack:
         detail = ("body.fields", self.body_fields) if self.spec.body else ("fields", self.fields)
         return [detail, *((f"header[{i}].fields", f) for i, f in enumerate(self.header)),
                 *((f"trailer[{i}].fields", f) for i, f in enumerate(self.trailer))]
+
+
+def _encodable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def pack_path(schemas_dir: Path, schema_id: str, version: str) -> Path:
