@@ -161,6 +161,9 @@ class InputSettings(_Model):
     # Plausible event times, [minEventTime, maxEventTime) in ISO-8601 with a zone: a record
     # outside is dead-lettered (EVENT_TIME_OUT_OF_RANGE) instead of opening a window that can
     # never close.  Fixed bounds, not the wall clock, so replay decides the same.
+    # And at most this far ahead of the partition's watermark (its highest event time so far);
+    # null: no bound.  Not the wall clock, so replay decides the same.
+    maxFutureMs: int | None = Field(default=86_400_000, ge=0)
     minEventTime: str = "2000-01-01T00:00:00Z"
     maxEventTime: str = "2100-01-01T00:00:00Z"
 

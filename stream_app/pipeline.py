@@ -384,8 +384,9 @@ class FilePipeline:
                 if type(decoded) is not SourceRecord:
                     raise cast(DecodeError, decoded)
                 record = decoded
-                if not self._policy.plausible(record.event_time_ms):
-                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", "event time outside input.minEventTime .. maxEventTime")
+                implausible = self._policy.out_of_range(record.event_time_ms, windower.watermark_ms)
+                if implausible is not None:
+                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", implausible)
                 if self._structured is not None:
                     projected = self._project(record, raw)
                     if projected is None:

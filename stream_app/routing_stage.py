@@ -103,8 +103,9 @@ class RoutingStage:
                 if type(decoded) is not SourceRecord:
                     raise cast(DecodeError, decoded)
                 record = decoded
-                if not self._policy.plausible(record.event_time_ms):
-                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", "event time outside input.minEventTime .. maxEventTime")
+                implausible = self._policy.out_of_range(record.event_time_ms, router.watermark_ms)
+                if implausible is not None:
+                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", implausible)
                 if self._validator is not None:
                     self._validator.project(record.value)
                 outcome = router.route(record, now_wall_ms, is_redriven(raw))

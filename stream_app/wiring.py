@@ -52,6 +52,7 @@ def window_policy(settings: AppSettings) -> WindowPolicy:
         flush_interval_ms=worker.flushIntervalMs,
         cycles=None if cycles.plain else cycles,
         min_event_ms=settings.input.min_event_ms,
+        max_future_ms=settings.input.maxFutureMs,
         max_event_ms=settings.input.max_event_ms,
     )
 

@@ -276,3 +276,36 @@ def test_records_routed_again_while_a_closed_window_waits_to_be_written_are_drop
     collector.add_frontier(position + 2, ("in", 1), 2 * H)
     assert collector.pending_cuts() == [cut] and collector.open_windows == []
     assert collector.duplicates == 5
+
+
+def run_partition_scope(out: Path, raws: list[RawRecord]):
+    from stream_app.replay import run_records
+
+    out.mkdir(parents=True)
+    settings = settings_for(out, fileScope="partition",
+                            fileNameTemplate="F_{{ partition }}_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ part }}.txt")
+    publisher = CollectingPublisher()
+    run_records(build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out)), raws)
+    return {p.name: p.read_bytes() for p in out.glob("F_*")}, publisher
+
+
+@pytest.mark.parametrize("scope", ["window", "partition"])
+def test_an_event_time_far_ahead_of_the_watermark_is_a_dead_letter_and_moves_nothing(tmp_path, scope):
+    """A record a year ahead of its partition (epoch micros read as millis look the same) would
+    move the watermark past every open window and make each later record late."""
+    values = list(matched_records(300, seed=5, span_hours=5))
+    values[100] = {**values[100], "matched_at": values[100]["matched_at"].replace(year=2027)}
+    raws = [RawRecord("in", 0, i, None, None, encode_confluent(1, SCHEMA, v)) for i, v in enumerate(values)]
+    good = [r for i, r in enumerate(raws) if i != 100]
+    renumbered = [RawRecord("in", 0, i, None, None, r.value) for i, r in enumerate(good)]
+    if scope == "window":
+        files, publisher = run(tmp_path / "bad", raws, 1)
+        reference, _ = run(tmp_path / "ref", renumbered, 1)
+    else:
+        files, publisher = run_partition_scope(tmp_path / "bad", raws)
+        reference, _ = run_partition_scope(tmp_path / "ref", renumbered)
+    assert [(raw.offset, reason) for raw, reason, _ in publisher.dead] == [(100, "EVENT_TIME_OUT_OF_RANGE")]
+    assert "maxFutureMs" in publisher.dead[0][2]
+    # the same windows and records (offsets shift by one past the dead letter, so compare counts)
+    assert sorted(files) == sorted(reference)
+    assert sum(b.count(b"\nD|") for b in files.values()) == 299

@@ -89,8 +89,20 @@ class WindowPolicy:
     min_event_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
     max_event_ms: int = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
-    def plausible(self, event_time_ms: int) -> bool:
-        return self.min_event_ms <= event_time_ms < self.max_event_ms
+    # A record further ahead of its partition's watermark than this (a card number or epoch
+    # microseconds read as millis) is dead-lettered too: one such record would move the
+    # watermark past every open window and make each later record late.  Relative to the
+    # watermark, a function of the partition's records in offset order, so replay decides the
+    # same; the first record of a partition (no watermark yet) meets only the fixed bounds.
+    max_future_ms: int | None = 86_400_000
+
+    def out_of_range(self, event_time_ms: int, watermark_ms: int | None) -> str | None:
+        """Why a record's event time is not plausible (EVENT_TIME_OUT_OF_RANGE), or None."""
+        if not self.min_event_ms <= event_time_ms < self.max_event_ms:
+            return "event time outside input.minEventTime .. maxEventTime"
+        if self.max_future_ms is not None and watermark_ms is not None and event_time_ms > watermark_ms + self.max_future_ms:
+            return "event time more than input.maxFutureMs ahead of the partition's watermark"
+        return None
 
     def start_of(self, event_time_ms: int) -> int:
         if self.cycles is not None:
