@@ -70,18 +70,20 @@ class Journal:
             location=location, url=url,
         )
 
-    def write_failed(self, cut: FileCut, name: str | None, error_class: str, message: str, attempt: int) -> dict:
+    def write_failed(self, cut: FileCut, name: str | None, error_class: str, message: str, attempt: int,
+                     terminal: bool = False) -> dict:
         return self._event(
             "write-failed", event_id("write-failed", cut.key.id, cut.part, attempt), cut.key, part=cut.part,
             file_name=name, records=cut.count, error_class=error_class, error_message=message,
-            attempt=attempt, offsets=_offsets(cut),
+            attempt=attempt, offsets=_offsets(cut), terminal=terminal,
         )
 
-    def finalize_failed(self, cut: FileCut, error_class: str, message: str, attempt: int) -> dict:
+    def finalize_failed(self, cut: FileCut, error_class: str, message: str, attempt: int,
+                        terminal: bool = True) -> dict:
         return self._event(
             "finalize-failed", event_id("finalize-failed", cut.key.id, cut.part, attempt), cut.key, part=cut.part,
             records=cut.count, error_class=error_class, error_message=message, attempt=attempt,
-            offsets=_offsets(cut),
+            offsets=_offsets(cut), terminal=terminal,
         )
 
     def validation_failed(self, cut: FileCut, message: str, source: tuple[str, int, int] | None,
@@ -91,7 +93,7 @@ class Journal:
         return self._event(
             "validation-failed", event_id("validation-failed", cut.key.id, cut.part, attempt), cut.key,
             part=cut.part, records=cut.count, error_class="VALIDATION_FAILED", error_message=message,
-            attempt=attempt, offsets=offsets,
+            attempt=attempt, offsets=offsets, terminal=True,
         )
 
     def flush_summary(self, files: int, records: int, size: int, failed: int) -> dict:

@@ -110,6 +110,9 @@ class WriteOutcome:
     transient: bool = True
 
 
+HALTED = 1 << 62  # a retry time no clock reaches: the part waits for a restart
+
+
 @dataclass(slots=True)
 class _Retry:
     attempt: int = 0
@@ -205,6 +208,8 @@ class FilePipeline:
         self.failing = False  # some cut is waiting for a retry
         # A record broke the schema pack under onInvalidRecord: fail. Nothing of its window is
         # written or committed until the input or the pack is fixed; readiness reports it.
+        # Parts halted by a terminal error, and the reason readiness reports (the first one).
+        self.halted: dict[tuple[FileKey, int], str] = {}
         self.halted_reason: str | None = None
         self._structured = assembler if isinstance(assembler, StructuredAssembler) else None
         # Streaming mode: parts are written to spool files as records arrive (flat memory).
@@ -601,32 +606,7 @@ class FilePipeline:
             return  # partition revoked while the write ran; the new owner re-creates the file
         windower = self._windowers[self._owner_of(cut.key)]
         if outcome.result is None:
-            retry = self._retries.setdefault((cut.key, cut.part), _Retry())
-            retry.attempt += 1
-            if self.metrics is not None:
-                self.metrics.write_failures.labels(outcome.error_class).inc()
-                if retry.attempt > 1:
-                    self.metrics.retries.inc()
-            backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
-            if not outcome.transient:
-                backoff = self._retry_max  # terminal (e.g. AccessDenied): wait for an operator, slowly
-            retry.not_before_ms = now_wall_ms + int(backoff * random.uniform(0.5, 1.0))
-            assert outcome.error_class is not None and outcome.error_message is not None
-            if outcome.error_class == "VALIDATION_FAILED":
-                self.halted_reason = outcome.error_message
-                event = self._journal.validation_failed(cut, outcome.error_message, outcome.source, retry.attempt)
-            elif outcome.assembly_failed:
-                event = self._journal.finalize_failed(cut, outcome.error_class, outcome.error_message, retry.attempt)
-            else:
-                event = self._journal.write_failed(
-                    cut, outcome.name, outcome.error_class, outcome.error_message, retry.attempt
-                )
-            self._publisher.journal(event, cut.key.id)
-            log.warning(
-                "file %s part %d failed (attempt %d, retrying in %d ms): %s",
-                cut.key.id, cut.part, retry.attempt, backoff, outcome.error_message,
-                extra={"file_key": cut.key.id, "part": cut.part},
-            )
+            self._failed(cut, outcome, now_wall_ms)
             summary.failed += 1
             return
         failpoint("pipeline.after-write")  # file renamed, nothing persisted or committed yet
@@ -651,6 +631,44 @@ class FilePipeline:
         summary.records += cut.count
         summary.bytes += result.bytes
         summary.names.append(result.name)
+
+    def _failed(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int) -> None:
+        """A part that could not be written: back off and retry when the error is transient;
+        halt the part when it is terminal (``error_classes.md``): the same records and config
+        would fail the same way, so it is reported once and waits for a fix and a restart."""
+        assert outcome.error_class is not None and outcome.error_message is not None
+        retry = self._retries.setdefault((cut.key, cut.part), _Retry())
+        retry.attempt += 1
+        terminal = outcome.assembly_failed or not outcome.transient
+        if self.metrics is not None:
+            self.metrics.write_failures.labels(outcome.error_class).inc()
+            if retry.attempt > 1:
+                self.metrics.retries.inc()
+        if outcome.error_class == "VALIDATION_FAILED":
+            event = self._journal.validation_failed(cut, outcome.error_message, outcome.source, retry.attempt)
+        elif outcome.assembly_failed:
+            event = self._journal.finalize_failed(cut, outcome.error_class, outcome.error_message, retry.attempt,
+                                                  terminal=True)
+        else:
+            event = self._journal.write_failed(cut, outcome.name, outcome.error_class, outcome.error_message,
+                                               retry.attempt, terminal=terminal)
+        self._publisher.journal(event, cut.key.id)
+        if terminal:
+            retry.not_before_ms = HALTED  # never again in this process: a restart retries it
+            self.halted[(cut.key, cut.part)] = outcome.error_message
+            self.halted_reason = outcome.error_message
+            if self.metrics is not None:
+                self.metrics.halted_files.labels(cut.key.id).set(1)
+            log.error("file %s part %d halted (%s, needs a fix and a restart): %s", cut.key.id, cut.part,
+                      outcome.error_class, outcome.error_message, extra={"file_key": cut.key.id, "part": cut.part})
+            return
+        backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
+        retry.not_before_ms = now_wall_ms + int(backoff * random.uniform(0.5, 1.0))
+        log.warning(
+            "file %s part %d failed (attempt %d, retrying in %d ms): %s",
+            cut.key.id, cut.part, retry.attempt, backoff, outcome.error_message,
+            extra={"file_key": cut.key.id, "part": cut.part},
+        )
 
     def finish_flush(self, summary: FlushSummary) -> None:
         self.failing = bool(self._retries)

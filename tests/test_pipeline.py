@@ -337,3 +337,65 @@ def test_event_time_bounds_are_validated(tmp_path):
     data["input"] = {"minEventTime": "2030-01-01T00:00:00Z", "maxEventTime": "2029-01-01T00:00:00Z"}
     with pytest.raises(ConfigError, match="minEventTime must be before maxEventTime"):
         parse_config(data)
+
+
+def test_a_terminal_assembly_error_halts_the_part_once_instead_of_retrying(tmp_path, caplog):
+    """A template, validation, encoding, width or XSD error fails the same way on every retry:
+    one finalize-failed (terminal) event, one ERROR line, the part halted; later flushes do
+    nothing for it and its offsets stay uncommitted."""
+    import logging
+
+    from stream_app.ops.metrics import Metrics
+
+    p, pub, state = pipeline(tmp_path, recordTemplate="{{ record.amount | pad(2) }}\n", maxRecordsPerFile=5,
+                             window={"sizeMs": 86_400_000})
+    p.metrics = Metrics()
+    p.process(raws(5), 0)
+    with caplog.at_level(logging.WARNING, logger="stream_app.pipeline"):
+        for hour in range(0, 48):
+            flush_due(p, hour * 3_600_000)
+    (event,) = pub.of_type("finalize-failed")
+    assert event["terminal"] is True and event["error_class"] == "TEMPLATE_ERROR"
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and "needs a fix and a restart" in caplog.text
+    assert state.get_checkpoint(("in", 0)).offset == 0 and p.halted_reason is not None
+    (key, part), = p.halted
+    assert p.metrics.halted_files.labels(key.id)._value.get() == 1
+
+
+class RefusingSink(LocalSink):
+    def __init__(self, target: Path, error: SinkError) -> None:
+        super().__init__(target)
+        self.error, self.calls = error, 0
+
+    def write(self, name: str, chunks):
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error, terminal", [
+    (SinkError("S3 PutObject failed: AccessDenied", "AccessDenied", transient=False), True),
+    (SinkError("S3 PutObject failed: NoSuchBucket", "NoSuchBucket", transient=False), True),
+    (SinkError("writing f failed: Permission denied", "EACCES", transient=False), True),
+    (SinkError("writing f failed: Input/output error", "EIO"), False),
+    (SinkError("S3 PutObject failed: SlowDown", "SlowDown"), False),
+])
+def test_sink_errors_are_halted_when_terminal_and_backed_off_when_transient(tmp_path, error, terminal):
+    sink = RefusingSink(tmp_path, error)
+    p, pub, _ = pipeline(tmp_path, sink, maxRecordsPerFile=5, window={"sizeMs": 86_400_000})
+    p.process(raws(5), 0)
+    for minute in range(0, 30):
+        flush_due(p, minute * 60_000)
+    events = pub.of_type("write-failed")
+    assert all(e["terminal"] is terminal for e in events)
+    assert (sink.calls, len(events)) == (1, 1) if terminal else sink.calls == len(events) > 5
+
+
+def test_local_permission_errors_are_terminal_and_io_errors_transient(tmp_path):
+    import errno
+
+    from stream_app.sinks.base import os_sink_error
+
+    assert not os_sink_error("x", PermissionError(errno.EACCES, "Permission denied")).transient
+    assert not os_sink_error("x", OSError(errno.EROFS, "Read-only file system")).transient
+    assert os_sink_error("x", OSError(errno.EIO, "Input/output error")).transient
+    assert os_sink_error("x", OSError(errno.ENOSPC, "No space left on device")).transient

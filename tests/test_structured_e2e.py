@@ -33,10 +33,13 @@ def test_fail_policy_halts_the_window_journals_and_reports_not_ready(kafka_boots
                           what="a validation-failed event")
         status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(worker.readiness()), 30,
                                 what="readiness to report the halt")
-        time.sleep(1.5)  # several commit intervals
+        time.sleep(1.5)  # several commit intervals (and retry intervals, were it retried)
         committed = worker.committed()[0]
+        halted = [e for e in worker.journal() if e["event_type"] == "validation-failed"]
     finally:
         worker.stop()
+    assert len(halted) == 1 and halted[0]["terminal"] is True  # reported once, not retried in a loop
+    assert "ERROR" in worker.log.read_text() and "needs a fix and a restart" in worker.log.read_text()
     event = events[0]
     assert event["error_class"] == "VALIDATION_FAILED"
     assert "field 'Scheme' violates rule enum" in event["error_message"] and "AMEX" not in event["error_message"]

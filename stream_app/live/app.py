@@ -428,7 +428,7 @@ class LiveRuntime:
 
     def not_ready_reason(self) -> str | None:
         if self.pipeline.halted_reason is not None:
-            return f"halted by strict validation: {self.pipeline.halted_reason}"
+            return f"halted by a terminal error (fix, then restart): {self.pipeline.halted_reason}"
         if not self._app.consumer.assignment():
             return "no partitions assigned (joining the group, or more replicas than partitions)"
         try:

@@ -42,6 +42,8 @@ class Metrics:
         self.write_failures = Counter("stream_app_write_failures_total", "Failed file writes and finalizations",
                                       ["error_class"], registry=r)
         self.retries = Counter("stream_app_write_retries_total", "Retried file writes", registry=r)
+        self.halted_files = Gauge("stream_app_halted_file", "1 for a file part halted by a terminal error "
+                                  "(fix the config or data, then restart)", ["file_key"], registry=r)
         self.ready = Gauge("stream_app_ready", "1 when the last /readyz probe answered ready, else 0", registry=r)
 
     def render(self) -> bytes:
