@@ -69,3 +69,56 @@ def test_broker_loss_mid_run_is_survived_and_output_is_identical(durable_broker,
         kind = re.sub(r"\d+", "N", line.split("] ", 3)[-1])[:80]
         kinds[kind] = kinds.get(kind, 0) + 1
     assert len(outage) < 60 and max(kinds.values(), default=0) <= 5 * 4, (len(outage), kinds)
+
+
+def test_events_undelivered_while_the_broker_is_gone_are_produced_again_never_raised(durable_broker, tmp_path):
+    """The journal/dead-letter producer: a delivery that fails (the broker away longer than
+    librdkafka's message timeout) is reported as undeliverable and produced again once the
+    broker is back; delivered() returns only then, and never raises."""
+    import asyncio
+
+    from stream_app.broker import create_topics
+    from stream_app.config import parse_config
+    from stream_app.live.events import KafkaEventProducer
+    from tests.helpers import config_dict
+
+    topic = "events-under-outage"
+    create_topics(durable_broker.bootstrap, {topic: 2})
+    settings = parse_config(config_dict(tmp_path, bootstrap=durable_broker.bootstrap))
+    producer = KafkaEventProducer(settings, retry_initial_s=0.5, message_timeout_ms=3000)
+
+    async def scenario() -> list[str | None]:
+        for i in range(20):
+            producer.produce(topic, f"k{i}".encode(), f"before-{i}".encode())
+        await producer.delivered()
+        durable_broker.stop()
+        for i in range(20):
+            producer.produce(topic, f"k{i}".encode(), f"during-{i}".encode())
+        waiting = asyncio.ensure_future(producer.delivered())
+        seen: list[str | None] = []
+        for _ in range(200):
+            await asyncio.sleep(0.1)
+            seen.append(producer.undeliverable)
+            if producer.undeliverable:
+                break
+        assert not waiting.done()
+        await asyncio.to_thread(durable_broker.start)
+        await asyncio.wait_for(waiting, 120)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert any(seen) and producer.undeliverable is None
+    producer.close()
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": durable_broker.bootstrap, "group.id": "check-events",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    values: set[bytes] = set()
+    deadline = time.monotonic() + 60
+    while len(values) < 40 and time.monotonic() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is not None and msg.error() is None:
+            values.add(msg.value())
+    consumer.close()
+    assert values == {f"before-{i}".encode() for i in range(20)} | {f"during-{i}".encode() for i in range(20)}

@@ -171,3 +171,40 @@ def test_processed_batches_feed_faust_s_livelock_check(tmp_path, monkeypatch):
     import time
 
     assert 0 <= time.monotonic() - app.monitor.stream_inbound_time[FaustTP("in", 0)] < 5
+
+
+def test_a_failed_changelog_send_is_sent_again_with_the_table_s_value_never_raised():
+    from stream_app.live.app import InFlight
+
+    async def scenario() -> tuple[list[str], str | None, str | None]:
+        loop = asyncio.get_running_loop()
+        table = {"k": "v1"}
+        sent: list[str] = []
+
+        def send(value: str, fail: bool) -> asyncio.Future:
+            sent.append(value)
+            future = loop.create_future()
+            if fail:
+                future.set_exception(RuntimeError("UnknownError"))
+            else:
+                future.set_result(None)
+            return future
+
+        flight = InFlight()
+        flight.add(send("v1", fail=True), lambda: send(table["k"], fail=False))
+        table["k"] = "v2"  # updated meanwhile: the changelog must end with v2
+        seen: list[str | None] = []
+
+        async def watch() -> None:
+            while True:
+                seen.append(flight.undeliverable)
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.ensure_future(watch())
+        await flight.delivered()
+        watcher.cancel()
+        return sent, next((s for s in seen if s), None), flight.undeliverable
+
+    sent, reported, after = asyncio.run(scenario())
+    assert sent == ["v1", "v2"]
+    assert reported is not None and "UnknownError" in reported and after is None

@@ -30,6 +30,7 @@ from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
 from stream_app.deadletter import dead_letter
 from stream_app.faults import failpoint
 from stream_app.journal import encode_events
+from stream_app.live.events import RETRY_INITIAL_S, RETRY_MAX_S, KafkaEventProducer
 from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import BrokerProbe
 from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
@@ -98,7 +99,10 @@ class FaustStateStore:
         table_key = self._window_key(key)
         value = facts.to_json()
         self._windows.data[table_key] = value
-        self.in_flight.add(self._windows.send_changelog(self._facts_partition(key), table_key, value))
+        partition = self._facts_partition(key)
+        self.in_flight.add(self._windows.send_changelog(partition, table_key, value),
+                           lambda: self._windows.send_changelog(partition, table_key,
+                                                                self._windows.data.get(table_key, value)))
 
     @staticmethod
     def _tp_key(tp: TP) -> str:
@@ -112,35 +116,55 @@ class FaustStateStore:
         key, value = self._tp_key(tp), checkpoint.to_json()
         table = self._checkpoint_table(tp)
         table.data[key] = value
-        self.in_flight.add(table.send_changelog(tp[1], key, value))
+        self.in_flight.add(table.send_changelog(tp[1], key, value),
+                           lambda: table.send_changelog(tp[1], key, table.data.get(key, value)))
 
     async def delivered(self) -> None:
         await self.in_flight.delivered()
 
 
 class InFlight:
-    """Sends not yet confirmed by the broker; ``delivered()`` waits for all of them."""
+    """Changelog sends not yet confirmed by the broker; ``delivered()`` waits for all of them.
+
+    A send that fails is sent again — the table's value for its key as it is then, which is
+    the one the changelog must end with — with a doubling backoff, never raised: a changelog
+    delivery failure is a wait (``undeliverable`` says why), not a crash.
+    """
 
     def __init__(self) -> None:
-        self._futures: list[asyncio.Future] = []
+        self._sends: list[tuple[asyncio.Future, Callable[[], asyncio.Future]]] = []
+        self.undeliverable: str | None = None
 
-    def add(self, future: asyncio.Future) -> None:
-        self._futures.append(future)
-        if len(self._futures) >= 10_000:  # e.g. a flood of dead letters between two files
-            self._futures = [f for f in self._futures if not f.done() or f.cancelled() or f.exception()]
+    def add(self, future: asyncio.Future, resend: Callable[[], asyncio.Future]) -> None:
+        self._sends.append((future, resend))
+        if len(self._sends) >= 10_000:  # many updates between two durable steps
+            self._sends = [(f, r) for f, r in self._sends if not f.done() or f.cancelled() or f.exception()]
 
     async def delivered(self) -> None:
-        futures, self._futures = self._futures, []
-        if futures:
-            await asyncio.gather(*futures)  # a failed send raises: nothing after it is written
+        backoff = RETRY_INITIAL_S
+        while True:
+            sends, self._sends = self._sends, []
+            results = await asyncio.gather(*[f for f, _ in sends], return_exceptions=True)
+            failed = [(resend, result) for (_, resend), result in zip(sends, results) if isinstance(result, BaseException)]
+            if not failed:
+                self.undeliverable = None
+                return
+            self.undeliverable = f"{len(failed)} changelog record(s) not delivered: {failed[0][1]!r}"
+            log.warning("%s; sending them again in %.1f s", self.undeliverable, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(RETRY_MAX_S, backoff * 2)
+            for resend, _ in failed:
+                self.add(resend(), resend)
 
 
-class FaustPublisher:
-    def __init__(self, app: faust.App, settings: AppSettings, metrics: Metrics) -> None:
-        self.in_flight = InFlight()
+class EventPublisher:
+    """The pipeline's ``Publisher`` in the worker: journal and dead-letter events (live/events.py)."""
+
+    def __init__(self, settings: AppSettings, metrics: Metrics) -> None:
+        self.producer = KafkaEventProducer(settings)
         self._metrics = metrics
-        self._journal = app.topic(settings.kafka.journalTopic, key_serializer="raw", value_serializer="raw")
-        self._dead = app.topic(settings.kafka.deadLetterTopic, key_serializer="raw", value_serializer="raw")
+        self._journal_topic = settings.kafka.journalTopic
+        self._dead_topic = settings.kafka.deadLetterTopic
         self._worker_id = settings.workerId
         self._app_id = settings.appId
         self._max_bytes = settings.kafka.maxMessageBytes
@@ -157,18 +181,22 @@ class FaustPublisher:
 
     def journal(self, event: dict, partition_key: str) -> None:
         (payload,) = encode_events([event], self.schema_ids.journal)
-        self.in_flight.add(self._journal.send_soon(key=partition_key.encode(), value=payload))
+        self.producer.produce(self._journal_topic, partition_key.encode(), payload)
 
     def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
         self._metrics.dead_letters.labels(reason).inc()
         log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
-        self.in_flight.add(self._dead.send_soon(key=raw.key, value=dead_letter(raw, reason, detail, self._worker_id,
-                                                                                  self.schema_ids.dead_letter,
-                                                                                  self._app_id, self._max_bytes)))
+        self.producer.produce(self._dead_topic, raw.key, dead_letter(raw, reason, detail, self._worker_id,
+                                                                    self.schema_ids.dead_letter, self._app_id,
+                                                                    self._max_bytes))
+
+    @property
+    def undeliverable(self) -> str | None:
+        return self.producer.undeliverable
 
     async def delivered(self) -> None:
-        await self.in_flight.delivered()
+        await self.producer.delivered()
 
 
 class LiveRuntime:
@@ -178,7 +206,7 @@ class LiveRuntime:
         self._settings = settings
         self._app = app
         self.metrics = Metrics()
-        self.publisher = FaustPublisher(app, settings, self.metrics)
+        self.publisher = EventPublisher(settings, self.metrics)
         self.state = FaustStateStore(app, settings)
         self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher,
                                                      spool_dir=prepare_worker_spool(settings), metrics=self.metrics)
@@ -427,6 +455,10 @@ class LiveRuntime:
         return checkpoint.offset if checkpoint is not None else None
 
     def not_ready_reason(self) -> str | None:
+        if self.publisher.undeliverable is not None:
+            return f"cannot deliver events: {self.publisher.undeliverable}"
+        if self.state.in_flight.undeliverable is not None:
+            return f"cannot deliver table changes: {self.state.in_flight.undeliverable}"
         if self.pipeline.halted_reason is not None:
             return f"halted by a terminal error (fix, then restart): {self.pipeline.halted_reason}"
         if not self._app.consumer.assignment():

@@ -1,0 +1,89 @@
+"""Journal and dead-letter events on their topics, written by confluent-kafka.
+
+A failed delivery is never a crash: librdkafka retries within ``message.timeout.ms`` on its
+own; what still fails (the broker away for longer, a refused request) is produced again with a
+doubling backoff by ``delivered()``, which the durable steps await before the facts, the
+checkpoint and the commit that depend on the events. While events cannot be delivered,
+``undeliverable`` says why (``/readyz`` answers 503 with it). The idempotent producer keeps
+each partition's events in order across librdkafka's retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from stream_app.config import AppSettings
+from stream_app.ops.security import confluent_security
+
+log = logging.getLogger(__name__)
+
+RETRY_INITIAL_S = 0.5
+# Errors after which an idempotent producer's identity is gone (the broker lost or fenced it):
+# the producer is replaced, since it cannot send again under its old id and epoch.
+_PRODUCER_STATE_LOST = frozenset({"PRODUCER_FENCED", "OUT_OF_ORDER_SEQUENCE_NUMBER", "UNKNOWN_PRODUCER_ID",
+                                  "INVALID_PRODUCER_EPOCH"})
+RETRY_MAX_S = 30.0
+
+
+class KafkaEventProducer:
+    def __init__(self, settings: AppSettings, retry_initial_s: float = RETRY_INITIAL_S,
+                 message_timeout_ms: int = 30_000) -> None:
+        from confluent_kafka import Producer
+
+        kafka = settings.kafka
+        conf: dict[str, Any] = {
+            "bootstrap.servers": kafka.bootstrapServers, **confluent_security(kafka.security),
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            "partitioner": "murmur2_random",  # the Java client's (and aiokafka's) partition per key
+            # a dead-letter envelope is at most maxMessageBytes (deadletter.py), plus the request
+            "message.max.bytes": max(1_000_000, kafka.maxMessageBytes + 65_536),
+            "message.timeout.ms": message_timeout_ms,  # then delivered() produces it again, with a backoff
+            "log_level": 4, "logger": logging.getLogger("librdkafka.events"),
+        }
+        self._make = lambda: Producer(conf)
+        self._producer = self._make()
+        self._fatal = False
+        self._failed: list[tuple[str, str, bytes | None, bytes]] = []
+        self._retry_initial_s = retry_initial_s
+        self.undeliverable: str | None = None
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:  # in the thread that polls or flushes
+        if err is not None:
+            self._failed.append((str(err), msg.topic(), msg.key(), msg.value()))
+            # e.g. PRODUCER_FENCED when the idempotent producer re-initialises against a broker
+            # that lost its producer state: this producer can send nothing more
+            self._fatal = self._fatal or bool(err.fatal()) or err.name() in _PRODUCER_STATE_LOST
+
+    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # librdkafka's queue is full: let it send some first
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    async def delivered(self) -> None:
+        """Every event produced so far is acknowledged; failures are produced again until they are."""
+        backoff = self._retry_initial_s
+        while True:
+            while len(self._producer):  # queued or in flight; in steps, so a stop never blocks in flush()
+                await asyncio.to_thread(self._producer.flush, 2.0)
+            failed, self._failed = self._failed, []
+            if not failed:
+                self.undeliverable = None
+                return
+            self.undeliverable = f"{len(failed)} journal/dead-letter event(s) not delivered: {failed[0][0]}"
+            log.warning("%s; producing them again in %.1f s", self.undeliverable, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(RETRY_MAX_S, backoff * 2)
+            if self._fatal:
+                log.warning("the event producer is in a fatal state; starting a new one")
+                self._producer, self._fatal = self._make(), False
+            for _, topic, key, value in failed:
+                self.produce(topic, key, value)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
