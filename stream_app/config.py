@@ -280,6 +280,9 @@ class WorkerSettings(_Model):
     totals: TotalsSettings = TotalsSettings()
     writeRetryInitialMs: int = Field(default=500, ge=1)
     writeRetryMaxMs: int = Field(default=30_000, ge=1)
+    # Liveness watchdog: /readyz answers 503 when work is pending (lag, or parts to write) and
+    # nothing was processed, written or committed for this long.
+    stallTimeoutMs: int = Field(default=300_000, ge=1000)
     # Records per fetched batch (max.poll.records).  Each batch is decoded as a pipelined stream of
     # chunks; the helper process idles between batches, so larger batches keep it busier.
     batchSize: int = Field(default=10_000, ge=1)

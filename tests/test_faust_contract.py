@@ -52,3 +52,14 @@ def test_the_livelock_check_still_reads_the_inbound_time_the_runtime_feeds():
     assert isinstance(Monitor().stream_inbound_time, dict)  # keyed by TP, monotonic seconds
     source = inspect.getsource(AIOKafkaConsumerThread.verify_event_path)
     assert "monitor.stream_inbound_time.get(tp)" in source and "SLOW_PROCESSING_STREAM_IDLE" in source
+
+
+def test_readiness_reads_the_recovery_flag_faust_sets_while_tables_recover():
+    """/readyz answers 503 while ``app.in_recovery`` (live/app.py not_ready_reason): Recovery
+    still sets and clears that flag on the app."""
+    from faust.tables.recovery import Recovery
+
+    app = faust.App("contract-recovery")
+    assert app.in_recovery is False
+    source = inspect.getsource(Recovery)
+    assert "self.app.in_recovery = True" in source and "self.app.in_recovery = False" in source

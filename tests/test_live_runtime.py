@@ -208,3 +208,63 @@ def test_a_failed_changelog_send_is_sent_again_with_the_table_s_value_never_rais
     sent, reported, after = asyncio.run(scenario())
     assert sent == ["v1", "v2"]
     assert reported is not None and "UnknownError" in reported and after is None
+
+
+def test_a_revoke_lets_the_file_under_way_finish_its_durable_steps_and_commit_first(tmp_path, monkeypatch):
+    """One replica per file: the partition moves only after the file being written has its
+    journal event, facts and checkpoint, and the commit, so its new owner does not write it again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out, maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
+    data.update(dataDir=str(tmp_path / "faust"))
+    app, runtime = create_app(parse_config(data))
+    pipeline = runtime.pipeline
+    started, release = threading.Event(), threading.Event()
+    write_cut = pipeline.write_cut
+
+    def slow_write(cut):
+        started.set()
+        release.wait(10)
+        return write_cut(cut)
+
+    monkeypatch.setattr(pipeline, "write_cut", slow_write)
+    _acked_without_a_broker(runtime, monkeypatch)
+    committed: list[int | None] = []
+
+    async def commit() -> None:
+        committed.append(runtime.commit_gate("in", 0))
+
+    monkeypatch.setattr(runtime, "_commit", commit)
+    pipeline.process(raws(10), 0)
+
+    async def rebalance_during_write() -> None:
+        runtime._committing = asyncio.ensure_future(runtime._locked_flush_and_commit())
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        revoke = asyncio.create_task(runtime.on_revoked([FaustTP("in", 0)]))
+        await asyncio.sleep(0.2)
+        assert not revoke.done()
+        release.set()
+        await revoke
+
+    asyncio.run(rebalance_during_write())
+    assert committed == [10]  # committed past the file before the partition was let go
+    assert pipeline.partitions() == []
+
+
+def test_the_watchdog_reports_a_stage_that_makes_no_progress_with_work_pending(tmp_path):
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out, maxRecordsPerFile=10, window={"sizeMs": 86_400_000}, stallTimeoutMs=60_000)
+    data.update(dataDir=str(tmp_path / "faust"))
+    app, runtime = create_app(parse_config(data))
+    assert runtime.stalled_for_s() is None  # just started
+    runtime._progress_at = time.monotonic() - 120
+    assert runtime.stalled_for_s() is None  # idle, but nothing to do: not a stall
+    runtime.pipeline.process(raws(10), 0)  # a part waits to be written
+    stalled = runtime.stalled_for_s()
+    assert stalled is not None and stalled >= 120
+    runtime._progress_at = time.monotonic()
+    assert runtime.stalled_for_s() is None

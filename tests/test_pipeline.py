@@ -375,7 +375,6 @@ class RefusingSink(LocalSink):
 @pytest.mark.parametrize("error, terminal", [
     (SinkError("S3 PutObject failed: AccessDenied", "AccessDenied", transient=False), True),
     (SinkError("S3 PutObject failed: NoSuchBucket", "NoSuchBucket", transient=False), True),
-    (SinkError("writing f failed: Permission denied", "EACCES", transient=False), True),
     (SinkError("writing f failed: Input/output error", "EIO"), False),
     (SinkError("S3 PutObject failed: SlowDown", "SlowDown"), False),
 ])
@@ -388,14 +387,3 @@ def test_sink_errors_are_halted_when_terminal_and_backed_off_when_transient(tmp_
     events = pub.of_type("write-failed")
     assert all(e["terminal"] is terminal for e in events)
     assert (sink.calls, len(events)) == (1, 1) if terminal else sink.calls == len(events) > 5
-
-
-def test_local_permission_errors_are_terminal_and_io_errors_transient(tmp_path):
-    import errno
-
-    from stream_app.sinks.base import os_sink_error
-
-    assert not os_sink_error("x", PermissionError(errno.EACCES, "Permission denied")).transient
-    assert not os_sink_error("x", OSError(errno.EROFS, "Read-only file system")).transient
-    assert os_sink_error("x", OSError(errno.EIO, "Input/output error")).transient
-    assert os_sink_error("x", OSError(errno.ENOSPC, "No space left on device")).transient

@@ -205,6 +205,7 @@ class LiveRuntime:
     def __init__(self, app: faust.App, settings: AppSettings) -> None:
         self._settings = settings
         self._app = app
+        self._progress_at = time.monotonic()  # last batch processed, file written or commit (the watchdog)
         self.metrics = Metrics()
         self.publisher = EventPublisher(settings, self.metrics)
         self.state = FaustStateStore(app, settings)
@@ -312,7 +313,7 @@ class LiveRuntime:
         # records never enter a stream, so the runtime tells it, else it would report every
         # partition of a backlog as stuck (tests/test_faust_contract.py pins the field).
         inbound = self._app.monitor.stream_inbound_time
-        now = time.monotonic()
+        now = self._progress_at = time.monotonic()
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
             inbound[FaustTP(topic, partition)] = now
@@ -416,6 +417,8 @@ class LiveRuntime:
             committed = await self._commit_routing() or committed
         if committed:
             await self._commit()
+        if committed or summary.files:
+            self._progress_at = time.monotonic()
 
     async def _commit_routing(self) -> bool:
         """The routing stage's durable order: repartition records and dead letters acknowledged,
@@ -454,6 +457,16 @@ class LiveRuntime:
             checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
         return checkpoint.offset if checkpoint is not None else None
 
+    def stalled_for_s(self) -> float | None:
+        """Seconds without progress while work is pending, once beyond worker.stallTimeoutMs."""
+        idle = time.monotonic() - self._progress_at
+        if idle * 1000 < self._settings.worker.stallTimeoutMs:
+            return None
+        if any((c.key, c.part) not in self.pipeline.halted for c in self.pipeline.pending_cuts()):
+            return idle
+        owned = self.pipeline.partitions() + (self.routing.partitions() if self.routing is not None else [])
+        return idle if any((self._lag(tp) or 0) > 0 for tp in owned) else None
+
     def not_ready_reason(self) -> str | None:
         if self.publisher.undeliverable is not None:
             return f"cannot deliver events: {self.publisher.undeliverable}"
@@ -461,8 +474,13 @@ class LiveRuntime:
             return f"cannot deliver table changes: {self.state.in_flight.undeliverable}"
         if self.pipeline.halted_reason is not None:
             return f"halted by a terminal error (fix, then restart): {self.pipeline.halted_reason}"
+        if self._app.in_recovery:
+            return "tables recovering (reading their changelogs after an assignment)"
         if not self._app.consumer.assignment():
             return "no partitions assigned (joining the group, or more replicas than partitions)"
+        stalled = self.stalled_for_s()
+        if stalled is not None:
+            return f"no progress for {stalled:.0f} s with work pending (worker.stallTimeoutMs)"
         try:
             self.pipeline.sink.check_writable()
         except SinkError as exc:
@@ -473,6 +491,19 @@ class LiveRuntime:
         # Fetched before the rebalance: Faust seeks back to the committed offsets afterwards (a
         # held batch would be dropped as stale anyway).
         self._held = None
+        # A file being written now must also get its journal event, facts, checkpoint and commit
+        # before its partition moves (as Quix Streams' revoke does), else the new owner writes it
+        # again — in its own volume, a second copy.  Bounded by half the rebalance timeout.
+        committing = self._committing
+        if committing is not None and not committing.done():
+            deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
+            try:
+                await asyncio.wait_for(asyncio.shield(committing), deadline_s)
+            except TimeoutError:
+                log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
+                            "the partitions' new owner writes them again", deadline_s)
+            except Exception:  # the flush reports its own failure where it runs
+                pass
         async with self._writing:
             self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
             if self.routing is not None:

@@ -65,11 +65,3 @@ class Sink(Protocol):
 def os_error_class(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
-
-# Local errors an operator must fix (permissions, a read-only mount): retrying cannot help.
-# The rest (EIO, ENOSPC, ENOENT of a mount not there yet, ...) are retried with backoff.
-TERMINAL_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-
-
-def os_sink_error(message: str, exc: OSError) -> SinkError:
-    return SinkError(message, os_error_class(exc), transient=exc.errno not in TERMINAL_ERRNOS)

@@ -11,7 +11,7 @@ import orjson
 from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
 from stream_app.faults import failpoint
-from stream_app.sinks.base import FileConflict, SinkError, WriteResult, os_sink_error
+from stream_app.sinks.base import FileConflict, SinkError, WriteResult, os_error_class
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -79,7 +79,9 @@ class LocalSink:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise os_sink_error(f"writing {name} failed: {exc.strerror}", exc) from None
+            # transient, every errno: a volume that is full, read-only or refuses for a while
+            # (remounts, permission changes, quota) recovers without a restart
+            raise SinkError(f"writing {name} failed: {exc.strerror}", os_error_class(exc)) from None
         return WriteResult(name, str(final), size, sha, already_present=False)
 
     def stat(self, name: str) -> str | None:
@@ -129,5 +131,5 @@ class LocalSink:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise os_sink_error(f"appending to {MANIFEST_NAME} failed: {exc.strerror}", exc) from None
+            raise SinkError(f"appending to {MANIFEST_NAME} failed: {exc.strerror}", os_error_class(exc)) from None
         self._manifested.add(name)
