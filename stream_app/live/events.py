@@ -27,6 +27,13 @@ _PRODUCER_STATE_LOST = frozenset({"PRODUCER_FENCED", "OUT_OF_ORDER_SEQUENCE_NUMB
 RETRY_MAX_S = 30.0
 
 
+async def wait_to_redeliver(reason: str, backoff_s: float) -> float:
+    """Report a delivery failure and wait ``backoff_s``; gives the next backoff (doubling)."""
+    log.warning("%s; delivering them again in %.1f s", reason, backoff_s)
+    await asyncio.sleep(backoff_s)
+    return min(RETRY_MAX_S, backoff_s * 2)
+
+
 class KafkaEventProducer:
     def __init__(self, settings: AppSettings, retry_initial_s: float = RETRY_INITIAL_S,
                  message_timeout_ms: int = 30_000) -> None:
@@ -76,9 +83,7 @@ class KafkaEventProducer:
                 self.undeliverable = None
                 return
             self.undeliverable = f"{len(failed)} journal/dead-letter event(s) not delivered: {failed[0][0]}"
-            log.warning("%s; producing them again in %.1f s", self.undeliverable, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(RETRY_MAX_S, backoff * 2)
+            backoff = await wait_to_redeliver(self.undeliverable, backoff)
             if self._fatal:
                 log.warning("the event producer is in a fatal state; starting a new one")
                 self._producer, self._fatal = self._make(), False
