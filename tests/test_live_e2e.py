@@ -400,3 +400,36 @@ def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap,
         worker.stop()
     worker.assert_reference_files(tmp_path)
     assert not list(worker.out.glob("*.tmp")) and not list((tmp_path / "spool").rglob("*.spool"))
+
+
+def test_hostile_json_is_dead_lettered_and_later_records_are_written_and_committed(kafka_bootstrap, tmp_path):
+    """Duplicate keys, NaN, an amount beyond 38 digits and an event time days ahead of the
+    partition: each a dead letter with its reason; exponent notation is written plainly; the
+    good records after them are in the file and the partition commits to its end."""
+    worker = LiveWorker(kafka_bootstrap, tmp_path, input_format="json", maxRecordsPerFile=3,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    def record(rid: str, at: str, amount: str) -> bytes:
+        return (f'{{"record_id": "{rid}", "matched_at": "{at}", "amount": {amount}, "currency": "EUR"}}').encode()
+
+    values = [
+        record("r1", "2026-03-02T01:00:00Z", '"10.00"'),
+        b'{"record_id": "x1", "matched_at": "2026-03-02T01:01:00Z", "amount": "1.00", "amount": "9.00", "currency": "EUR"}',
+        record("x2", "2026-03-02T01:02:00Z", '"NaN"'),
+        record("x3", "2026-03-02T01:03:00Z", '"' + "9" * 39 + '"'),
+        record("x4", "2026-03-09T01:04:00Z", '"1.00"'),  # a week ahead of the partition
+        record("r2", "2026-03-02T01:05:00Z", '"1E+3"'),
+        record("r3", "2026-03-02T01:06:00Z", '"0.10"'),
+    ]
+    worker.produce(values)
+    worker.start()
+    try:
+        dead = worker.dead_letters(expect=4)
+        wait_for(lambda: worker.committed()[0] == len(values), 60, what="commit past the hostile records")
+    finally:
+        worker.stop()
+    assert [(d["source_offset"], d["reason"]) for d in dead] == [
+        (1, "DUPLICATE_KEY"), (2, "BAD_DECIMAL"), (3, "BAD_DECIMAL"), (4, "EVENT_TIME_OUT_OF_RANGE")]
+    assert all(b"9.00" not in d["detail"].encode() for d in dead)
+    (body,) = worker.files().values()
+    assert b"D|1|r1|10.00|EUR\nD|2|r2|1000.00|EUR\nD|3|r3|0.10|EUR\n" in body and b"T|3|EUR=1010.10\n" in body
+    assert "Traceback" not in worker.log.read_text()

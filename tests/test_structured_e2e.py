@@ -70,3 +70,23 @@ def test_dead_letter_policy_writes_the_file_without_the_record(kafka_bootstrap, 
     assert len(rows) == 1 + 3 + 1 + 1  # column row, three records, total row, final line ending
     net = sum((-r["amount"] if r["transaction_type"] in ("REFUND", "REVERSAL") else r["amount"]) for r in good)
     assert rows[-2] == f"TOTAL,3,{net:.2f}" and good[0]["record_id"] in rows[1]
+
+
+def test_a_control_character_in_a_csv_value_is_a_dead_letter_naming_the_field(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, mode="structured",
+                        schema={"id": "settlement-report", "version": "1.0.0"},
+                        fileNameTemplate="SR_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.csv",
+                        maxRecordsPerFile=3, window=LONG_WINDOWS)
+    records = list(matched_records(4, seed=31, span_hours=0.2))
+    records[2] = {**records[2], "merchant_name": "ZQ SHOP\r\nXY"}  # a line reader would see two records
+    worker.produce([encode_confluent(1, SCHEMA, r) for r in records])
+    worker.start()
+    try:
+        (dead,) = worker.dead_letters(expect=1)
+        wait_for(lambda: worker.committed()[0] == 4, 60, what="commit past the dead-lettered record")
+    finally:
+        worker.stop()
+    assert dead["reason"] == "VALIDATION_FAILED" and dead["source_offset"] == 2
+    assert dead["detail"].startswith("field 'merchant_name' violates rule controlChar") and "ZQ" not in dead["detail"]
+    (body,) = worker.files().values()
+    assert body.count(b"\r\n") == 1 + 3 + 1 and b"ZQ SHOP" not in body
