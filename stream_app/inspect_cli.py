@@ -29,8 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from stream_app.config import AppSettings
 from stream_app.core.records import REDRIVE_HEADER
-from stream_app.journal import JOURNAL_SCHEMA
-from stream_app.kafka_tools import decode_avro, decode_dead_letter
+from stream_app.kafka_tools import decode_dead_letter, decode_journal
 from stream_app.ops.security import confluent_security
 
 
@@ -118,7 +117,7 @@ def _millis(value: datetime | int) -> int:
 def journal_events(settings: AppSettings, selection: JournalFilter, follow: bool = False,
                    stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     for msg in read_topic(settings, settings.kafka.journalTopic, follow, stop):
-        event = decode_avro(msg.value() or b"", JOURNAL_SCHEMA)
+        event = decode_journal(msg.value() or b"")
         if selection.matches(event):
             yield event
 

@@ -18,6 +18,8 @@ from stream_app.core.windows import FileCut, FileKey
 from stream_app.resources import AVRO_DIR
 
 JOURNAL_SCHEMA = load_schema(AVRO_DIR / "journal_event.avsc")
+# Events written before 0.3.0: the same fields without the trailing ``terminal``.
+JOURNAL_SCHEMA_V1 = {**JOURNAL_SCHEMA, "fields": JOURNAL_SCHEMA["fields"][:-1]}
 
 
 def event_id(*parts: Any) -> str:

@@ -12,7 +12,7 @@ import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_app.deadletter import DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_V1
-from stream_app.journal import JOURNAL_SCHEMA
+from stream_app.journal import JOURNAL_SCHEMA, JOURNAL_SCHEMA_V1
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]]) -> int:
@@ -87,8 +87,16 @@ def decode_avro(payload: bytes, schema: Any) -> dict:
     return value
 
 
+def decode_journal(payload: bytes) -> dict:
+    """An event of this version, or of one before 0.3.0 (no terminal flag: given as false)."""
+    try:
+        return decode_avro(payload, JOURNAL_SCHEMA)
+    except (EOFError, ValueError, IndexError):
+        return {**decode_avro(payload, JOURNAL_SCHEMA_V1), "terminal": False}
+
+
 def read_journal(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
-    return [decode_avro(m.value(), JOURNAL_SCHEMA) for m in read_topic(bootstrap, topic, **kwargs)]
+    return [decode_journal(m.value()) for m in read_topic(bootstrap, topic, **kwargs)]
 
 
 def decode_dead_letter(payload: bytes) -> dict:

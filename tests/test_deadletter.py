@@ -5,6 +5,7 @@ from __future__ import annotations
 from stream_app.codecs.avro import encode_confluent
 from stream_app.core.records import RawRecord
 from stream_app.deadletter import DEAD_LETTER_SCHEMA_V1, dead_letter
+from stream_app.journal import encode_events
 from stream_app.kafka_tools import decode_dead_letter
 
 RAW = RawRecord("in", 2, 41, 1_700_000_000_000, b"k", b"\x00bad", (("h", b"v"),))
@@ -39,3 +40,18 @@ def test_an_envelope_too_large_for_a_kafka_record_goes_without_the_value():
     assert envelope["reason"] == "JSON_DECODE_ERROR" and envelope["source_offset"] == 7
     small = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w1", max_bytes=20_000))
     assert small["original_value"] == RAW.value  # kept when it fits
+
+
+def test_a_journal_event_written_before_0_3_0_still_reads():
+    from stream_app.core.records import SourceRecord
+    from stream_app.core.windows import FileCut, FileKey
+    from stream_app.journal import JOURNAL_SCHEMA_V1, Journal
+    from stream_app.kafka_tools import decode_journal
+
+    cut = FileCut.of(FileKey("in", 0, 0, 3_600_000), 0, [SourceRecord("in", 0, 7, 1000, {})])
+    event = Journal("w1", "app").finalize_failed(cut, "TEMPLATE_ERROR", "x", 1)
+    old = encode_confluent(1001, JOURNAL_SCHEMA_V1, {k: v for k, v in event.items() if k != "terminal"})
+    read = decode_journal(old)
+    assert read["terminal"] is False and (read["event_type"], read["error_class"]) == ("finalize-failed", "TEMPLATE_ERROR")
+    (new,) = encode_events([event], 1001)
+    assert decode_journal(new)["terminal"] is True
