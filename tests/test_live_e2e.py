@@ -433,3 +433,46 @@ def test_hostile_json_is_dead_lettered_and_later_records_are_written_and_committ
     (body,) = worker.files().values()
     assert b"D|1|r1|10.00|EUR\nD|2|r2|1000.00|EUR\nD|3|r3|0.10|EUR\n" in body and b"T|3|EUR=1010.10\n" in body
     assert "Traceback" not in worker.log.read_text()
+
+
+def test_committed_offsets_the_worker_never_made_are_reported_not_committed_over(kafka_bootstrap, tmp_path):
+    """Offsets restored from elsewhere (or a cluster that lost the changelogs) put the group's
+    commit above the checkpoints the worker's tables hold: it says so on /readyz."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=10,
+                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.enable_web()
+    values = avro_values(40, span_hours=0.3)
+    worker.produce(values[:20])
+    worker.start()
+    try:
+        wait_for(lambda: worker.committed()[0] == 20, 60, what="the first files")
+        assert wait_for(lambda: worker.readiness(), 20)[0] == 200
+    finally:
+        worker.stop()
+    worker.produce(values[20:])
+    def foreign_commit() -> bool:  # a member of the group (the embedded broker refuses simple commits)
+        foreign = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": worker.app_id, "log_level": 0,
+                            "enable.auto.commit": False, "session.timeout.ms": 6000, "auto.offset.reset": "earliest"})
+        try:
+            foreign.subscribe([worker.topic])
+            deadline = time.monotonic() + 20
+            while not foreign.assignment() and time.monotonic() < deadline:
+                foreign.poll(0.5)
+            foreign.commit(offsets=[TopicPartition(worker.topic, 0, 30)], asynchronous=False)
+            return True
+        except Exception:
+            return False
+        finally:
+            foreign.close()
+
+    wait_for(foreign_commit, 90, interval_s=2, what="a commit from outside the worker")
+    worker.start()
+    try:
+        status, body = wait_for(lambda: (lambda r: r if r and r[0] == 503 and "ahead" in r[1]["reason"] else None)(
+            worker.readiness()), 60, what="the lost state reported")
+    finally:
+        worker.stop()
+    assert f"{worker.topic}/0 committed 30, checkpoint 20" in body["reason"]
+    assert "the cluster lost state" in worker.log.read_text()

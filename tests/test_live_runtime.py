@@ -268,3 +268,22 @@ def test_the_watchdog_reports_a_stage_that_makes_no_progress_with_work_pending(t
     assert stalled is not None and stalled >= 120
     runtime._progress_at = time.monotonic()
     assert runtime.stalled_for_s() is None
+
+
+def test_committed_offsets_ahead_of_the_checkpoints_are_reported_as_lost_state(tmp_path, monkeypatch):
+    """The worker commits only up to persisted checkpoints: a committed offset above one means
+    the cluster lost state (or another group committed), reported instead of committed over."""
+    from stream_app.core.windows import Checkpoint
+
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out)
+    data.update(dataDir=str(tmp_path / "faust"))
+    app, runtime = create_app(parse_config(data))
+    checkpoints = {("in", 0): Checkpoint(100, None)}
+    monkeypatch.setattr(runtime.state, "get_checkpoint", lambda tp: checkpoints.get(tp))
+    assert runtime.check_committed({("in", 0): 100}) is None  # what the worker itself commits
+    assert runtime.check_committed({("in", 0): 40}) is None  # behind: re-read, duplicates skipped
+    reason = runtime.check_committed({("in", 0): 150, ("in", 1): 7})
+    assert reason is not None and "in/0 committed 150, checkpoint 100" in reason and "in/1 committed 7" in reason
+    assert runtime.not_ready_reason() == reason

@@ -32,7 +32,7 @@ from stream_app.faults import failpoint
 from stream_app.journal import encode_events
 from stream_app.live.events import RETRY_INITIAL_S, KafkaEventProducer, wait_to_redeliver
 from stream_app.live.repartition import KafkaRepartitionSender
-from stream_app.live.startup import BrokerProbe
+from stream_app.live.startup import BrokerProbe, group_committed_offsets
 from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
@@ -204,6 +204,7 @@ class LiveRuntime:
         self._settings = settings
         self._app = app
         self._progress_at = time.monotonic()  # last batch processed, file written or commit (the watchdog)
+        self.state_lost: str | None = None  # see check_committed
         self.metrics = Metrics()
         self.publisher = EventPublisher(settings, self.metrics)
         self.state = FaustStateStore(app, settings)
@@ -465,7 +466,27 @@ class LiveRuntime:
         owned = self.pipeline.partitions() + (self.routing.partitions() if self.routing is not None else [])
         return idle if any((self._lag(tp) or 0) > 0 for tp in owned) else None
 
+    def check_committed(self, committed: Mapping[TP, int]) -> str | None:
+        """The worker only ever commits up to a persisted checkpoint, so a committed offset above
+        the checkpoint its table holds means the cluster lost state (a changelog gone, offsets
+        restored from elsewhere) or another group committed for this one.  Reported (ERROR once,
+        /readyz) rather than committed over; docs/operations.md says what to do."""
+        ahead = []
+        for tp, offset in sorted(committed.items()):
+            checkpoint = self.state.get_checkpoint(tp)
+            if offset > (checkpoint.offset if checkpoint is not None else 0):
+                ahead.append(f"{tp[0]}/{tp[1]} committed {offset}, checkpoint "
+                             f"{checkpoint.offset if checkpoint is not None else 'none'}")
+        if ahead and self.state_lost is None:
+            self.state_lost = ("committed offsets ahead of the persisted checkpoints (" + "; ".join(ahead[:3])
+                               + (f"; {len(ahead) - 3} more" if len(ahead) > 3 else "")
+                               + "): the cluster lost state, see docs/operations.md")
+            log.error("%s", self.state_lost)
+        return self.state_lost
+
     def not_ready_reason(self) -> str | None:
+        if self.state_lost is not None:
+            return self.state_lost
         if self.publisher.undeliverable is not None:
             return f"cannot deliver events: {self.publisher.undeliverable}"
         if self.state.in_flight.undeliverable is not None:
@@ -509,11 +530,18 @@ class LiveRuntime:
                 self._idle_closed = [tp for tp in self._idle_closed if tp in self.routing.partitions()]
 
     async def on_rebalance_complete(self) -> None:
-        """Tables are recovered: route every assigned input partition, also one without records
-        (its idle close must still reach the file stage), and announce what each has closed."""
+        """Tables are recovered: compare the group's committed offsets with the checkpoints; in
+        window scope route every assigned input partition, also one without records (its idle
+        close must still reach the file stage), and announce what each has closed."""
+        owned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment()
+                 if tp.topic in self._input_topics or tp.topic == self._repartition_topic]
+        try:
+            self.check_committed(await asyncio.to_thread(group_committed_offsets, self._settings, owned))
+        except Exception as exc:  # the broker went away meanwhile: checked at the next assignment
+            log.warning("could not compare committed offsets with the checkpoints (%s)", type(exc).__name__)
         if self.routing is None:
             return
-        assigned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._input_topics]
+        assigned = [tp for tp in owned if tp[0] in self._input_topics]
         async with self._lock:
             self.routing.assign(assigned, _now_ms())
 
@@ -587,6 +615,10 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
         async for _ in stream:
             raise RuntimeError("an input record reached the agent stream; the intake takes every fetched batch")
 
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's stubs reject any coroutine
+    async def on_rebalance_complete(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        await runtime.on_rebalance_complete()
+
     if runtime.routing is not None:
         repartition = app.topic(settings.repartition_topic, key_serializer="raw", value_serializer="raw",
                                 partitions=kafka.repartition_partitions, internal=False)
@@ -595,10 +627,6 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
         async def files(stream: faust.StreamT) -> None:
             async for _ in stream:
                 raise RuntimeError("a repartition record reached the agent stream; the intake takes every batch")
-
-        @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's stubs reject any coroutine
-        async def on_rebalance_complete(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-            await runtime.on_rebalance_complete()
 
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:

@@ -109,3 +109,17 @@ def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
     finally:
         if probes is not None:
             probes.close()
+
+
+def group_committed_offsets(settings: AppSettings, tps: list[tuple[str, int]], timeout_s: float = 10.0
+                            ) -> dict[tuple[str, int], int]:
+    """The group's committed offset per partition, as the cluster holds it (only those with one)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrapServers, "group.id": settings.appId,
+                         "enable.auto.commit": False, "log_level": 0, **confluent_security(settings.kafka.security)})
+    try:  # reads the offsets without joining the group
+        found = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
