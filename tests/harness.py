@@ -268,3 +268,23 @@ class LiveWorker:
                                     CollectingPublisher(), Journal("reference"))
             run_records(pipeline, produced)
         return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def worker_past_first_files(bootstrap: str, tmp_path: Path) -> tuple[LiveWorker, list[bytes]]:
+    """A running worker (web probes on) that has written and committed the files of the first
+    20 of 40 records (one partition, 10 per file, one long window) and is ready; the other 20
+    are not produced yet.  The caller stops it."""
+    hour = 3_600_000
+    worker = LiveWorker(bootstrap, tmp_path, maxRecordsPerFile=10,
+                        window={"sizeMs": hour, "graceMs": 100 * hour, "idleTimeoutMs": 600_000})
+    worker.enable_web()
+    values = avro_values(40, span_hours=0.3)
+    worker.produce(values[:20])
+    worker.start()
+    try:
+        wait_for(lambda: worker.committed()[0] == 20, 60, what="the first files")
+        assert wait_for(lambda: worker.readiness(), 20)[0] == 200
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, values

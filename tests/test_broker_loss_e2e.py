@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from stream_app.broker import EmbeddedBroker, free_port
-from tests.harness import LiveWorker, avro_values, wait_for
+from tests.harness import wait_for, worker_past_first_files
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
@@ -37,15 +37,8 @@ def durable_broker(tmp_path, monkeypatch):
 
 
 def test_broker_loss_mid_run_is_survived_and_output_is_identical(durable_broker, tmp_path):
-    worker = LiveWorker(durable_broker.bootstrap, tmp_path, maxRecordsPerFile=10,
-                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
-    worker.enable_web()
-    values = avro_values(40, span_hours=0.3)
-    worker.produce(values[:20])
-    worker.start()
+    worker, values = worker_past_first_files(durable_broker.bootstrap, tmp_path)
     try:
-        wait_for(lambda: worker.committed()[0] == 20, 60, what="the first files")
-        assert wait_for(lambda: worker.readiness(), 20)[0] == 200
         before = len(worker.log.read_text(errors="replace").splitlines())
         durable_broker.stop()
         status, body = wait_for(lambda: (lambda r: r if r and r[0] == 503 else None)(worker.readiness()),

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.harness import LiveWorker, avro_values, readiness, wait_for
+from tests.harness import LiveWorker, avro_values, readiness, wait_for, worker_past_first_files
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
@@ -440,18 +440,10 @@ def test_committed_offsets_the_worker_never_made_are_reported_not_committed_over
     commit above the checkpoints the worker's tables hold: it says so on /readyz."""
     from confluent_kafka import Consumer, TopicPartition
 
-    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=10,
-                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
-    worker.enable_web()
-    values = avro_values(40, span_hours=0.3)
-    worker.produce(values[:20])
-    worker.start()
-    try:
-        wait_for(lambda: worker.committed()[0] == 20, 60, what="the first files")
-        assert wait_for(lambda: worker.readiness(), 20)[0] == 200
-    finally:
-        worker.stop()
+    worker, values = worker_past_first_files(kafka_bootstrap, tmp_path)
+    worker.stop()
     worker.produce(values[20:])
+
     def foreign_commit() -> bool:  # a member of the group (the embedded broker refuses simple commits)
         foreign = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": worker.app_id, "log_level": 0,
                             "enable.auto.commit": False, "session.timeout.ms": 6000, "auto.offset.reset": "earliest"})

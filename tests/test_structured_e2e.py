@@ -15,9 +15,9 @@ H = 3_600_000
 LONG_WINDOWS = {"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000}
 
 
-def _values(bad_index: int, count: int = 4) -> list[bytes]:
+def _values(bad_index: int, count: int = 4, change: dict | None = None) -> list[bytes]:
     records = list(matched_records(count, seed=31, span_hours=0.2))
-    records[bad_index] = {**records[bad_index], "scheme": "AMEX"}
+    records[bad_index] = {**records[bad_index], **(change or {"scheme": "AMEX"})}
     return [encode_confluent(1, SCHEMA, r) for r in records]
 
 
@@ -48,12 +48,16 @@ def test_fail_policy_halts_the_window_journals_and_reports_not_ready(kafka_boots
     assert worker.files() == {} and committed in (0, -1001)
 
 
-def test_dead_letter_policy_writes_the_file_without_the_record(kafka_bootstrap, tmp_path):
-    worker = LiveWorker(kafka_bootstrap, tmp_path, mode="structured",
-                        schema={"id": "settlement-report", "version": "1.0.0"},
-                        fileNameTemplate="SR_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.csv",
-                        maxRecordsPerFile=3, window=LONG_WINDOWS)
-    values = _values(bad_index=1)
+def settlement_report_worker(bootstrap: str, tmp_path) -> LiveWorker:
+    """The CSV pack with onInvalidRecord: deadLetter, three records to a file, one long window."""
+    return LiveWorker(bootstrap, tmp_path, mode="structured", schema={"id": "settlement-report", "version": "1.0.0"},
+                      fileNameTemplate="SR_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.csv",
+                      maxRecordsPerFile=3, window=LONG_WINDOWS)
+
+
+def one_dead_letter(kafka_bootstrap: str, tmp_path, values: list[bytes]) -> tuple[dict, bytes]:
+    """The CSV pack's worker over four records of which one is bad: its dead letter and the file."""
+    worker = settlement_report_worker(kafka_bootstrap, tmp_path)
     worker.produce(values)
     worker.start()
     try:
@@ -61,9 +65,15 @@ def test_dead_letter_policy_writes_the_file_without_the_record(kafka_bootstrap, 
         wait_for(lambda: worker.committed()[0] == 4, 60, what="commit past the dead-lettered record")
     finally:
         worker.stop()
+    (body,) = worker.files().values()
+    return dead, body
+
+
+def test_dead_letter_policy_writes_the_file_without_the_record(kafka_bootstrap, tmp_path):
+    values = _values(bad_index=1)
+    dead, body = one_dead_letter(kafka_bootstrap, tmp_path, values)
     assert dead["reason"] == "VALIDATION_FAILED" and dead["source_offset"] == 1
     assert dead["detail"] == "field 'scheme' violates rule enum" and dead["original_value"] == values[1]
-    (body,) = worker.files().values()
     rows = body.decode().split("\r\n")
     good = [r for r in matched_records(4, seed=31, span_hours=0.2)]
     del good[1]
@@ -73,20 +83,8 @@ def test_dead_letter_policy_writes_the_file_without_the_record(kafka_bootstrap, 
 
 
 def test_a_control_character_in_a_csv_value_is_a_dead_letter_naming_the_field(kafka_bootstrap, tmp_path):
-    worker = LiveWorker(kafka_bootstrap, tmp_path, mode="structured",
-                        schema={"id": "settlement-report", "version": "1.0.0"},
-                        fileNameTemplate="SR_{{ partition }}_{{ part }}_{{ window_start | ts('%Y%m%d%H') }}.csv",
-                        maxRecordsPerFile=3, window=LONG_WINDOWS)
-    records = list(matched_records(4, seed=31, span_hours=0.2))
-    records[2] = {**records[2], "merchant_name": "ZQ SHOP\r\nXY"}  # a line reader would see two records
-    worker.produce([encode_confluent(1, SCHEMA, r) for r in records])
-    worker.start()
-    try:
-        (dead,) = worker.dead_letters(expect=1)
-        wait_for(lambda: worker.committed()[0] == 4, 60, what="commit past the dead-lettered record")
-    finally:
-        worker.stop()
+    # a line reader would see two records
+    dead, body = one_dead_letter(kafka_bootstrap, tmp_path, _values(2, change={"merchant_name": "ZQ SHOP\r\nXY"}))
     assert dead["reason"] == "VALIDATION_FAILED" and dead["source_offset"] == 2
     assert dead["detail"].startswith("field 'merchant_name' violates rule controlChar") and "ZQ" not in dead["detail"]
-    (body,) = worker.files().values()
     assert body.count(b"\r\n") == 1 + 3 + 1 and b"ZQ SHOP" not in body
