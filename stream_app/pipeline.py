@@ -10,6 +10,7 @@ assembler and the sink; ``apply_write`` updates state on the driver's thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
@@ -206,11 +207,10 @@ class FilePipeline:
         # `created` event.  Event ids are deterministic, so a re-sent event is a duplicate to drop.
         self._unpersisted_facts: dict[FileKey, WindowFacts] = {}
         self.failing = False  # some cut is waiting for a retry
-        # A record broke the schema pack under onInvalidRecord: fail. Nothing of its window is
-        # written or committed until the input or the pack is fixed; readiness reports it.
-        # Parts halted by a terminal error, and the reason readiness reports (the first one).
+        # Parts halted by a terminal error (a template, validation, layout or sink refusal) and
+        # why: nothing of their windows is written or committed until the config or the input is
+        # fixed and the worker restarted; readiness reports the first.
         self.halted: dict[tuple[FileKey, int], str] = {}
-        self.halted_reason: str | None = None
         self._structured = assembler if isinstance(assembler, StructuredAssembler) else None
         # Streaming mode: parts are written to spool files as records arrive (flat memory).
         self._spool_dir = spool_dir
@@ -357,6 +357,11 @@ class FilePipeline:
                 del self._unpersisted_facts[key]
             for key_part in [kp for kp in self._parts if self._owner_of(kp[0]) == tp]:
                 self._parts.pop(key_part).discard()
+            for key_part in [kp for kp in self.halted if self._owner_of(kp[0]) == tp]:
+                del self.halted[key_part]  # the new owner meets (and reports) it again
+                if self.metrics is not None:
+                    with contextlib.suppress(KeyError):  # two halted parts of one file key
+                        self.metrics.halted_files.remove(key_part[0].id)
             for key in {ks[0] for ks in self._run_spools if self._owner_of(ks[0]) == tp}:
                 self._drop_window_spools(key)
 
@@ -634,8 +639,9 @@ class FilePipeline:
 
     def _failed(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int) -> None:
         """A part that could not be written: back off and retry when the error is transient;
-        halt the part when it is terminal (``error_classes.md``): the same records and config
-        would fail the same way, so it is reported once and waits for a fix and a restart."""
+        halt the part when it is terminal (docs/operations.md, error classes): the same records
+        and config would fail the same way, so it is reported once and waits for a fix and a
+        restart."""
         assert outcome.error_class is not None and outcome.error_message is not None
         retry = self._retries.setdefault((cut.key, cut.part), _Retry())
         retry.attempt += 1
@@ -656,7 +662,6 @@ class FilePipeline:
         if terminal:
             retry.not_before_ms = HALTED  # never again in this process: a restart retries it
             self.halted[(cut.key, cut.part)] = outcome.error_message
-            self.halted_reason = outcome.error_message
             if self.metrics is not None:
                 self.metrics.halted_files.labels(cut.key.id).set(1)
             log.error("file %s part %d halted (%s, needs a fix and a restart): %s", cut.key.id, cut.part,
@@ -669,6 +674,10 @@ class FilePipeline:
             cut.key.id, cut.part, retry.attempt, backoff, outcome.error_message,
             extra={"file_key": cut.key.id, "part": cut.part},
         )
+
+    @property
+    def halted_reason(self) -> str | None:
+        return next(iter(self.halted.values()), None)
 
     def finish_flush(self, summary: FlushSummary) -> None:
         self.failing = bool(self._retries)

@@ -387,3 +387,17 @@ def test_sink_errors_are_halted_when_terminal_and_backed_off_when_transient(tmp_
     events = pub.of_type("write-failed")
     assert all(e["terminal"] is terminal for e in events)
     assert (sink.calls, len(events)) == (1, 1) if terminal else sink.calls == len(events) > 5
+
+
+def test_a_halted_part_of_a_revoked_partition_is_no_longer_reported_here(tmp_path):
+    from stream_app.ops.metrics import Metrics
+
+    p, pub, _ = pipeline(tmp_path, recordTemplate="{{ record.amount | pad(2) }}\n", maxRecordsPerFile=5,
+                         window={"sizeMs": 86_400_000})
+    p.metrics = Metrics()
+    p.process(raws(5), 0)
+    flush_due(p, 0)
+    assert p.halted_reason is not None
+    p.revoke([("in", 0)])
+    assert p.halted == {} and p.halted_reason is None  # its new owner meets the error and reports it
+    assert b"stream_app_halted_file{" not in p.metrics.render()
