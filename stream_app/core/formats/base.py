@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from stream_app.core.decimals import quantize
+from stream_app.core.formats.text import TEXT_ERROR_CLASS, FieldTextViolation, TextPolicy
 from stream_app.core.structured.pack import FieldSpec
 
 
@@ -60,6 +61,16 @@ def line_writer(formatter: Formatter, fields: Sequence[FieldSpec]) -> DetailWrit
         return line(Line("detail", None, None, tuple([(spec, row[name]) for spec, name in names])))
 
     return write
+
+
+def clean_line_texts(policy: TextPolicy, line: Line, texts: list[str]) -> list[str]:
+    """A CSV or fixed-width line's texts under the pack's text policy (core/formats/text.py);
+    a refused value is a FormatError naming the field and the rule."""
+    try:
+        return policy.clean_texts([spec.name for spec, _ in line.values], texts)
+    except FieldTextViolation as exc:
+        raise FormatError(f"{line.kind} line: field {exc.field!r} violates rule {exc.violation.rule} "
+                          f"({exc.violation})", TEXT_ERROR_CLASS[exc.violation.rule]) from None
 
 
 def format_all(formatter: Formatter, lines: list[Line]) -> bytes:

@@ -7,8 +7,8 @@ import io
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-from stream_app.core.formats.base import DetailWriter, FormatError, Line, line_writer, render_text
-from stream_app.core.formats.text import TEXT_ERROR_CLASS, FieldTextViolation, TextPolicy
+from stream_app.core.formats.base import DetailWriter, Line, clean_line_texts, line_writer, render_text
+from stream_app.core.formats.text import TextPolicy
 from stream_app.core.structured.pack import CsvSpec, FieldSpec
 
 _QUOTING: dict[str, Literal[0, 1, 2, 3]] = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL,
@@ -35,12 +35,7 @@ class CsvFormatter:
 
     def _row(self, line: Line) -> list[str]:
         row = [line.record_type] if line.record_type is not None else []
-        texts = [render_text(spec, value) for spec, value in line.values]
-        try:
-            row.extend(self._text.clean_texts([spec.name for spec, _ in line.values], texts))
-        except FieldTextViolation as exc:
-            raise FormatError(f"{line.kind} line: field {exc.field!r} violates rule {exc.violation.rule} "
-                              f"({exc.violation})", TEXT_ERROR_CLASS[exc.violation.rule]) from None
+        row.extend(clean_line_texts(self._text, line, [render_text(spec, value) for spec, value in line.values]))
         return row
 
     def begin(self, header: list[Line]) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from stream_app.core.formats.base import DetailWriter, FormatError, Line, line_writer, render_text
-from stream_app.core.formats.text import TEXT_ERROR_CLASS, FieldTextViolation, TextPolicy
+from stream_app.core.formats.base import DetailWriter, FormatError, Line, clean_line_texts, line_writer, render_text
+from stream_app.core.formats.text import TextPolicy
 from stream_app.core.structured.pack import FieldSpec
 
 
@@ -19,14 +19,8 @@ class FixedWidthFormatter:
     def line(self, line: Line) -> bytes:
         record_type = line.record_type if line.kind != "detail" else (line.record_type or self._detail_type)
         parts = [record_type or ""]
-        specs = [spec for spec, _ in line.values]
-        texts = [render_text(spec, value) for spec, value in line.values]
-        try:
-            texts = self._text.clean_texts([spec.name for spec in specs], texts)
-        except FieldTextViolation as exc:
-            raise FormatError(f"{line.kind} line: field {exc.field!r} violates rule {exc.violation.rule} "
-                              f"({exc.violation})", TEXT_ERROR_CLASS[exc.violation.rule]) from None
-        for spec, text in zip(specs, texts):
+        texts = clean_line_texts(self._text, line, [render_text(spec, value) for spec, value in line.values])
+        for (spec, _), text in zip(line.values, texts):
             width = spec.width or 0
             if len(text) > width:
                 raise FormatError(f"{line.kind} line: field {spec.name!r} needs {len(text)} characters, "

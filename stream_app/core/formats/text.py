@@ -38,6 +38,14 @@ class TextViolation(ValueError):
         self.rule = rule
 
 
+def encodable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def transliterate(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.translate(_TRANSLITERATION))
     return "".join(c for c in decomposed if not unicodedata.combining(c))
@@ -54,13 +62,7 @@ class TextPolicy:
         self._ascii = encoding.lower().replace("_", "-") in ("ascii", "us-ascii")
 
     def encodable(self, text: str) -> bool:
-        if self._ascii:
-            return text.isascii()
-        try:
-            text.encode(self.encoding)
-        except UnicodeEncodeError:
-            return False
-        return True
+        return text.isascii() if self._ascii else encodable(text, self.encoding)
 
     def clean(self, text: str) -> str:
         """``text`` as the file may hold it; TextViolation if the pack does not allow a repair."""

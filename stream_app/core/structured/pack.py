@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stream_app.core.formats.text import CONTROL
+from stream_app.core.formats.text import CONTROL, encodable
 from stream_app.core.structured.expressions import Evaluator, ExpressionError, compile_expression
 from stream_app.core.structured.xmlpaths import ELEMENT_PATH, XML_NAME, XmlPathError, build_tree, field_path
 
@@ -286,7 +286,7 @@ class SchemaPack:
             "x".encode(out.encoding)
         except LookupError:
             raise self.error("output.encoding", "encoding", f"unknown encoding {out.encoding!r}") from None
-        if CONTROL.match(out.controlReplacement) or not _encodable(out.controlReplacement, out.encoding):
+        if CONTROL.match(out.controlReplacement) or not encodable(out.controlReplacement, out.encoding):
             raise self.error("output.controlReplacement", "controlChar",
                              f"the replacement must be a printable character {out.encoding} can encode")
         if out.format == "fixedWidth":
@@ -351,14 +351,6 @@ class SchemaPack:
         detail = ("body.fields", self.body_fields) if self.spec.body else ("fields", self.fields)
         return [detail, *((f"header[{i}].fields", f) for i, f in enumerate(self.header)),
                 *((f"trailer[{i}].fields", f) for i, f in enumerate(self.trailer))]
-
-
-def _encodable(text: str, encoding: str) -> bool:
-    try:
-        text.encode(encoding)
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def pack_path(schemas_dir: Path, schema_id: str, version: str) -> Path:
