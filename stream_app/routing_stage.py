@@ -52,6 +52,9 @@ class RoutingStage:
         self._routers: dict[TP, PartitionRouter] = {}
         self._sent: dict[TP, Checkpoint] = {}
         self._published: dict[TP, Checkpoint] = {}
+        # After a rewind: per input partition, the last offset routed before it.  Records above it
+        # that arrive before the re-read ones were fetched before the seek, and are dropped.
+        self._stale_above: dict[TP, int] = {}
         self.late_records = 0
 
     # -- partitions -------------------------------------------------------------------------
@@ -79,6 +82,25 @@ class RoutingStage:
             self._routers.pop(tp, None)
             self._sent.pop(tp, None)
             self._published.pop(tp, None)
+            self._stale_above.pop(tp, None)
+
+    def rewind(self) -> dict[TP, int]:
+        """Forget everything routed since the persisted checkpoints (the repartition producer
+        lost records: what it delivered is a prefix of what it was given, per partition) and
+        give, per input partition, the offset to read again from.  The routers are rebuilt from
+        the checkpoints, so the same records make the same decisions; the file stage drops the
+        copies of the records it already has, by source coordinates."""
+        seek: dict[TP, int] = {}
+        for tp, router in self._routers.items():
+            checkpoint = self._state.get_checkpoint(tp)
+            start = checkpoint.offset if checkpoint is not None else 0
+            if router.next_offset is not None and router.next_offset > start:
+                self._stale_above[tp] = router.next_offset - 1
+            seek[tp] = start
+        self._routers.clear()
+        self._sent.clear()
+        self._published.clear()
+        return seek
 
     def partitions(self) -> list[TP]:
         return list(self._routers)
@@ -98,6 +120,8 @@ class RoutingStage:
                 if (raw.topic, raw.partition) not in touched:
                     touched[(raw.topic, raw.partition)] = (router, router.frontier())
             if router.already_processed(raw.offset):
+                continue
+            if self._stale_above and self._is_stale(raw):
                 continue
             try:
                 if type(decoded) is not SourceRecord:
@@ -137,6 +161,16 @@ class RoutingStage:
             if routed.frontier() > before:
                 self._announce(routed)
         failpoint("routing.after-send")
+
+    def _is_stale(self, raw: RawRecord) -> bool:
+        tp = (raw.topic, raw.partition)
+        last = self._stale_above.get(tp)
+        if last is None:
+            return False
+        if raw.offset > last:
+            return True  # fetched before the rewind's seek
+        del self._stale_above[tp]  # the re-read has begun
+        return False
 
     def _dead_letter(self, router: PartitionRouter, raw: RawRecord, reason: str, detail: str) -> None:
         self._publisher.dead_letter(raw, reason, detail)

@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from stream_app.broker import EmbeddedBroker, free_port
-from tests.harness import wait_for, worker_past_first_files
+from tests.harness import LiveWorker, avro_values, wait_for, worker_past_first_files
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
@@ -115,3 +115,38 @@ def test_events_undelivered_while_the_broker_is_gone_are_produced_again_never_ra
             values.add(msg.value())
     consumer.close()
     assert values == {f"before-{i}".encode() for i in range(20)} | {f"during-{i}".encode() for i in range(20)}
+
+
+def test_business_files_survive_a_broker_restart_without_a_crash(durable_broker, tmp_path):
+    """Window scope: after the broker restarts, the repartition producer meets a broker that
+    fenced its idempotent producer id.  The worker never exits: the routing stage rewinds to its
+    persisted checkpoints and routes again, the file stage drops what it already had, and the
+    files of every closed window equal the reference."""
+    hour = 3_600_000
+    worker = LiveWorker(durable_broker.bootstrap, tmp_path, partitions=2, fileScope="window",
+                        fileNameTemplate="B_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ '%03d' % part }}.txt",
+                        maxRecordsPerFile=50,
+                        window={"sizeMs": hour, "graceMs": 10 * 60_000, "idleTimeoutMs": 600_000})
+    worker.enable_web()
+    values = avro_values(400, span_hours=4)  # windows 0-2 close by watermark, window 3 stays open
+    worker.produce(values[:200])
+    worker.start()
+    try:
+        worker.wait_for(lambda: len(worker.files()) >= 2, 90, what="the files of the first window")
+        durable_broker.stop()
+        wait_for(lambda: (lambda r: r if r and r[0] == 503 else None)(worker.readiness()), 30,
+                 what="not-ready while the broker is gone")
+        time.sleep(5)
+        durable_broker.start()
+        worker.produce(values[200:])
+        # windows 0-2 close by watermark: two files each
+        worker.wait_for(lambda: len(worker.files()) >= 6, 150, what="the files after the restart")
+        time.sleep(2)
+        assert worker.proc.poll() is None, "the worker exited"
+    finally:
+        worker.stop()
+    log = worker.log.read_text(errors="replace")
+    assert "Crashed" not in log and "Traceback" not in log
+    reference = worker.reference_files(tmp_path)
+    files = worker.files()
+    worker.assert_reference_files(tmp_path, {name: reference[name] for name in files if name in reference}, files)

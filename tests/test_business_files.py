@@ -309,3 +309,50 @@ def test_an_event_time_far_ahead_of_the_watermark_is_a_dead_letter_and_moves_not
     # the same windows and records (offsets shift by one past the dead letter, so compare counts)
     assert sorted(files) == sorted(reference)
     assert sum(b.count(b"\nD|") for b in files.values()) == 299
+
+
+class LosingSender(LoopbackSender):
+    """A repartition producer that, from ``lose_after`` sends on, delivers nothing (a fatal
+    producer error: what reached the topic is a prefix of what was sent)."""
+
+    lose_after: int | None = None
+    sent = 0
+
+    def send(self, partition: int, key: bytes, value: bytes) -> None:
+        self.sent += 1
+        if self.lose_after is None or self.sent <= self.lose_after:
+            super().send(partition, key, value)
+
+
+def test_a_routing_stage_rewound_after_lost_repartition_records_writes_the_same_files(tmp_path):
+    parts = partitioned(600, 2)
+    reference, _ = run(tmp_path / "ref", [r for p in parts for r in p], 2)
+    (tmp_path / "out").mkdir()
+    settings = settings_for(tmp_path / "out", **WINDOW_SCOPE)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
+    publisher, sender = CollectingPublisher(), LosingSender(settings.repartition_topic)
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(tmp_path / "out"))
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    routing.assign(settings.input_partitions, 0)
+    thirds = [len(p) // 3 for p in parts]
+    routing.process([r for p, t in zip(parts, thirds) for r in p[:t]], 0)
+    files.process_routed(sender.drain(), 0)
+    routing.advance_checkpoints()
+    routing.confirm_checkpoints()
+    # the second third: the producer fails part-way, the file stage sees only a prefix of it
+    sender.lose_after = sender.sent + 5
+    routing.process([r for p, t in zip(parts, thirds) for r in p[t:2 * t]], 0)
+    files.process_routed(sender.drain(), 0)
+    sender.lose_after = None
+    seek = routing.rewind()
+    assert seek == {("in", 0): thirds[0], ("in", 1): thirds[1]}
+    # a batch fetched before the seek arrives first: dropped, not routed (the rebuilt routers
+    # only announce their checkpoints' frontiers)
+    routing.process([r for p, t in zip(parts, thirds) for r in p[2 * t:2 * t + 10]], 0)
+    resent = sender.drain()
+    assert resent and all(isinstance(decode(r.value), FrontierMarker) for r in resent)
+    files.process_routed(resent, 0)
+    run_window_records(routing, files, sender, settings.input_partitions,
+                       [r for p, t in zip(parts, thirds) for r in p[t:]])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("F_*")} == reference
+    assert sum(c.duplicates for c in files._windowers.values()) > 0

@@ -118,6 +118,25 @@ def test_sigkill_in_either_stage_leaves_exactly_the_reference_files(kafka_bootst
     assert all(len(v) == 1 for v in ids.values()) and set(ids) == set(reference)
 
 
+def test_lost_repartition_records_are_routed_again_without_a_restart(kafka_bootstrap, tmp_path):
+    """The repartition producer fails part-way (as after a fatal error, nothing after the failure
+    reaches the topic): the worker does not exit; the routing stage rewinds to its persisted
+    checkpoints and routes again through a new producer, and the files equal the reference."""
+    worker = business_worker(kafka_bootstrap, tmp_path)
+    worker.produce(interleaved(6_000, seed=11, span_hours=4))
+    reference = worker.reference_files(tmp_path)
+    worker.start(env={"STREAM_APP_FAILPOINTS": "repartition.send=EIO@25"})
+    try:
+        worker.wait_for(lambda: set(worker.files()) >= set(reference), 180, interval_s=1, what="every file")
+        time.sleep(2)
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
+    worker.assert_reference_files(tmp_path, reference)
+    assert worker.log_count("routing again from the persisted checkpoints") == 1
+    assert "Traceback" not in worker.log.read_text()
+
+
 def test_a_slow_partition_holds_only_the_windows_it_has_not_closed(kafka_bootstrap, tmp_path):
     """Partition 3 stops after hour 2 while the others go on to hour 6: the windows it closed are
     written at once, the rest wait for it, and its idle close releases them."""

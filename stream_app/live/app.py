@@ -31,7 +31,7 @@ from stream_app.deadletter import dead_letter
 from stream_app.faults import failpoint
 from stream_app.journal import encode_events
 from stream_app.live.events import RETRY_INITIAL_S, KafkaEventProducer, wait_to_redeliver
-from stream_app.live.repartition import KafkaRepartitionSender
+from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
 from stream_app.live.startup import BrokerProbe, group_committed_offsets
 from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -221,6 +221,7 @@ class LiveRuntime:
             self._repartition_topic = settings.repartition_topic
         self._idle_closed: list[TP] = []  # routed partitions whose idle close awaits its announcement
         self._routing_commit_due = 0.0  # time.monotonic() of the next routing commit
+        self._rewind_backoff_s = RETRY_INITIAL_S
         removed = self.pipeline.sink.discard_partials()
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
@@ -428,18 +429,41 @@ class LiveRuntime:
         # At most once per commitIntervalMs: each routing commit waits for three round trips
         # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
         self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
-        await self.repartition.delivered()
-        await self.publisher.delivered()
-        failpoint("routing.before-checkpoint")
-        moved = bool(self.routing.advance_checkpoints())
-        if moved:
-            await self.state.delivered()
-            self.routing.confirm_checkpoints()
-        if self._idle_closed:
-            announce, self._idle_closed = self._idle_closed, []
-            self.routing.announce(announce)
+        try:
             await self.repartition.delivered()
+            await self.publisher.delivered()
+            failpoint("routing.before-checkpoint")
+            moved = bool(self.routing.advance_checkpoints())
+            if moved:
+                await self.state.delivered()
+                self.routing.confirm_checkpoints()
+            if self._idle_closed:
+                announce, self._idle_closed = self._idle_closed, []
+                self.routing.announce(announce)
+                await self.repartition.delivered()
+        except RepartitionSendError as exc:
+            await self._rewind_routing(exc)
+            return False
+        self._rewind_backoff_s = RETRY_INITIAL_S
         return moved
+
+    async def _rewind_routing(self, failure: RepartitionSendError) -> None:
+        """Repartition records were lost (a fatal producer error, e.g. a broker that fenced the
+        producer after a restart): route again from the persisted checkpoints through a new
+        producer, as a restart would, but in this process.  Nothing was committed past them."""
+        assert self.routing is not None and self.repartition is not None
+        self._rewind_backoff_s = await wait_to_redeliver(
+            f"{failure}; routing again from the persisted checkpoints", self._rewind_backoff_s)
+        self.repartition.restart()
+        seek = self.routing.rewind()
+        self._held = None  # fetched before the seek
+        self._idle_closed = []  # the rebuilt routers announce what their checkpoints closed
+        assigned = self._app.consumer.assignment()
+        for (topic, partition), offset in seek.items():
+            tp = FaustTP(topic, partition)
+            if tp in assigned:
+                await self._app.consumer.seek(tp, offset)
+        self.routing.assign([tp for tp in seek if FaustTP(*tp) in assigned], _now_ms())
 
     async def _commit(self) -> None:
         """Commit the new checkpoints now (Faust would within commitIntervalMs anyway)."""
@@ -489,6 +513,8 @@ class LiveRuntime:
             return self.state_lost
         if self.publisher.undeliverable is not None:
             return f"cannot deliver events: {self.publisher.undeliverable}"
+        if self.repartition is not None and self.repartition.undeliverable is not None:
+            return f"cannot deliver repartition records: {self.repartition.undeliverable}"
         if self.state.in_flight.undeliverable is not None:
             return f"cannot deliver table changes: {self.state.in_flight.undeliverable}"
         if self.pipeline.halted_reason is not None:

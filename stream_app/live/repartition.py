@@ -4,16 +4,18 @@ The routing stage's records go through confluent-kafka rather than Faust's aioka
 librdkafka batches, compresses and sends in its own threads (outside the GIL), several times
 faster per record than aiokafka here, and its idempotent producer keeps each partition's
 records in order across retries — the file stage relies on a source partition's records
-arriving before that partition's close frontier.
+arriving before that partition's close frontier, and on no record being skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from stream_app.config import AppSettings
+from stream_app.faults import failpoint
 from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
@@ -51,31 +53,65 @@ def ensure_repartition_topic(settings: AppSettings, timeout_s: float = 30.0) -> 
 
 
 class RepartitionSendError(RuntimeError):
-    pass
+    """Some repartition records were not delivered: the routing stage rewinds (``RoutingStage.rewind``)."""
+
+
+class _KnownConfigWarning(logging.Filter):
+    """librdkafka warns at every start that the gapless guarantee is experimental; it is chosen
+    on purpose (see KafkaRepartitionSender), so that warning would only alarm operators."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "enable.gapless.guarantee is experimental" not in record.getMessage()
+
+
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka.repartition")
+_LIBRDKAFKA_LOG.addFilter(_KnownConfigWarning())
+
+# How long delivered() may wait on the broker before /readyz says so.
+UNDELIVERED_REPORT_S = 30.0
 
 
 class KafkaRepartitionSender:
-    """``RepartitionSender`` for the live worker; ``delivered()`` waits for every acknowledgement."""
+    """``RepartitionSender`` for the live worker; ``delivered()`` waits for every acknowledgement.
+
+    What reaches the broker is always a prefix of what was sent, per partition, in each producer
+    session: librdkafka never times a record out (``message.timeout.ms`` 0: it retries while the
+    broker is away) and its gapless guarantee turns any error that could leave a gap into a fatal
+    one, after which nothing more is delivered.  So after a failure the routing stage can send
+    everything after its checkpoints again through a new producer (``restart``): the file stage
+    keeps the first copy of each record and drops the rest by source coordinates.
+    """
 
     def __init__(self, settings: AppSettings) -> None:
         from confluent_kafka import Producer
 
         kafka = settings.kafka
         self.topic = settings.repartition_topic
-        self._producer = Producer({
+        conf: dict[str, Any] = {
             "bootstrap.servers": kafka.bootstrapServers, **confluent_security(kafka.security),
-            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "queue.buffering.max.kbytes": 262144, "log_level": 4,
+            "enable.idempotence": True, "enable.gapless.guarantee": True, "acks": "all",
+            "message.timeout.ms": 0, "linger.ms": 5, "queue.buffering.max.kbytes": 262144, "log_level": 4,
             # through Python logging (and its OutageFilter), not straight to stderr
-            "logger": logging.getLogger("librdkafka.repartition"),
-        })
+            "logger": _LIBRDKAFKA_LOG,
+        }
+        self._make = lambda: Producer(conf)
+        self._producer = self._make()
         self._errors: list[str] = []
+        self._broken: str | None = None  # a send refused: nothing after it may be delivered
+        self._waiting_since: float | None = None
 
     def _on_delivery(self, err: Any, msg: Any) -> None:  # runs in the thread that flushes
         if err is not None:
             self._errors.append(str(err))
 
     def send(self, partition: int, key: bytes, value: bytes) -> None:
+        if self._broken is not None:
+            return
+        try:
+            failpoint("repartition.send")
+        except OSError as exc:  # as a fatal producer error: this and every later record undelivered
+            self._broken = f"send refused ({exc.strerror})"
+            return
         while True:
             try:
                 self._producer.produce(self.topic, value, key, partition=partition, on_delivery=self._on_delivery)
@@ -84,13 +120,32 @@ class KafkaRepartitionSender:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
+    @property
+    def undeliverable(self) -> str | None:
+        """Why /readyz is 503: records waiting for the broker for longer than UNDELIVERED_REPORT_S."""
+        since = self._waiting_since
+        if since is None or time.monotonic() - since < UNDELIVERED_REPORT_S:
+            return None
+        return f"{len(self._producer)} repartition record(s) not acknowledged for {time.monotonic() - since:.0f} s"
+
     async def delivered(self) -> None:
+        """Every record sent is acknowledged; raises ``RepartitionSendError`` once the queue is
+        empty when some were not (then ``restart`` and route again from the checkpoints)."""
         # In steps, so that a stop (or a broker outage) never leaves a thread blocked in flush().
-        while len(self._producer):  # queued or in flight
-            await asyncio.to_thread(self._producer.flush, 2.0)
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise RepartitionSendError(f"{len(errors)} repartition record(s) not delivered: {errors[0]}")
+        self._waiting_since = time.monotonic()
+        try:
+            while len(self._producer):  # queued or in flight
+                await asyncio.to_thread(self._producer.flush, 2.0)
+        finally:
+            self._waiting_since = None
+        if self._errors or self._broken:
+            errors = [*self._errors, *([self._broken] if self._broken else [])]
+            raise RepartitionSendError(f"{len(errors)} repartition delivery error(s), the first: {errors[0]}")
+
+    def restart(self) -> None:
+        """A new producer session (the old one's queue is empty: ``delivered`` raised)."""
+        self._producer = self._make()
+        self._errors, self._broken = [], None
 
     def close(self) -> None:
         self._producer.flush(10)
