@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -211,6 +212,9 @@ class FilePipeline:
         # why: nothing of their windows is written or committed until the config or the input is
         # fixed and the worker restarted; readiness reports the first.
         self.halted: dict[tuple[FileKey, int], str] = {}
+        # The live worker's ownership check, run (in the writer thread) just before a file is put
+        # in place, given the partition that owns it: raises NotOwner once that is lost.
+        self.confirm_owner: Callable[[TP, str], None] | None = None
         self._structured = assembler if isinstance(assembler, StructuredAssembler) else None
         # Streaming mode: parts are written to spool files as records arrive (flat memory).
         self._spool_dir = spool_dir
@@ -572,7 +576,9 @@ class FilePipeline:
                                 source=exc.source)
         chunks = gzipped(assembled.chunks) if self._compression == "gzip" else assembled.chunks
         try:
-            result = self.sink.write(assembled.name, chunks)
+            confirm = self.confirm_owner
+            result = self.sink.write(assembled.name, chunks, None if confirm is None else
+                                     partial(confirm, self._owner_of(cut.key), assembled.name))
         except SinkError as exc:
             return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc),
                                 transient=exc.transient)

@@ -283,7 +283,7 @@ class VerifyingSink:
     def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
         return []
 
-    def write(self, name: str, chunks: Any) -> WriteResult:
+    def write(self, name: str, chunks: Any, before_publish: Any = None) -> WriteResult:
         digest, size = hashlib.sha256(), 0
         for chunk in chunks():
             digest.update(chunk)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -227,7 +229,7 @@ def test_a_second_replica_takes_partitions_over_while_files_are_written(kafka_bo
         second.stop()
     a, b = first.files(), second.files()
     assert a and b  # both replicas wrote files: the second one took partitions over
-    assert all(a[name] == b[name] for name in set(a) & set(b))  # a file written twice is the same file
+    assert not set(a) & set(b), f"in both volumes: {sorted(set(a) & set(b))}"
     assert {**a, **b} == first.reference_files(tmp_path)
     for replica in (first, second):
         assert "Traceback" not in replica.log.read_text()
@@ -236,6 +238,43 @@ def test_a_second_replica_takes_partitions_over_while_files_are_written(kafka_bo
     for event in first.created():
         ids.setdefault(event["file_name"], set()).add(event["event_id"])
     assert all(len(v) == 1 for v in ids.values()) and set(ids) == set(a) | set(b)
+
+
+def test_a_frozen_replica_that_lost_its_partitions_puts_no_file_in_place(kafka_bootstrap, tmp_path):
+    """A zombie: the first replica freezes (SIGSTOP) in the middle of a write, the group drops it
+    after its session timeout and the second replica writes everything it had not committed.
+    When the first one wakes, the broker refuses its ownership check: the file it was writing is
+    not put in place, so no file name is in both volumes."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = LiveWorker(kafka_bootstrap, tmp_path / "a", partitions=2, maxRecordsPerFile=100,
+                       window={"sizeMs": H, "graceMs": 10 * 60_000, "idleTimeoutMs": 5000})
+    second = first.replica(tmp_path / "b")
+    first.produce(avro_values(2_000, seed=41, span_hours=6))
+    reference = first.reference_files(tmp_path)
+    first.start(env={"STREAM_APP_FAILPOINTS": "sink.write=delay@1500"})
+    frozen = False
+    try:
+        first.wait_for(lambda: len(first.files()) >= 1, 90, what="the first replica's first file")
+        time.sleep(0.5)  # inside the next file's write
+        os.killpg(first.proc.pid, signal.SIGSTOP)
+        frozen = True
+        second.start()
+        second.wait_for(lambda: set(first.files()) | set(second.files()) >= set(reference), 180, interval_s=1,
+                        what="the second replica writing what the first had not committed")
+        os.killpg(first.proc.pid, signal.SIGCONT)
+        frozen = False
+        first.wait_for(lambda: first.log_count("is no longer this worker's"), 60, what="the refused write")
+        time.sleep(3)
+        assert first.proc.poll() is None and second.proc.poll() is None
+    finally:
+        if frozen:
+            os.killpg(first.proc.pid, signal.SIGCONT)
+        first.stop()
+        second.stop()
+    a, b = first.files(), second.files()
+    assert not set(a) & set(b), f"in both volumes: {sorted(set(a) & set(b))}"
+    assert {**a, **b} == reference
+    assert not list(first.out.glob("*.tmp"))
 
 
 def test_backpressure_bounds_buffered_records_and_everything_is_still_written(kafka_bootstrap, tmp_path):

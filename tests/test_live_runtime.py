@@ -22,6 +22,7 @@ def _acked_without_a_broker(runtime, monkeypatch) -> None:
     monkeypatch.setattr(runtime.publisher, "delivered", durable)
     monkeypatch.setattr(runtime.state, "delivered", durable)
     monkeypatch.setattr(runtime, "_commit", durable)
+    monkeypatch.setattr(runtime.pipeline, "confirm_owner", lambda tp, name: None)  # the broker's ownership check
 
 
 def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_path, monkeypatch):

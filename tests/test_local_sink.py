@@ -8,7 +8,7 @@ import stat
 import orjson
 import pytest
 
-from stream_app.sinks.base import FileConflict, SinkError
+from stream_app.sinks.base import FileConflict, NotOwner, SinkError
 from stream_app.sinks.local import LocalSink
 
 
@@ -66,3 +66,17 @@ def test_discard_partials_removes_tmp_files_only(tmp_path):
     (tmp_path / "B.txt").write_bytes(b"done")
     assert LocalSink(tmp_path).discard_partials() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["B.txt"]
+
+
+def test_a_writer_that_lost_its_partition_puts_nothing_in_place(tmp_path):
+    sink = LocalSink(tmp_path)
+    checked = []
+
+    def not_owner() -> None:
+        checked.append((tmp_path / "A.txt.tmp").exists())  # written, not yet renamed
+        raise NotOwner("A.txt", "partition in/0 is no longer assigned to this worker")
+
+    with pytest.raises(NotOwner) as err:
+        sink.write("A.txt", lambda: [b"x"], not_owner)
+    assert checked == [True] and err.value.error_class == "PARTITION_REVOKED" and err.value.transient
+    assert list(tmp_path.iterdir()) == []

@@ -36,11 +36,11 @@ class FlakySink(LocalSink):
         super().__init__(target)
         self.failures = failures
 
-    def write(self, name: str, chunks):
+    def write(self, name: str, chunks, before_publish=None):
         if self.failures > 0:
             self.failures -= 1
             raise SinkError(f"writing {name} failed: Input/output error", "EIO")
-        return super().write(name, chunks)
+        return super().write(name, chunks, before_publish)
 
 
 def pipeline(out: Path, sink=None, spool: Path | None = None, compression: str = "none", settings=None,
@@ -367,7 +367,7 @@ class RefusingSink(LocalSink):
         super().__init__(target)
         self.error, self.calls = error, 0
 
-    def write(self, name: str, chunks):
+    def write(self, name: str, chunks, before_publish=None):
         self.calls += 1
         raise self.error
 

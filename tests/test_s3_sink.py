@@ -14,7 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from stream_app.broker import free_port
 from stream_app.config import S3SinkSettings, parse_config
-from stream_app.sinks.base import FileConflict, SinkError
+from stream_app.sinks.base import FileConflict, NotOwner, SinkError
 from stream_app.sinks.s3 import S3Sink
 
 MB = 1024 * 1024
@@ -93,6 +93,20 @@ def test_a_failure_mid_upload_leaves_no_object_and_no_orphan_upload(moto_url, bu
         s.write("BROKEN.dat", failing_chunks)
     c = client(moto_url)
     assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="out/BROKEN")
+    assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("size_mb", [0, 12])  # one PUT, a multipart upload
+def test_a_writer_that_lost_its_partition_puts_no_object(moto_url, bucket, size_mb):
+    s = sink(moto_url, bucket, partSizeMb=5)
+
+    def not_owner() -> None:
+        raise NotOwner("GONE.dat", "partition in/0 is no longer assigned to this worker")
+
+    with pytest.raises(NotOwner):
+        s.write("GONE.dat", lambda: [b"x" * max(1, size_mb * MB)], not_owner)
+    c = client(moto_url)
+    assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="out/GONE")
     assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 

@@ -33,12 +33,19 @@ from stream_app.journal import encode_events
 from stream_app.live.events import RETRY_INITIAL_S, KafkaEventProducer, wait_to_redeliver
 from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
 from stream_app.live.startup import BrokerProbe, group_committed_offsets
-from stream_app.live.transport import NOT_GATED, SCHEME, BatchIntake, CommitGate, LogEndProbe
+from stream_app.live.transport import (
+    NOT_GATED,
+    SCHEME,
+    BatchIntake,
+    CheckpointCommitConsumer,
+    CommitGate,
+    LogEndProbe,
+)
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
 from stream_app.pipeline import TP, FilePipeline, FlushSummary
 from stream_app.routing_stage import RoutingStage
-from stream_app.sinks.base import SinkError
+from stream_app.sinks.base import NotOwner, SinkError
 from stream_app.wiring import build_pipeline, build_routing, prepare_worker_spool
 
 log = logging.getLogger(__name__)
@@ -222,6 +229,8 @@ class LiveRuntime:
         self._idle_closed: list[TP] = []  # routed partitions whose idle close awaits its announcement
         self._routing_commit_due = 0.0  # time.monotonic() of the next routing commit
         self._rewind_backoff_s = RETRY_INITIAL_S
+        self.pipeline.confirm_owner = self._confirm_owner
+        self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, for _confirm_owner
         removed = self.pipeline.sink.discard_partials()
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
@@ -386,9 +395,15 @@ class LiveRuntime:
 
     # -- finalize + commit ------------------------------------------------------------------
     async def _flush_and_commit(self) -> None:
+        self._loop = asyncio.get_running_loop()
         cuts = self.pipeline.due_cuts(_now_ms())
         summary = FlushSummary()
         for cut in cuts:
+            if self.pipeline.has_unpersisted_facts and await self._persist_files():
+                # The file written before this one is durable and committed before the next write
+                # begins: a replica that loses its partition during a (long) write leaves no file in
+                # place that its new owner would write again.
+                await self._commit()
             async with self._writing:
                 if not self.pipeline.ready_to_write(cut):
                     continue  # its partition was revoked meanwhile, or an earlier part just failed
@@ -396,29 +411,55 @@ class LiveRuntime:
                 self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
         if cuts:
             self.pipeline.finish_flush(summary)
-        # Changelog and journal records on different partitions are delivered in no fixed order,
-        # and Faust's producer flush is best effort, so each durable step awaits the delivery of
-        # the one before it: journal events (`created`, `closed`) before the facts that say a part
-        # is done (else a crash between them loses the events for good); the facts before any
-        # checkpoint that skips the part's offsets (else a restart re-creates the part from the
-        # offsets above the checkpoint only: a different file under the same name); and the
-        # checkpoint before the commit that follows it.
-        if self.pipeline.has_unpersisted_facts:
-            await self.publisher.delivered()
-            failpoint("live.before-facts")  # `created` delivered, the facts not yet written
-            self.pipeline.persist_facts()
-            await self.state.delivered()
-        committed = False
-        if self.pipeline.advance_checkpoints():
-            await self.state.delivered()
-            self.pipeline.confirm_checkpoints()
-            committed = True
+        committed = await self._persist_files()
         if self.routing is not None and (self._idle_closed or time.monotonic() >= self._routing_commit_due):
             committed = await self._commit_routing() or committed
         if committed:
             await self._commit()
         if committed or summary.files:
             self._progress_at = time.monotonic()
+
+    async def _persist_files(self) -> bool:
+        """The file stage's durable steps; True when a checkpoint moved (a commit is due).
+
+        Changelog and journal records on different partitions are delivered in no fixed order,
+        and Faust's producer flush is best effort, so each durable step awaits the delivery of
+        the one before it: journal events (`created`, `closed`) before the facts that say a part
+        is done (else a crash between them loses the events for good); the facts before any
+        checkpoint that skips the part's offsets (else a restart re-creates the part from the
+        offsets above the checkpoint only: a different file under the same name); and the
+        checkpoint before the commit that follows it."""
+        if self.pipeline.has_unpersisted_facts:
+            await self.publisher.delivered()
+            failpoint("live.before-facts")  # `created` delivered, the facts not yet written
+            self.pipeline.persist_facts()
+            await self.state.delivered()
+        if not self.pipeline.advance_checkpoints():
+            return False
+        await self.state.delivered()
+        self.pipeline.confirm_checkpoints()
+        return True
+
+    def _confirm_owner(self, tp: TP, name: str) -> None:
+        """The last step before a file is put in place (in the writer thread): this worker is
+        still the group member that owns ``tp``, as the broker sees it.  A replica that lost the
+        partition without noticing (a zombie) leaves no copy of the file in its own volume; the
+        new owner writes it.  A commit of the persisted checkpoint is the probe (see
+        CheckpointCommitConsumer.confirm_membership)."""
+        assert self._loop is not None
+        consumer = cast(CheckpointCommitConsumer, self._app.consumer)
+        checkpoint = self.pipeline.persisted_checkpoint(tp)
+        probe = asyncio.run_coroutine_threadsafe(
+            consumer.confirm_membership(FaustTP(*tp), checkpoint.offset if checkpoint is not None else 0), self._loop)
+        try:
+            owner = probe.result(timeout=self._settings.kafka.sessionTimeoutMs / 1000)
+        except Exception as exc:  # no answer in time: not confirmed, so not published (retried)
+            probe.cancel()
+            raise NotOwner(name, f"ownership of {tp[0]}/{tp[1]} not confirmed ({type(exc).__name__})") from None
+        if not owner:
+            log.warning("%s: partition %s/%d is no longer this worker's; its new owner writes the file",
+                        name, tp[0], tp[1])
+            raise NotOwner(name, f"partition {tp[0]}/{tp[1]} is no longer assigned to this worker")
 
     async def _commit_routing(self) -> bool:
         """The routing stage's durable order: repartition records and dead letters acknowledged,

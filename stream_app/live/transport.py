@@ -79,6 +79,15 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
             await intake.on_fetched(taken, self.app.consumer_generation_id)
         return {tp: batch for tp, batch in records.items() if tp not in taken}, active
 
+    async def confirm_membership(self, tp: TP, offset: int) -> bool:
+        """Commit ``offset`` (the partition's persisted checkpoint: no move) under this member's
+        generation.  Kafka refuses a commit from a member the group has rebalanced without (a
+        zombie after a session timeout or a frozen process) — False then, as it is when the
+        partition is no longer assigned here."""
+        if tp not in self.assignment():
+            return False
+        return bool(await self._commit({tp: offset}))
+
     def _new_offset(self, tp: TP) -> int | None:
         gate: CommitGate | None = getattr(self.app, "stream_app_commit_gate", None)
         offset = gate(tp.topic, tp.partition) if gate is not None else NOT_GATED

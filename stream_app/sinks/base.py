@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,19 @@ class FileConflict(SinkError):
         super().__init__(f"{name} exists with different content; refusing to overwrite", "FILE_CONFLICT", False)
 
 
+class NotOwner(SinkError):
+    """The worker no longer owns the file's partition: the file is not put in place (its new
+    owner writes it), so no replica-private volume holds a second copy."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} not put in place: {reason}", "PARTITION_REVOKED")
+
+
+# Called by a sink just before a file becomes visible (rename, PUT, multipart complete); raises
+# ``NotOwner`` when the writer has lost its partition meanwhile.
+BeforePublish = Callable[[], None]
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     name: str
@@ -41,10 +55,12 @@ class Sink(Protocol):
     def check_writable(self) -> None:
         """Raise ``SinkError`` when the sink cannot take files (preflight, readiness)."""
 
-    def write(self, name: str, chunks: ChunkSource) -> WriteResult:
+    def write(self, name: str, chunks: ChunkSource, before_publish: BeforePublish | None = None) -> WriteResult:
         """Store the bytes ``chunks()`` yields as ``name``, visible only when complete.
 
-        ``chunks`` may be called more than once (to hash before uploading, or to retry)."""
+        ``chunks`` may be called more than once (to hash before uploading, or to retry).
+        ``before_publish`` runs just before the file becomes visible; what it raises aborts the
+        write and leaves nothing behind."""
 
     def record_manifest(self, name: str, entry: dict) -> None:
         """Append the manifest entry for a stored file (after the file itself)."""

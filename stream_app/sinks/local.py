@@ -11,7 +11,7 @@ import orjson
 from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
 from stream_app.faults import failpoint
-from stream_app.sinks.base import FileConflict, SinkError, WriteResult, os_error_class
+from stream_app.sinks.base import BeforePublish, FileConflict, NotOwner, SinkError, WriteResult, os_error_class
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -45,7 +45,7 @@ class LocalSink:
         if not os.access(self.target_dir, os.W_OK | os.X_OK):
             raise SinkError(f"target directory {self.target_dir} is not writable", "EACCES")
 
-    def write(self, name: str, chunks: ChunkSource) -> WriteResult:
+    def write(self, name: str, chunks: ChunkSource, before_publish: BeforePublish | None = None) -> WriteResult:
         check_file_name(name)
         final = self.target_dir / name
         tmp = self.target_dir / f"{name}.tmp"
@@ -72,8 +72,13 @@ class LocalSink:
                     raise FileConflict(name)
                 return WriteResult(name, str(final), size, sha, already_present=True)
             failpoint("sink.before-rename")
+            if before_publish is not None:
+                before_publish()
             os.rename(tmp, final)
             _fsync_dir(self.target_dir)
+        except NotOwner:
+            tmp.unlink(missing_ok=True)
+            raise
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)

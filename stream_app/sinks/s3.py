@@ -27,7 +27,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from stream_app.config import S3SinkSettings
 from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
-from stream_app.sinks.base import FileConflict, SinkError, WriteResult
+from stream_app.sinks.base import BeforePublish, FileConflict, NotOwner, SinkError, WriteResult
 
 TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
@@ -93,7 +93,7 @@ class S3Sink:
         except Exception as exc:  # classified below; anything unexpected propagates
             raise classify(exc) from None
 
-    def write(self, name: str, chunks: ChunkSource) -> WriteResult:
+    def write(self, name: str, chunks: ChunkSource, before_publish: BeforePublish | None = None) -> WriteResult:
         key = self.key_for(name)
         try:
             digest, size = hashlib.sha256(), 0
@@ -107,9 +107,13 @@ class S3Sink:
                     raise FileConflict(name)
                 return WriteResult(name, f"s3://{self._bucket}/{key}", size, sha, True, self._presign(key))
             if size <= self._part_size:
+                if before_publish is not None:
+                    before_publish()
                 self._client.put_object(Bucket=self._bucket, Key=key, Body=b"".join(chunks()), **self._put_args(sha))
             else:
-                self._multipart(key, chunks, sha)
+                self._multipart(key, chunks, sha, before_publish)
+        except NotOwner:
+            raise
         except Exception as exc:
             raise classify(exc) from None
         return WriteResult(name, f"s3://{self._bucket}/{key}", size, sha, False, self._presign(key))
@@ -123,7 +127,7 @@ class S3Sink:
             raise
         return head.get("Metadata", {}).get("sha256", "")
 
-    def _multipart(self, key: str, chunks: ChunkSource, sha: str) -> None:
+    def _multipart(self, key: str, chunks: ChunkSource, sha: str, before_publish: BeforePublish | None) -> None:
         upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=key, **self._put_args(sha))["UploadId"]
         try:
             done = []
@@ -131,6 +135,8 @@ class S3Sink:
                 etag = self._client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number,
                                                 Body=body)["ETag"]
                 done.append({"PartNumber": number, "ETag": etag})
+            if before_publish is not None:
+                before_publish()
             self._client.complete_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id,
                                                    MultipartUpload={"Parts": done})
         except BaseException:
