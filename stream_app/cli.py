@@ -7,6 +7,7 @@ import logging.config
 import os
 import sys
 from pathlib import Path
+from typing import TextIO, cast
 
 import click
 
@@ -100,7 +101,13 @@ def worker(config: str) -> None:
     except ConfigError as exc:
         click.echo(f"stream-app worker: {exc}", err=True)
         sys.exit(2)
-    faust.Worker(app, loglevel=settings.logLevel, quiet=True, logging_config=log_config).execute_from_commandline()
+    from stream_app.ops.logging import dump_stacks
+
+    class Worker(faust.Worker):
+        async def _cry(self) -> None:  # SIGUSR1: stacks without local variables (record values)
+            dump_stacks(cast(TextIO, self.stderr))
+
+    Worker(app, loglevel=settings.logLevel, quiet=True, logging_config=log_config).execute_from_commandline()
 
 
 @main.command()

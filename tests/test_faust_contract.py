@@ -63,3 +63,10 @@ def test_readiness_reads_the_recovery_flag_faust_sets_while_tables_recover():
     assert app.in_recovery is False
     source = inspect.getsource(Recovery)
     assert "self.app.in_recovery = True" in source and "self.app.in_recovery = False" in source
+
+
+def test_the_stack_dump_the_worker_replaces_is_still_modes_sigusr1_handler():
+    import mode
+
+    assert inspect.iscoroutinefunction(mode.Worker._cry)
+    assert "self._cry()" in inspect.getsource(mode.Worker._on_sigusr1)

@@ -79,3 +79,42 @@ def test_the_worker_logging_config_installs_the_filter():
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(level)
+
+
+def test_the_stack_dump_shows_frames_and_never_local_values():
+    import asyncio
+    import io
+    import threading
+
+    from stream_app.ops.logging import dump_stacks
+
+    release = threading.Event()
+
+    def holder() -> None:
+        card_number = "4111111111111111"  # a record value in a frame's locals
+        release.wait(10)
+        assert card_number
+
+    thread = threading.Thread(target=holder, name="holder")
+    thread.start()
+
+    async def scenario() -> str:
+        async def task_holding() -> None:
+            holder_name = "ANNA SCHMIDT"
+            await asyncio.sleep(10)
+            assert holder_name
+
+        task = asyncio.ensure_future(task_holding())
+        await asyncio.sleep(0.05)
+        out = io.StringIO()
+        dump_stacks(out)
+        task.cancel()
+        return out.getvalue()
+
+    try:
+        dump = asyncio.run(scenario())
+    finally:
+        release.set()
+        thread.join()
+    assert "THREAD holder" in dump and "in holder" in dump and "task_holding" in dump
+    assert "4111111111111111" not in dump and "ANNA SCHMIDT" not in dump

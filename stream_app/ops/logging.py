@@ -7,10 +7,15 @@ carry coordinates, reason codes and error classes, never record contents.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TextIO
 
 import orjson
 
@@ -92,3 +97,20 @@ def logging_config(level: str, fmt: str) -> dict:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["outage"]}},
         "root": {"level": level, "handlers": ["stderr"]},
     }
+
+
+def dump_stacks(file: TextIO) -> None:
+    """Every thread's stack and every task's, frames only (SIGUSR1).  mode's own dump also
+    prints each frame's local variables, which hold record values (card numbers, names): they
+    must never reach the log."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        print(f"THREAD {names.get(ident, ident)}", file=file)
+        traceback.print_stack(frame, file=file)
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no running loop
+        tasks = set()
+    for task in tasks:
+        task.print_stack(file=file)
+    file.flush()
