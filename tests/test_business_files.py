@@ -53,10 +53,22 @@ def interleave(parts: list[list[RawRecord]], rng: random.Random) -> list[RawReco
     return out
 
 
+def window_settings(out: Path, partitions: int, **worker):
+    settings = settings_for(out, **{**WINDOW_SCOPE, **worker})
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": partitions})})
+
+
+def two_partition_stages(out: Path, sender_type: type[LoopbackSender] = LoopbackSender):
+    """Settings for 2 input partitions, a publisher, a sender and a file stage writing to ``out``."""
+    out.mkdir()
+    settings = window_settings(out, 2)
+    publisher, sender = CollectingPublisher(), sender_type(settings.repartition_topic)
+    return settings, publisher, sender, build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
+
+
 def run(out: Path, raws: list[RawRecord], partitions: int, batch_size: int = 10_000, **worker):
     out.mkdir(parents=True, exist_ok=True)
-    settings = settings_for(out, **{**WINDOW_SCOPE, **worker})
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": partitions})})
+    settings = window_settings(out, partitions, **worker)
     publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
     routing = build_routing(settings, MemoryStateStore(), publisher, sender)
     files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
@@ -116,8 +128,7 @@ def test_the_same_records_give_the_same_files_whatever_the_partitioning(tmp_path
 
 def test_a_window_waits_for_every_partition(tmp_path):
     """Partition 1 has not closed the first window yet: no file, whatever partition 0 says."""
-    settings = settings_for(tmp_path, **WINDOW_SCOPE)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
+    settings = window_settings(tmp_path, 2)
     publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
     routing = build_routing(settings, MemoryStateStore(), publisher, sender)
     files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(tmp_path))
@@ -138,11 +149,7 @@ def test_a_window_waits_for_every_partition(tmp_path):
 def test_duplicates_routed_again_after_a_crash_are_dropped(tmp_path):
     parts = partitioned(400, 2)
     reference, _ = run(tmp_path / "ref", [r for p in parts for r in p], 2)
-    (tmp_path / "dup").mkdir()
-    settings = settings_for(tmp_path / "dup", **WINDOW_SCOPE)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
-    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
-    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(tmp_path / "dup"))
+    settings, publisher, sender, files = two_partition_stages(tmp_path / "dup")
     # a routing stage that crashed after sending the first half, before its checkpoint: a new
     # one (fresh state) routes everything again
     first = build_routing(settings, MemoryStateStore(), publisher, sender)
@@ -327,11 +334,7 @@ class LosingSender(LoopbackSender):
 def test_a_routing_stage_rewound_after_lost_repartition_records_writes_the_same_files(tmp_path):
     parts = partitioned(600, 2)
     reference, _ = run(tmp_path / "ref", [r for p in parts for r in p], 2)
-    (tmp_path / "out").mkdir()
-    settings = settings_for(tmp_path / "out", **WINDOW_SCOPE)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
-    publisher, sender = CollectingPublisher(), LosingSender(settings.repartition_topic)
-    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(tmp_path / "out"))
+    settings, publisher, sender, files = two_partition_stages(tmp_path / "out", LosingSender)
     routing = build_routing(settings, MemoryStateStore(), publisher, sender)
     routing.assign(settings.input_partitions, 0)
     thirds = [len(p) // 3 for p in parts]
@@ -360,8 +363,7 @@ def test_a_routing_stage_rewound_after_lost_repartition_records_writes_the_same_
 
 def test_a_checkpoint_snapshot_taken_before_the_acks_never_covers_records_routed_after_it(tmp_path):
     parts = partitioned(200, 2)
-    settings = settings_for(tmp_path, **WINDOW_SCOPE)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 2})})
+    settings = window_settings(tmp_path, 2)
     state = MemoryStateStore()
     routing = build_routing(settings, state, CollectingPublisher(), LoopbackSender(settings.repartition_topic))
     routing.assign(settings.input_partitions, 0)
