@@ -226,7 +226,7 @@ class FilePipeline:
         self.metrics = metrics
 
     # -- partitions -------------------------------------------------------------------------
-    def _owner_of(self, key: FileKey) -> TP:
+    def owner_of(self, key: FileKey) -> TP:
         """The partition of this stage's input whose state holds the key's files."""
         return self._scope.owner_of(key) if self._scope is not None else key.tp
 
@@ -274,7 +274,7 @@ class FilePipeline:
 
     def _window_spool(self, key: FileKey) -> Path:
         digest = hashlib.sha1(key.id.encode()).hexdigest()[:20]
-        return self._partition_spool(self._owner_of(key)) / digest
+        return self._partition_spool(self.owner_of(key)) / digest
 
     def _spool_routed(self, key: FileKey, source: TP, entry: tuple[int, int, bytes | None]) -> None:
         """Window scope, streaming: a routed entry waits in its (window, source) spool file."""
@@ -357,16 +357,16 @@ class FilePipeline:
             if windower is not None:
                 for cut in windower.pending_cuts():
                     self._retries.pop((cut.key, cut.part), None)
-            for key in [k for k in self._unpersisted_facts if self._owner_of(k) == tp]:
+            for key in [k for k in self._unpersisted_facts if self.owner_of(k) == tp]:
                 del self._unpersisted_facts[key]
-            for key_part in [kp for kp in self._parts if self._owner_of(kp[0]) == tp]:
+            for key_part in [kp for kp in self._parts if self.owner_of(kp[0]) == tp]:
                 self._parts.pop(key_part).discard()
-            for key_part in [kp for kp in self.halted if self._owner_of(kp[0]) == tp]:
+            for key_part in [kp for kp in self.halted if self.owner_of(kp[0]) == tp]:
                 del self.halted[key_part]  # the new owner meets (and reports) it again
                 if self.metrics is not None:
                     with contextlib.suppress(KeyError):  # two halted parts of one file key
                         self.metrics.halted_files.remove(key_part[0].id)
-            for key in {ks[0] for ks in self._run_spools if self._owner_of(ks[0]) == tp}:
+            for key in {ks[0] for ks in self._run_spools if self.owner_of(ks[0]) == tp}:
                 self._drop_window_spools(key)
 
     def partitions(self) -> list[TP]:
@@ -486,7 +486,7 @@ class FilePipeline:
                 self._publisher.journal(self._journal.opened(out.key), out.key.id)
             elif isinstance(out, WindowClosed):
                 if out.persist:
-                    facts = self.stage(self._owner_of(out.key)).mark_closed(out.key)
+                    facts = self.stage(self.owner_of(out.key)).mark_closed(out.key)
                     if facts is not None:
                         self._unpersisted_facts[out.key] = facts
                 self._publisher.journal(self._journal.closed(out.key, out.parts, out.reason), out.key.id)
@@ -532,12 +532,12 @@ class FilePipeline:
 
     def is_pending(self, cut: FileCut) -> bool:
         """The cut still waits to be written by this worker (its partition was not revoked)."""
-        windower = self._windowers.get(self._owner_of(cut.key))
+        windower = self._windowers.get(self.owner_of(cut.key))
         return windower is not None and windower.is_pending(cut)
 
     def ready_to_write(self, cut: FileCut) -> bool:
         """Pending here, and every earlier part of its window is finalized (parts go in order)."""
-        windower = self._windowers.get(self._owner_of(cut.key))
+        windower = self._windowers.get(self.owner_of(cut.key))
         return windower is not None and windower.is_pending(cut) and not windower.waits_for_earlier_part(cut)
 
     def write_cut(self, cut: FileCut) -> WriteOutcome:
@@ -578,7 +578,7 @@ class FilePipeline:
         try:
             confirm = self.confirm_owner
             result = self.sink.write(assembled.name, chunks, None if confirm is None else
-                                     partial(confirm, self._owner_of(cut.key), assembled.name))
+                                     partial(confirm, self.owner_of(cut.key), assembled.name))
         except SinkError as exc:
             return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc),
                                 transient=exc.transient)
@@ -615,7 +615,7 @@ class FilePipeline:
     def apply_write(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
         if not self.is_pending(cut):
             return  # partition revoked while the write ran; the new owner re-creates the file
-        windower = self._windowers[self._owner_of(cut.key)]
+        windower = self._windowers[self.owner_of(cut.key)]
         if outcome.result is None:
             self._failed(cut, outcome, now_wall_ms)
             summary.failed += 1

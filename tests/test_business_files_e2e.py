@@ -57,7 +57,7 @@ def test_two_workers_write_each_business_file_once_identical_to_replay(kafka_boo
     first.produce(interleaved(16_000, seed=5, span_hours=6))
     reference = first.reference_files(tmp_path)
     assert len(reference) >= 10  # several windows, several parts each
-    first.start(env={"STREAM_APP_FAILPOINTS": "sink.write=delay@300"})  # slow writes: the rebalance meets one
+    first.start(env={"STREAM_APP_FAILPOINTS": "sink.write=delay@1000"})  # slow writes: the rebalance meets one
     try:
         first.wait_for(lambda: len(first.files()) >= 2, 120, what="the first business files")
         second.start()

@@ -242,6 +242,10 @@ class LiveRuntime:
         # waits for that write instead of discarding the spool it reads, and the new owner is
         # assigned the partition only after this worker stopped writing its files.
         self._writing = asyncio.Lock()
+        # Partitions being revoked: no new file of theirs is begun; and those whose revoke
+        # deadline passed: a write of theirs still under way is not put in place.
+        self._revoking: set[TP] = set()
+        self._released: set[TP] = set()
         # The finalize + commit of the last processed batch, left running while the fetch loop
         # brings the next batch (whose decoding starts meanwhile); awaited before anything else.
         self._committing: asyncio.Task | None = None
@@ -475,6 +479,8 @@ class LiveRuntime:
                 # begins: a replica that loses its partition during a (long) write leaves no file in
                 # place that its new owner would write again.
                 await self._commit()
+            if self.pipeline.owner_of(cut.key) in self._revoking:
+                continue  # its partition moves: the new owner writes it
             async with self._writing:
                 if not self.pipeline.ready_to_write(cut):
                     continue  # its partition was revoked meanwhile, or an earlier part just failed
@@ -518,6 +524,8 @@ class LiveRuntime:
         new owner writes it.  A commit of the persisted checkpoint is the probe (see
         CheckpointCommitConsumer.confirm_membership)."""
         assert self._loop is not None
+        if tp in self._released:
+            raise NotOwner(name, f"the revoke of {tp[0]}/{tp[1]} did not wait for this write")
         consumer = cast(CheckpointCommitConsumer, self._app.consumer)
         checkpoint = self.pipeline.persisted_checkpoint(tp)
         probe = asyncio.run_coroutine_threadsafe(
@@ -651,24 +659,33 @@ class LiveRuntime:
         # Fetched before the rebalance: Faust seeks back to the committed offsets afterwards (a
         # held batch would be dropped as stale anyway).
         self._held = None
+        revoked = [(tp.topic, tp.partition) for tp in tps]
         # A file being written now must also get its journal event, facts, checkpoint and commit
         # before its partition moves (as Quix Streams' revoke does), else the new owner writes it
-        # again — in its own volume, a second copy.  Bounded by half the rebalance timeout.
-        committing = self._committing
-        if committing is not None and not committing.done():
-            deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
-            try:
-                await asyncio.wait_for(asyncio.shield(committing), deadline_s)
-            except TimeoutError:
-                log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
-                            "the partitions' new owner writes them again", deadline_s)
-            except Exception:  # the flush reports its own failure where it runs
-                pass
-        async with self._writing:
-            self.pipeline.revoke([(tp.topic, tp.partition) for tp in tps])
-            if self.routing is not None:
-                self.routing.revoke([(tp.topic, tp.partition) for tp in tps])
-                self._idle_closed = [tp for tp in self._idle_closed if tp in self.routing.partitions()]
+        # again — in its own volume, a second copy.  No further file of these partitions is
+        # begun meanwhile (_flush_and_commit), and a write still under way at the deadline (half
+        # the rebalance timeout) is not put in place (_confirm_owner): the new owner writes it.
+        self._revoking.update(revoked)
+        try:
+            committing = self._committing
+            if committing is not None and not committing.done():
+                deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
+                try:
+                    await asyncio.wait_for(asyncio.shield(committing), deadline_s)
+                except TimeoutError:
+                    self._released.update(revoked)
+                    log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
+                                "the partitions' new owner writes them", deadline_s)
+                except Exception:  # the flush reports its own failure where it runs
+                    pass
+            async with self._writing:
+                self.pipeline.revoke(revoked)
+                if self.routing is not None:
+                    self.routing.revoke(revoked)
+                    self._idle_closed = [tp for tp in self._idle_closed if tp in self.routing.partitions()]
+        finally:
+            self._revoking.difference_update(revoked)
+            self._released.difference_update(revoked)
 
     async def on_rebalance_complete(self) -> None:
         """Tables are recovered: compare the group's committed offsets with the checkpoints; in
