@@ -14,7 +14,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -229,9 +229,6 @@ class LiveRuntime:
         self._idle_closed: list[TP] = []  # routed partitions whose idle close awaits its announcement
         self._routing_commit_due = 0.0  # time.monotonic() of the next routing commit
         self._rewind_backoff_s = RETRY_INITIAL_S
-        self._routing_flush_queued = False  # a routing commit waits in the background chain
-        self._queued_routed = 0  # repartition records in the background chain, not yet processed
-        self._max_queued = 4 * settings.worker.batchSize
         self.pipeline.confirm_owner = self._confirm_owner
         self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, for _confirm_owner
         removed = self.pipeline.sink.discard_partials()
@@ -304,40 +301,27 @@ class LiveRuntime:
 
     async def _process(self, raws: list[RawRecord], routed: list[RawRecord], consumed: Mapping[tuple[str, int], int],
                        still_current: Callable[[], bool]) -> None:
-        if self.routing is not None:
-            if raws:
-                await self._route(raws, consumed, still_current)
-            if routed:
-                await self._queue_routed(routed, consumed, still_current)
-            return
-        await self._settle()
-        if not await self._retrying_registry(lambda: self.pipeline.process(raws, _now_ms()), still_current):
-            return
-        self._note_consumed(consumed)
-        self.publisher.log_dead_letters()
-        # Finalized and committed in the background: the fetch loop returns for the next batch
-        # at once, and every later step (next batch, tick, backpressure) awaits this one first.
-        self._committing = asyncio.ensure_future(self._locked_flush_and_commit())
-        await self._apply_backpressure()
-
-    async def _retrying_registry(self, process: Callable[[], None], still_current: Callable[[], bool]) -> bool:
-        """Run ``process`` (synchronous: it holds the loop, so no other step interleaves) unless a
-        rebalance made the batch stale (False); a registry outage holds the batch and retries."""
         delay = 0.5
         while True:
-            if not still_current():
-                return False
             try:
-                # Records processed before a failure are skipped on the retry (by offset).
-                process()
-                return True
+                await self._settle()
+                async with self._lock:
+                    if not still_current():
+                        return
+                    # Records processed before a failure are skipped on the retry (by offset).
+                    if self.routing is None:
+                        self.pipeline.process(raws, _now_ms())
+                    else:
+                        if raws:
+                            self.routing.process(raws, _now_ms())
+                        if routed:
+                            self.pipeline.process_routed(routed, _now_ms())
+                break
             except RegistryUnavailable as exc:
                 # Not the record's fault: hold the batch (no commit, no dead letter) and retry.
                 log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-
-    def _note_consumed(self, consumed: Mapping[tuple[str, int], int]) -> None:
         # Faust's livelock check reads when a stream last took a record of a partition; these
         # records never enter a stream, so the runtime tells it, else it would report every
         # partition of a backlog as stuck (tests/test_faust_contract.py pins the field).
@@ -346,75 +330,20 @@ class LiveRuntime:
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
             inbound[FaustTP(topic, partition)] = now
-
-    # -- business files: the two stages side by side ------------------------------------------
-    async def _route(self, raws: list[RawRecord], consumed: Mapping[tuple[str, int], int],
-                     still_current: Callable[[], bool]) -> None:
-        """Input records, routed at once: the routing stage holds no file state, so it never
-        waits for files being written; its durable steps follow in the background chain at
-        most once per commitIntervalMs (``_commit_routing`` snapshots its checkpoints first)."""
-        assert self.routing is not None
-        routing = self.routing
-        if not await self._retrying_registry(lambda: routing.process(raws, _now_ms()), still_current):
-            return
-        self._note_consumed(consumed)
         self.publisher.log_dead_letters()
-        if time.monotonic() >= self._routing_commit_due and not self._routing_flush_queued:
-            self._routing_flush_queued = True
-            self._chain(self._locked_flush_and_commit)
-
-    async def _queue_routed(self, routed: list[RawRecord], consumed: Mapping[tuple[str, int], int],
-                            still_current: Callable[[], bool]) -> None:
-        """Repartition records go to the file stage's background chain (in fetch order), so the
-        fetch loop, and with it the routing stage, goes on while files are written; it waits
-        only while the chain holds more than ``_max_queued`` records or the stage buffers
-        ``maxBufferedRecords``."""
-        self._queued_routed += len(routed)
-
-        async def step() -> None:
-            try:
-                async with self._lock:  # not while a tick's files are written
-                    processed = await self._retrying_registry(
-                        lambda: self.pipeline.process_routed(routed, _now_ms()), still_current)
-            finally:
-                self._queued_routed -= len(routed)
-            if processed:
-                self._note_consumed(consumed)
-            await self._locked_flush_and_commit()
-
-        self._chain(step)
-        if self._queued_routed >= self._max_queued:
-            await self._settle()
+        # Finalized and committed in the background: the fetch loop returns for the next batch
+        # at once, and every later step (next batch, tick, backpressure) awaits this one first.
+        self._committing = asyncio.ensure_future(self._locked_flush_and_commit())
         await self._apply_backpressure()
 
-    def _chain(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` after the background work before it (a failure is raised down the chain
-        and, by ``_settle``, in the fetch loop)."""
-        previous = self._committing
-
-        async def run() -> None:
-            if previous is not None:
-                await previous
-            await step()
-
-        self._committing = asyncio.ensure_future(run())
-
     async def _settle(self) -> None:
-        """Wait for the background work (finalize + commit, and in window scope the file
-        stage's chain); its failure is raised here.  The chain is left in place while it runs:
-        a step queued meanwhile still follows it."""
-        committing = self._committing
-        if committing is None:
-            return
-        try:
+        """Wait for the background finalize + commit; its failure is raised here."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
             await committing
-        finally:
-            if self._committing is committing:
-                self._committing = None
 
     async def _locked_flush_and_commit(self) -> None:
         async with self._lock:
-            self._routing_flush_queued = False
             await self._flush_and_commit()
 
     async def _apply_backpressure(self) -> None:
@@ -549,19 +478,16 @@ class LiveRuntime:
         # At most once per commitIntervalMs: each routing commit waits for three round trips
         # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
         self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
-        # Batches go on being routed while this waits for acknowledgements: the checkpoints and
-        # idle closes are those of the records sent before the wait.
-        snapshot = self.routing.snapshot()
-        announce, self._idle_closed = self._idle_closed, []
         try:
             await self.repartition.delivered()
             await self.publisher.delivered()
             failpoint("routing.before-checkpoint")
-            moved = bool(self.routing.advance_checkpoints(snapshot))
+            moved = bool(self.routing.advance_checkpoints())
             if moved:
                 await self.state.delivered()
                 self.routing.confirm_checkpoints()
-            if announce:
+            if self._idle_closed:
+                announce, self._idle_closed = self._idle_closed, []
                 self.routing.announce(announce)
                 await self.repartition.delivered()
         except RepartitionSendError as exc:
