@@ -594,10 +594,18 @@ class LiveRuntime:
         self._revoking.update(revoked)
         try:
             committing = self._committing
-            if committing is not None and not committing.done():
+
+            async def flushes_done() -> None:
+                # the background finalize + commit, and a tick's flush (which holds _lock)
+                if committing is not None and not committing.done():
+                    await asyncio.shield(committing)
+                async with self._lock:
+                    pass
+
+            if (committing is not None and not committing.done()) or self._lock.locked():
                 deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
                 try:
-                    await asyncio.wait_for(asyncio.shield(committing), deadline_s)
+                    await asyncio.wait_for(flushes_done(), deadline_s)
                 except TimeoutError:
                     self._released.update(revoked)
                     log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
