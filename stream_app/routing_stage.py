@@ -29,9 +29,6 @@ from stream_app.pipeline import Publisher, StateStore
 log = logging.getLogger(__name__)
 
 
-CheckpointSnapshot = list[tuple[TP, PartitionRouter, Checkpoint]]
-
-
 class RepartitionSender(Protocol):
     def send(self, partition: int, key: bytes, value: bytes) -> None:
         """Queue one repartition record; records to one partition keep their order."""
@@ -200,21 +197,14 @@ class RoutingStage:
                 self._announce(router)
 
     # -- commit -----------------------------------------------------------------------------
-    def snapshot(self) -> CheckpointSnapshot:
-        """Every router's checkpoint now.  The live driver takes it *before* it awaits the
-        acknowledgements, since batches go on being routed meanwhile: a checkpoint taken after
-        the wait could cover records sent after it, not yet acknowledged."""
-        return [(tp, router, checkpoint) for tp, router in self._routers.items()
-                if (checkpoint := router.checkpoint()) is not None]
-
-    def advance_checkpoints(self, snapshot: CheckpointSnapshot | None = None) -> dict[TP, Checkpoint]:
-        """Write the checkpoints that moved (of ``snapshot``, or as of now); the driver calls
-        this once the repartition records and dead letters they cover are acknowledged, and
-        ``confirm_checkpoints`` once these are."""
+    def advance_checkpoints(self) -> dict[TP, Checkpoint]:
+        """Write the checkpoints that moved; the driver calls this once the batch's repartition
+        records and dead letters are acknowledged, and ``confirm_checkpoints`` once these are."""
         moved: dict[TP, Checkpoint] = {}
-        for tp, router, checkpoint in self.snapshot() if snapshot is None else snapshot:
-            if self._routers.get(tp) is not router or checkpoint == self._sent.get(tp):
-                continue  # revoked (or rewound) meanwhile, or unchanged
+        for tp, router in self._routers.items():
+            checkpoint = router.checkpoint()
+            if checkpoint is None or checkpoint == self._sent.get(tp):
+                continue
             self._state.put_checkpoint(tp, checkpoint)
             self._sent[tp] = moved[tp] = checkpoint
         return moved

@@ -359,23 +359,3 @@ def test_a_routing_stage_rewound_after_lost_repartition_records_writes_the_same_
                        [r for p, t in zip(parts, thirds) for r in p[t:]])
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("F_*")} == reference
     assert sum(c.duplicates for c in files._windowers.values()) > 0
-
-
-def test_a_checkpoint_snapshot_taken_before_the_acks_never_covers_records_routed_after_it(tmp_path):
-    parts = partitioned(200, 2)
-    settings = window_settings(tmp_path, 2)
-    state = MemoryStateStore()
-    routing = build_routing(settings, state, CollectingPublisher(), LoopbackSender(settings.repartition_topic))
-    routing.assign(settings.input_partitions, 0)
-    routing.process([r for p in parts for r in p[:40]], 0)
-    snapshot = routing.snapshot()  # then the driver awaits the acks of what was sent so far ...
-    routing.process([r for p in parts for r in p[40:80]], 0)  # ... while more is routed
-    moved = routing.advance_checkpoints(snapshot)
-    assert {tp: c.offset for tp, c in moved.items()} == {("in", 0): 40, ("in", 1): 40}
-    assert state.get_checkpoint(("in", 0)).offset == 40
-    routing.confirm_checkpoints()
-    assert routing.persisted_checkpoint(("in", 1)).offset == 40
-    # a partition revoked meanwhile is not written from an old snapshot
-    snapshot = routing.snapshot()
-    routing.revoke([("in", 0)])
-    assert set(routing.advance_checkpoints(snapshot)) == {("in", 1)}
