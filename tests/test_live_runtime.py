@@ -8,6 +8,7 @@ import threading
 from faust.types import TP as FaustTP
 
 from stream_app.config import parse_config
+from stream_app.live import app as live_app
 from stream_app.live.app import create_app
 from tests.helpers import config_dict
 from tests.test_pipeline import raws
@@ -105,6 +106,9 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
         await runtime.on_fetched(fetched(10, 20), generation)
         assert steps == [("prefetch", 0), ("prefetch", 10), ("window", 0)]
         assert pipeline.buffered_records == 10
+        await runtime.on_tick()  # held for less than HELD_IDLE_S: it waits for the next fetch
+        assert steps[-1] == ("window", 0) and pipeline.buffered_records == 10
+        monkeypatch.setattr(live_app, "HELD_IDLE_S", 0.0)
         await runtime.on_tick()  # nothing more fetched: the tick windows the held batch
         assert steps[-1] == ("window", 10) and pipeline.buffered_records == 20
         # Fetched together, a tick and the next batch: still windowed in fetch order.

@@ -11,7 +11,8 @@ Chunks are pipelined: while the worker windows the records of chunk n, the helpe
 n+1; and ``prefetch`` sends the whole next fetched batch while the worker still windows,
 finalizes and commits the one before (prefetched batches queue up in order).  Frames are
 written by a sender thread, so a full pipe (the helper busy) never stalls the worker's main
-thread.  If the helper dies, the rest of the batch (and later batches, after a restart of the
+thread, and read by a receiver thread, so the helper never waits for the main thread to read
+(it would stop a pipe's worth ahead of it).  If the helper dies, the rest of the batch (and later batches, after a restart of the
 helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
 
 Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
@@ -135,6 +136,41 @@ class _FrameSender:
         return not self._thread.is_alive()
 
 
+class _FrameReceiver:
+    """Reads the helper's answer frames from a thread of its own, as they come.
+
+    Without it the helper could run only a pipe's worth (about 2,000 records) ahead of the
+    worker's reading: while the main thread finalized, committed or ran the file stage, the
+    helper stood blocked on a full pipe and the decoding did not overlap that work.  The answers
+    queued here are those of the prefetched batches (at most the next fetched batch ahead).
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[bytes | HelperGone] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="decode-helper-receiver", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._queue.put(_read_frame(self._stream))
+        except HelperGone as exc:  # the helper exited (or was stopped): its output ended
+            self._queue.put(exc)
+        except (OSError, ValueError) as exc:
+            self._queue.put(HelperGone(str(exc)))
+
+    def receive(self) -> bytes:
+        body = self._queue.get()
+        if isinstance(body, HelperGone):
+            self._queue.put(body)  # every later receive fails the same way
+            raise body
+        return body
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
 class ProcessAvroDecoder:
     """``AvroDecoder`` whose bulk path reads record bodies in a helper process."""
 
@@ -153,6 +189,7 @@ class ProcessAvroDecoder:
         self._time_field = event_time_field
         self._proc: subprocess.Popen | None = None
         self._sender: _FrameSender | None = None
+        self._receiver: _FrameReceiver | None = None
         self._in_flight = 0  # requests whose responses were not read yet
         # After a failure the helper is started again only this much later: a helper that cannot
         # start would otherwise cost a process start (and a warning) per batch.
@@ -185,11 +222,13 @@ class ProcessAvroDecoder:
         except OSError as exc:  # it exited at once (BrokenPipeError)
             raise HelperGone(str(exc)) from None
         self._sender = _FrameSender(proc.stdin)
+        self._receiver = _FrameReceiver(proc.stdout)
         return proc
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
         sender, self._sender = self._sender, None
+        receiver, self._receiver = self._receiver, None
         self._in_flight = 0  # no answer comes from a closed helper
         self._prefetched.clear()
         if proc is None:
@@ -205,6 +244,8 @@ class ProcessAvroDecoder:
             proc.wait()
             if sender is not None:
                 sender.stop(timeout_s=5)  # the kill broke the pipe its write waited on
+        if receiver is not None:
+            receiver.join(timeout_s=5)  # the helper exited: its output ends, and the thread with it
         for stream in (proc.stdout,):
             if stream is not None:
                 stream.close()
@@ -215,11 +256,8 @@ class ProcessAvroDecoder:
         self._in_flight += 1
 
     def _receive(self, proc: subprocess.Popen) -> list:
-        assert proc.stdout is not None
-        try:
-            body = _read_frame(proc.stdout)
-        except (OSError, ValueError) as exc:
-            raise HelperGone(str(exc)) from None
+        assert self._receiver is not None
+        body = self._receiver.receive()
         self._in_flight -= 1
         return marshal.loads(body[1:]) if body[:1] == b"M" else pickle.loads(body[1:])
 
