@@ -292,3 +292,46 @@ def test_committed_offsets_ahead_of_the_checkpoints_are_reported_as_lost_state(t
     reason = runtime.check_committed({("in", 0): 150, ("in", 1): 7})
     assert reason is not None and "in/0 committed 150, checkpoint 100" in reason and "in/1 committed 7" in reason
     assert runtime.not_ready_reason() == reason
+
+
+def test_a_repartition_send_after_a_fatal_producer_error_is_reported_by_delivered_not_raised(tmp_path):
+    """Routing sends many records per batch: a fatal producer error seen mid-batch (librdkafka's
+    produce then raises) must not crash the fetch loop; delivered() reports it, and the routing
+    stage routes again from its checkpoints (tests/test_business_files_e2e.py)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sender = KafkaRepartitionSender(parse_config(config_dict(out, fileScope="window")))
+
+    class FatalProducer:
+        produced = 0
+
+        def produce(self, *args, **kwargs):
+            self.produced += 1
+            raise KafkaException(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+
+        def poll(self, timeout):
+            return 0
+
+        def flush(self, timeout):
+            return 0
+
+        def __len__(self):
+            return 0
+
+    producer = FatalProducer()
+    sender._producer = producer
+    sender.send(0, b"k", b"v")  # no raise
+    sender.send(1, b"k", b"v")  # nothing more after the failure
+    assert producer.produced == 1
+    try:
+        asyncio.run(sender.delivered())
+    except RepartitionSendError as exc:
+        assert "send refused" in str(exc)
+    else:
+        raise AssertionError("delivered() did not report the refused send")
+    sender.restart()
+    assert sender._broken is None

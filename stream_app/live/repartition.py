@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from stream_app.config import AppSettings
 from stream_app.faults import failpoint
 from stream_app.ops.security import confluent_security
@@ -105,7 +107,11 @@ class KafkaRepartitionSender:
             self._errors.append(str(err))
 
     def send(self, partition: int, key: bytes, value: bytes) -> None:
-        if self._broken is not None:
+        # Records go on being routed while a routing commit awaits the acknowledgements, so sends
+        # may follow a failure that delivered() has not reported yet; nothing after it may be
+        # delivered (the routing stage routes them again after its rewind), and a producer in a
+        # fatal state refuses them.
+        if self._broken is not None or self._errors:
             return
         try:
             failpoint("repartition.send")
@@ -118,6 +124,9 @@ class KafkaRepartitionSender:
                 break
             except BufferError:  # librdkafka's queue is full: let it send some first
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # a fatal producer error, not yet seen by a delivery report
+                self._broken = f"send refused ({exc.args[0] if exc.args else exc})"
+                return
         self._producer.poll(0)
 
     @property
