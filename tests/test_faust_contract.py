@@ -70,3 +70,19 @@ def test_the_stack_dump_the_worker_replaces_is_still_modes_sigusr1_handler():
 
     assert inspect.iscoroutinefunction(mode.Worker._cry)
     assert "self._cry()" in inspect.getsource(mode.Worker._on_sigusr1)
+
+
+def test_the_fetch_wait_is_set_where_aiokafka_reads_it():
+    """FetchWaitConsumerThread sets ``_fetch_max_wait_ms`` on the consumer Faust created (with its
+    fixed 1500 ms); aiokafka hands that attribute to its fetcher when the consumer starts."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from stream_app.live.transport import FetchWaitConsumerThread
+
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(AIOKafkaConsumerThread._create_worker_consumer)
+    assert _params(AIOKafkaConsumerThread._create_worker_consumer) == ["self", "transport"]
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "_create_worker_consumer" in FetchWaitConsumerThread.__dict__
+    assert "_new_consumer_thread" in CheckpointCommitConsumer.__dict__
+    assert _params(Consumer._new_consumer_thread) == ["self"]

@@ -335,3 +335,18 @@ def test_a_repartition_send_after_a_fatal_producer_error_is_reported_by_delivere
         raise AssertionError("delivered() did not report the refused send")
     sender.restart()
     assert sender._broken is None
+
+
+def test_the_consumer_faust_creates_fetches_with_kafka_fetch_max_wait_ms(tmp_path):
+    """Faust fixes fetch_max_wait_ms at 1500; the worker's consumer gets kafka.fetchMaxWaitMs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = parse_config({**config_dict(out), "kafka": {**config_dict(out)["kafka"], "fetchMaxWaitMs": 40}})
+
+    async def created() -> int:
+        app, _ = create_app(settings)
+        thread = app.consumer._new_consumer_thread()
+        consumer = thread._create_worker_consumer(app.transport)
+        return consumer._fetch_max_wait_ms
+
+    assert asyncio.run(created()) == 40

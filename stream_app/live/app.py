@@ -672,6 +672,7 @@ class StreamApp(faust.App):
     stream_app_commit_gate: CommitGate | None = None
     stream_app_intake: BatchIntake | None = None
     stream_app_log_ends: LogEndProbe | None = None
+    stream_app_fetch_max_wait_ms: int | None = None
 
 
 def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
@@ -703,6 +704,7 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     runtime = LiveRuntime(app, settings)
     app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
     app.stream_app_intake = runtime  # fetched input batches go to the runtime (live/transport.py)
+    app.stream_app_fetch_max_wait_ms = kafka.fetchMaxWaitMs  # read by FetchWaitConsumerThread
     if kafka.confirmChangelogEnds:  # the embedded broker's stale listed ends (live/transport.py)
         app.stream_app_log_ends = partial(real_log_ends, settings)
     source = app.topic(*kafka.inputTopics, key_serializer="raw", value_serializer="raw")

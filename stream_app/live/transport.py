@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import TP
@@ -43,7 +44,26 @@ class BatchIntake(Protocol):
 LogEndProbe = Callable[[dict[TP, int]], dict[TP, int]]
 
 
+class FetchWaitConsumerThread(AIOKafkaConsumerThread):
+    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``, fixed.  aiokafka keeps
+    one fetch in flight per broker, and it holds a fetch back for the broker while a partition
+    of that broker still has fetched records to consume; so a drained busy partition waits for a
+    long poll of the idle ones led by the same broker (measured: the file stage's partitions
+    waited up to 1 s per fetch while the input partitions were at their end).  The wait is
+    ``kafka.fetchMaxWaitMs`` instead (tests/test_faust_contract.py pins the attribute)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms: int | None = getattr(self.app, "stream_app_fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+
 class CheckpointCommitConsumer(AIOKafkaConsumer):
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         # Faust's table recovery reads each changelog up to the end offset the broker lists.  A
         # broker that lists a stale end (the embedded Tansu does) would make recovery stop early
