@@ -75,14 +75,16 @@ def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[st
     return (CarryingAvroDecoder if carry else AvroDecoder)(resolver, inp.eventTimeField, inp.maxRecordBytes)
 
 
-def build_routed_decoder(settings: AppSettings) -> CarriedDecoder:
-    """The file stage's: routed values in their carried form, decoded in this process."""
+def build_routed_decoder(settings: AppSettings, fields: frozenset[str] | None = None) -> CarriedDecoder:
+    """The file stage's: routed values in their carried form, decoded in this process; only
+    ``fields`` of an Avro record are built when not None (the fields the files read)."""
     inp = settings.input
     if inp.format == "json":
         return CarriedDecoder(JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys), None,
                               inp.eventTimeField)
     resolver = SchemaResolver(inp.avroSchemas, registry_conf(settings))
-    return CarriedDecoder(AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes), resolver, inp.eventTimeField)
+    return CarriedDecoder(AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes), resolver, inp.eventTimeField,
+                          fields)
 
 
 def load_worker_pack(settings: AppSettings) -> SchemaPack:
@@ -132,13 +134,15 @@ def prepare_worker_spool(settings: AppSettings) -> Path | None:
     return Path(settings.spoolDir or tempfile.mkdtemp(prefix=f"{settings.appId}-spool-"))
 
 
-def window_scope(settings: AppSettings, sources: tuple[tuple[str, int], ...] | None = None) -> WindowScope | None:
+def window_scope(settings: AppSettings, sources: tuple[tuple[str, int], ...] | None = None,
+                 fields: frozenset[str] | None = None) -> WindowScope | None:
     """The file stage's view of business files; None in partition scope.  ``sources``: the input
-    partitions a window waits for (all of them live; the replayed ones in a replay)."""
+    partitions a window waits for (all of them live; the replayed ones in a replay); ``fields``:
+    the record fields the files read (None: all)."""
     if settings.worker.fileScope != "window":
         return None
     return WindowScope(settings.repartition_topic, settings.kafka.repartition_partitions,
-                       settings.input_partitions if sources is None else sources, build_routed_decoder(settings))
+                       settings.input_partitions if sources is None else sources, build_routed_decoder(settings, fields))
 
 
 def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher,
@@ -158,13 +162,15 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
                    sources: tuple[tuple[str, int], ...] | None = None) -> FilePipeline:
     """Partition scope: the whole pipeline; window scope: the file stage."""
     worker = settings.worker
-    scope = window_scope(settings, sources)
+    assembler = build_assembler(settings)
+    read = assembler.fields_read() if isinstance(assembler, TemplateAssembler) else None
+    scope = window_scope(settings, sources, None if read is None else read | set(worker.groupBy))
     decoder = build_decoder(settings)  # partition scope (window scope: the scope's decoder)
     return FilePipeline(
         window_policy(settings),
         worker.groupBy,
         decoder,
-        build_assembler(settings),
+        assembler,
         sink or build_sink(settings),
         state,
         publisher,

@@ -202,3 +202,45 @@ def test_version_1_runs_are_read_as_values_as_read():
     run = decode(v1)
     assert run.records == [(5, 100, as_read(b"\x00avro")), (6, 200, None)]  # type: ignore[union-attr]
     assert decode(payload).records == [(5, 100, b"\x00avro"), (6, 200, None)]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fields", [frozenset({"record_id", "amount", "currency"}), frozenset({"amount"})])
+def test_the_file_stage_builds_only_the_fields_its_files_read(demo_raws, fields):
+    """Projected, a record holds exactly ``fields`` and the event-time field, each equal to the
+    full decode's (logical types converted), through ``decode`` and ``decode_run`` alike."""
+    resolver = SchemaResolver({1: SCHEMA_PATH})
+    direct = AvroDecoder(resolver, "matched_at", 1_000_000)
+    routing = CarryingAvroDecoder(resolver, "matched_at", 1_000_000)
+    files = CarriedDecoder(direct, resolver, "matched_at", fields)
+    entries = []
+    for raw in demo_raws[:50]:
+        carried = routing.decode(raw).carried
+        assert carried is not None
+        full = direct.decode(raw)
+        wanted = {name: full.value[name] for name in full.value if name in fields | {"matched_at"}}
+        assert typed(files.decode(routed(raw, carried)).value) == typed(wanted)
+        entries.append((raw.offset, full.event_time_ms, carried, wanted, full.event_time_ms))
+    run = files.decode_run(("t", 0), [(offset, millis, carried) for offset, millis, carried, _, _ in entries])
+    assert [typed(r.value) for r in run] == [typed(e[3]) for e in entries]
+    assert [r.event_time_ms for r in run] == [e[4] for e in entries]
+
+
+def test_a_field_the_schema_lacks_makes_the_file_stage_build_the_whole_record(demo_raws):
+    """``record.get(...)`` reads "get", which is no field: the template needs the whole dict."""
+    resolver = SchemaResolver({1: SCHEMA_PATH})
+    direct = AvroDecoder(resolver, "matched_at", 1_000_000)
+    carried = CarryingAvroDecoder(resolver, "matched_at", 1_000_000).decode(demo_raws[0]).carried
+    assert carried is not None
+    files = CarriedDecoder(direct, resolver, "matched_at", frozenset({"get", "amount"}))
+    assert typed(files.decode(routed(demo_raws[0], carried)).value) == typed(direct.decode(demo_raws[0]).value)
+
+
+def test_a_projected_packed_value_with_the_wrong_field_count_is_a_decode_error():
+    import msgpack
+
+    resolver = SchemaResolver({1: SCHEMA_PATH})
+    decoder = CarriedDecoder(AvroDecoder(resolver, "matched_at", 10_000), resolver, "matched_at",
+                             frozenset({"amount"}))
+    with pytest.raises(DecodeError) as err:
+        decoder.decode(RawRecord("t", 0, 0, None, None, struct.pack(">BI", PACKED, 1) + msgpack.packb([1, 2])))
+    assert err.value.reason == "BAD_ROUTED_VALUE"

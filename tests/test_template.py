@@ -184,3 +184,33 @@ def test_a_failing_record_inside_a_batch_is_named_by_its_offset():
     with pytest.raises(AssemblyError) as err:
         assembler().assemble(cut(values))
     assert err.value.source == ("matched", 2, 613) and "@613" in str(err.value)
+
+
+@pytest.mark.parametrize("record, header, expected", [
+    ("{{ record.id }}|{{ record['amount'] | money }}|{{ record.a.b }}\n", "HDR {{ totals.count }}",
+     {"id", "amount", "a"}),
+    ("{{ record | tojson }}", "", None),  # the record whole
+    ("{% set r = record %}{{ r.id }}", "", None),
+    ("{{ record[name] }}", "", None),
+    ("{% for k in record %}{{ k }}{% endfor %}", "", None),
+    ("{{ record.get('id') }}", "", {"get"}),  # no such field: the decoder builds all (test_carried.py)
+    ("{{ record.id }}", "{% for r in records %}{{ r.x }}{% endfor %}", None),  # the header reads records
+])
+def test_the_fields_a_file_reads_are_found_in_its_templates(record, header, expected):
+    asm = assembler(record=record, header=header, footer="")
+    totals = {"amount", "currency"}
+    assert asm.fields_read() == (None if expected is None else frozenset(expected | totals))
+
+
+def test_records_built_with_only_the_fields_read_render_the_same_bytes():
+    """What CarriedDecoder(fields=fields_read()) gives a file renders as the whole records do."""
+    values = [{"id": f"r{i}", "amount": Decimal(i) / 4, "currency": "EUR" if i % 3 else "USD", "pan": "4111",
+               "name": "x" * i, "type": "REFUND" if i % 5 == 0 else "SALE"} for i in range(40)]
+    asm = TemplateAssembler("HDR|{{ record_count }}\n",
+                            "{{ seq }}|{{ record.id }}|{{ record.amount | money }}|{{ record['currency'] }}\n",
+                            "{% for c, t in totals.by_currency | dictsort %}{{ c }}={{ t.amount }}{{ t.indicator }};"
+                            "{% endfor %}\n", "F_{{ part }}.txt", negative=("type", frozenset({"REFUND"})))
+    fields = asm.fields_read()
+    assert fields == {"id", "amount", "currency", "type"}
+    projected = [{k: v for k, v in value.items() if k in fields} for value in values]
+    assert asm.assemble(cut(projected)).body == asm.assemble(cut(values)).body

@@ -7,7 +7,7 @@ so the same records always render the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -236,6 +236,37 @@ def batch_template(env: SandboxedEnvironment, record_source: str) -> Template | 
     return env.from_string(f"{{% for record, seq, source in {_BATCH_VAR} %}}{record_source}{{% endfor %}}")
 
 
+def record_fields_read(env: SandboxedEnvironment, record_source: str, others: Sequence[str]) -> frozenset[str] | None:
+    """The record fields the record template reads (``record.x``, ``record['x']``), or None when
+    the templates may read any: ``record`` used whole (a filter, a loop, ``{% set %}``, a method
+    call on it), ``records`` or ``record`` in ``others`` (header, footer, file name), or a
+    construct that reaches other templates.  CarriedDecoder builds only these fields; a name in
+    the set that a schema lacks makes it build all (codecs/carried.py)."""
+    tree = env.parse(record_source)
+    if any(True for _ in tree.find_all(_UNBATCHABLE)):
+        return None
+    fields: set[str] = set()
+    read_by_field: set[int] = set()  # the ``record`` names that only select a field
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, (nodes.Getattr, nodes.Getitem))
+        target = node.node
+        if not (isinstance(target, nodes.Name) and target.name == "record"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            fields.add(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            fields.add(node.arg.value)
+        else:
+            return None  # record[some_variable]
+        read_by_field.add(id(target))
+    if any(n.name == "record" and id(n) not in read_by_field for n in tree.find_all(nodes.Name)):
+        return None
+    for source in others:
+        if any(n.name in ("record", "records") for n in env.parse(source).find_all(nodes.Name)):
+            return None
+    return frozenset(fields)
+
+
 class TemplateAssembler:
     """Renders a file cut to bytes with the four templates of template mode."""
 
@@ -262,6 +293,7 @@ class TemplateAssembler:
             except TemplateError as exc:
                 raise AssemblyError(f"{name}: {exc}", "TEMPLATE_SYNTAX") from None
         self._batch = batch_template(env, record)
+        self._fields_read = record_fields_read(env, record, (header, footer, file_name))
         self._amount_field = amount_field
         self._currency_field = currency_field
         self._negative = negative
@@ -275,6 +307,15 @@ class TemplateAssembler:
 
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
         return self._namer.name(key, part, record_count)
+
+    def fields_read(self) -> frozenset[str] | None:
+        """The record fields a file of these templates depends on (None: any): what the record
+        template reads and what the totals add up."""
+        if self._fields_read is None:
+            return None
+        totals = {self._amount_field, *((self._currency_field,) if self._currency_field else ()),
+                  *((self._negative[0],) if self._negative else ())}
+        return self._fields_read | totals
 
     def open_part(self, key: FileKey, part: int, spool: Spool,
                   records: list[Mapping[str, Any]] | None = None) -> TemplatePart:
