@@ -24,7 +24,7 @@ from typing import Protocol, cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import CarriedDecoder
-from stream_app.codecs.repartition import FrontierMarker, RoutedRun
+from stream_app.codecs.repartition import FrontierMarker, RepartitionFormatError
 from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.compression import gzipped
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
@@ -212,6 +212,11 @@ class FilePipeline:
         # why: nothing of their windows is written or committed until the config or the input is
         # fixed and the worker restarted; readiness reports the first.
         self.halted: dict[tuple[FileKey, int], str] = {}
+        # Window scope: repartition partitions halted at a record the file stage cannot read (a
+        # damaged topic, or a newer worker's format during a rolling upgrade) and why.  Nothing
+        # of the partition from that record on is processed or committed; other partitions go on,
+        # and a restart of a fixed (or upgraded) worker reads the record again.
+        self.damaged: dict[TP, str] = {}
         # The live worker's ownership check, run (in the writer thread) just before a file is put
         # in place, given the partition that owns it: raises NotOwner once that is lost.
         self.confirm_owner: Callable[[TP, str], None] | None = None
@@ -352,6 +357,7 @@ class FilePipeline:
         """Forget partitions this worker no longer owns: their records are re-read by the new owner."""
         for tp in tps:
             windower = self._windowers.pop(tp, None)
+            self.damaged.pop(tp, None)  # the new owner meets (and reports) it again
             self._published_checkpoints.pop(tp, None)
             self._sent_checkpoints.pop(tp, None)
             if windower is not None:
@@ -418,38 +424,46 @@ class FilePipeline:
                 continue
             self._handle_outputs(outputs, raw)
 
-    @staticmethod
-    def _parse_routed(raws: Sequence[RawRecord]) -> list[tuple[RawRecord, RoutedRun | FrontierMarker]]:
-        """Repartition records -> (record, message) pairs."""
-        messages = []
-        for raw in raws:
-            assert raw.value is not None
-            messages.append((raw, decode_repartition(raw.value)))
-        return messages
-
     def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
-        parsed = self._parse_routed(raws)
         assert self._scope is not None
         decoder = self._scope.decoder
         streaming = self._spool_dir is not None
-        for raw, message in parsed:
-            collector = self.collector((raw.topic, raw.partition))
+        for raw in raws:
+            tp = (raw.topic, raw.partition)
+            if tp in self.damaged:
+                continue
+            collector = self.collector(tp)
             position = raw.offset
             if collector.already_processed(position):
                 continue
-            if isinstance(message, FrontierMarker):
-                self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
+            try:
+                # the routing stage read (and validated) these values: a DecodeError is a damaged topic
+                message = decode_repartition(raw.value if raw.value is not None else b"")
+                if isinstance(message, FrontierMarker):
+                    self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
+                    continue
+                if streaming:  # the entries go to the window's spools, decoded when the window is written
+                    self._handle_outputs(collector.add_records(position, message.key, message.source,
+                                                               message.records, now_wall_ms))
+                    continue
+                records = decoder.decode_run(message.source, message.records)
+            except DecodeError as exc:
+                self._halt_damaged(raw, f"{exc.reason}: {exc.detail}")
                 continue
-            if streaming:  # the entries go to the window's spools, decoded when the window is written
-                self._handle_outputs(collector.add_records(position, message.key, message.source, message.records,
-                                                           now_wall_ms))
+            except RepartitionFormatError as exc:
+                self._halt_damaged(raw, str(exc))
                 continue
-            # the routing stage read (and validated) these values; a DecodeError here is a damaged topic
-            records = decoder.decode_run(message.source, message.records)
             if self._structured is not None:
                 records = [self._project_routed(record) for record in records]
             self._handle_outputs(collector.add_records(position, message.key, message.source, records, now_wall_ms))
+
+    def _halt_damaged(self, raw: RawRecord, why: str) -> None:
+        reason = (f"repartition record {raw.topic}/{raw.partition}@{raw.offset} cannot be read "
+                  f"({why}); the partition waits from there (a damaged topic, or a "
+                  f"newer worker's format: upgrade this worker)")
+        self.damaged[(raw.topic, raw.partition)] = reason
+        log.error("%s", reason)  # once per partition: its later records are skipped unread
 
     def _project_routed(self, record: SourceRecord) -> SourceRecord:
         assert self._structured is not None
@@ -683,7 +697,7 @@ class FilePipeline:
 
     @property
     def halted_reason(self) -> str | None:
-        return next(iter(self.halted.values()), None)
+        return next(iter(self.damaged.values()), None) or next(iter(self.halted.values()), None)
 
     def finish_flush(self, summary: FlushSummary) -> None:
         self.failing = bool(self._retries)

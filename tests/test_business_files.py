@@ -359,3 +359,30 @@ def test_a_routing_stage_rewound_after_lost_repartition_records_writes_the_same_
                        [r for p, t in zip(parts, thirds) for r in p[t:]])
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("F_*")} == reference
     assert sum(c.duplicates for c in files._windowers.values()) > 0
+
+
+@pytest.mark.parametrize("damage", [b"\x09\x01junk", b"", "truncated-run"])
+def test_a_damaged_repartition_record_halts_its_partition_only(tmp_path, damage):
+    """A record the file stage cannot read (a damaged topic, a newer worker's format) halts its
+    repartition partition at that offset, reported once; no crash, and the other partitions'
+    windows are still written."""
+    settings, publisher, sender, files = two_partition_stages(tmp_path / "out")
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    routing.assign(settings.input_partitions, 0)
+    routing.process([r for p in partitioned(300, 2) for r in p], 0)
+    routed = sender.drain()
+    target = routed[0].partition
+    victim = next(i for i, r in enumerate(routed) if r.partition == target and isinstance(decode(r.value), RoutedRun))
+    bad = routed[victim].value[:-3] if damage == "truncated-run" else damage
+    raw = routed[victim]
+    routed[victim] = RawRecord(raw.topic, raw.partition, raw.offset, None, raw.key, bad)
+    files.process_routed(routed, 0)  # no raise
+    tp = (raw.topic, raw.partition)
+    assert list(files.damaged) == [tp]
+    assert f"{raw.topic}/{raw.partition}@{raw.offset} cannot be read" in files.halted_reason
+    # nothing of it from there on, so nothing is committed past it
+    assert files.collector(tp).next_offset == (raw.offset if raw.offset else None)
+    others = [r for r in routed if r.partition != target]
+    assert others and files.collector((raw.topic, others[0].partition)).next_offset == others[-1].offset + 1
+    files.revoke([tp])
+    assert files.damaged == {}  # its new owner meets it again
