@@ -159,6 +159,10 @@ class InputSettings(_Model):
     # JSON only: an object holding a key twice is a dead letter (DUPLICATE_KEY), or lastWins
     # keeps the last value as JSON parsers do.
     duplicateKeys: Literal["reject", "lastWins"] = "reject"
+    # JSON only: a decimal field sent as a JSON number (not a string).  exact: its literal as
+    # sent, parsed without a float (more than 38 digits is a BAD_DECIMAL dead letter); reject:
+    # a NUMBER_AMOUNT dead letter.  Never a rounded amount.
+    jsonNumberAmounts: Literal["exact", "reject"] = "exact"
     # Sample records (a JSON object per line, as the input would decode; relative to the config
     # file): preflight renders the templates or the pack against them.  Needed for JSON input
     # and with a schema registry, where there is no local schema to make a sample from.

@@ -19,7 +19,7 @@ from stream_app.core.structured.pack import PackError, SchemaPack
 from stream_app.core.template import make_environment
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.sinks.base import SinkError
-from stream_app.wiring import build_assembler, build_sink, load_worker_pack, window_policy
+from stream_app.wiring import build_assembler, build_sink, json_decoder, load_worker_pack, window_policy
 
 _SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 _SAMPLE_START_MS = int(_SAMPLE_TIME.timestamp() * 1000)
@@ -57,7 +57,6 @@ def sample_value(schema: Any) -> Any:
 def _sample_file_records(settings: AppSettings) -> list[dict]:
     """input.sampleFile, each line decoded as the input codec would (JSON: decimals, event time)."""
     from stream_app.codecs import DecodeError
-    from stream_app.codecs.json import JsonDecoder
     from stream_app.core.records import RawRecord
 
     path = settings.input.sampleFile
@@ -68,8 +67,7 @@ def _sample_file_records(settings: AppSettings) -> list[dict]:
         raise ConfigError(f"input.sampleFile: cannot read {path}: {exc.strerror}") from None
     if not lines:
         raise ConfigError(f"input.sampleFile: {path} has no records")
-    decoder = JsonDecoder(settings.input.eventTimeField, settings.input.decimalFields, settings.input.maxRecordBytes,
-                          settings.input.duplicateKeys)
+    decoder = json_decoder(settings)
     samples = []
     for number, line in enumerate(lines, 1):
         try:

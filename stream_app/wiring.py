@@ -62,12 +62,17 @@ def registry_conf(settings: AppSettings) -> dict[str, Any] | None:
     return None if registry is None else client_conf(registry)
 
 
+def json_decoder(settings: AppSettings) -> JsonDecoder:
+    inp = settings.input
+    return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys, inp.jsonNumberAmounts)
+
+
 def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[str] | None = None) -> Decoder:
     """The input codec; ``carry``: the routing stage's, whose records come with their carried form
     and may hold only the fields in ``reads`` (None: all)."""
     inp = settings.input
     if inp.format == "json":
-        return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys)
+        return json_decoder(settings)
     if inp.decodeProcess:
         return ProcessAvroDecoder(inp.avroSchemas, registry_conf(settings), inp.eventTimeField, inp.maxRecordBytes,
                                   carry=carry, reads=reads)
@@ -80,8 +85,7 @@ def build_routed_decoder(settings: AppSettings, fields: frozenset[str] | None = 
     ``fields`` of an Avro record are built when not None (the fields the files read)."""
     inp = settings.input
     if inp.format == "json":
-        return CarriedDecoder(JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys), None,
-                              inp.eventTimeField)
+        return CarriedDecoder(json_decoder(settings), None, inp.eventTimeField)
     resolver = SchemaResolver(inp.avroSchemas, registry_conf(settings))
     return CarriedDecoder(AvroDecoder(resolver, inp.eventTimeField, inp.maxRecordBytes), resolver, inp.eventTimeField,
                           fields)

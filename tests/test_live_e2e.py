@@ -443,9 +443,10 @@ def test_switching_streaming_off_after_a_crash_is_deterministic(kafka_bootstrap,
 
 def test_hostile_json_is_dead_lettered_and_later_records_are_written_and_committed(kafka_bootstrap, tmp_path):
     """Duplicate keys, NaN, an amount beyond 38 digits and an event time days ahead of the
-    partition: each a dead letter with its reason; exponent notation is written plainly; the
+    partition: each a dead letter with its reason; exponent notation is written plainly; an
+    amount sent as a JSON number of 20 digits is written as sent, never through a float; the
     good records after them are in the file and the partition commits to its end."""
-    worker = LiveWorker(kafka_bootstrap, tmp_path, input_format="json", maxRecordsPerFile=3,
+    worker = LiveWorker(kafka_bootstrap, tmp_path, input_format="json", maxRecordsPerFile=4,
                         window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
     def record(rid: str, at: str, amount: str) -> bytes:
         return (f'{{"record_id": "{rid}", "matched_at": "{at}", "amount": {amount}, "currency": "EUR"}}').encode()
@@ -458,6 +459,7 @@ def test_hostile_json_is_dead_lettered_and_later_records_are_written_and_committ
         record("x4", "2026-03-09T01:04:00Z", '"1.00"'),  # a week ahead of the partition
         record("r2", "2026-03-02T01:05:00Z", '"1E+3"'),
         record("r3", "2026-03-02T01:06:00Z", '"0.10"'),
+        record("r4", "2026-03-02T01:07:00Z", "123456789012345678.99"),  # a JSON number: a double gives ...680
     ]
     worker.produce(values)
     worker.start()
@@ -470,7 +472,8 @@ def test_hostile_json_is_dead_lettered_and_later_records_are_written_and_committ
         (1, "DUPLICATE_KEY"), (2, "BAD_DECIMAL"), (3, "BAD_DECIMAL"), (4, "EVENT_TIME_OUT_OF_RANGE")]
     assert all(b"9.00" not in d["detail"].encode() for d in dead)
     (body,) = worker.files().values()
-    assert b"D|1|r1|10.00|EUR\nD|2|r2|1000.00|EUR\nD|3|r3|0.10|EUR\n" in body and b"T|3|EUR=1010.10\n" in body
+    assert b"D|1|r1|10.00|EUR\nD|2|r2|1000.00|EUR\nD|3|r3|0.10|EUR\nD|4|r4|123456789012345678.99|EUR\n" in body
+    assert b"T|4|EUR=123456789012346689.09\n" in body
     assert "Traceback" not in worker.log.read_text()
 
 

@@ -105,3 +105,45 @@ def test_totals_are_the_exact_sum_or_the_record_is_refused(values):
     result = totals.result()
     assert result.amount == exact and result.by_currency["EUR"].amount == exact
     assert WIDE.subtract(result.by_currency["EUR"].credit, result.by_currency["EUR"].debit) == exact
+
+
+def decode_literal(literal: str, number_amounts: str = "exact") -> SourceRecord:
+    """A record whose amount is the JSON number ``literal`` exactly as written on the wire."""
+    payload = b'{"matched_at": 1772409600000, "amount": ' + literal.encode() + b', "currency": "EUR"}'
+    decoder = JsonDecoder("matched_at", ["amount"], 1 << 20, number_amounts=number_amounts)  # type: ignore[arg-type]
+    return decoder.decode(RawRecord("in", 0, 0, None, None, payload))
+
+
+@pytest.mark.parametrize("literal, expected", [
+    ("123456789012345.6", "123456789012345.6"),                      # 16 significant digits
+    ("12345678901234567", "12345678901234567"),                      # 17, an integer
+    ("123456789012345678.99", "123456789012345678.99"),              # 20: a double gives ...680
+    ("1234.5678901234567890123456789", "1234.5678901234567890123456789"),
+    ("0.10000000000000000001", "0.10000000000000000001"),            # a double gives 0.1
+    ("1234567890123456789012345678901234.5678", "1234567890123456789012345678901234.5678"),  # 38
+    ("-99999999999999999999", "-99999999999999999999"),              # beyond 64-bit integers
+    ("1E+3", "1000"), ("1.5e2", "150"), ("2.50E-3", "0.00250"), ("0", "0"), ("-1.00", "-1.00")])
+def test_a_json_number_amount_keeps_the_literal_that_was_sent(literal, expected):
+    amount = decode_literal(literal).value["amount"]
+    assert isinstance(amount, Decimal) and str(amount) == expected
+    assert render([{"amount": amount, "currency": "EUR"}], footer="{{ totals.amount }}\n").splitlines()[-1] == expected
+
+
+def test_a_json_number_of_more_than_38_digits_is_bad_decimal_never_rounded():
+    with pytest.raises(DecodeError) as err:
+        decode_literal("1" * 39)
+    assert err.value.reason == "BAD_DECIMAL" and "more than 38 digits" in err.value.detail
+
+
+def test_json_number_amounts_reject_makes_every_number_a_dead_letter_and_strings_still_pass():
+    with pytest.raises(DecodeError) as err:
+        decode_literal("12.5", "reject")
+    assert err.value.reason == "NUMBER_AMOUNT" and "'amount'" in err.value.detail
+    assert str(decode_literal('"12.5"', "reject").value["amount"]) == "12.5"
+
+
+def test_a_json_amount_that_is_an_object_or_list_is_bad_decimal():
+    for literal in ('{"v": 1}', "[1]"):
+        with pytest.raises(DecodeError) as err:
+            decode_literal(literal)
+        assert err.value.reason == "BAD_DECIMAL"

@@ -1,10 +1,18 @@
-"""JSON input (orjson).  Money fields are converted to Decimal; they should be JSON strings."""
+"""JSON input (orjson).  Money fields are converted to Decimal, exactly or as a dead letter.
+
+An amount sent as a JSON string is read as written.  An amount sent as a JSON number is read
+from its literal, never through a float (orjson parses numbers as binary doubles, which keep
+about 17 significant digits): ``jsonNumberAmounts: exact`` parses the record once more with
+numbers as Decimal (only records that carry such an amount pay for it), ``reject`` makes it a
+dead letter asking for a string.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -28,6 +36,12 @@ def _key_count(value: Any) -> int:
         elif type(item) is list:
             stack.extend([v for v in item if type(v) is dict or type(v) is list])
     return count
+
+
+def _number_literals(payload: bytes) -> dict[str, Any]:
+    """The top-level values of ``payload`` with every JSON number as the Decimal of its literal."""
+    literals: dict[str, Any] = json.loads(payload, parse_float=Decimal, parse_int=Decimal)
+    return literals
 
 
 def _first_duplicate(payload: bytes) -> str | None:
@@ -67,8 +81,10 @@ def duplicate_key(payload: bytes, value: Any) -> str | None:
 
 class JsonDecoder:
     def __init__(self, event_time_field: str, decimal_fields: list[str], max_record_bytes: int,
-                 duplicate_keys: Literal["reject", "lastWins"] = "reject") -> None:
+                 duplicate_keys: Literal["reject", "lastWins"] = "reject",
+                 number_amounts: Literal["exact", "reject"] = "exact") -> None:
         self._event_time_field = event_time_field
+        self._numbers_exact = number_amounts == "exact"
         self._decimal_fields = tuple(decimal_fields)
         self._max = max_record_bytes
         self._reject_duplicates = duplicate_keys == "reject"
@@ -85,13 +101,22 @@ class JsonDecoder:
             duplicate = duplicate_key(payload, value)
             if duplicate is not None:  # a key is schema, not record data; bounded all the same
                 raise DecodeError("DUPLICATE_KEY", f"key {duplicate[:64]!r} appears twice in one object")
+        literals: dict[str, Any] | None = None
         for name in self._decimal_fields:
             current = value.get(name)
             if current is None or isinstance(current, bool):
                 continue
+            if not isinstance(current, str):
+                if not isinstance(current, (int, float)):
+                    raise DecodeError("BAD_DECIMAL", f"field {name!r} is a JSON {type(current).__name__}, not a number")
+                if not self._numbers_exact:
+                    raise DecodeError("NUMBER_AMOUNT", f"field {name!r} is a JSON number; send amounts as JSON strings"
+                                      " (or set input.jsonNumberAmounts: exact)")
+                if literals is None:  # the literal that was sent, not the double orjson made of it
+                    literals = _number_literals(payload)
+                current = literals[name]
             try:
-                # A JSON number arrives as float; its shortest repr is the literal that was sent.
-                value[name] = exact_decimal(current if isinstance(current, str) else repr(current))
+                value[name] = exact_decimal(current)
             except NotExact as exc:
                 raise DecodeError("BAD_DECIMAL", f"field {name!r} {exc}") from None
         return SourceRecord(raw.topic, raw.partition, raw.offset, event_time_ms(value, self._event_time_field), value)
