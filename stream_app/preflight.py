@@ -143,6 +143,11 @@ def _sample_key(settings: AppSettings, topic: str, partition: int, start: int,
     return FileKey(topic, partition, start, policy.end_of(start), group)
 
 
+def _sample_group(settings: AppSettings, value: dict) -> tuple[tuple[str, str], ...]:
+    """The group values a file of ``value`` gets (``group.<field>`` in names, headers, footers)."""
+    return tuple((name, "G1" if value.get(name) is None else str(value[name])) for name in settings.worker.groupBy)
+
+
 def _check_file_names(settings: AppSettings) -> None:
     """Distinct file keys must render distinct names, or two files would collide."""
     assembler = build_assembler(settings)
@@ -211,9 +216,8 @@ def run_preflight(settings: AppSettings, require_samples: bool = True) -> list[s
     checked.append("file names are unique per file key and safe")
     if isinstance(assembler, StructuredAssembler):
         # group values as a record gives them (header fields such as a currency attribute read them)
-        first = samples[0] if samples else {}
-        group = tuple((name, "G1" if first.get(name) is None else str(first[name])) for name in settings.worker.groupBy)
-        key = _sample_key(settings, settings.kafka.inputTopics[0], 0, _SAMPLE_START_MS, group)
+        key = _sample_key(settings, settings.kafka.inputTopics[0], 0, _SAMPLE_START_MS,
+                          _sample_group(settings, samples[0] if samples else {}))
         try:
             assembler.open_part(key, 0, MemorySpool()).frame()
             checked.append("the pack's header and trailer render for a file window")
@@ -235,7 +239,7 @@ def run_preflight(settings: AppSettings, require_samples: bool = True) -> list[s
     elif samples is not None:
         for value in samples:
             records = [SourceRecord(settings.kafka.inputTopics[0], 0, i, 0, value) for i in range(2)]
-            key = _sample_key(settings, settings.kafka.inputTopics[0], 0, _SAMPLE_START_MS)
+            key = _sample_key(settings, settings.kafka.inputTopics[0], 0, _SAMPLE_START_MS, _sample_group(settings, value))
             try:
                 if settings.worker.streamingAppendEnabled:
                     # as streamed: header and footer see totals but not the list of records

@@ -401,3 +401,40 @@ def test_a_halted_part_of_a_revoked_partition_is_no_longer_reported_here(tmp_pat
     p.revoke([("in", 0)])
     assert p.halted == {} and p.halted_reason is None  # its new owner meets the error and reports it
     assert b"stream_app_halted_file{" not in p.metrics.render()
+
+
+@pytest.mark.parametrize("scope", ["partition", "window"])
+def test_group_values_resolve_in_template_file_names_headers_and_footers(tmp_path, scope):
+    """``group.<field>`` passes preflight (from the sample record's values, as structured mode
+    does) and renders each file's own group value at run time."""
+    from stream_app.config import parse_config
+    from stream_app.preflight import run_preflight
+    from stream_app.replay import LoopbackSender, run_records, run_window_records
+    from stream_app.wiring import build_pipeline, build_routing
+    from tests.helpers import config_dict
+
+    name = ("CLR_{{ group.currency }}_{{ window_start | ts('%Y%m%d%H') }}_{{ part }}.txt" if scope == "window"
+            else "CLR_{{ group.currency }}_p{{ partition }}_{{ window_start | ts('%Y%m%d%H') }}_{{ part }}.txt")
+    data = config_dict(tmp_path, fileScope=scope, groupBy=["currency"], fileNameTemplate=name,
+                       headerTemplate="H|{{ group.currency }}\n",
+                       footerTemplate="T|{{ group.currency }}|{{ totals.count }}\n")
+    settings = parse_config(data)
+    assert "file names are unique per file key and safe" in run_preflight(settings)
+    records = list(matched_records(60, 3, span_hours=1))
+    values = [RawRecord("in", 0, i, None, None, encode_confluent(1, SCHEMA, r)) for i, r in enumerate(records)]
+    publisher = CollectingPublisher()
+    if scope == "window":
+        files = build_pipeline(settings, MemoryStateStore(), publisher, sources=(("in", 0),))
+        sender = LoopbackSender(settings.repartition_topic)
+        run_window_records(build_routing(settings, MemoryStateStore(), publisher, sender), files, sender,
+                           (("in", 0),), values)
+    else:
+        run_records(build_pipeline(settings, MemoryStateStore(), publisher), values)
+    currencies = {r["currency"] for r in records}
+    written = sorted(p.name for p in tmp_path.glob("CLR_*.txt"))
+    assert {n.split("_")[1] for n in written} == currencies and len(currencies) > 1
+    for path in tmp_path.glob("CLR_*.txt"):
+        currency = path.name.split("_")[1]
+        lines = path.read_text().splitlines()
+        assert lines[0] == f"H|{currency}" and lines[-1].startswith(f"T|{currency}|")
+        assert all(line.endswith(f"|{currency}") for line in lines[1:-1])
