@@ -6,6 +6,8 @@ import logging
 import logging.config
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -13,6 +15,32 @@ import click
 
 from stream_app.config import ConfigError, load_config
 from stream_app.demo import example_names
+from stream_app.ops.problems import BrokerProblem, CredentialsMissing, classify
+
+CONFIG_ERROR = 2  # and click's usage errors; the broker's and credentials' codes are in ops/problems.py
+
+
+@contextmanager
+def reported(command: str) -> Iterator[None]:
+    """Configuration, broker and credential problems of ``command`` as one line on stderr and
+    the exit code of their class (ops/problems.py), never a traceback."""
+    from confluent_kafka import KafkaException
+
+    try:
+        yield
+    except CredentialsMissing as exc:
+        click.echo(f"stream-app {command}: credentials missing: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"stream-app {command}: {exc}", err=True)
+        sys.exit(CONFIG_ERROR)
+    except BrokerProblem as exc:
+        click.echo(f"stream-app {command}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KafkaException as exc:
+        problem = classify(exc, "Kafka")
+        click.echo(f"stream-app {command}: {problem}", err=True)
+        sys.exit(problem.exit_code)
 
 
 def _load_checked(config: str):
@@ -82,25 +110,23 @@ def worker(config: str) -> None:
 
     log_config = logging_config(settings.logLevel, settings.logFormat)
     logging.config.dictConfig(log_config)
-    wait_for_broker(settings)
-    if settings.worker.fileScope == "window":
-        from stream_app.live.repartition import RepartitionTopicError, ensure_repartition_topic
-
-        try:
-            ensure_repartition_topic(settings)
-        except RepartitionTopicError as exc:
-            click.echo(f"stream-app worker: {exc}", err=True)
-            sys.exit(2)
     from stream_app.codecs.registry import RegistryUnavailable
 
-    try:
-        app, _runtime = create_app(settings)
-    except RegistryUnavailable as exc:  # registering the event schemas: the restart retries
-        click.echo(f"stream-app worker: {exc}", err=True)
-        sys.exit(1)
-    except ConfigError as exc:
-        click.echo(f"stream-app worker: {exc}", err=True)
-        sys.exit(2)
+    with reported("worker"):
+        wait_for_broker(settings)
+        if settings.worker.fileScope == "window":
+            from stream_app.live.repartition import RepartitionTopicError, ensure_repartition_topic
+
+            try:
+                ensure_repartition_topic(settings)
+            except RepartitionTopicError as exc:
+                click.echo(f"stream-app worker: {exc}", err=True)
+                sys.exit(CONFIG_ERROR)
+        try:
+            app, _runtime = create_app(settings)
+        except RegistryUnavailable as exc:  # registering the event schemas: the restart retries
+            click.echo(f"stream-app worker: {exc}", err=True)
+            sys.exit(1)
     from stream_app.ops.logging import dump_stacks
 
     class Worker(faust.Worker):
@@ -145,10 +171,11 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
             verify=verify,
             allow_partial=allow_partial,
         )
-        report = run_replay(settings, request)
+        with reported("replay"):
+            report = run_replay(settings, request)
     except (ConfigError, ReplayError, ValueError) as exc:
         click.echo(f"replay failed: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(CONFIG_ERROR)
     action = "verified" if verify else "wrote"
     click.echo(f"{action} {len(report.files)} files from {report.records} records in {report.seconds:.1f} s")
     if report.dead_letters:
@@ -191,14 +218,15 @@ def journal(config: str, types: tuple[str, ...], file_key: str | None, window: s
         sys.exit(2)
     events = journal_events(settings, selection, follow)
     try:
-        if summary:
-            for row in window_summary(list(events)):
-                click.echo(orjson.dumps(row).decode())
-        else:
-            for event in events:
-                click.echo(orjson.dumps(plain(event)).decode())
-                if follow:
-                    sys.stdout.flush()  # a line as it comes, also into a pipe
+        with reported("journal"):
+            if summary:
+                for row in window_summary(list(events)):
+                    click.echo(orjson.dumps(row).decode())
+            else:
+                for event in events:
+                    click.echo(orjson.dumps(plain(event)).decode())
+                    if follow:
+                        sys.stdout.flush()  # a line as it comes, also into a pipe
     except KeyboardInterrupt:
         pass
 
@@ -228,15 +256,17 @@ def dead_letters_command(config: str, reasons: tuple[str, ...], listing: bool, s
         click.echo("dead-letters: --show-values prints record contents; only to a terminal", err=True)
         sys.exit(2)
     if redrive:
-        report = redrive_letters(settings, reasons, to_topic)
+        with reported("dead-letters"):
+            report = redrive_letters(settings, reasons, to_topic)
         click.echo(f"re-drove {report.produced} dead letter(s); {report.skipped} passed over "
                    "(not selected, or without a value)")
         return
     counts: dict[str, int] = {}
-    for letter in dead_letters(settings, reasons):
-        counts[letter.envelope["reason"]] = counts.get(letter.envelope["reason"], 0) + 1
-        if listing:
-            click.echo(orjson.dumps(letter.describe(show_values)).decode())
+    with reported("dead-letters"):
+        for letter in dead_letters(settings, reasons):
+            counts[letter.envelope["reason"]] = counts.get(letter.envelope["reason"], 0) + 1
+            if listing:
+                click.echo(orjson.dumps(letter.describe(show_values)).decode())
     if not listing:
         for reason, count in sorted(counts.items()):
             click.echo(f"{count:>8}  {reason}")
@@ -258,8 +288,9 @@ def produce_demo(records: int, seed: int, partitions: int, topic: str) -> None:
     if not bootstrap:
         click.echo("KAFKA_BOOTSTRAP_SERVERS is not set", err=True)
         sys.exit(2)
-    create_topics(bootstrap, {topic: partitions})
-    count = produce_sample(bootstrap, topic, records, seed, partitions, os.environ.get("SCHEMA_REGISTRY_URL"))
+    with reported("produce-demo"):
+        create_topics(bootstrap, {topic: partitions})
+        count = produce_sample(bootstrap, topic, records, seed, partitions, os.environ.get("SCHEMA_REGISTRY_URL"))
     click.echo(f"produced {count} matched records to {topic}")
 
 

@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from stream_app.config import AppSettings
 from stream_app.core.records import REDRIVE_HEADER
 from stream_app.kafka_tools import decode_dead_letter, decode_journal
+from stream_app.ops.problems import topic_partitions
 from stream_app.ops.security import confluent_security
 
 
@@ -69,10 +70,7 @@ def read_topic(settings: AppSettings, topic: str, follow: bool = False,
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "enable.partition.eof": True, "log_level": 0})
     try:
-        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return
-        partitions = sorted(meta.partitions)
+        partitions = topic_partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         yield from _to_end(consumer, len(partitions), follow, stop)
     finally:
@@ -188,10 +186,7 @@ def redriven_sources(settings: AppSettings, topic: str, since_ms: int) -> set[st
                          "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0})
     found: set[str] = set()
     try:
-        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return found
-        starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)],
+        starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in topic_partitions(consumer, topic)],
                                             timeout=15)
         todo = [tp for tp in starts if tp.offset >= 0]  # -1: nothing produced since
         if not todo:
@@ -221,10 +216,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
     skipped = 0
     selected: dict[tuple[str, int, int], dict] = {}  # source record -> its first envelope
     try:
-        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return RedriveReport(0, 0)
-        partitions = sorted(meta.partitions)
+        partitions = topic_partitions(consumer, topic)
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
         consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                          for tp in committed])

@@ -20,6 +20,7 @@ from typing import Any
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.routing import file_order
 from stream_app.core.windows import FileCut, FileKey
+from stream_app.ops.problems import topic_partitions
 from stream_app.pipeline import FilePipeline, FlushSummary
 from stream_app.routing_stage import RoutingStage
 from stream_app.sinks.base import Sink, WriteResult
@@ -146,10 +147,7 @@ class RangeReader:
         self._consumer.close()
 
     def partitions(self, topic: str) -> list[int]:
-        meta = self._consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise ReplayError(f"topic {topic} is not readable: {meta.error if meta else 'unknown topic'}")
-        return sorted(meta.partitions)
+        return topic_partitions(self._consumer, topic)
 
     def log_end(self, topic: str, partition: int, at_least: int) -> int:
         """The partition's next offset, confirmed by reading when the listed one is below

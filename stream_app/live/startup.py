@@ -13,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from stream_app.config import AppSettings
+from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify
 from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,21 @@ class _ProbeServer:
         self._server.server_close()
 
 
-def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> str | None:
-    """None when the cluster answers a metadata request, else why not."""
+def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> BrokerProblem | None:
+    """None when the cluster answers a metadata request and has every input topic, else why not."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     conf = {"bootstrap.servers": settings.kafka.bootstrapServers, "log_level": 0,
             **confluent_security(settings.kafka.security)}
     try:
-        AdminClient(conf).list_topics(timeout=timeout_s)
-        return None
+        topics = AdminClient(conf).list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        return str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+        return classify(exc, f"Kafka at {settings.kafka.bootstrapServers}")
+    missing = [name for name in settings.kafka.inputTopics if name not in topics]
+    if missing:  # created later by an operator or a topic job: waited for, as the broker is
+        return BrokerProblem(f"input topic {missing[0]} does not exist (kafka.inputTopics)", MISSING_TOPIC)
+    return None
 
 
 class BrokerProbe:
@@ -90,18 +94,22 @@ class BrokerProbe:
 
 
 def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
+    """Return once the cluster answers and holds the input topics; an unreachable cluster or a
+    missing topic is waited for (transient, with backoff), refused credentials raise
+    ``BrokerProblem`` (terminal: a retry cannot fix them)."""
     bootstrap = settings.kafka.bootstrapServers
     problem = broker_reachable(settings)
     if problem is None:
         return
-    probes = (_ProbeServer(settings.webHost, settings.webPort, f"Kafka unreachable: {problem}")
-              if settings.webPort else None)
+    probes = (_ProbeServer(settings.webHost, settings.webPort, str(problem)) if settings.webPort else None)
     delay = 1.0
     try:
         while problem is not None:
-            log.warning("Kafka at %s is unreachable (%s); retrying in %.0f s", bootstrap, problem, delay)
+            if problem.exit_code == CREDENTIALS:
+                raise problem
+            log.warning("%s; retrying in %.0f s", problem, delay)
             if probes is not None:
-                probes.reason = f"Kafka unreachable: {problem}"
+                probes.reason = str(problem)
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
             problem = broker_reachable(settings)

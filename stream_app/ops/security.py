@@ -12,20 +12,21 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from stream_app.config import ConfigError, KafkaSecurity
+from stream_app.config import KafkaSecurity
+from stream_app.ops.problems import CredentialsMissing
 
 
 def sasl_password(security: KafkaSecurity) -> str | None:
     if security.passwordEnv:
         value = os.environ.get(security.passwordEnv)
         if value is None:
-            raise ConfigError(f"kafka.security.passwordEnv: environment variable {security.passwordEnv} is not set")
+            raise CredentialsMissing(f"kafka.security.passwordEnv: environment variable {security.passwordEnv} is not set")
         return value
     if security.passwordFile:
         try:
             return Path(security.passwordFile).read_text(encoding="utf-8").rstrip("\n")
         except OSError as exc:
-            raise ConfigError(f"kafka.security.passwordFile: cannot read {security.passwordFile}: "
+            raise CredentialsMissing(f"kafka.security.passwordFile: cannot read {security.passwordFile}: "
                               f"{exc.strerror}") from None
     return None
 

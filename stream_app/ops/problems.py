@@ -1,0 +1,78 @@
+"""Broker and credential problems as every command reports them: one line, a distinct exit code.
+
+A command that cannot reach the cluster, is refused by it or finds a topic missing says which in
+one line naming what failed (never a traceback, never a record's contents) and exits with:
+
+  3  the broker is unreachable (connection refused, name not resolved, no answer in time)
+  4  credentials are missing or refused (SASL, TLS, an ACL that denies the topic or group)
+  5  a topic does not exist
+
+(0 is success, 1 a difference that ``replay --verify`` found, 2 a configuration error.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream_app.config import ConfigError
+
+UNREACHABLE, CREDENTIALS, MISSING_TOPIC = 3, 4, 5
+
+
+class BrokerProblem(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CredentialsMissing(ConfigError):
+    """A secret the config names (an environment variable, a mounted file) is not there."""
+
+    exit_code = CREDENTIALS
+
+
+def _codes() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+    from confluent_kafka import KafkaError as E
+
+    credentials = frozenset({E._AUTHENTICATION, E._SSL, E.SASL_AUTHENTICATION_FAILED, E.TOPIC_AUTHORIZATION_FAILED,
+                             E.GROUP_AUTHORIZATION_FAILED, E.CLUSTER_AUTHORIZATION_FAILED,
+                             E.ILLEGAL_SASL_STATE, E.UNSUPPORTED_SASL_MECHANISM})
+    missing = frozenset({E._UNKNOWN_TOPIC, E.UNKNOWN_TOPIC_OR_PART, E._UNKNOWN_PARTITION})
+    unreachable = frozenset({E._TRANSPORT, E._ALL_BROKERS_DOWN, E._TIMED_OUT, E._RESOLVE, E.REQUEST_TIMED_OUT,
+                             E.BROKER_NOT_AVAILABLE, E.LEADER_NOT_AVAILABLE, E.NOT_LEADER_FOR_PARTITION})
+    return credentials, missing, unreachable
+
+
+def classify(error: Any, what: str) -> BrokerProblem:
+    """``error`` (a confluent-kafka ``KafkaError``, or the ``KafkaException`` carrying one) while
+    doing ``what``, as the problem a command reports."""
+    if hasattr(error, "args") and error.args and hasattr(error.args[0], "code"):
+        error = error.args[0]
+    code = error.code() if hasattr(error, "code") else None
+    text = error.str() if hasattr(error, "str") else str(error)
+    credentials, missing, unreachable = _codes()
+    if code in credentials:
+        return BrokerProblem(f"{what}: credentials refused: {text}", CREDENTIALS)
+    if code in missing:
+        return BrokerProblem(f"{what}: topic does not exist: {text}", MISSING_TOPIC)
+    if code in unreachable:
+        return BrokerProblem(f"{what}: broker unreachable: {text}", UNREACHABLE)
+    return BrokerProblem(f"{what}: broker error: {text}", UNREACHABLE)
+
+
+def topic_partitions(client: Any, topic: str, timeout_s: float = 15.0) -> list[int]:
+    """The partitions of ``topic`` through a confluent-kafka client; a missing topic or an
+    unreachable broker is a ``BrokerProblem`` naming it."""
+    from confluent_kafka import KafkaException
+
+    try:
+        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise classify(exc, f"reading the metadata of topic {topic}") from None
+    if meta is None:
+        raise BrokerProblem(f"topic {topic} does not exist", MISSING_TOPIC)
+    if meta.error is not None:
+        raise classify(meta.error, f"topic {topic}")
+    if not meta.partitions:
+        raise BrokerProblem(f"topic {topic} does not exist (no partitions)", MISSING_TOPIC)
+    return sorted(meta.partitions)

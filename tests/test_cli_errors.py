@@ -1,0 +1,99 @@
+"""Every command reports a broker or credential problem in one line with its own exit code
+(stream_app/ops/problems.py): an unreachable broker (3), credentials missing or refused (4), a
+missing topic (5); never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from stream_app.broker import free_port
+from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, UNREACHABLE, classify
+from tests.helpers import config_dict, write_config
+
+# (arguments, extra environment) of each command that talks to the broker
+COMMANDS: list[tuple[list[str], dict[str, str]]] = [
+    (["replay", "--out", "{tmp}/replayed"], {}),
+    (["replay", "--verify"], {}),
+    (["journal"], {}),
+    (["journal", "--summary"], {}),
+    (["dead-letters"], {}),
+    (["dead-letters", "--list"], {}),
+    (["dead-letters", "--redrive"], {}),
+]
+
+
+def _run_all(commands: list[list[str]], env: dict[str, str] | None = None) -> list[tuple[int, str]]:
+    """Run the commands side by side (each waits out its client's timeout): (exit code, stderr)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "stream_app.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, **(env or {})}) for args in commands]
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        results.append((proc.returncode, err.decode()))
+    return results
+
+
+def _config(tmp_path: Path, bootstrap: str, **kafka: object) -> Path:
+    data = config_dict(tmp_path / "out", bootstrap=bootstrap)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    data["kafka"].update(kafka)
+    return write_config(tmp_path / "c.yaml", data)
+
+
+def _commands(config: Path, tmp_path: Path) -> list[list[str]]:
+    return [[args[0], "--config", str(config), *(a.format(tmp=tmp_path) for a in args[1:])] for args, _ in COMMANDS]
+
+
+def _assert_one_line(results: list[tuple[int, str]], commands: list[list[str]], code: int, says: str) -> None:
+    for (rc, err), args in zip(results, commands):
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("%")]
+        assert rc == code, f"{args}: exit {rc}, stderr {err[-800:]}"
+        assert "Traceback" not in err, f"{args}: {err[-800:]}"
+        assert len(lines) == 1 and lines[0].startswith(f"stream-app {args[0]}: ") and says in lines[0], (args, lines)
+
+
+@pytest.mark.e2e
+def test_every_command_reports_an_unreachable_broker_in_one_line(tmp_path):
+    config = _config(tmp_path, f"127.0.0.1:{free_port()}")
+    commands = _commands(config, tmp_path) + [["produce-demo", "--records", "5"]]
+    results = _run_all(commands, env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
+    _assert_one_line(results, commands, UNREACHABLE, "broker unreachable")
+
+
+def test_every_command_reports_missing_credentials_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_SECRET"}
+    config = _config(tmp_path, "127.0.0.1:9", security={
+        "protocol": "SASL_PLAINTEXT", "saslMechanism": "SCRAM-SHA-512", "username": "clearing",
+        "passwordEnv": "NO_SUCH_SECRET"})
+    commands = _commands(config, tmp_path)
+    results = _run_all(commands, env)
+    _assert_one_line(results, commands, CREDENTIALS, "credentials missing: kafka.security.passwordEnv")
+
+
+@pytest.mark.e2e
+def test_every_command_reports_a_missing_topic_in_one_line(kafka_bootstrap, tmp_path):
+    data = config_dict(tmp_path / "out", bootstrap=kafka_bootstrap, topic=f"absent-{tmp_path.name}")
+    (tmp_path / "out").mkdir()
+    data["kafka"].update(journalTopic=f"absent-journal-{tmp_path.name}", deadLetterTopic=f"absent-dead-{tmp_path.name}")
+    config = write_config(tmp_path / "c.yaml", data)
+    commands = _commands(config, tmp_path)
+    _assert_one_line(_run_all(commands), commands, MISSING_TOPIC, "does not exist")
+
+
+@pytest.mark.parametrize("code, expected", [
+    (KafkaError._TRANSPORT, UNREACHABLE), (KafkaError._ALL_BROKERS_DOWN, UNREACHABLE),
+    (KafkaError._TIMED_OUT, UNREACHABLE), (KafkaError._RESOLVE, UNREACHABLE),
+    (KafkaError.SASL_AUTHENTICATION_FAILED, CREDENTIALS), (KafkaError._AUTHENTICATION, CREDENTIALS),
+    (KafkaError.TOPIC_AUTHORIZATION_FAILED, CREDENTIALS), (KafkaError.GROUP_AUTHORIZATION_FAILED, CREDENTIALS),
+    (KafkaError._SSL, CREDENTIALS), (KafkaError.UNKNOWN_TOPIC_OR_PART, MISSING_TOPIC),
+    (KafkaError._UNKNOWN_TOPIC, MISSING_TOPIC)])
+def test_broker_errors_are_classified_by_what_the_user_must_fix(code, expected):
+    problem = classify(KafkaException(KafkaError(code, "as the client said")), "reading topic t")
+    assert problem.exit_code == expected and str(problem).startswith("reading topic t: ")
+    assert "as the client said" in str(problem)
