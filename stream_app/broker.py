@@ -104,14 +104,15 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 30.0) -> None:
-    """Create topics (name -> partitions) if they do not exist yet."""
+def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 30.0,
+                  config: dict[str, str] | None = None) -> None:
+    """Create topics (name -> partitions) if they do not exist yet, with topic ``config``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [NewTopic(name, num_partitions=parts, replication_factor=1) for name, parts in topics.items()
-              if name not in existing]
+    wanted = [NewTopic(name, num_partitions=parts, replication_factor=1, config=config or {})
+              for name, parts in topics.items() if name not in existing]
     for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items() if wanted else []:
         future.result()
         log.info("created topic %s", name)

@@ -18,7 +18,7 @@ from stream_app.journal import JOURNAL_SCHEMA, JOURNAL_SCHEMA_V1
 def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]]) -> int:
     """Produce (partition, key, value) in order; returns how many were acknowledged."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False,
-                         "max.in.flight.requests.per.connection": 1, "acks": "all"})
+                         "max.in.flight.requests.per.connection": 1, "acks": "all", "message.max.bytes": 8_000_000})
     errors: list[str] = []
     count = 0
 

@@ -17,7 +17,14 @@ from typing import Protocol, cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import as_read
-from stream_app.codecs.repartition import encode_frontier, encode_runs
+from stream_app.codecs.repartition import (
+    BATCH_OVERHEAD,
+    ENVELOPE_ROOM,
+    encode_frontier,
+    encode_runs,
+    repartition_message_bytes,
+    routed_record_bytes,
+)
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
 from stream_app.core.routing import Late, PartitionRouter, repartition_partition
 from stream_app.core.structured.assembler import StructuredAssembler
@@ -38,7 +45,7 @@ class RepartitionSender(Protocol):
 class RoutingStage:
     def __init__(self, policy: WindowPolicy, group_by: Sequence[str], decoder: Decoder,
                  validator: StructuredAssembler | None, state: StateStore, publisher: Publisher,
-                 sender: RepartitionSender, repartition_partitions: int) -> None:
+                 sender: RepartitionSender, repartition_partitions: int, max_record_bytes: int) -> None:
         self._policy = policy
         self._assigner = WindowAssigner(policy, group_by, per_partition=False)
         self._decoder = decoder
@@ -56,6 +63,13 @@ class RoutingStage:
         # that arrive before the re-read ones were fetched before the seek, and are dropped.
         self._stale_above: dict[TP, int] = {}
         self.late_records = 0
+        # The largest repartition value and key the topic takes (codecs/repartition.py), and the
+        # carried size below which a record fits whatever its file key.
+        self._max_routed_bytes = repartition_message_bytes(max_record_bytes) - BATCH_OVERHEAD
+        self._surely_fits = self._max_routed_bytes - ENVELOPE_ROOM
+        # After a rewind: per input partition, the last offset whose dead letter was published
+        # before it; the re-read does not publish those again.
+        self._dead_lettered_through: dict[TP, int] = {}
 
     # -- partitions -------------------------------------------------------------------------
     def router(self, tp: TP, now_wall_ms: int | None = None) -> PartitionRouter:
@@ -83,6 +97,7 @@ class RoutingStage:
             self._sent.pop(tp, None)
             self._published.pop(tp, None)
             self._stale_above.pop(tp, None)
+            self._dead_lettered_through.pop(tp, None)
 
     def rewind(self) -> dict[TP, int]:
         """Forget everything routed since the persisted checkpoints (the repartition producer
@@ -96,6 +111,7 @@ class RoutingStage:
             start = checkpoint.offset if checkpoint is not None else 0
             if router.next_offset is not None and router.next_offset > start:
                 self._stale_above[tp] = router.next_offset - 1
+                self._dead_lettered_through[tp] = max(router.next_offset - 1, self._dead_lettered_through.get(tp, -1))
             seek[tp] = start
         self._routers.clear()
         self._sent.clear()
@@ -104,6 +120,11 @@ class RoutingStage:
 
     def partitions(self) -> list[TP]:
         return list(self._routers)
+
+    def position(self, tp: TP) -> int | None:
+        """The next offset of ``tp`` to route (known for an empty partition too); None when not routed here."""
+        router = self._routers.get(tp)
+        return router.position if router is not None else None
 
     # -- input ------------------------------------------------------------------------------
     def prefetch(self, raws: Sequence[RawRecord]) -> None:
@@ -132,6 +153,9 @@ class RoutingStage:
                     raise DecodeError("EVENT_TIME_OUT_OF_RANGE", implausible)
                 if self._validator is not None:
                     self._validator.project(record.value)
+                carried = record.carried if record.carried is not None else as_read(cast(bytes, raw.value))
+                if len(carried) > self._surely_fits:
+                    self._check_routable(record, carried)
                 outcome = router.route(record, now_wall_ms, is_redriven(raw))
             except DecodeError as exc:
                 self._dead_letter(router, raw, exc.reason, exc.detail)
@@ -146,12 +170,11 @@ class RoutingStage:
                 continue
             if isinstance(outcome, Late):
                 self.late_records += 1
-                self._publisher.dead_letter(raw, "LATE_RECORD",
-                                            f"window {outcome.key.id} was already closed for {raw.topic}/{raw.partition}")
+                self._publish_dead_letter(raw, "LATE_RECORD",
+                                          f"window {outcome.key.id} was already closed for {raw.topic}/{raw.partition}")
                 continue
             runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(
-                (record.offset, record.event_time_ms,
-                 record.carried if record.carried is not None else as_read(cast(bytes, raw.value))))
+                (record.offset, record.event_time_ms, carried))
         for (key, source), records in runs.items():
             partition = repartition_partition(key, self._partitions)
             for payload in encode_runs(key, source, records):
@@ -172,9 +195,24 @@ class RoutingStage:
         del self._stale_above[tp]  # the re-read has begun
         return False
 
+    def _check_routable(self, record: SourceRecord, carried: bytes) -> None:
+        """A record the repartition topic cannot take is a dead letter, decided before routing
+        (and the same in replay): sent, the producer would refuse it and the partition would
+        stall behind it."""
+        size = routed_record_bytes(self._assigner.key_for(record), (record.topic, record.partition), len(carried))
+        if size > self._max_routed_bytes:
+            raise DecodeError("TOO_LARGE_TO_ROUTE", f"routed, the record takes {size} bytes; the repartition topic "
+                                                    f"takes {self._max_routed_bytes} (from input.maxRecordBytes)")
+
     def _dead_letter(self, router: PartitionRouter, raw: RawRecord, reason: str, detail: str) -> None:
-        self._publisher.dead_letter(raw, reason, detail)
+        self._publish_dead_letter(raw, reason, detail)
         router.skip(raw.offset)
+
+    def _publish_dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
+        through = self._dead_lettered_through.get((raw.topic, raw.partition))
+        if through is not None and raw.offset <= through:
+            return  # published before a rewind; the publisher delivers it on its own
+        self._publisher.dead_letter(raw, reason, detail)
 
     def _announce(self, router: PartitionRouter) -> None:
         frontier = router.frontier()

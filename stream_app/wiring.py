@@ -158,7 +158,7 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
     reads = None if validates else [settings.input.eventTimeField, *worker.groupBy]
     return RoutingStage(window_policy(settings), worker.groupBy, build_decoder(settings, carry=True, reads=reads),
                         assembler if isinstance(assembler, StructuredAssembler) else None, state, publisher,
-                        sender, settings.kafka.repartition_partitions)
+                        sender, settings.kafka.repartition_partitions, settings.input.maxRecordBytes)
 
 
 def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: Sink | None = None,

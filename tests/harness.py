@@ -78,7 +78,7 @@ def _stack_summary(dump: list[str]) -> list[str]:
 
 class LiveWorker:
     def __init__(self, bootstrap: str, tmp_path: Path, partitions: int = 1, input_format: str = "avro",
-                 spool_dir: Path | None = None, **worker: Any) -> None:
+                 spool_dir: Path | None = None, topic_config: dict[str, str] | None = None, **worker: Any) -> None:
         uid = uuid.uuid4().hex[:8]
         self.bootstrap = bootstrap
         self.partitions = partitions
@@ -104,7 +104,8 @@ class LiveWorker:
         self._next_offset = [0] * partitions
         self.proc = None
         self.web_port: int | None = None
-        create_topics(bootstrap, {self.topic: partitions, self.journal_topic: 1, self.dead_topic: 1})
+        create_topics(bootstrap, {self.topic: partitions}, config=topic_config)
+        create_topics(bootstrap, {self.journal_topic: 1, self.dead_topic: 1})
 
     def replica(self, tmp_path: Path) -> LiveWorker:
         """Another replica of the same app (same group and topics) with its own volume and log,

@@ -361,6 +361,67 @@ def test_a_routing_stage_rewound_after_lost_repartition_records_writes_the_same_
     assert sum(c.duplicates for c in files._windowers.values()) > 0
 
 
+def test_a_rewind_never_publishes_a_dead_letter_twice(tmp_path):
+    """Dead letters published before a rewind are not published again by the re-read."""
+    parts = partitioned(60, 2)
+    bad = RawRecord("in", 0, parts[0][5].offset, None, None, b"\x00\x00\x00\x00\x63garbage")
+    parts[0][5] = bad
+    settings, publisher, sender, files = two_partition_stages(tmp_path / "out", LosingSender)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    routing.assign(settings.input_partitions, 0)
+    routing.process([r for p in parts for r in p[:20]], 0)
+    assert [raw.offset for raw, _, _ in publisher.dead] == [bad.offset]
+    routing.rewind()
+    routing.process([r for p in parts for r in p[:20]], 0)  # re-read from the checkpoints (none: from 0)
+    routing.process([r for p in parts for r in p[20:]], 0)
+    assert [raw.offset for raw, _, _ in publisher.dead] == [bad.offset]
+
+
+def test_runs_never_grow_past_max_run_bytes_unless_one_record_alone_is_larger():
+    from stream_app.codecs.repartition import MAX_RUN_BYTES, routed_record_bytes
+
+    key = FileKey(None, None, 0, H, (("currency", "EUR"),))
+    big = MAX_RUN_BYTES + 10
+    records = [(0, 0, b"a" * 400_000), (1, 0, b"b" * big), (2, 0, b"c" * 100), (3, 0, b"d" * 200_000)]
+    payloads = list(encode_runs(key, ("in", 3), records))
+    assert [[r[0] for r in decode(p).records] for p in payloads] == [[0], [1], [2, 3]]  # type: ignore[union-attr]
+    assert len(payloads[1]) + len(key.id.encode()) == routed_record_bytes(key, ("in", 3), big)
+    assert all(len(p) <= MAX_RUN_BYTES for i, p in enumerate(payloads) if i != 1)
+
+
+def test_a_record_the_repartition_topic_cannot_take_is_a_dead_letter_and_the_partition_flows(tmp_path):
+    """The routing stage's limit follows input.maxRecordBytes (codecs/repartition.py); a record
+    over it (here through a decoder with a higher limit) is TOO_LARGE_TO_ROUTE, decided before
+    routing, and the records after it are routed."""
+    import orjson
+
+    from stream_app.codecs.json import JsonDecoder
+    from stream_app.codecs.repartition import repartition_message_bytes
+    from stream_app.routing_stage import RoutingStage
+    from stream_app.wiring import window_policy
+
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = window_settings(out, 1)
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    limit = repartition_message_bytes(1000)
+
+    def value(rid: str, pad: int) -> bytes:
+        return orjson.dumps({"record_id": rid, "matched_at": "2026-03-02T01:00:00Z", "amount": "1.00",
+                             "currency": "EUR", "pad": "x" * pad})
+
+    routing = RoutingStage(window_policy(settings), [], JsonDecoder("matched_at", ["amount"], 10 * limit), None,
+                           MemoryStateStore(), publisher, sender, 4, max_record_bytes=1000)
+    routing.assign([("in", 0)], 0)
+    raws = [RawRecord("in", 0, i, None, None, value(f"r{i}", pad))
+            for i, pad in enumerate([10, limit - 2000, limit, 10])]
+    routing.process(raws, 0)
+    assert [(raw.offset, reason) for raw, reason, _ in publisher.dead] == [(2, "TOO_LARGE_TO_ROUTE")]
+    routed = [r for sent in sender.drain() if isinstance(run := decode(sent.value), RoutedRun) for r in run.records]
+    assert [offset for offset, _, _ in routed] == [0, 1, 3]
+    assert routing.position(("in", 0)) == 4
+
+
 @pytest.mark.parametrize("damage", [b"\x09\x01junk", b"", "truncated-run"])
 def test_a_damaged_repartition_record_halts_its_partition_only(tmp_path, damage):
     """A record the file stage cannot read (a damaged topic, a newer worker's format) halts its

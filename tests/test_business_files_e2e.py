@@ -246,3 +246,43 @@ def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bo
                                                                           second.config_data["workerId"]}
     finally:
         server.stop()
+
+
+def test_a_record_of_exactly_max_record_bytes_is_routed_and_one_byte_more_is_a_dead_letter(kafka_bootstrap, tmp_path):
+    """Window scope, JSON, the default input.maxRecordBytes (1 MiB): a record of exactly that
+    size goes through the repartition topic into its file (the producer and the topic are sized
+    for it); one byte more is an OVERSIZED_RECORD dead letter; good records before and after them
+    on the same and another partition are written, and every partition commits to its end."""
+    import orjson
+
+    limit = 1_048_576
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, input_format="json", topic_config={
+        "max.message.bytes": str(4 * limit)}, **{**WINDOW_SCOPE, "maxRecordsPerFile": 100},
+        window={"sizeMs": H, "graceMs": 0, "idleTimeoutMs": 2000})
+
+    def record(rid: str, minute: int, size: int | None = None) -> bytes:
+        value = {"record_id": rid, "matched_at": f"2026-03-02T01:{minute:02d}:00Z", "amount": "1.00", "currency": "EUR"}
+        if size is None:
+            return orjson.dumps(value)
+        value["pad"] = ""
+        value["pad"] = "x" * (size - len(orjson.dumps(value)))
+        payload = orjson.dumps(value)
+        assert len(payload) == size
+        return payload
+
+    values = [(0, record("a1", 1)), (0, record("big", 2, limit)), (1, record("b1", 3)),
+              (1, record("huge", 4, limit + 1)), (0, record("a2", 5)), (1, record("b2", 6))]
+    worker.produce(values)
+    worker.start()
+    try:
+        dead = worker.dead_letters(expect=1)
+        worker.wait_for(lambda: worker.committed() == {0: 3, 1: 3}, 120, what="both partitions committed to their end")
+        worker.wait_for(lambda: worker.files(), 60, what="the file")
+    finally:
+        worker.stop()
+    assert [(d["source_partition"], d["source_offset"], d["reason"]) for d in dead] == [(1, 1, "OVERSIZED_RECORD")]
+    (body,) = worker.files().values()
+    ids = [line.split(b"|")[2] for line in body.splitlines() if line.startswith(b"D|")]
+    assert ids == [b"a1", b"big", b"b1", b"a2", b"b2"]
+    log = worker.log.read_text()
+    assert "routing again" not in log and "Traceback" not in log

@@ -41,8 +41,29 @@ _U32 = struct.Struct(">I")
 _I64X2 = struct.Struct(">qq")
 _ENTRY = struct.Struct(">qqi")
 
-# A routed run is split before it grows past this (Kafka's default record limit is 1 MiB).
+# A routed run is split before it grows past this (Kafka's default record limit is 1 MiB); a
+# record larger than this alone is a run of its own.
 MAX_RUN_BYTES = 512 * 1024
+# What a repartition Kafka record may hold beside the routed value (file key, source, entry)
+# before the exact size is worked out (routed_record_bytes); group values longer than this in
+# total are measured exactly.
+ENVELOPE_ROOM = 64 * 1024
+# A record batch's own header and a record's framing, around the value and key.
+BATCH_OVERHEAD = 1024
+
+
+def repartition_message_bytes(max_record_bytes: int) -> int:
+    """The repartition topic's ``max.message.bytes`` (and the producer's limit): any accepted
+    record (``input.maxRecordBytes``) fits, also in a carried form up to twice as large."""
+    return 2 * max_record_bytes + ENVELOPE_ROOM + BATCH_OVERHEAD
+
+
+def routed_record_bytes(key: FileKey, source: TP, value_bytes: int) -> int:
+    """Key and value bytes of the repartition record that carries one routed value alone."""
+    size = _HEAD.size + 2 + len(source[0].encode("utf-8")) + _I32.size + _I64X2.size + 1 + _U32.size + _ENTRY.size
+    for name, value in key.group:
+        size += 4 + len(name.encode("utf-8")) + len(value.encode("utf-8"))
+    return size + value_bytes + len(key.id.encode("utf-8"))
 
 
 class RepartitionFormatError(ValueError):
@@ -79,9 +100,12 @@ def encode_runs(key: FileKey, source: TP, records: list[tuple[int, int, bytes | 
     start = 0
     while start < len(records):
         size, end = len(head), start
-        while end < len(records) and (end == start or size < MAX_RUN_BYTES):
+        while end < len(records):
             payload = records[end][2]
-            size += _ENTRY.size + (len(payload) if payload is not None else 0)
+            entry = _ENTRY.size + (len(payload) if payload is not None else 0)
+            if end > start and size + entry > MAX_RUN_BYTES:
+                break  # never past MAX_RUN_BYTES, unless one record alone is larger
+            size += entry
             end += 1
         body = [bytes(head), _U32.pack(end - start)]
         for offset, event_time, payload in records[start:end]:

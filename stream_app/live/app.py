@@ -392,12 +392,16 @@ class LiveRuntime:
         return "files" if tp[0] == self._repartition_topic else "routing"
 
     def _lag(self, tp: TP) -> int | None:
-        highwater = self._app.consumer.highwater(FaustTP(tp[0], tp[1]))
+        """Records of ``tp`` not yet processed; None when unknown, or when ``tp`` is not assigned
+        to this worker at this moment (a tick, the watchdog or readiness may run mid-rebalance)."""
+        highwater = cast(CheckpointCommitConsumer, self._app.consumer).owned_highwater(FaustTP(tp[0], tp[1]))
+        if highwater is None or highwater < 0:
+            return None
         if self.routing is not None and tp[0] != self._repartition_topic:
-            next_offset: int | None = self.routing.router(tp).position  # known for an empty partition too
+            next_offset = self.routing.position(tp)
         else:
             next_offset = self.pipeline.stage(tp).next_offset
-        if highwater is None or highwater < 0 or next_offset is None:
+        if next_offset is None:
             return None
         return max(0, highwater - next_offset)
 
@@ -515,12 +519,9 @@ class LiveRuntime:
         seek = self.routing.rewind()
         self._held = None  # fetched before the seek
         self._idle_closed = []  # the rebuilt routers announce what their checkpoints closed
-        assigned = self._app.consumer.assignment()
-        for (topic, partition), offset in seek.items():
-            tp = FaustTP(topic, partition)
-            if tp in assigned:
-                await self._app.consumer.seek(tp, offset)
-        self.routing.assign([tp for tp in seek if FaustTP(*tp) in assigned], _now_ms())
+        consumer = cast(CheckpointCommitConsumer, self._app.consumer)
+        sought = [tp for tp, offset in seek.items() if await consumer.seek_owned(FaustTP(*tp), offset)]
+        self.routing.assign(sought, _now_ms())
 
     async def _commit(self) -> None:
         """Commit the new checkpoints now (Faust would within commitIntervalMs anyway)."""
@@ -641,8 +642,10 @@ class LiveRuntime:
             log.warning("could not compare committed offsets with the checkpoints (%s)", type(exc).__name__)
         if self.routing is None:
             return
-        assigned = [tp for tp in owned if tp[0] in self._input_topics]
         async with self._lock:
+            # read again: another rebalance may have revoked some of ``owned`` during the awaits
+            # above, and a router kept for a partition routed elsewhere would close its windows
+            assigned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._input_topics]
             self.routing.assign(assigned, _now_ms())
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from stream_app.codecs.repartition import repartition_message_bytes
 from stream_app.config import AppSettings
 from stream_app.faults import failpoint
 from stream_app.ops.security import confluent_security
@@ -36,15 +37,18 @@ def ensure_repartition_topic(settings: AppSettings, timeout_s: float = 30.0) -> 
     name, partitions = settings.repartition_topic, kafka.repartition_partitions
     admin = AdminClient({"bootstrap.servers": kafka.bootstrapServers, "log_level": 0,
                          **confluent_security(kafka.security)})
+    message_bytes = repartition_message_bytes(settings.input.maxRecordBytes)
     meta = admin.list_topics(timeout=timeout_s).topics.get(name)
     if meta is not None and meta.error is None:
         if len(meta.partitions) != partitions:
             raise RepartitionTopicError(
                 f"topic {name} has {len(meta.partitions)} partitions but kafka.repartitionPartitions is {partitions}; "
                 "a repartition topic cannot be resized while files are open (drain it, or use a new appId)")
+        _ensure_message_bytes(admin, name, message_bytes, timeout_s)
         return
     topic = NewTopic(name, num_partitions=partitions, replication_factor=kafka.replicationFactor,
-                     config={"retention.ms": str(kafka.repartitionRetentionMs), "cleanup.policy": "delete"})
+                     config={"retention.ms": str(kafka.repartitionRetentionMs), "cleanup.policy": "delete",
+                             "max.message.bytes": str(message_bytes)})
     for _, future in admin.create_topics([topic], request_timeout=timeout_s).items():
         try:
             future.result()
@@ -52,6 +56,35 @@ def ensure_repartition_topic(settings: AppSettings, timeout_s: float = 30.0) -> 
         except Exception as exc:  # another replica created it meanwhile
             if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                 raise
+
+
+def _ensure_message_bytes(admin: Any, name: str, wanted: int, timeout_s: float) -> None:
+    """The existing topic takes every accepted record (``max.message.bytes``, from
+    input.maxRecordBytes): raised when smaller (the worker owns this internal topic), or a
+    terminal error naming the setting when the broker refuses."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    except Exception as exc:  # a broker without DescribeConfigs: the send checks each record anyway
+        log.warning("could not read max.message.bytes of %s (%s); assuming it takes %d bytes",
+                    name, type(exc).__name__, wanted)
+        return
+    entry = entries.get("max.message.bytes")
+    current = int(entry.value) if entry is not None and entry.value is not None else None
+    if current is not None and current >= wanted:
+        return
+    change = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(wanted), incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([change], request_timeout=timeout_s)[change].result()
+    except Exception as exc:
+        raise RepartitionTopicError(
+            f"topic {name} takes records of at most {current} bytes (max.message.bytes) but input.maxRecordBytes "
+            f"needs {wanted}, and raising it was refused ({exc}); raise it on the topic, or lower "
+            "input.maxRecordBytes") from None
+    log.info("raised max.message.bytes of %s from %s to %d (input.maxRecordBytes)", name, current, wanted)
 
 
 class RepartitionSendError(RuntimeError):
@@ -93,6 +126,9 @@ class KafkaRepartitionSender:
             "bootstrap.servers": kafka.bootstrapServers, **confluent_security(kafka.security),
             "enable.idempotence": True, "enable.gapless.guarantee": True, "acks": "all",
             "message.timeout.ms": 0, "linger.ms": 5, "queue.buffering.max.kbytes": 262144, "log_level": 4,
+            # as the topic's max.message.bytes: any record the routing stage sends fits (it
+            # dead-letters one that does not, TOO_LARGE_TO_ROUTE), so no send is refused for size
+            "message.max.bytes": repartition_message_bytes(settings.input.maxRecordBytes),
             # through Python logging (and its OutageFilter), not straight to stderr
             "logger": _LIBRDKAFKA_LOG,
         }

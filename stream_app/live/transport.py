@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
@@ -98,6 +99,28 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
         if self.flow_active and not self.should_stop:
             await intake.on_fetched(taken, self.app.consumer_generation_id)
         return {tp: batch for tp, batch in records.items() if tp not in taken}, active
+
+    def owned_highwater(self, tp: TP) -> int | None:
+        """The partition's high watermark, or None when it is not assigned here (any more).
+
+        The aiokafka consumer runs in Faust's consumer thread, so a rebalance can take the
+        partition between any check in the worker's loop and the read, and aiokafka's
+        ``highwater`` then asserts ``Partition is not assigned`` (it crashed replicas on every
+        rebalance): the assertion is that answer, not a bug."""
+        try:
+            return self.highwater(tp) if tp in self.assignment() else None
+        except AssertionError:
+            return None
+
+    async def seek_owned(self, tp: TP, offset: int) -> bool:
+        """Seek ``tp`` if it is still assigned here; False when a rebalance took it meanwhile."""
+        try:
+            if tp not in self.assignment():
+                return False
+            await self.seek(tp, offset)
+        except (AssertionError, IllegalStateError):  # revoked between the check and the seek
+            return False
+        return True
 
     async def confirm_membership(self, tp: TP, offset: int) -> bool:
         """Commit ``offset`` (the partition's persisted checkpoint: no move) under this member's
