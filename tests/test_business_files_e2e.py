@@ -248,6 +248,70 @@ def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bo
         server.stop()
 
 
+def test_scaling_one_three_two_one_replicas_while_files_are_written(kafka_bootstrap, tmp_path):
+    """1 -> 3 -> 2 (one replica SIGKILLed) -> 1 (one stopped) while slow files are written: no
+    replica exits on a rebalance (the idle close, lag and watchdog read only partitions owned at
+    that moment), a replica that keeps a partition committed at 0 reads it again from its start
+    (no window loses its first records), only the killed replica's files may stand twice, and
+    the union of all volumes is byte-identical to one worker (the pure core) and to replay."""
+    dirs = [tmp_path / name for name in ("a", "b", "c")]
+    for path in dirs:
+        path.mkdir()
+    first = business_worker(kafka_bootstrap, dirs[0], maxRecordsPerFile=800)
+    workers = [first, first.replica(dirs[1]), first.replica(dirs[2])]
+    first.produce(interleaved(16_000, seed=21, span_hours=6))
+    reference = first.reference_files(tmp_path)
+    slow = {"STREAM_APP_FAILPOINTS": "sink.write=delay@300"}
+
+    def union() -> dict[str, bytes]:
+        merged: dict[str, bytes] = {}
+        for worker in workers:
+            merged.update(worker.files())
+        return merged
+
+    def progress(more: int) -> None:
+        target = len(union()) + more
+        first.wait_for(lambda: len(union()) >= target or set(union()) >= set(reference), 180, interval_s=0.5,
+                       what=f"{more} more files")
+
+    def alive(*replicas: LiveWorker) -> None:
+        for worker in replicas:
+            assert worker.proc.poll() is None, f"a replica exited on a rebalance:\n{worker.diagnosis()}"
+
+    try:
+        first.start(env=slow)
+        progress(3)
+        workers[1].start(env=slow)
+        workers[2].start(env=slow)
+        for worker in workers[1:]:
+            worker.wait_for(lambda w=worker: w.log_count("Worker ready") >= 1, 90, what="worker ready")
+        progress(4)
+        alive(*workers)
+        workers[2].kill()  # 3 -> 2, as a lost node
+        progress(4)
+        alive(first, workers[1])
+        assert workers[1].stop() == 0  # 2 -> 1, as a scale-down
+        first.wait_for(lambda: set(union()) >= set(reference), 300, interval_s=1, what="every file")
+        time.sleep(3)  # a file written twice would show up now
+        alive(first)
+    finally:
+        for worker in workers:
+            worker.stop()
+    volumes = [w.files() for w in workers]
+    for name in set(volumes[0]) & set(volumes[1]):  # gracefully handed over: never written twice
+        raise AssertionError(f"{name} written by two replicas that were never killed")
+    for volume in volumes:
+        assert all(reference.get(name) == body for name, body in volume.items()), "a copy differs"
+    first.assert_reference_files(tmp_path, reference, files=union())
+    for worker in workers:
+        log = worker.log.read_text()
+        assert "Traceback" not in log and "Partition is not assigned" not in log
+    settings = parse_config(first.config_data)
+    run_replay(settings, ReplayRequest(out_dir=tmp_path / "replayed"))
+    replayed = {p.name: p.read_bytes() for p in (tmp_path / "replayed").iterdir() if p.name != "manifest.jsonl"}
+    assert replayed == reference
+
+
 def test_a_record_of_exactly_max_record_bytes_is_routed_and_one_byte_more_is_a_dead_letter(kafka_bootstrap, tmp_path):
     """Window scope, JSON, the default input.maxRecordBytes (1 MiB): a record of exactly that
     size goes through the repartition topic into its file (the producer and the topic are sized

@@ -86,3 +86,43 @@ def test_the_fetch_wait_is_set_where_aiokafka_reads_it():
     assert "_create_worker_consumer" in FetchWaitConsumerThread.__dict__
     assert "_new_consumer_thread" in CheckpointCommitConsumer.__dict__
     assert _params(Consumer._new_consumer_thread) == ["self"]
+
+
+def test_aiokafka_seeks_only_to_committed_offsets_above_zero():
+    """Why CheckpointCommitConsumer.seek_to_committed rewinds partitions committed at 0 itself."""
+    from aiokafka import AIOKafkaConsumer
+
+    assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    assert _params(Consumer.seek_to_committed) == ["self"]
+    assert inspect.iscoroutinefunction(Consumer.seek_to_committed)
+
+
+def test_partitions_committed_at_zero_or_never_are_read_from_their_beginning(monkeypatch):
+    """After a rebalance a gated partition (input or repartition) whose commit is 0 or missing
+    is sought to its beginning; one with a commit was sought by aiokafka; Faust's own topics are
+    left alone."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from stream_app.live.transport import NOT_GATED
+
+    committed = {TopicPartition("in", 0): 0, TopicPartition("in", 1): None, TopicPartition("in", 2): 7,
+                 TopicPartition("app-files-repartition", 3): -1, TopicPartition("app-table-changelog", 0): 0}
+
+    async def base_seek(self):
+        return committed
+
+    rewound: list = []
+
+    async def seek_to_beginning(*tps):
+        rewound.extend(tps)
+
+    monkeypatch.setattr(Consumer, "seek_to_committed", base_seek)
+    consumer = object.__new__(CheckpointCommitConsumer)
+    consumer.__dict__.update(app=SimpleNamespace(
+        stream_app_commit_gate=lambda topic, partition: NOT_GATED if "changelog" in topic else None),
+        _thread=SimpleNamespace(seek_to_beginning=seek_to_beginning))
+    assert asyncio.run(consumer.seek_to_committed()) == committed
+    assert rewound == [TopicPartition("in", 0), TopicPartition("in", 1), TopicPartition("app-files-repartition", 3)]

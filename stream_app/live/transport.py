@@ -100,6 +100,25 @@ class CheckpointCommitConsumer(AIOKafkaConsumer):
             await intake.on_fetched(taken, self.app.consumer_generation_id)
         return {tp: batch for tp, batch in records.items() if tp not in taken}, active
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust seeks every partition to its committed offset after an assignment, so that what
+        was fetched before the rebalance is read again.  aiokafka's ``seek_to_committed`` only
+        seeks to an offset above 0: a partition committed at 0 (a checkpoint still at the start
+        of its log: the first window not yet written) or never committed keeps the position this
+        consumer fetched it to before the rebalance.  A replica that kept such a partition
+        through a rebalance then skipped the records in front of that position: a window lost
+        part of its records and never closed (seen when scaling 1 -> 3 replicas).  Those
+        partitions are read from their beginning, where their checkpoints are."""
+        committed = await super().seek_to_committed()
+        gate: CommitGate | None = getattr(self.app, "stream_app_commit_gate", None)
+        if gate is None:
+            return committed
+        rewind = [tp for tp, offset in committed.items()
+                  if (offset is None or offset <= 0) and gate(tp.topic, tp.partition) != NOT_GATED]
+        if rewind:
+            await self._thread.seek_to_beginning(*rewind)
+        return committed
+
     def owned_highwater(self, tp: TP) -> int | None:
         """The partition's high watermark, or None when it is not assigned here (any more).
 
