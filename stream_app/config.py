@@ -280,6 +280,11 @@ class WorkerSettings(_Model):
     # boundaries depend on timing: replay reproduces them only from the recorded offset ranges.
     flushIntervalMs: int | None = Field(default=None, ge=1)
     maxBufferedRecords: int = Field(default=50_000, ge=1)
+    # What reaching maxBufferedRecords does: false (the default) moves the records of the
+    # largest open part (window, in window scope) to disk under spoolDir until it is cut, so
+    # files stay a function of the records; true cuts that part early instead (reason
+    # "pressure"), which makes files depend on how fast the worker caught up.
+    pressureCut: bool = False
     lateRecords: Literal["deadLetter", "currentWindow"] = "deadLetter"
     groupBy: list[str] = Field(default_factory=list)
     headerTemplate: str = ""

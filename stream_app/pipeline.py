@@ -15,6 +15,7 @@ import hashlib
 import logging
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.compression import gzipped
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
 from stream_app.core.routing import WindowCollector, repartition_partition
-from stream_app.core.spool import FileSpool, MergedSpool, RunSpool
+from stream_app.core.spool import FileSpool, MergedSpool, RecordSpill, RunSpool
 from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.template import AssemblyError, TemplateAssembler, TemplatePart
@@ -185,6 +186,8 @@ class FilePipeline:
         schema_ref: str | None = None,
         metrics: Metrics | None = None,
         window_scope: WindowScope | None = None,
+        spill_dir: Path | None = None,
+        pressure_cut: bool = False,
     ) -> None:
         self._policy = policy
         self._scope = window_scope
@@ -229,6 +232,11 @@ class FilePipeline:
         self._compression = compression
         self._schema_ref = schema_ref
         self.metrics = metrics
+        # Backpressure: where open parts' records wait on disk (a temporary directory when
+        # None), or, with pressure_cut (worker.pressureCut), the early cut that makes files
+        # depend on timing.
+        self._spill_dir = spill_dir
+        self._pressure_cut = pressure_cut
 
     # -- partitions -------------------------------------------------------------------------
     def owner_of(self, key: FileKey) -> TP:
@@ -357,6 +365,8 @@ class FilePipeline:
         """Forget partitions this worker no longer owns: their records are re-read by the new owner."""
         for tp in tps:
             windower = self._windowers.pop(tp, None)
+            if windower is not None:
+                windower.discard_spills()
             self.damaged.pop(tp, None)  # the new owner meets (and reports) it again
             self._published_checkpoints.pop(tp, None)
             self._sent_checkpoints.pop(tp, None)
@@ -523,9 +533,23 @@ class FilePipeline:
             self._handle_outputs(windower.cut_interval(now_wall_ms))
 
     def relieve_pressure(self) -> bool:
-        """Cut the largest open part early; False when nothing can be cut."""
-        best = max(self._windowers.values(), key=lambda w: w.buffered_records, default=None)
-        return bool(best and best.cut_largest())
+        """Move the records of the largest open part (window scope: window) of the partition
+        holding the most out of memory: to disk until it is cut, which changes no file; or, with
+        pressure_cut, cut it early.  False when nothing in memory can be moved."""
+        best = max(self._windowers.items(), key=lambda item: item[1].buffered_records, default=None)
+        if best is None:
+            return False
+        tp, windower = best
+        if self._pressure_cut:
+            return bool(windower.cut_largest())
+        if self._spill_dir is None:
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="stream-app-spill-"))
+        spill_dir = self._spill_dir / tp[0] / str(tp[1])
+
+        def spill_for(key: FileKey) -> RecordSpill:
+            return RecordSpill(spill_dir / f"{hashlib.sha1(key.id.encode()).hexdigest()[:20]}.spill")
+
+        return windower.spill_largest(spill_for) > 0
 
     # -- finalization -----------------------------------------------------------------------
     def pending_cuts(self) -> list[FileCut]:

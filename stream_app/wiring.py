@@ -124,6 +124,11 @@ def build_sink(settings: AppSettings) -> Sink:
     return LocalSink(sink.localTargetDir, sink.file_mode_bits, sink.manifest)
 
 
+# Under spoolDir: where backpressure moves open parts' records ('~' is in no topic name, so it
+# never meets a streaming spool's <topic>/<partition> directory).
+SPILL_DIR = "pressure~spill"
+
+
 def prepare_worker_spool(settings: AppSettings) -> Path | None:
     """The worker's spool directory in streaming mode, else None.
 
@@ -187,4 +192,6 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
         schema_ref=f"{worker.schema_.id}/{worker.schema_.version}" if worker.schema_ else None,
         metrics=metrics,
         window_scope=scope,
+        spill_dir=Path(settings.spoolDir) / SPILL_DIR if settings.spoolDir else None,
+        pressure_cut=worker.pressureCut,
     )

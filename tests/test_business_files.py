@@ -447,3 +447,39 @@ def test_a_damaged_repartition_record_halts_its_partition_only(tmp_path, damage)
     assert others and files.collector((raw.topic, others[0].partition)).next_offset == others[-1].offset + 1
     files.revoke([tp])
     assert files.damaged == {}  # its new owner meets it again
+
+
+def test_window_scope_pressure_moves_windows_to_disk_and_never_changes_a_file(tmp_path):
+    """Business files with a buffer far below a window (backpressure after every batch): the
+    largest open window goes to disk, and the files equal a run without pressure."""
+    from stream_app.replay import END_OF_INPUT_MS, flush_due
+
+    parts = partitioned(1200, 2)
+    raws = interleave(parts, random.Random(5))
+    reference, _ = run(tmp_path / "ref", raws, 2, maxRecordsPerFile=150)
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = window_settings(out, 2, maxRecordsPerFile=150).model_copy(update={"spoolDir": str(tmp_path / "spool")})
+    spill = tmp_path / "spool" / "pressure~spill"
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
+    routing.assign(settings.input_partitions, 0)
+    spilled = 0
+    for start in range(0, len(raws), 25):
+        routing.process(raws[start:start + 25], 0)
+        files.process_routed(sender.drain(), 0)
+        while files.buffered_records >= 60:
+            if not files.due_cuts(0):
+                before = files.buffered_records
+                assert files.relieve_pressure()
+                spilled += before - files.buffered_records
+            flush_due(files, 0)
+        flush_due(files, 0)
+    routing.announce(routing.close_idle(END_OF_INPUT_MS, lambda tp: True))
+    files.process_routed(sender.drain(), END_OF_INPUT_MS)
+    flush_due(files, END_OF_INPUT_MS)
+    written = {p.name: p.read_bytes() for p in out.glob("F_*")}
+    assert written == reference and spilled > 1000
+    assert "pressure" not in {e["reason"] for e in publisher.events if e["event_type"] == "created"}
+    assert spill.is_dir() and not list(spill.rglob("*.spill"))

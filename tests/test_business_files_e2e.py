@@ -350,3 +350,29 @@ def test_a_record_of_exactly_max_record_bytes_is_routed_and_one_byte_more_is_a_d
     assert ids == [b"a1", b"big", b"b1", b"a2", b"b2"]
     log = worker.log.read_text()
     assert "routing again" not in log and "Traceback" not in log
+
+
+def test_a_backlog_larger_than_the_buffer_gives_the_files_of_the_records_alone(kafka_bootstrap, tmp_path):
+    """20,000 records over 4 partitions and 5 one-hour windows of ~4,000 records each, caught up
+    as a backlog with maxBufferedRecords 2000: the worker moves open windows to disk instead of
+    cutting them early, so the files equal the pure core's (which never meets pressure), with
+    no 'pressure' cut, and replay --verify passes on them."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    worker = business_worker(kafka_bootstrap, tmp_path, maxRecordsPerFile=1000, maxBufferedRecords=2000,
+                             spool_dir=tmp_path / "spool")
+    worker.produce(interleaved(20_000, seed=17, span_hours=5))
+    reference = worker.reference_files(tmp_path)
+    worker.start()
+    try:
+        worker.wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
+    finally:
+        worker.stop()
+    worker.assert_reference_files(tmp_path, reference)
+    created = worker.created()
+    assert created and "pressure" not in {e["reason"] for e in created}
+    assert (tmp_path / "spool" / "pressure~spill").is_dir(), "the backlog never met the buffer limit"
+    result = CliRunner().invoke(main, ["replay", "--config", str(worker.config_path), "--verify"])
+    assert result.exit_code == 0, result.output

@@ -277,8 +277,8 @@ def test_a_frozen_replica_that_lost_its_partitions_puts_no_file_in_place(kafka_b
     assert not list(first.out.glob("*.tmp"))
 
 
-def test_backpressure_bounds_buffered_records_and_everything_is_still_written(kafka_bootstrap, tmp_path):
-    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=5, maxBufferedRecords=5,
+def test_pressure_cut_opt_in_bounds_buffered_records_and_everything_is_still_written(kafka_bootstrap, tmp_path):
+    worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=5, maxBufferedRecords=5, pressureCut=True,
                         window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
     from datetime import timedelta
 

@@ -44,12 +44,14 @@ class FlakySink(LocalSink):
 
 
 def pipeline(out: Path, sink=None, spool: Path | None = None, compression: str = "none", settings=None,
-             state: MemoryStateStore | None = None, **worker) -> tuple[FilePipeline, CollectingPublisher, MemoryStateStore]:
+             state: MemoryStateStore | None = None, spill: Path | None = None, pressure_cut: bool = False,
+             **worker) -> tuple[FilePipeline, CollectingPublisher, MemoryStateStore]:
     settings = settings or settings_for(out, **worker)
     publisher, state = CollectingPublisher(), state or MemoryStateStore()
     p = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
                      build_assembler(settings), sink or LocalSink(out), state, publisher, Journal("w1"),
-                     retry_initial_ms=100, retry_max_ms=1000, spool_dir=spool, compression=compression)
+                     retry_initial_ms=100, retry_max_ms=1000, spool_dir=spool, compression=compression,
+                     spill_dir=spill, pressure_cut=pressure_cut)
     return p, publisher, state
 
 
@@ -154,14 +156,49 @@ def test_flush_summary_and_window_events(tmp_path):
     assert sum(e["records"] for e in pub.of_type("created")) == 100
 
 
-def test_pressure_relief_cuts_the_largest_open_part(tmp_path):
-    p, pub, state = pipeline(tmp_path, maxRecordsPerFile=100, window={"sizeMs": 86_400_000})
+def test_pressure_cut_an_opt_in_cuts_the_largest_open_part(tmp_path):
+    p, pub, state = pipeline(tmp_path, maxRecordsPerFile=100, window={"sizeMs": 86_400_000}, pressure_cut=True)
     p.process(raws(7), 0)
     assert p.buffered_records == 7 and p.relieve_pressure()
     summary = flush_due(p, 0)
     (event,) = pub.of_type("created")
     assert event["reason"] == "pressure" and summary.records == 7 and p.buffered_records == 0
     assert not p.relieve_pressure()  # nothing left to cut
+
+
+def test_pressure_moves_records_to_disk_and_never_changes_a_file(tmp_path):
+    """Backpressure after every record (a buffer of 3, parts of 40, five windows): the largest
+    open part goes to disk each time, and the files equal a run without any pressure."""
+    records = raws(200)
+    reference, _, _ = pipeline(tmp_path / "ref", maxRecordsPerFile=40)
+    (tmp_path / "ref").mkdir()
+    run_records(reference, records)
+    out, spill = tmp_path / "out", tmp_path / "spill"
+    out.mkdir()
+    p, pub, _ = pipeline(out, maxRecordsPerFile=40, spill=spill)
+    most = 0
+    for record in records:
+        p.process([record], 0)
+        most = max(most, p.buffered_records)
+        while p.buffered_records >= 3:  # as the worker's backpressure: write what is due, else move
+            if not p.due_cuts(0):
+                assert p.relieve_pressure()
+            flush_due(p, 0)
+    p.tick(END_OF_INPUT_MS)
+    flush_due(p, END_OF_INPUT_MS)
+    assert _files(out) == _files(tmp_path / "ref") and len(_files(out)) >= 5
+    assert "pressure" not in {e["reason"] for e in pub.of_type("created")}
+    assert most <= 40 and list(spill.rglob("*")) and not list(spill.rglob("*.spill"))  # gone once cut
+
+
+def test_a_revoke_discards_the_spills_of_its_partitions(tmp_path):
+    spill = tmp_path / "spill"
+    p, _, _ = pipeline(tmp_path, maxRecordsPerFile=100, window={"sizeMs": 86_400_000}, spill=spill)
+    p.process(raws(7), 0)
+    assert p.relieve_pressure() and p.buffered_records == 0 and list(spill.rglob("*.spill"))
+    assert not p.relieve_pressure()  # nothing left in memory
+    p.revoke([("in", 0)])
+    assert not list(spill.rglob("*.spill"))
 
 
 def _files(out: Path) -> dict[str, bytes]:

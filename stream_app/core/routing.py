@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream_app.core.records import SourceRecord
+from stream_app.core.spool import RecordSpill
 from stream_app.core.windows import (
     TP,
     Checkpoint,
@@ -37,6 +38,7 @@ from stream_app.core.windows import (
     Output,
     PartLedger,
     SourceRanges,
+    SpillFactory,
     WindowAssigner,
     WindowClosed,
     WindowFacts,
@@ -202,6 +204,11 @@ class _CollectingWindow:
     count: int = 0
     first_position: int | None = None  # repartition offset of the oldest record held
     first_buffered_wall_ms: int | None = None
+    spill: RecordSpill | None = None  # records moved to disk under backpressure (any source)
+
+    @property
+    def in_memory(self) -> int:
+        return sum(len(records) for records in self.by_source.values())
 
 
 class WindowCollector(PartLedger, OffsetCursor):
@@ -341,7 +348,13 @@ class WindowCollector(PartLedger, OffsetCursor):
             parts = [([], None, min(size, total - start), (start, min(total, start + size)))
                      for start in range(0, total, size)]
         else:
-            ordered = sorted((r for records in window.by_source.values() for r in records), key=file_order)
+            held = [r for records in window.by_source.values() for r in records]
+            if window.spill is not None:  # read back; the file order below does not depend on where they waited
+                held.extend(window.spill.load())
+                self._buffered += window.spill.count
+                window.spill.discard()
+                window.spill = None
+            ordered = sorted(held, key=file_order)
             parts = [(chunk, source_ranges(chunk), len(chunk), None)
                      for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size))]
         for i, (chunk, ranges, count, merged) in enumerate(parts):
@@ -371,12 +384,34 @@ class WindowCollector(PartLedger, OffsetCursor):
         return out
 
     def cut_largest(self) -> list[Output]:
+        """An early cut for backpressure (reason 'pressure'; worker.pressureCut, an opt-in)."""
         candidates = [w for w in self._open.values() if w.by_source]  # only memory parts relieve memory
         if not candidates:
             return []
         out: list[Output] = []
         self._cut(max(candidates, key=lambda w: (w.count, w.key)), "pressure", closes_window=False, out=out)
         return out
+
+    def spill_largest(self, spill_for: SpillFactory) -> int:
+        """Backpressure relief that changes no file: the records the largest open window holds in
+        memory go to disk until the window is cut.  How many were moved."""
+        candidates = [w for w in self._open.values() if w.by_source]
+        if not candidates:
+            return 0
+        window = max(candidates, key=lambda w: (w.in_memory, w.key))
+        if window.spill is None:
+            window.spill = spill_for(window.key)
+        moved = window.in_memory
+        window.spill.extend([r for records in window.by_source.values() for r in records])
+        window.by_source = {}
+        self._buffered -= moved
+        return moved
+
+    def discard_spills(self) -> None:
+        for window in self._open.values():
+            if window.spill is not None:
+                window.spill.discard()
+                window.spill = None
 
     # -- finalization and commit (as PartitionWindower) ---------------------------------------
     def mark_finalized(self, cut: FileCut) -> WindowFacts:

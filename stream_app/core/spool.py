@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import pickle
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +189,34 @@ class MergedSpool:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+class RecordSpill:
+    """The records of an open part (or window) moved out of memory under backpressure, read back
+    when it is cut.  Memory pressure then changes where records wait, never which file holds
+    them: the cut is the one the records alone decide.  A private file of this worker (pickled
+    chunks, written and read only by it), deleted when the part is cut or its partition moves;
+    what it held is above the committed offsets, so a restart reads it again from Kafka."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+
+    def extend(self, records: list) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as fh:
+            pickle.dump(records, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self.count += len(records)
+
+    def load(self) -> list:
+        """Every spilled record, in the order spilled."""
+        records: list = []
+        with open(self.path, "rb") as fh:
+            while True:
+                try:
+                    records.extend(pickle.load(fh))
+                except EOFError:
+                    return records
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)

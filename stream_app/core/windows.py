@@ -30,6 +30,7 @@ from typing import Literal
 
 from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
+from stream_app.core.spool import RecordSpill
 
 CutReason = Literal["count", "watermark", "interval", "idle", "pressure"]
 
@@ -306,6 +307,7 @@ class _OpenWindow:
     count: int = 0
     ranges: list[tuple[int, int]] = field(default_factory=list)
     first_buffered_wall_ms: int | None = None
+    spill: RecordSpill | None = None  # the part's first records, moved to disk under backpressure
 
     def add_offset(self, offset: int) -> None:
         self.count += 1
@@ -316,6 +318,8 @@ class _OpenWindow:
 
 
 FactsLookup = Callable[[FileKey], "WindowFacts | None"]
+# Backpressure: where the records of an open part (or window) of this key are moved to disk.
+SpillFactory = Callable[[FileKey], RecordSpill]
 # Streaming mode: receives each record as it joins a part, instead of the windower keeping it.
 AppendHook = Callable[[FileKey, int, SourceRecord], None]
 
@@ -534,7 +538,13 @@ class PartitionWindower(PartLedger, OffsetCursor):
 
     # -- cuts -------------------------------------------------------------------------------
     def _cut(self, window: _OpenWindow, reason: CutReason, closes_window: bool) -> FileCut:
-        cut = FileCut(window.key, window.part, window.records, reason, closes_window,
+        records = window.records
+        if window.spill is not None:  # read back: the part holds them first, as they came
+            records = window.spill.load() + records
+            self._buffered += window.spill.count
+            window.spill.discard()
+            window.spill = None
+        cut = FileCut(window.key, window.part, records, reason, closes_window,
                       window.count, window.ranges[0][0], window.ranges)
         self._pending[(cut.key, cut.part)] = cut
         window.part += 1
@@ -569,12 +579,35 @@ class PartitionWindower(PartLedger, OffsetCursor):
         ]
 
     def cut_largest(self) -> list[Output]:
-        """Backpressure relief: cut the largest open part early (recorded as reason 'pressure')."""
+        """Backpressure relief by an early cut of the largest open part (reason 'pressure'): the
+        file then depends on when the buffer filled up (worker.pressureCut, an opt-in)."""
         candidates = [w for w in self._open.values() if w.records]  # only in-memory parts relieve memory
         if not candidates:
             return []
         window = max(candidates, key=lambda w: (len(w.records), w.key))
         return [self._cut(window, "pressure", closes_window=False)]
+
+    def spill_largest(self, spill_for: SpillFactory) -> int:
+        """Backpressure relief that changes no file: the largest open part's records in memory go
+        to disk until the part is cut.  How many were moved (0: nothing in memory to move)."""
+        candidates = [w for w in self._open.values() if w.records]
+        if not candidates:
+            return 0
+        window = max(candidates, key=lambda w: (len(w.records), w.key))
+        if window.spill is None:
+            window.spill = spill_for(window.key)
+        moved = len(window.records)
+        window.spill.extend(window.records)
+        window.records = []
+        self._buffered -= moved
+        return moved
+
+    def discard_spills(self) -> None:
+        """The partition moves (or the worker stops): its spilled records are read again from Kafka."""
+        for window in self._open.values():
+            if window.spill is not None:
+                window.spill.discard()
+                window.spill = None
 
     # -- finalization and commit ------------------------------------------------------------
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
