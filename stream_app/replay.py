@@ -323,27 +323,46 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def recorded_window(entry: dict) -> tuple:
+    """The file window a manifest entry belongs to (its parts share it)."""
+    return (entry["topic"] or "", -1 if entry["partition"] is None else entry["partition"], entry["window_start"],
+            entry["window_end"], tuple((str(n), str(v)) for n, v in entry["group"]))
+
+
 def recorded_cuts(entries: list[dict], reader: RangeReader, decode: Any) -> Iterator[FileCut]:
     """Rebuild each recorded part exactly from the offset ranges its manifest entry lists (per
-    source partition; a business file's records in file order)."""
-    def order(e: dict) -> tuple:
-        return (e["topic"] or "", -1 if e["partition"] is None else e["partition"], e["window_start"], e["part"])
-
-    for entry in sorted(entries, key=order):
-        key = FileKey(entry["topic"], entry["partition"], entry["window_start"], entry["window_end"],
-                      tuple((str(n), str(v)) for n, v in entry["group"]))
-        records = []
-        for source in sorted(entry["offsets"], key=lambda o: (o["topic"], o["partition"])):
-            ranges = [(int(a), int(b)) for a, b in source["ranges"]]
-            wanted = {off for a, b in ranges for off in range(a, b + 1)}
-            found: list[SourceRecord] = []
-            span = PartitionRange(source["topic"], source["partition"], ranges[0][0], ranges[-1][1] + 1)
-            for batch in reader.read([span]):
-                found.extend(decode(raw) for raw in batch if raw.offset in wanted)
-            if len(found) != len(wanted):
-                raise ReplayError(f"{entry['name']}: {len(wanted) - len(found)} recorded offsets of "
-                                  f"{source['topic']}/{source['partition']} are no longer readable")
-            records.extend(found)
-        if not key.per_partition:
-            records.sort(key=file_order)
-        yield FileCut.of(key, entry["part"], records, entry["reason"], False)
+    source partition; a business file's records in file order): the cuts the live run made,
+    whatever decided them (count, watermark, idle, interval, pressure).  One read of each
+    source partition's span per window, so memory holds one window's records."""
+    windows: dict[tuple, list[dict]] = {}
+    for entry in entries:
+        windows.setdefault(recorded_window(entry), []).append(entry)
+    for window in sorted(windows):
+        # one entry per part: a second line for a part (a copied or edited manifest) names no
+        # file replay produces, so verify reports it (UNPRODUCED)
+        by_part: dict[int, dict] = {}
+        for entry in sorted(windows[window], key=lambda e: (e["part"], e["name"])):
+            by_part.setdefault(entry["part"], entry)
+        parts = [by_part[part] for part in sorted(by_part)]
+        owner: dict[tuple[str, int], dict[int, int]] = {}  # source -> offset -> index in parts
+        for index, entry in enumerate(parts):
+            for source in entry["offsets"]:
+                offsets = owner.setdefault((source["topic"], source["partition"]), {})
+                for first, last in source["ranges"]:
+                    offsets.update(dict.fromkeys(range(int(first), int(last) + 1), index))
+        found: list[list[SourceRecord]] = [[] for _ in parts]
+        spans = [PartitionRange(topic, partition, min(offsets), max(offsets) + 1)
+                 for (topic, partition), offsets in sorted(owner.items())]
+        for batch in reader.read(spans):
+            for raw in batch:
+                slot = owner[(raw.topic, raw.partition)].get(raw.offset)
+                if slot is not None:
+                    found[slot].append(decode(raw))
+        for entry, records in zip(parts, found):
+            wanted = sum(int(last) - int(first) + 1 for source in entry["offsets"] for first, last in source["ranges"])
+            if len(records) != wanted:
+                raise ReplayError(f"{entry['name']}: {wanted - len(records)} recorded offsets are no longer readable")
+            key = FileKey(entry["topic"], entry["partition"], entry["window_start"], entry["window_end"], window[4])
+            if not key.per_partition:
+                records.sort(key=file_order)
+            yield FileCut.of(key, entry["part"], records, entry["reason"], False)

@@ -26,12 +26,13 @@ from stream_app.replay import (
     ReplayError,
     VerifyingSink,
     recorded_cuts,
+    recorded_window,
     run_records,
     run_window_records,
 )
 from stream_app.sinks.base import Sink, SinkError
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_pipeline, build_routing, build_sink
+from stream_app.wiring import build_pipeline, build_routing, build_sink, window_policy
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ def _bounded(settings: AppSettings, request: ReplayRequest) -> bool:
             or (settings.worker.fileScope == "window" and request.partitions is not None))
 
 
+def _whole(request: ReplayRequest) -> bool:
+    """No range, window or partition selected: every file."""
+    return (request.from_time_ms is None and request.to_time_ms is None and request.window_start_ms is None
+            and request.partitions is None and not request.from_offsets and not request.to_offsets)
+
+
 def _in_time_range(request: ReplayRequest, window_start_ms: int) -> bool:
     return ((request.from_time_ms is None or window_start_ms >= request.from_time_ms)
             and (request.to_time_ms is None or window_start_ms < request.to_time_ms))
@@ -180,6 +187,8 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
     publisher = CountingPublisher()
     spool = Path(tempfile.mkdtemp(prefix="stream-app-replay-")) if settings.worker.streamingAppendEnabled else None
     reader = RangeReader(_consumer_config(settings))
+    whole = _whole(request)
+    problems: list[str] = []
     try:
         entries: list[dict] = []
         if request.window_start_ms is not None:
@@ -189,37 +198,62 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
                                   "scans for it) or an offset range instead")
         elif timed:
             entries = [e for e in recorded.manifest_entries() if _in_time_range(request, e["window_start"])]
+        elif whole:
+            # Every recorded window from the ranges its manifest lines record: the cuts the live
+            # run made, whatever decided them; then the windows the manifest does not record
+            # (written after it was lost, or not closed yet) from a scan of the whole range.
+            entries = recorded.manifest_entries()
         entries = [e for e in entries if request.partitions is None or e["partition"] in request.partitions
                    or e.get("scope") == "window"]
+        files: list[str] = []
+        records = 0
+        partial: list[str] = []
         if entries:
+            problems.extend(_inconsistent_windows(settings, entries))
             pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=sink, spool_dir=spool)
-            files, records = [], 0
             for cut in recorded_cuts(entries, reader, pipeline.prepare):
                 outcome = pipeline.write_cut(cut)
                 if outcome.result is None:
                     raise ReplayError(f"{outcome.name or cut.key.id}: {outcome.error_message}")
                 files.append(outcome.result.name)
                 records += cut.count
-            partial: list[str] = []
-        else:
-            files, records, partial = _replay_range(settings, request, reader, publisher, sink, recorded, spool)
+        if not entries or whole:
+            skip = {recorded_window(e) for e in entries}
+            scanned, scanned_records, partial = _replay_range(settings, request, reader, publisher, sink, recorded,
+                                                              spool, skip)
+            files += scanned
+            records += scanned_records
     finally:
         reader.close()
-    problems: list[str] = []
     if isinstance(sink, VerifyingSink):
-        complete = (not timed and request.window_start_ms is None and request.partitions is None
-                    and not request.from_offsets and not request.to_offsets)
-        sink.finish(complete)
-        problems = sink.problems
+        sink.finish(whole)
+        problems.extend(sink.problems)
     return ReplayReport(files, records, publisher.dead_letters, problems, time.monotonic() - started, partial)
 
 
+def _inconsistent_windows(settings: AppSettings, entries: list[dict]) -> list[str]:
+    """Manifest lines whose window is not one the configured windows give (an edited line)."""
+    policy = window_policy(settings)
+    found = []
+    for entry in entries:
+        start, end = entry["window_start"], entry["window_end"]
+        if policy.start_of(start) != start:
+            found.append(f"MANIFEST    {entry['name']}: window_start is {start} in the manifest, not the start "
+                         f"of a file window ({policy.start_of(start)})")
+        elif policy.end_of(start) != end:
+            found.append(f"MANIFEST    {entry['name']}: window_end is {end} in the manifest, the window of "
+                         f"{start} ends at {policy.end_of(start)}")
+    return found
+
+
 def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeReader, publisher: CountingPublisher,
-                  sink: Sink, recorded: Sink, spool: Path | None) -> tuple[list[str], int, list[str]]:
+                  sink: Sink, recorded: Sink, spool: Path | None,
+                  skip: set[tuple] | frozenset[tuple] = frozenset()) -> tuple[list[str], int, list[str]]:
     """Window the range into a scratch directory, then publish what the request selects: with a
     time range the windows starting in it; from a bounded offset range a file under its live
     name only when the live file is identical (else it holds part of its window: refused, or
-    PARTIAL_<name> with --allow-partial and --out)."""
+    PARTIAL_<name> with --allow-partial and --out); never the windows in ``skip`` (rebuilt
+    from the manifest already)."""
     ranges = _ranges(settings, reader, request)
     progress = Progress(reader.total(ranges))
     scratch_dir = Path(tempfile.mkdtemp(prefix="stream-app-replay-files-"))
@@ -248,7 +282,7 @@ def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeRe
             progress.close()
         if pipeline.pending_cuts():
             raise ReplayError(f"{len(pipeline.pending_cuts())} file(s) could not be written; see the log")
-        produced = scratch.manifest_entries()
+        produced = [e for e in scratch.manifest_entries() if recorded_window(e) not in skip]
         timed = request.from_time_ms is not None or request.to_time_ms is not None
         if timed:
             produced = [e for e in produced if _in_time_range(request, e["window_start"])]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from click.testing import CliRunner
 
@@ -175,19 +177,21 @@ def test_verify_accounts_for_every_file_and_manifest_field(live_run, tmp_path):
         stray.unlink()
         lines = [json.loads(line) for line in original.splitlines()]
         victim = lines[0]["name"]
-        edits = [("records", lines[0]["records"] + 1),
-                 ("offsets", [{**lines[0]["offsets"][0], "ranges": [[0, 1]]}]),
-                 ("part", lines[0]["part"] + 7),
-                 ("window_end", lines[0]["window_end"] + 1)]
-        for field, value in edits:
+        # Verify rebuilds every recorded file from the ranges its manifest line records: an
+        # edited line names the file, by the finding the edit leads to.
+        edits = [("records", lines[0]["records"] + 1, f"MANIFEST    {victim}: records is"),
+                 ("offsets", [{**lines[0]["offsets"][0], "ranges": [[0, 1]]}], f"DIFFERENT   {victim}"),
+                 ("part", lines[0]["part"] + 7, f"UNPRODUCED  {victim}"),
+                 ("window_end", lines[0]["window_end"] + 1, f"MANIFEST    {victim}: window_end is")]
+        for field, value, finding in edits:
             manifest.write_text("\n".join(json.dumps({**e, field: value} if e["name"] == victim else e)
                                           for e in lines) + "\n")
             code, output = replay(live_run, "--verify")
-            assert code == 1 and f"MANIFEST    {victim}: {field} is" in output, (field, output)
-        # a removed manifest line
+            assert code == 1 and finding in output, (field, output)
+        # a removed manifest line: its file is no longer accounted for
         manifest.write_text("\n".join(json.dumps(e) for e in lines[1:]) + "\n")
         code, output = replay(live_run, "--verify")
-        assert code == 1 and f"UNRECORDED  {victim}: not in the manifest" in output
+        assert code == 1 and f"STRAY       {victim}: stored, but replay produces no such file" in output
         # a manifest line for a file replay never produces
         ghost = {**lines[0], "name": "F_GHOST.txt"}
         manifest.write_text(original + json.dumps(ghost) + "\n")
@@ -199,3 +203,49 @@ def test_verify_accounts_for_every_file_and_manifest_field(live_run, tmp_path):
     finally:
         manifest.write_text(original)
         stray.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("scope", ["partition", "window"])
+def test_replay_and_verify_follow_the_cuts_the_clock_and_the_buffer_made(kafka_bootstrap, tmp_path, scope):
+    """Cuts the records alone do not decide: early cuts under pressure (the worker.pressureCut
+    opt-in) and idle closes on the wall clock.  replay --out of the whole range gives the live
+    bytes, and --verify of the untouched live output finds nothing, because both rebuild each
+    recorded file from the offset ranges its manifest line records."""
+    from datetime import timedelta
+
+    from stream_app.codecs.avro import encode_confluent
+    from stream_app.demo import matched_records
+    from tests.harness import SCHEMA
+    from tests.test_business_files_e2e import WINDOW_SCOPE
+
+    extra = WINDOW_SCOPE if scope == "window" else {}
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=150, maxBufferedRecords=150,
+                        pressureCut=True, window={"sizeMs": 3_600_000, "graceMs": 100 * 3_600_000, "idleTimeoutMs": 3000},
+                        **extra)
+    # three windows interleaved record by record, in three rounds: no window closes by
+    # watermark and no part fills, so the buffer limit cuts parts early; the idle close ends
+    # every window
+    base = list(matched_records(600, seed=19, span_hours=0.5))
+    values = [encode_confluent(1, SCHEMA, {**r, "matched_at": r["matched_at"] + timedelta(hours=i % 3)})
+              for i, r in enumerate(base)]
+    worker.start()
+    try:
+        worker.wait_for(lambda: worker.log_count("Worker ready") >= 1, 60, what="the worker")
+        time.sleep(1.0)
+        for start in range(0, 600, 200):
+            worker.produce(values[start:start + 200])
+            time.sleep(1.0)  # less than the idle timeout
+        wait_for(lambda: sum(e["records"] for e in {e["event_id"]: e for e in worker.created()}.values()) >= 600,
+                 120, interval_s=2, what="every record in a file")
+    finally:
+        worker.stop()
+    created = worker.created()
+    assert "pressure" in {e["reason"] for e in created}
+    # some window was cut into parts by the buffer, not by its records: a scan of the records
+    # alone would put it into one part
+    assert any(e["part"] > 0 for e in created), sorted((e["file_name"], e["reason"], e["records"]) for e in created)
+    code, output = replay(worker, "--verify")
+    assert code == 0, output
+    code, output = replay(worker, "--out", str(tmp_path / "replayed"))
+    assert code == 0, output
+    assert _files(tmp_path / "replayed") == _files(worker.out)
