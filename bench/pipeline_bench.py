@@ -10,6 +10,8 @@ apart) for:
   c  the live worker, structured mode (pcs-clearing XML pack)
   d  stream-app replay of the same range
   e  streaming append peak RSS for 10k / 100k / 1M records in one window (bench/streaming_rss.py)
+  f g h  b c d in window scope (business files)
+  i  f as a backlog whose open windows exceed maxBufferedRecords (20,000): windows move to disk
 
 Prints a table (records/s, ratio to a, MB/s, peak RSS, and CPU microseconds per record of the
 path's processes and of the broker, with the ratio to a that this CPU allows on the machine's
@@ -107,14 +109,14 @@ def _names(scope: str, extension: str) -> str:
 
 def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
                 work: Path, clock: CpuClock, streaming: bool = False, decode_process: bool = True,
-                scope: str = "partition") -> dict:
+                scope: str = "partition", max_buffered: int = 400_000) -> dict:
     import yaml
 
-    out = work / f"out-{'structured' if structured else 'template'}-{scope}"
+    out = work / f"out-{'structured' if structured else 'template'}-{scope}-{max_buffered}"
     out.mkdir()
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     worker = {"window": {"sizeMs": 6 * 3600 * 1000, "graceMs": 300_000, "idleTimeoutMs": 2000},
-              "maxRecordsPerFile": 50_000, "maxBufferedRecords": 400_000, "batchSize": 20_000,
+              "maxRecordsPerFile": min(50_000, max_buffered), "maxBufferedRecords": max_buffered, "batchSize": 20_000,
               "streamingAppendEnabled": streaming, "fileScope": scope}
     if structured:
         # the pack's header names the partition; business files use the version without it
@@ -243,7 +245,7 @@ def main() -> None:
     parser.add_argument("--streaming", action="store_true", help="b and c with streamingAppendEnabled")
     parser.add_argument("--paths", default="abcdfgh",
                         help="which paths to run (a, the ceiling, always runs): b c d partition scope, "
-                             "f g h the same in window scope (business files)")
+                             "f g h the same in window scope (business files), i f under backpressure")
     parser.add_argument("--decode-in-worker", action="store_true",
                         help="b and c with input.decodeProcess: false (no helper process)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where pipeline.json goes")
@@ -268,7 +270,7 @@ def main() -> None:
         # before and just after it.
         raws = [raw_read(bootstrap, topic, args.partitions, args.records, clock)]
         rows = []
-        for path in "bcdfgh":
+        for path in "bcdfghi":
             if path not in args.paths:
                 continue
             scope = "partition" if path in "bcd" else "window"
@@ -276,7 +278,10 @@ def main() -> None:
                 row = replay(bootstrap, topic, args.partitions, args.records, size, work, clock, scope)
             else:
                 row = live_worker(bootstrap, topic, args.partitions, args.records, size, path in "cg", work,
-                                  clock, args.streaming, not args.decode_in_worker, scope)
+                                  clock, args.streaming, not args.decode_in_worker, scope,
+                                  20_000 if path == "i" else 400_000)
+                if path == "i":
+                    row["path"] = "i business files, backlog > buffer"
             raws.append(raw_read(bootstrap, topic, args.partitions, args.records, clock))
             row["ceiling_records_per_s"] = round(sum(r["records"] / r["seconds"] for r in raws[-2:]) / 2)
             rows.append(row)
