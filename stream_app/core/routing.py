@@ -38,7 +38,7 @@ from stream_app.core.windows import (
     Output,
     PartLedger,
     SourceRanges,
-    SpillFactory,
+    Spillable,
     WindowAssigner,
     WindowClosed,
     WindowFacts,
@@ -210,6 +210,11 @@ class _CollectingWindow:
     def in_memory(self) -> int:
         return sum(len(records) for records in self.by_source.values())
 
+    def take_in_memory(self) -> list[SourceRecord]:
+        records = [r for source_records in self.by_source.values() for r in source_records]
+        self.by_source = {}
+        return records
+
 
 class WindowCollector(PartLedger, OffsetCursor):
     """The file stage for one repartition partition.  Not thread-safe; one owner.
@@ -348,12 +353,8 @@ class WindowCollector(PartLedger, OffsetCursor):
             parts = [([], None, min(size, total - start), (start, min(total, start + size)))
                      for start in range(0, total, size)]
         else:
-            held = [r for records in window.by_source.values() for r in records]
-            if window.spill is not None:  # read back; the file order below does not depend on where they waited
-                held.extend(window.spill.load())
-                self._buffered += window.spill.count
-                window.spill.discard()
-                window.spill = None
+            # read back what waited on disk: the file order does not depend on where records waited
+            held = self._read_back(window) + [r for records in window.by_source.values() for r in records]
             ordered = sorted(held, key=file_order)
             parts = [(chunk, source_ranges(chunk), len(chunk), None)
                      for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size))]
@@ -392,26 +393,8 @@ class WindowCollector(PartLedger, OffsetCursor):
         self._cut(max(candidates, key=lambda w: (w.count, w.key)), "pressure", closes_window=False, out=out)
         return out
 
-    def spill_largest(self, spill_for: SpillFactory) -> int:
-        """Backpressure relief that changes no file: the records the largest open window holds in
-        memory go to disk until the window is cut.  How many were moved."""
-        candidates = [w for w in self._open.values() if w.by_source]
-        if not candidates:
-            return 0
-        window = max(candidates, key=lambda w: (w.in_memory, w.key))
-        if window.spill is None:
-            window.spill = spill_for(window.key)
-        moved = window.in_memory
-        window.spill.extend([r for records in window.by_source.values() for r in records])
-        window.by_source = {}
-        self._buffered -= moved
-        return moved
-
-    def discard_spills(self) -> None:
-        for window in self._open.values():
-            if window.spill is not None:
-                window.spill.discard()
-                window.spill = None
+    def _spillable(self) -> Iterable[Spillable]:
+        return self._open.values()
 
     # -- finalization and commit (as PartitionWindower) ---------------------------------------
     def mark_finalized(self, cut: FileCut) -> WindowFacts:

@@ -200,13 +200,11 @@ class RecordSpill:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.count = 0
 
     def extend(self, records: list) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as fh:
             pickle.dump(records, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        self.count += len(records)
 
     def load(self) -> list:
         """Every spilled record, in the order spilled."""

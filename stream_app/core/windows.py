@@ -26,7 +26,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
@@ -309,6 +309,14 @@ class _OpenWindow:
     first_buffered_wall_ms: int | None = None
     spill: RecordSpill | None = None  # the part's first records, moved to disk under backpressure
 
+    @property
+    def in_memory(self) -> int:
+        return len(self.records)
+
+    def take_in_memory(self) -> list[SourceRecord]:
+        records, self.records = self.records, []
+        return records
+
     def add_offset(self, offset: int) -> None:
         self.count += 1
         if self.ranges and self.ranges[-1][1] + 1 == offset:
@@ -320,6 +328,18 @@ class _OpenWindow:
 FactsLookup = Callable[[FileKey], "WindowFacts | None"]
 # Backpressure: where the records of an open part (or window) of this key are moved to disk.
 SpillFactory = Callable[[FileKey], RecordSpill]
+
+
+class Spillable(Protocol):
+    """An open part (partition scope) or window (window scope) as backpressure sees it."""
+
+    key: FileKey
+    spill: RecordSpill | None
+
+    @property
+    def in_memory(self) -> int: ...
+
+    def take_in_memory(self) -> list[SourceRecord]: ...
 # Streaming mode: receives each record as it joins a part, instead of the windower keeping it.
 AppendHook = Callable[[FileKey, int, SourceRecord], None]
 
@@ -370,6 +390,41 @@ class PartLedger:
     def buffered_records(self) -> int:
         """Records held in memory: open parts plus cut parts not yet finalized (0 when streaming)."""
         return self._buffered
+
+    # -- backpressure -------------------------------------------------------------------------
+    def _spillable(self) -> Iterable[Spillable]:
+        """The open parts (windows) whose records can move to disk."""
+        raise NotImplementedError
+
+    def spill_largest(self, spill_for: SpillFactory) -> int:
+        """Backpressure relief that changes no file: the records the largest open part (window)
+        holds in memory go to disk until it is cut.  How many were moved (0: none in memory)."""
+        window = max((w for w in self._spillable() if w.in_memory), key=lambda w: (w.in_memory, w.key), default=None)
+        if window is None:
+            return 0
+        if window.spill is None:
+            window.spill = spill_for(window.key)
+        records = window.take_in_memory()
+        window.spill.extend(records)
+        self._buffered -= len(records)
+        return len(records)
+
+    def _read_back(self, window: Spillable) -> list[SourceRecord]:
+        """The records a cut part (window) had moved to disk, back in memory."""
+        if window.spill is None:
+            return []
+        records = window.spill.load()
+        self._buffered += len(records)
+        window.spill.discard()
+        window.spill = None
+        return records
+
+    def discard_spills(self) -> None:
+        """The partition moves (or the worker stops): its spilled records are read again from Kafka."""
+        for window in self._spillable():
+            if window.spill is not None:
+                window.spill.discard()
+                window.spill = None
 
     def facts_for(self, key: FileKey) -> WindowFacts | None:
         # Cached, absent facts included: this owner is the only writer of its keys' facts, and
@@ -538,12 +593,7 @@ class PartitionWindower(PartLedger, OffsetCursor):
 
     # -- cuts -------------------------------------------------------------------------------
     def _cut(self, window: _OpenWindow, reason: CutReason, closes_window: bool) -> FileCut:
-        records = window.records
-        if window.spill is not None:  # read back: the part holds them first, as they came
-            records = window.spill.load() + records
-            self._buffered += window.spill.count
-            window.spill.discard()
-            window.spill = None
+        records = self._read_back(window) + window.records  # spilled first, as they came
         cut = FileCut(window.key, window.part, records, reason, closes_window,
                       window.count, window.ranges[0][0], window.ranges)
         self._pending[(cut.key, cut.part)] = cut
@@ -587,27 +637,8 @@ class PartitionWindower(PartLedger, OffsetCursor):
         window = max(candidates, key=lambda w: (len(w.records), w.key))
         return [self._cut(window, "pressure", closes_window=False)]
 
-    def spill_largest(self, spill_for: SpillFactory) -> int:
-        """Backpressure relief that changes no file: the largest open part's records in memory go
-        to disk until the part is cut.  How many were moved (0: nothing in memory to move)."""
-        candidates = [w for w in self._open.values() if w.records]
-        if not candidates:
-            return 0
-        window = max(candidates, key=lambda w: (len(w.records), w.key))
-        if window.spill is None:
-            window.spill = spill_for(window.key)
-        moved = len(window.records)
-        window.spill.extend(window.records)
-        window.records = []
-        self._buffered -= moved
-        return moved
-
-    def discard_spills(self) -> None:
-        """The partition moves (or the worker stops): its spilled records are read again from Kafka."""
-        for window in self._open.values():
-            if window.spill is not None:
-                window.spill.discard()
-                window.spill = None
+    def _spillable(self) -> Iterable[Spillable]:
+        return self._open.values()
 
     # -- finalization and commit ------------------------------------------------------------
     def mark_finalized(self, cut: FileCut) -> WindowFacts:
