@@ -368,11 +368,43 @@ def test_a_backlog_larger_than_the_buffer_gives_the_files_of_the_records_alone(k
     worker.start()
     try:
         worker.wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
+        peak_mb = next(int(line.split()[1]) / 1024 for line in open(f"/proc/{worker.proc.pid}/status")
+                       if line.startswith("VmHWM:"))
     finally:
         worker.stop()
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
     worker.assert_reference_files(tmp_path, reference)
     created = worker.created()
     assert created and "pressure" not in {e["reason"] for e in created}
     assert (tmp_path / "spool" / "pressure~spill").is_dir(), "the backlog never met the buffer limit"
     result = CliRunner().invoke(main, ["replay", "--config", str(worker.config_path), "--verify"])
     assert result.exit_code == 0, result.output
+
+
+def test_the_repartition_topic_is_sized_for_the_largest_accepted_record(kafka_bootstrap, tmp_path):
+    """Created with max.message.bytes for input.maxRecordBytes; an existing topic that takes
+    less (created by an older version, or by hand) is raised at start, not found out by a send."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from stream_app.broker import create_topics
+    from stream_app.codecs.repartition import repartition_message_bytes
+    from stream_app.live.repartition import ensure_repartition_topic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def limit(topic: str) -> int:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        return int(admin.describe_configs([resource], request_timeout=10)[resource].result()["max.message.bytes"].value)
+
+    for name in ("fresh", "old"):
+        (tmp_path / name).mkdir()
+    fresh = parse_config(business_worker(kafka_bootstrap, tmp_path / "fresh").config_data)
+    ensure_repartition_topic(fresh)
+    assert limit(fresh.repartition_topic) == repartition_message_bytes(1_048_576)
+    data = business_worker(kafka_bootstrap, tmp_path / "old").config_data
+    data["input"]["maxRecordBytes"] = 3_000_000
+    old = parse_config(data)
+    create_topics(kafka_bootstrap, {old.repartition_topic: old.kafka.repartition_partitions},
+                  config={"max.message.bytes": "1000000"})
+    ensure_repartition_topic(old)
+    assert limit(old.repartition_topic) == repartition_message_bytes(3_000_000)

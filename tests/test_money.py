@@ -115,7 +115,8 @@ def decode_literal(literal: str, number_amounts: str = "exact") -> SourceRecord:
 
 
 @pytest.mark.parametrize("literal, expected", [
-    ("123456789012345.6", "123456789012345.6"),                      # 16 significant digits
+    ("1234567890123.45", "1234567890123.45"),                        # 15 significant digits
+    ("123456789012345.6", "123456789012345.6"),                      # 16
     ("12345678901234567", "12345678901234567"),                      # 17, an integer
     ("123456789012345678.99", "123456789012345678.99"),              # 20: a double gives ...680
     ("1234.5678901234567890123456789", "1234.5678901234567890123456789"),

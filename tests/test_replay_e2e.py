@@ -208,7 +208,7 @@ def test_verify_accounts_for_every_file_and_manifest_field(live_run, tmp_path):
 @pytest.mark.parametrize("scope", ["partition", "window"])
 def test_replay_and_verify_follow_the_cuts_the_clock_and_the_buffer_made(kafka_bootstrap, tmp_path, scope):
     """Cuts the records alone do not decide: early cuts under pressure (the worker.pressureCut
-    opt-in) and idle closes on the wall clock.  replay --out of the whole range gives the live
+    opt-in), the flush interval and idle closes on the wall clock.  replay --out of the whole range gives the live
     bytes, and --verify of the untouched live output finds nothing, because both rebuild each
     recorded file from the offset ranges its manifest line records."""
     from datetime import timedelta
@@ -220,7 +220,8 @@ def test_replay_and_verify_follow_the_cuts_the_clock_and_the_buffer_made(kafka_b
 
     extra = WINDOW_SCOPE if scope == "window" else {}
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=150, maxBufferedRecords=150,
-                        pressureCut=True, window={"sizeMs": 3_600_000, "graceMs": 100 * 3_600_000, "idleTimeoutMs": 3000},
+                        pressureCut=True, flushIntervalMs=2500,
+                        window={"sizeMs": 3_600_000, "graceMs": 100 * 3_600_000, "idleTimeoutMs": 3000},
                         **extra)
     # three windows interleaved record by record, in three rounds: no window closes by
     # watermark and no part fills, so the buffer limit cuts parts early; the idle close ends
