@@ -26,7 +26,6 @@ from stream_app.replay import (
     ReplayError,
     VerifyingSink,
     recorded_cuts,
-    recorded_window,
     run_records,
     run_window_records,
 )
@@ -218,7 +217,9 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
                 files.append(outcome.result.name)
                 records += cut.count
         if not entries or whole:
-            skip = {recorded_window(e) for e in entries}
+            # by name: a window's parts may be recorded in several replicas' manifests (each
+            # volume has its own), so one manifest can record some of a window's parts only
+            skip = {e["name"] for e in entries}
             scanned, scanned_records, partial = _replay_range(settings, request, reader, publisher, sink, recorded,
                                                               spool, skip)
             files += scanned
@@ -248,11 +249,11 @@ def _inconsistent_windows(settings: AppSettings, entries: list[dict]) -> list[st
 
 def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeReader, publisher: CountingPublisher,
                   sink: Sink, recorded: Sink, spool: Path | None,
-                  skip: set[tuple] | frozenset[tuple] = frozenset()) -> tuple[list[str], int, list[str]]:
+                  skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], int, list[str]]:
     """Window the range into a scratch directory, then publish what the request selects: with a
     time range the windows starting in it; from a bounded offset range a file under its live
     name only when the live file is identical (else it holds part of its window: refused, or
-    PARTIAL_<name> with --allow-partial and --out); never the windows in ``skip`` (rebuilt
+    PARTIAL_<name> with --allow-partial and --out); never the files named in ``skip`` (rebuilt
     from the manifest already)."""
     ranges = _ranges(settings, reader, request)
     progress = Progress(reader.total(ranges))
@@ -282,7 +283,7 @@ def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeRe
             progress.close()
         if pipeline.pending_cuts():
             raise ReplayError(f"{len(pipeline.pending_cuts())} file(s) could not be written; see the log")
-        produced = [e for e in scratch.manifest_entries() if recorded_window(e) not in skip]
+        produced = [e for e in scratch.manifest_entries() if e["name"] not in skip]
         timed = request.from_time_ms is not None or request.to_time_ms is not None
         if timed:
             produced = [e for e in produced if _in_time_range(request, e["window_start"])]

@@ -397,6 +397,12 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/healthz", timeout=5) as resp:
             assert resp.status == 200
         assert worker.readiness()[0] == 200
+        for path in ("/table/", "/router/"):  # Faust's table contents and cluster map: not served
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}{path}", timeout=5)
+                raise AssertionError(f"{path} is served")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 404, (path, exc.code)
     finally:
         worker.stop()
     assert f'stream_app_records_consumed_total{{partition="0",topic="{worker.topic}"}} 7.0' in text

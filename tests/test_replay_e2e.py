@@ -188,10 +188,10 @@ def test_verify_accounts_for_every_file_and_manifest_field(live_run, tmp_path):
                                           for e in lines) + "\n")
             code, output = replay(live_run, "--verify")
             assert code == 1 and finding in output, (field, output)
-        # a removed manifest line: its file is no longer accounted for
+        # a removed manifest line: the scan produces its file, which the manifest does not record
         manifest.write_text("\n".join(json.dumps(e) for e in lines[1:]) + "\n")
         code, output = replay(live_run, "--verify")
-        assert code == 1 and f"STRAY       {victim}: stored, but replay produces no such file" in output
+        assert code == 1 and f"UNRECORDED  {victim}: not in the manifest" in output
         # a manifest line for a file replay never produces
         ghost = {**lines[0], "name": "F_GHOST.txt"}
         manifest.write_text(original + json.dumps(ghost) + "\n")

@@ -702,6 +702,10 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
         web_enabled=settings.webPort is not None,
         web_port=settings.webPort or 6066,
         web_bind=settings.webHost,
+        # Faust serves its tables' contents (/table) and the cluster map (/router) on the web
+        # port by default, without authentication: the port the chart exposes for Prometheus.
+        web_tables_enabled=False,
+        web_router_enabled=False,
         table_standby_replicas=0,
     )
     runtime = LiveRuntime(app, settings)
