@@ -1,4 +1,9 @@
-"""``stream-app`` command line: worker, preflight, demo."""
+"""``stream-app`` command line: worker, preflight, replay, the tools and the demo.
+
+Every command finds its configuration the same way (``--config``, else ``STREAM_APP_CONFIG``,
+else ``/etc/stream-app/config.yaml``, where the Helm chart mounts it) and exits with the codes
+of ops/problems.py.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,46 @@ import logging
 import logging.config
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import TextIO, cast
+from typing import Any, NoReturn, TextIO, TypeVar, cast
 
 import click
 
-from stream_app.config import ConfigError, load_config
+from stream_app.config import AppSettings, ConfigError, load_config
 from stream_app.demo import example_names
-from stream_app.ops.problems import BrokerProblem, CredentialsMissing, classify
+from stream_app.ops.problems import CONFIG, DATA, UNREACHABLE, USAGE, BrokerProblem, CredentialsMissing, classify
 
-CONFIG_ERROR = 2  # and click's usage errors; the broker's and credentials' codes are in ops/problems.py
+DEFAULT_CONFIG = Path("/etc/stream-app/config.yaml")
+CONFIG_ENV = "STREAM_APP_CONFIG"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(command: F) -> F:
+    return click.option(
+        "--config", "config", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
+        help=f"Worker config YAML [env {CONFIG_ENV}; default {DEFAULT_CONFIG} when it exists].")(command)
+
+
+def config_path(config: str | None) -> str:
+    """The config file a command reads: the option, the environment variable, the default path."""
+    if config:
+        return config
+    if DEFAULT_CONFIG.is_file():
+        return str(DEFAULT_CONFIG)
+    raise click.UsageError(f"no configuration: pass --config, set {CONFIG_ENV} or mount {DEFAULT_CONFIG}")
+
+
+def settings_from(config: str | None) -> AppSettings:
+    return load_config(config_path(config))
+
+
+def fail(command: str, message: str, code: int) -> NoReturn:
+    click.echo(f"stream-app {command}: {message}", err=True)
+    sys.exit(code)
 
 
 @contextmanager
@@ -29,76 +62,84 @@ def reported(command: str) -> Iterator[None]:
     try:
         yield
     except CredentialsMissing as exc:
-        click.echo(f"stream-app {command}: credentials missing: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        fail(command, f"credentials missing: {exc}", exc.exit_code)
     except ConfigError as exc:
-        click.echo(f"stream-app {command}: {exc}", err=True)
-        sys.exit(CONFIG_ERROR)
+        fail(command, str(exc), CONFIG)
     except BrokerProblem as exc:
-        click.echo(f"stream-app {command}: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        fail(command, str(exc), exc.exit_code)
     except KafkaException as exc:
         problem = classify(exc, "Kafka")
-        click.echo(f"stream-app {command}: {problem}", err=True)
-        sys.exit(problem.exit_code)
+        fail(command, str(problem), problem.exit_code)
 
 
-def _load_checked(config: str):
+class _Commands(click.Group):
+    """click's usage errors exit 64 (EX_USAGE), apart from configuration errors (78)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE
+            raise
+
+
+def _load_checked(config: str | None) -> AppSettings:
     """The worker's start: preflight, except that templates it cannot render without a sample
     record are reported in the log, not refused (run ``stream-app preflight`` for that)."""
     from stream_app.preflight import run_preflight
 
-    settings = load_config(config)
+    settings = settings_from(config)
     for item in run_preflight(settings, require_samples=False):
         if item.startswith("NOT CHECKED"):
             logging.getLogger("stream_app.preflight").warning("preflight: %s", item)
     return settings
 
 
-@click.group()
+@click.group(cls=_Commands)
+@click.version_option(installed_version("stream-app"), "--version", prog_name="stream-app",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """Deterministic clearing files from matched-record Kafka topics."""
 
 
 @main.command()
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+@config_option
 @click.option("--skip-render", is_flag=True,
               help="Without a sample record (JSON input, a registry): report the templates as not checked, not fail.")
-def preflight(config: str, skip_render: bool) -> None:
+def preflight(config: str | None, skip_render: bool) -> None:
     """Validate config, templates and sink; exit non-zero naming the bad key."""
     from stream_app.preflight import run_preflight
 
-    try:
-        checked = run_preflight(load_config(config), require_samples=not skip_render)
-    except ConfigError as exc:
-        click.echo(f"preflight failed: {exc}", err=True)
-        sys.exit(2)
+    with reported("preflight"):
+        checked = run_preflight(settings_from(config), require_samples=not skip_render)
     for item in checked:
         click.echo(f"ok  {item}")
 
 
 @main.command("config")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
-def show_config(config: str) -> None:
+@config_option
+def show_config(config: str | None) -> None:
     """Print the effective configuration (defaults filled in, credentials masked)."""
     from stream_app.config import dump_config
 
-    try:
-        click.echo(dump_config(load_config(config)), nl=False)
-    except ConfigError as exc:
-        click.echo(f"invalid configuration: {exc}", err=True)
-        sys.exit(2)
+    with reported("config"):
+        click.echo(dump_config(settings_from(config)), nl=False)
 
 
 @main.command()
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
-def worker(config: str) -> None:
+@config_option
+def worker(config: str | None) -> None:
     """Run the long-running Faust worker."""
-    try:
+    with reported("worker"):
         settings = _load_checked(config)
-    except ConfigError as exc:
-        click.echo(f"preflight failed: {exc}", err=True)
-        sys.exit(2)
     import faust
 
     from stream_app.live.app import create_app
@@ -120,13 +161,11 @@ def worker(config: str) -> None:
             try:
                 ensure_repartition_topic(settings)
             except RepartitionTopicError as exc:
-                click.echo(f"stream-app worker: {exc}", err=True)
-                sys.exit(CONFIG_ERROR)
+                fail("worker", str(exc), CONFIG)
         try:
             app, _runtime = create_app(settings)
         except RegistryUnavailable as exc:  # registering the event schemas: the restart retries
-            click.echo(f"stream-app worker: {exc}", err=True)
-            sys.exit(1)
+            fail("worker", str(exc), UNREACHABLE)
     from stream_app.ops.logging import dump_stacks
 
     class Worker(faust.Worker):
@@ -137,7 +176,7 @@ def worker(config: str) -> None:
 
 
 @main.command()
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+@config_option
 @click.option("--from-offset", "from_offsets", multiple=True, metavar="P=OFFSET", help="First offset of partition P.")
 @click.option("--to-offset", "to_offsets", multiple=True, metavar="P=OFFSET",
               help="Exclusive end of partition P: the first offset not replayed (a manifest range's last "
@@ -150,16 +189,17 @@ def worker(config: str) -> None:
 @click.option("--allow-partial", is_flag=True,
               help="With --out: write files an offset range holds only part of, as PARTIAL_<name>.")
 @click.option("--verify", is_flag=True, help="Write nothing; compare with the stored files and the manifest.")
-def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ...], from_time: str | None,
+def replay(config: str | None, from_offsets: tuple[str, ...], to_offsets: tuple[str, ...], from_time: str | None,
            to_time: str | None, window: str | None, partitions: str | None, out: str | None, allow_partial: bool,
            verify: bool) -> None:
     """Regenerate (or --verify) files from a bounded range, byte-identical to the live run."""
-    from stream_app.replay import ReplayError
+    from stream_app.replay import RangeRequestError, ReplayError
     from stream_app.replay_cli import ReplayRequest, parse_offsets, parse_time, run_replay
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with reported("replay"):
+        settings = _load_checked(config) if out is None and not verify else settings_from(config)
     try:
-        settings = _load_checked(config) if out is None and not verify else load_config(config)
         request = ReplayRequest(
             partitions=[int(p) for p in partitions.split(",")] if partitions else None,
             from_offsets=parse_offsets(from_offsets, "--from-offset"),
@@ -171,11 +211,15 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
             verify=verify,
             allow_partial=allow_partial,
         )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         with reported("replay"):
             report = run_replay(settings, request)
-    except (ConfigError, ReplayError, ValueError) as exc:
-        click.echo(f"replay failed: {exc}", err=True)
-        sys.exit(CONFIG_ERROR)
+    except RangeRequestError as exc:
+        raise click.UsageError(str(exc)) from None
+    except ReplayError as exc:
+        fail("replay", str(exc), DATA)
     action = "verified" if verify else "wrote"
     click.echo(f"{action} {len(report.files)} files from {report.records} records in {report.seconds:.1f} s")
     if report.dead_letters:
@@ -190,7 +234,7 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
 
 
 @main.command("journal")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+@config_option
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only these event types (repeatable).")
 @click.option("--file-key", help="Only the events of this file key.")
 @click.option("--window", help="Only the events of the file windows starting at this time (ISO-8601).")
@@ -198,7 +242,7 @@ def replay(config: str, from_offsets: tuple[str, ...], to_offsets: tuple[str, ..
 @click.option("--until", help="Only events that occurred before this time (ISO-8601).")
 @click.option("--follow", is_flag=True, help="Keep reading new events (Ctrl-C to stop).")
 @click.option("--summary", is_flag=True, help="One line per file window: files, records, bytes, failures.")
-def journal(config: str, types: tuple[str, ...], file_key: str | None, window: str | None, since: str | None,
+def journal(config: str | None, types: tuple[str, ...], file_key: str | None, window: str | None, since: str | None,
             until: str | None, follow: bool, summary: bool) -> None:
     """Read the journal topic: one JSON object per event (or per window with --summary)."""
     import orjson
@@ -206,16 +250,15 @@ def journal(config: str, types: tuple[str, ...], file_key: str | None, window: s
     from stream_app.inspect_cli import JournalFilter, journal_events, plain, window_summary
     from stream_app.replay_cli import parse_time
 
+    if summary and follow:
+        raise click.UsageError("--summary reads to the end; it does not combine with --follow")
     try:
-        settings = load_config(config)
         selection = JournalFilter(types, file_key, parse_time(window) if window else None,
                                   parse_time(since) if since else None, parse_time(until) if until else None)
-    except (ConfigError, ValueError) as exc:
-        click.echo(f"journal: {exc}", err=True)
-        sys.exit(2)
-    if summary and follow:
-        click.echo("journal: --summary reads to the end; it does not combine with --follow", err=True)
-        sys.exit(2)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with reported("journal"):
+        settings = settings_from(config)
     events = journal_events(settings, selection, follow)
     try:
         with reported("journal"):
@@ -232,14 +275,14 @@ def journal(config: str, types: tuple[str, ...], file_key: str | None, window: s
 
 
 @main.command("dead-letters")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="Worker config YAML.")
+@config_option
 @click.option("--reason", "reasons", multiple=True, metavar="REASON", help="Only these reasons (repeatable).")
 @click.option("--list", "listing", is_flag=True, help="One JSON object per dead letter (coordinates, reason, "
                                                         "value length and sha256), instead of counts by reason.")
 @click.option("--show-values", is_flag=True, help="With --list on a terminal: the original values too.")
 @click.option("--redrive", is_flag=True, help="Send the selected dead letters back to their source topic, once each.")
 @click.option("--to-topic", help="With --redrive: send them to this topic instead.")
-def dead_letters_command(config: str, reasons: tuple[str, ...], listing: bool, show_values: bool, redrive: bool,
+def dead_letters_command(config: str | None, reasons: tuple[str, ...], listing: bool, show_values: bool, redrive: bool,
                          to_topic: str | None) -> None:
     """Count, list or re-drive the dead letters (record contents only with --show-values on a terminal)."""
     import orjson
@@ -247,14 +290,10 @@ def dead_letters_command(config: str, reasons: tuple[str, ...], listing: bool, s
     from stream_app.inspect_cli import dead_letters
     from stream_app.inspect_cli import redrive as redrive_letters
 
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        click.echo(f"dead-letters: {exc}", err=True)
-        sys.exit(2)
     if show_values and not sys.stdout.isatty():
-        click.echo("dead-letters: --show-values prints record contents; only to a terminal", err=True)
-        sys.exit(2)
+        raise click.UsageError("--show-values prints record contents; only to a terminal")
+    with reported("dead-letters"):
+        settings = settings_from(config)
     if redrive:
         with reported("dead-letters"):
             report = redrive_letters(settings, reasons, to_topic)
@@ -274,10 +313,10 @@ def dead_letters_command(config: str, reasons: tuple[str, ...], listing: bool, s
 
 
 @main.command("produce-demo")
-@click.option("--records", default=20000, show_default=True)
-@click.option("--seed", default=42, show_default=True)
-@click.option("--partitions", default=3, show_default=True)
-@click.option("--topic", default="matched-records", show_default=True)
+@click.option("--records", default=20000, show_default=True, help="Matched records to produce.")
+@click.option("--seed", default=42, show_default=True, help="Seed of the generated sample (same seed, same records).")
+@click.option("--partitions", default=3, show_default=True, help="Partitions of the topic when it is created.")
+@click.option("--topic", default="matched-records", show_default=True, help="Topic to produce to (created if missing).")
 def produce_demo(records: int, seed: int, partitions: int, topic: str) -> None:
     """Produce the seeded sample to KAFKA_BOOTSTRAP_SERVERS (registering the schema when
     SCHEMA_REGISTRY_URL is set) — the demo producer of docker-compose.yml."""
@@ -286,8 +325,7 @@ def produce_demo(records: int, seed: int, partitions: int, topic: str) -> None:
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        click.echo("KAFKA_BOOTSTRAP_SERVERS is not set", err=True)
-        sys.exit(2)
+        fail("produce-demo", "KAFKA_BOOTSTRAP_SERVERS is not set", CONFIG)
     with reported("produce-demo"):
         create_topics(bootstrap, {topic: partitions})
         count = produce_sample(bootstrap, topic, records, seed, partitions, os.environ.get("SCHEMA_REGISTRY_URL"))
@@ -313,8 +351,7 @@ def demo(records: int, out: str, seed: int, partitions: int, example: str) -> No
     try:
         result = run_demo(records, Path(out), seed, partitions, bootstrap, example)
     except EmbeddedBrokerMissing as exc:
-        click.echo(f"stream-app demo: {exc}", err=True)
-        sys.exit(2)
+        fail("demo", str(exc), CONFIG)
     click.echo(f"{len(result.files)} clearing files, {result.records} records, in {result.out_dir.resolve()}")
     for event in result.files:
         click.echo(f"  {event['file_name']:<40} {event['records']:>6} records {event['bytes']:>9} bytes")

@@ -225,7 +225,11 @@ class RangeReader:
 
 
 class ReplayError(Exception):
-    pass
+    """The input cannot give what the replay was asked for (exit 65)."""
+
+
+class RangeRequestError(ReplayError):
+    """The requested range itself is wrong: a partition or offset that does not exist (exit 64)."""
 
 
 class CountingPublisher:

@@ -23,6 +23,7 @@ from stream_app.replay import (
     LoopbackSender,
     PartitionRange,
     RangeReader,
+    RangeRequestError,
     ReplayError,
     VerifyingSink,
     recorded_cuts,
@@ -71,7 +72,7 @@ def parse_offsets(values: Iterable[str], option: str) -> dict[int, int]:
     for value in values:
         partition, sep, offset = value.partition("=")
         if not sep or not partition.isdigit() or not offset.isdigit():
-            raise ReplayError(f"{option} takes PARTITION=OFFSET, got {value!r}")
+            raise ValueError(f"{option} takes PARTITION=OFFSET, got {value!r}")
         offsets[int(partition)] = int(offset)
     return offsets
 
@@ -121,7 +122,7 @@ def _ranges(settings: AppSettings, reader: RangeReader, request: ReplayRequest) 
         known = reader.partitions(topic)
         for partition in request.partitions or known:
             if partition not in known:
-                raise ReplayError(f"{topic} has no partition {partition} (it has {len(known)})")
+                raise RangeRequestError(f"{topic} has no partition {partition} (it has {len(known)})")
             start = request.from_offsets.get(partition, BEGINNING)
             end = request.to_offsets.get(partition)
             bounds = [(flag, offset) for flag, offset in (("--from-offset", start), ("--to-offset", end))
@@ -130,10 +131,10 @@ def _ranges(settings: AppSettings, reader: RangeReader, request: ReplayRequest) 
                 log_end = reader.log_end(topic, partition, max(offset for _, offset in bounds))
                 for flag, offset in bounds:
                     if offset > log_end:
-                        raise ReplayError(f"{flag} {partition}={offset} is past the end of {topic}/{partition} "
+                        raise RangeRequestError(f"{flag} {partition}={offset} is past the end of {topic}/{partition} "
                                           f"(its next offset is {log_end})")
             if end is not None and start != BEGINNING and end < start:
-                raise ReplayError(f"--to-offset {partition}={end} is before --from-offset {partition}={start}")
+                raise RangeRequestError(f"--to-offset {partition}={end} is before --from-offset {partition}={start}")
             ranges.append(PartitionRange(topic, partition, start, end))
     return ranges
 
@@ -172,7 +173,7 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
     started = time.monotonic()
     timed = request.from_time_ms is not None or request.to_time_ms is not None
     if timed and (request.from_offsets or request.to_offsets or request.window_start_ms is not None):
-        raise ReplayError("--from-time/--to-time select file windows; they do not combine with offsets or --window")
+        raise RangeRequestError("--from-time/--to-time select file windows; they do not combine with offsets or --window")
     target: Sink
     if request.out_dir is not None:
         request.out_dir.mkdir(parents=True, exist_ok=True)

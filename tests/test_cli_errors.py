@@ -1,6 +1,7 @@
 """Every command reports a broker or credential problem in one line with its own exit code
-(stream_app/ops/problems.py): an unreachable broker (3), credentials missing or refused (4), a
-missing topic (5); never a traceback."""
+(stream_app/ops/problems.py, sysexits.h): an unreachable broker (75), credentials missing or
+refused (77), a missing topic (69); never a traceback.  Usage errors exit 64, configuration
+errors 78; the configuration comes from --config, STREAM_APP_CONFIG or the default path."""
 
 from __future__ import annotations
 
@@ -97,3 +98,61 @@ def test_broker_errors_are_classified_by_what_the_user_must_fix(code, expected):
     problem = classify(KafkaException(KafkaError(code, "as the client said")), "reading topic t")
     assert problem.exit_code == expected and str(problem).startswith("reading topic t: ")
     assert "as the client said" in str(problem)
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None):
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    return CliRunner().invoke(main, args, env=env)
+
+
+def test_usage_and_configuration_errors_have_their_own_exit_codes(tmp_path):
+    from stream_app.ops.problems import CONFIG, USAGE
+
+    good = _config(tmp_path, "127.0.0.1:1")
+    assert _cli(["replay", "--no-such-option"]).exit_code == USAGE
+    assert _cli(["no-such-command"]).exit_code == USAGE
+    assert _cli(["replay", "--config", str(good), "--from-offset", "zero"]).exit_code == USAGE
+    assert _cli(["journal", "--config", str(good), "--summary", "--follow"]).exit_code == USAGE
+    missing = _cli(["config", "--config", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == CONFIG and "cannot read config file" in missing.output
+    (tmp_path / "bad.yaml").write_text("kafka: {bootstrapServers: x, inputTopics: [t], typo: 1}\n")
+    bad = _cli(["config", "--config", str(tmp_path / "bad.yaml")])
+    assert bad.exit_code == CONFIG and "typo" in bad.output
+
+
+def test_the_configuration_comes_from_the_environment_or_the_default_path(tmp_path, monkeypatch):
+    import stream_app.cli as cli
+    from stream_app.ops.problems import USAGE
+
+    config = _config(tmp_path, "kafka.example:9092")
+    monkeypatch.delenv("STREAM_APP_CONFIG", raising=False)
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", tmp_path / "etc" / "config.yaml")
+    nothing = _cli(["config"])
+    assert nothing.exit_code == USAGE and "STREAM_APP_CONFIG" in nothing.output
+    from_env = _cli(["config"], env={"STREAM_APP_CONFIG": str(config)})
+    assert from_env.exit_code == 0 and "kafka.example:9092" in from_env.output
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "config.yaml").write_text(config.read_text().replace("kafka.example", "default.example"))
+    from_default = _cli(["config"])
+    assert from_default.exit_code == 0 and "default.example:9092" in from_default.output
+    # the option wins over the variable, the variable over the default path
+    assert "kafka.example:9092" in _cli(["config"], env={"STREAM_APP_CONFIG": str(config)}).output
+
+
+def test_version_and_help_on_every_option():
+    import click
+
+    from stream_app.cli import main
+
+    result = _cli(["--version"])
+    from importlib.metadata import version
+
+    assert result.exit_code == 0 and result.output.strip() == f"stream-app {version('stream-app')}"
+    for name, command in main.commands.items():
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"stream-app {name} {param.opts[0]} has no help text"

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from stream_app.cli import main
 from stream_app.config import ConfigError, load_config, parse_config
+from stream_app.ops.problems import CONFIG
 from stream_app.preflight import run_preflight
 from tests.helpers import config_dict, write_config
 
@@ -89,7 +90,7 @@ def test_preflight_command_exit_codes(tmp_path):
     bad_data["sink"]["localTargetDirectory"] = "x"
     bad = write_config(tmp_path / "bad.yaml", bad_data)
     result = runner.invoke(main, ["preflight", "--config", str(bad)])
-    assert result.exit_code == 2
+    assert result.exit_code == CONFIG
     assert "sink.localTargetDirectory: unknown key" in result.output
 
 
@@ -158,10 +159,10 @@ def test_preflight_renders_json_templates_against_the_sample_file_or_says_it_can
         '{"record_id": "r1", "matched_at": "2026-03-02T01:00:00Z", "amount": "10.00", "currency": "EUR"}\n')
     data["input"]["sampleFile"] = "samples.jsonl"
     result = CliRunner().invoke(main, ["preflight", "--config", str(write_config(tmp_path / "json.yaml", data))])
-    assert result.exit_code == 2 and "recordTemplate" in result.output and "no_such_field" in result.output
+    assert result.exit_code == CONFIG and "recordTemplate" in result.output and "no_such_field" in result.output
     data["worker"]["recordTemplate"] = "D|{{ record.record_id }}|{{ record.amount | money }}\n"
     result = CliRunner().invoke(main, ["preflight", "--config", str(write_config(tmp_path / "json.yaml", data))])
     assert result.exit_code == 0 and "ok  templates render a sample record" in result.output, result.output
     (tmp_path / "samples.jsonl").write_text('{"record_id": "r1", "amount": "NaN", "matched_at": 1}\n')
     result = CliRunner().invoke(main, ["preflight", "--config", str(write_config(tmp_path / "json.yaml", data))])
-    assert result.exit_code == 2 and "samples.jsonl line 1: BAD_DECIMAL" in result.output
+    assert result.exit_code == CONFIG and "samples.jsonl line 1: BAD_DECIMAL" in result.output

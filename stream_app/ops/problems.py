@@ -1,13 +1,17 @@
 """Broker and credential problems as every command reports them: one line, a distinct exit code.
 
 A command that cannot reach the cluster, is refused by it or finds a topic missing says which in
-one line naming what failed (never a traceback, never a record's contents) and exits with:
+one line naming what failed (never a traceback, never a record's contents).  Exit codes follow
+BSD's sysexits.h, as service managers and schedulers read them:
 
-  3  the broker is unreachable (connection refused, name not resolved, no answer in time)
-  4  credentials are missing or refused (SASL, TLS, an ACL that denies the topic or group)
-  5  a topic does not exist
-
-(0 is success, 1 a difference that ``replay --verify`` found, 2 a configuration error.)
+  0   success
+  1   ``replay --verify`` found a difference (the audit ran; its finding is the answer)
+  64  usage: an unknown option, a malformed option value, no configuration named
+  65  data: a replay the input cannot satisfy (offsets no longer readable, a partial window)
+  69  a topic does not exist
+  75  temporarily unavailable: the broker or the schema registry is unreachable (retry later)
+  77  credentials are missing or refused (SASL, OAUTHBEARER, TLS, an ACL that denies a topic)
+  78  configuration: the config file is missing, invalid or names something that is not there
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from stream_app.config import ConfigError
 
-UNREACHABLE, CREDENTIALS, MISSING_TOPIC = 3, 4, 5
+USAGE, DATA, MISSING_TOPIC, UNREACHABLE, CREDENTIALS, CONFIG = 64, 65, 69, 75, 77, 78
 
 
 class BrokerProblem(Exception):
