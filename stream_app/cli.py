@@ -59,8 +59,12 @@ def reported(command: str) -> Iterator[None]:
     the exit code of their class (ops/problems.py), never a traceback."""
     from confluent_kafka import KafkaException
 
+    from stream_app.codecs.event_schemas import EventDecodeError
+
     try:
         yield
+    except EventDecodeError as exc:
+        fail(command, str(exc), DATA)
     except CredentialsMissing as exc:
         fail(command, f"credentials missing: {exc}", exc.exit_code)
     except ConfigError as exc:

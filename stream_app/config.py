@@ -129,7 +129,7 @@ class SchemaRegistrySettings(_Model):
     keyFile: str | None = None
     timeoutS: float = Field(default=10.0, gt=0)
     # register the journal and dead-letter schemas under <topic>-value and write the ids the
-    # registry gives; false: the fixed ids 1001/1002 (read them with the files in avro/)
+    # registry gives; false: the fixed ids of codecs/event_schemas.py (one per schema version)
     registerEventSchemas: bool = True
 
     @model_validator(mode="after")

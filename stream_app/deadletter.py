@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.codecs.registry import DEAD_LETTER_SCHEMA_ID
+from stream_app.codecs.avro import encode_confluent
+from stream_app.codecs.event_schemas import DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_ID
 from stream_app.core.records import RawRecord
 from stream_app.journal import event_id, now_ms
-from stream_app.resources import AVRO_DIR
-
-DEAD_LETTER_SCHEMA = load_schema(AVRO_DIR / "dead_letter.avsc")
-# Envelopes written before 0.2.0: the same fields without the trailing event_id.
-DEAD_LETTER_SCHEMA_V1 = {**DEAD_LETTER_SCHEMA, "fields": DEAD_LETTER_SCHEMA["fields"][:-1]}
-
 
 # What a Kafka record may hold by default (a broker's message.max.bytes is 1 MiB + overhead).
 MAX_ENVELOPE_BYTES = 1_000_000

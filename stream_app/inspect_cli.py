@@ -27,9 +27,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from stream_app.codecs.event_schemas import EventDecodeError, EventReader, dead_letter_reader, journal_reader
 from stream_app.config import AppSettings
 from stream_app.core.records import REDRIVE_HEADER
-from stream_app.kafka_tools import decode_dead_letter, decode_journal
 from stream_app.ops.problems import topic_partitions
 from stream_app.ops.security import confluent_security
 
@@ -112,10 +112,28 @@ def _millis(value: datetime | int) -> int:
     return value if isinstance(value, int) else int(value.timestamp() * 1000)
 
 
+def _event_reader(settings: AppSettings, make: Callable[..., EventReader]) -> EventReader:
+    """Local ids always; the registry's too when the config names one (registerEventSchemas)."""
+    registry = settings.input.schemaRegistry
+    if registry is None:
+        return make()
+    from stream_app.codecs.registry import SchemaLookup, client_conf
+
+    return make(SchemaLookup(client_conf(registry)).schema_text)
+
+
+def _decoded(reader: EventReader, msg: Any) -> dict:
+    try:
+        return reader.decode(msg.value())
+    except EventDecodeError as exc:
+        raise EventDecodeError(f"{msg.topic()}/{msg.partition()}@{msg.offset()}: {exc}") from None
+
+
 def journal_events(settings: AppSettings, selection: JournalFilter, follow: bool = False,
                    stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
+    reader = _event_reader(settings, journal_reader)
     for msg in read_topic(settings, settings.kafka.journalTopic, follow, stop):
-        event = decode_journal(msg.value() or b"")
+        event = _decoded(reader, msg)
         if selection.matches(event):
             yield event
 
@@ -167,8 +185,9 @@ class DeadLetter:
 
 
 def dead_letters(settings: AppSettings, reasons: tuple[str, ...] = ()) -> Iterator[DeadLetter]:
+    reader = _event_reader(settings, dead_letter_reader)
     for msg in read_topic(settings, settings.kafka.deadLetterTopic):
-        envelope = decode_dead_letter(msg.value() or b"")
+        envelope = _decoded(reader, msg)
         if not reasons or envelope["reason"] in reasons:
             yield DeadLetter(msg.partition() or 0, msg.offset() or 0, envelope)
 
@@ -215,6 +234,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
     errors: list[str] = []
     skipped = 0
     selected: dict[tuple[str, int, int], dict] = {}  # source record -> its first envelope
+    reader = _event_reader(settings, dead_letter_reader)
     try:
         partitions = topic_partitions(consumer, topic)
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
@@ -223,7 +243,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
         positions: dict[int, int] = {}
         for msg in _to_end(consumer, len(partitions), idle_s=idle_s):
             positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-            envelope = decode_dead_letter(msg.value() or b"")
+            envelope = _decoded(reader, msg)
             source = (envelope["source_topic"], envelope["source_partition"], envelope["source_offset"])
             if ((reasons and envelope["reason"] not in reasons) or envelope.get("original_value") is None
                     or source in selected):

@@ -12,14 +12,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from stream_app.codecs.avro import encode_confluent, load_schema
-from stream_app.codecs.registry import JOURNAL_SCHEMA_ID
+from stream_app.codecs.avro import encode_confluent
+from stream_app.codecs.event_schemas import JOURNAL_SCHEMA, JOURNAL_SCHEMA_ID
 from stream_app.core.windows import FileCut, FileKey
-from stream_app.resources import AVRO_DIR
-
-JOURNAL_SCHEMA = load_schema(AVRO_DIR / "journal_event.avsc")
-# Events written before 0.3.0: the same fields without the trailing ``terminal``.
-JOURNAL_SCHEMA_V1 = {**JOURNAL_SCHEMA, "fields": JOURNAL_SCHEMA["fields"][:-1]}
 
 
 def event_id(*parts: Any) -> str:

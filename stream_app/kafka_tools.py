@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from stream_app.deadletter import DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_V1
-from stream_app.journal import JOURNAL_SCHEMA, JOURNAL_SCHEMA_V1
+from stream_app.codecs.event_schemas import dead_letter_reader, journal_reader
+
+_JOURNAL, _DEAD_LETTERS = journal_reader(), dead_letter_reader()
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]]) -> int:
@@ -79,32 +78,18 @@ def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s:
     return messages
 
 
-def decode_avro(payload: bytes, schema: Any) -> dict:
-    buf = io.BytesIO(payload)
-    buf.seek(5)
-    value = fastavro.schemaless_reader(buf, schema, None)
-    assert isinstance(value, dict)
-    return value
-
-
-def decode_journal(payload: bytes) -> dict:
-    """An event of this version, or of one before 0.3.0 (no terminal flag: given as false)."""
-    try:
-        return decode_avro(payload, JOURNAL_SCHEMA)
-    except (EOFError, ValueError, IndexError):
-        return {**decode_avro(payload, JOURNAL_SCHEMA_V1), "terminal": False}
+def decode_journal(payload: bytes | None) -> dict:
+    """A journal event of any version written with the local ids (codecs/event_schemas.py)."""
+    return _JOURNAL.decode(payload)
 
 
 def read_journal(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
     return [decode_journal(m.value()) for m in read_topic(bootstrap, topic, **kwargs)]
 
 
-def decode_dead_letter(payload: bytes) -> dict:
-    """An envelope of this version, or of one before 0.2.0 (no event_id: given as "")."""
-    try:
-        return decode_avro(payload, DEAD_LETTER_SCHEMA)
-    except (EOFError, ValueError, IndexError):
-        return {**decode_avro(payload, DEAD_LETTER_SCHEMA_V1), "event_id": ""}
+def decode_dead_letter(payload: bytes | None) -> dict:
+    """A dead-letter envelope of any version written with the local ids."""
+    return _DEAD_LETTERS.decode(payload)
 
 
 def read_dead_letters(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from stream_app.codecs.avro import encode_confluent
+from stream_app.codecs.event_schemas import DEAD_LETTER_SCHEMA_V1
 from stream_app.core.records import RawRecord
-from stream_app.deadletter import DEAD_LETTER_SCHEMA_V1, dead_letter
+from stream_app.deadletter import dead_letter
 from stream_app.journal import encode_events
 from stream_app.kafka_tools import decode_dead_letter
 
@@ -43,9 +44,10 @@ def test_an_envelope_too_large_for_a_kafka_record_goes_without_the_value():
 
 
 def test_a_journal_event_written_before_0_3_0_still_reads():
+    from stream_app.codecs.event_schemas import JOURNAL_SCHEMA_V1
     from stream_app.core.records import SourceRecord
     from stream_app.core.windows import FileCut, FileKey
-    from stream_app.journal import JOURNAL_SCHEMA_V1, Journal
+    from stream_app.journal import Journal
     from stream_app.kafka_tools import decode_journal
 
     cut = FileCut.of(FileKey("in", 0, 0, 3_600_000), 0, [SourceRecord("in", 0, 7, 1000, {})])
@@ -55,3 +57,30 @@ def test_a_journal_event_written_before_0_3_0_still_reads():
     assert read["terminal"] is False and (read["event_type"], read["error_class"]) == ("finalize-failed", "TEMPLATE_ERROR")
     (new,) = encode_events([event], 1001)
     assert decode_journal(new)["terminal"] is True
+
+
+def test_local_ids_are_one_per_schema_version():
+    """Without a registry each schema version has its own id; the two ids versions before 0.4.0
+    shared still read both versions; a journal id is not a dead letter's."""
+    import pytest
+
+    from stream_app.codecs.event_schemas import (
+        DEAD_LETTER_SCHEMA_ID,
+        JOURNAL_SCHEMA_ID,
+        LOCAL_WRITER_SCHEMAS,
+        EventDecodeError,
+        dead_letter_reader,
+    )
+
+    assert len(LOCAL_WRITER_SCHEMAS) == len({id(s) for s in LOCAL_WRITER_SCHEMAS.values()})
+    assert dead_letter(RAW, "LATE_RECORD", "closed", "w1")[1:5] == DEAD_LETTER_SCHEMA_ID.to_bytes(4, "big")
+    envelope = decode_dead_letter(dead_letter(RAW, "LATE_RECORD", "closed", "w1"))
+    v1 = encode_confluent(1021, DEAD_LETTER_SCHEMA_V1, {k: v for k, v in envelope.items() if k != "event_id"})
+    assert decode_dead_letter(v1)["event_id"] == "" and decode_dead_letter(v1)["source_offset"] == 41
+    (journal_event,) = encode_events([{"event_id": "e", "event_type": "opened", "occurred_at": 1, "worker_id": "w",
+                                       "file_key": None, "window_start": None, "window_end": None, "offsets": []}])
+    assert journal_event[1:5] == JOURNAL_SCHEMA_ID.to_bytes(4, "big")
+    with pytest.raises(EventDecodeError, match=f"unknown schema id {JOURNAL_SCHEMA_ID}"):
+        dead_letter_reader().decode(journal_event)
+    with pytest.raises(EventDecodeError, match="not in the Confluent wire format"):
+        decode_dead_letter(b"\x00\x00")

@@ -242,3 +242,35 @@ def test_client_settings_map_to_the_client_and_secrets_come_from_the_environment
         client_conf(SchemaRegistrySettings(url="https://a", basicAuthEnv="NOPE"))
     with pytest.raises(ValueError, match="go together"):
         SchemaRegistrySettings(url="https://a", bearerTokenEnv="SR_TOKEN")
+
+
+def test_event_readers_resolve_the_writer_schema_by_id_with_two_registered_versions(registry, auth):
+    """Journal events of two schema versions, each under the id the registry gave its version:
+    the reader resolves each id and reads both into the current schema (Avro resolution fills
+    the field the old version lacks); an unknown id and a wrong magic byte are named."""
+    from stream_app.codecs.event_schemas import (
+        JOURNAL_SCHEMA,
+        JOURNAL_SCHEMA_V1,
+        EventDecodeError,
+        journal_reader,
+    )
+    from stream_app.codecs.registry import SchemaLookup
+
+    v1_text = json.dumps({**json.loads((AVRO_DIR / "journal_event.avsc").read_text()),
+                          "fields": json.loads((AVRO_DIR / "journal_event.avsc").read_text())["fields"][:-1]})
+    v1_id = registry.add(v1_text)
+    v2_id = registry.add((AVRO_DIR / "journal_event.avsc").read_text())
+    conf = client_conf(SchemaRegistrySettings(url=registry.url, basicAuthEnv="REGISTRY_AUTH"))
+    reader = journal_reader(SchemaLookup(conf).schema_text)
+    event = Journal("w1", "app").flush_summary(1, 2, 3, 0)
+    old = encode_confluent(v1_id, JOURNAL_SCHEMA_V1, {k: v for k, v in event.items() if k != "terminal"})
+    new = encode_confluent(v2_id, JOURNAL_SCHEMA, {**event, "terminal": True})
+    assert reader.decode(old)["terminal"] is False and reader.decode(old)["event_id"] == event["event_id"]
+    assert reader.decode(new)["terminal"] is True
+    with pytest.raises(EventDecodeError, match=f"unknown schema id {v2_id + 7} .*nor in the schema registry"):
+        reader.decode(encode_confluent(v2_id + 7, JOURNAL_SCHEMA, event | {"terminal": False}))
+    with pytest.raises(EventDecodeError, match="magic byte is 1, expected 0"):
+        reader.decode(b"\x01" + new[1:])
+    # without a registry only the local ids resolve, and the error says so
+    with pytest.raises(EventDecodeError, match=f"unknown schema id {v1_id} .*no schema registry is configured"):
+        journal_reader().decode(old)

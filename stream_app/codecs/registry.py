@@ -15,13 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from stream_app.codecs.event_schemas import DEAD_LETTER_SCHEMA_ID, JOURNAL_SCHEMA_ID
 from stream_app.config import AppSettings, ConfigError, SchemaRegistrySettings
 from stream_app.ops.security import tls_files
-
-# Written in the wire-format header of journal and dead-letter records when no registry is used
-# (or registerEventSchemas is false); consumers read them with the files in avro/.
-JOURNAL_SCHEMA_ID = 1001
-DEAD_LETTER_SCHEMA_ID = 1002
 
 
 class RegistryUnavailable(Exception):
