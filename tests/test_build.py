@@ -35,7 +35,8 @@ def _pins(lock: Path) -> dict[str, str]:
 def test_the_locks_pin_every_dependency_within_pyprojects_bounds():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime, test = _pins(ROOT / "requirements" / "runtime.lock"), _pins(ROOT / "requirements" / "test.lock")
-    for spec in project["dependencies"] + project["optional-dependencies"]["iso20022"]:
+    extras = project["optional-dependencies"]
+    for spec in project["dependencies"] + extras["iso20022"] + extras["msk"]:
         req = Requirement(spec)
         name = canonicalize_name(req.name)
         assert name in runtime and req.specifier.contains(runtime[name]), (spec, runtime.get(name))

@@ -51,8 +51,11 @@ def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> BrokerPro
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    conf = {"bootstrap.servers": settings.kafka.bootstrapServers, "log_level": 0,
-            **confluent_security(settings.kafka.security)}
+    try:  # an OAuth token endpoint is asked here: refused (terminal) or unreachable (waited for)
+        conf = {"bootstrap.servers": settings.kafka.bootstrapServers, "log_level": 0,
+                **confluent_security(settings.kafka.security)}
+    except BrokerProblem as exc:
+        return exc
     try:
         topics = AdminClient(conf).list_topics(timeout=timeout_s).topics
     except KafkaException as exc:

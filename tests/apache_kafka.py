@@ -1,0 +1,174 @@
+"""Apache Kafka 4.x, a single-node KRaft broker started from the Maven Central jars the way the
+distribution's bin scripts start it: ``kafka.tools.StorageTool format``, then ``kafka.Kafka
+server.properties`` on a class path of every jar of ``kafka_2.13`` (resolved by Maven from
+``.ci/kafka/pom.xml`` into a cache directory, once per version).
+
+Used by the tests that need what the embedded broker lacks (SASL OAUTHBEARER) and by the
+Apache Kafka runs of the guarantees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POM = ROOT / ".ci" / "kafka" / "pom.xml"
+KAFKA_VERSION = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())[1]  # type: ignore[index]
+
+
+class KafkaUnavailable(Exception):
+    """Java or Maven is missing, or the jars could not be resolved."""
+
+
+def kafka_libs() -> Path:
+    """The broker's class path directory (Maven resolves it on first use; later runs reuse it)."""
+    cache = Path(os.environ.get("STREAM_APP_KAFKA_LIBS") or
+                 Path.home() / ".cache" / "stream-app" / f"kafka-{KAFKA_VERSION}" / "libs")
+    if (cache / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return cache
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        raise KafkaUnavailable("Apache Kafka needs java and mvn on PATH")
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    proc = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+                           f"-DoutputDirectory={tmp}"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise KafkaUnavailable(f"mvn could not resolve kafka_2.13 {KAFKA_VERSION}: {proc.stdout[-2000:]}")
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)  # whole or not at all: an interrupted resolve is never taken for a class path
+    return cache
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+class ApacheKafka:
+    """One broker (combined broker and controller).  ``bootstrap`` is the client listener.
+
+    ``client_listener``: the security protocol clients connect with (PLAINTEXT, or
+    SASL_PLAINTEXT with ``properties`` naming the mechanism); the broker's own traffic uses a
+    PLAINTEXT listener of its own, so a SASL client listener needs no broker credentials.
+    """
+
+    def __init__(self, workdir: Path, client_listener: str = "PLAINTEXT", properties: dict[str, str] | None = None,
+                 system_properties: dict[str, str] | None = None, heap: str = "768m") -> None:
+        self.workdir = workdir
+        self.port, self.internal_port, self.controller_port = free_port(), free_port(), free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        # the broker's own PLAINTEXT listener: test set-up and checks, beside a SASL client listener
+        self.internal_bootstrap = f"127.0.0.1:{self.internal_port}"
+        self.client_listener = client_listener
+        self.properties = properties or {}
+        self.system_properties = system_properties or {}
+        self.heap = heap
+        self.log = workdir / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def server_properties(self) -> dict[str, str]:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listeners": f"CLIENT://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port},"
+                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"CLIENT://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port}",
+            "listener.security.protocol.map": f"CLIENT:{self.client_listener},INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "INTERNAL",
+            "controller.listener.names": "CONTROLLER",
+            "log.dirs": str(self.workdir / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.flush.interval.messages": "1",  # a SIGKILLed broker keeps what it acknowledged
+        }
+        props.update(self.properties)
+        return props
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        jvm = [f"-D{k}={v}" for k, v in self.system_properties.items()]
+        return ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}", *jvm,
+                "-cp", f"{kafka_libs()}/*", main, *args]
+
+    def start(self, timeout_s: float = 90.0) -> ApacheKafka:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "log4j2.properties").write_text(LOG4J2.format(log=self.log))
+        config = self.workdir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties().items()))
+        if not (self.workdir / "data" / "meta.properties").exists():
+            subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t",
+                                      _cluster_id(), "-c", str(config)),
+                           check=True, capture_output=True, timeout=120)
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise KafkaUnavailable(f"the broker exited with {self.proc.returncode}: {self.tail()}")
+            if self.log.exists() and "Kafka Server started" in self.log.read_text(errors="replace"):
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise KafkaUnavailable(f"the broker did not start in {timeout_s:.0f} s: {self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        text = ""
+        for name in ("stdout.log", "server.log"):
+            path = self.workdir / name
+            if path.exists():
+                text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
+        return text
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def _cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
