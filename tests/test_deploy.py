@@ -150,7 +150,9 @@ def test_default_render(monkeypatch):
     c = container(m, "StatefulSet")
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz" and c["startupProbe"]["failureThreshold"] == 60
-    assert c["resources"] == {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    # the spool's emptyDir is requested as ephemeral storage
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "10Gi"},
+                              "limits": {"memory": "2Gi"}}
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
     pod = m["StatefulSet"][0]["spec"]["template"]["spec"]
@@ -252,6 +254,7 @@ def test_custom_schema_packs_are_mounted_from_the_configmap():
     ({"spool": {"sizeLimit": "huge"}}, "sizeLimit"),
 ])
 def test_bad_values_fail_at_install_time(values, key):
+    """(Also the typos: tests/test_chart.py.)"""
     with pytest.raises(helm.HelmError) as err:
         helm.Chart.load(str(CHART)).validate_schema(helm.Chart.load(str(CHART)).merge_values(values))
     assert key in str(err.value)

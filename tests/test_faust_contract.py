@@ -126,3 +126,18 @@ def test_partitions_committed_at_zero_or_never_are_read_from_their_beginning(mon
         _thread=SimpleNamespace(seek_to_beginning=seek_to_beginning))
     assert asyncio.run(consumer.seek_to_committed()) == committed
     assert rewound == [TopicPartition("in", 0), TopicPartition("in", 1), TopicPartition("app-files-repartition", 3)]
+
+
+def test_the_web_blueprints_the_worker_drops_are_where_it_reads_them():
+    """serve_only_own_views filters BlueprintManager._enabled before the web server applies it:
+    with the worker's settings nothing of Faust's own is left, only the app's pages."""
+    import faust
+
+    from stream_app.live.transport import serve_only_own_views
+
+    app = faust.App("contract-web", broker="memory://", web_enabled=True, web_tables_enabled=False,
+                    web_router_enabled=False)
+    before = [bp for _, bp in app.web.blueprints._enabled]
+    assert "faust.web.apps.production_index:blueprint" in before and app.web.blueprints.applied is False
+    serve_only_own_views(app)
+    assert app.web.blueprints._enabled == []

@@ -397,7 +397,9 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/healthz", timeout=5) as resp:
             assert resp.status == 200
         assert worker.readiness()[0] == 200
-        for path in ("/table/", "/router/"):  # Faust's table contents and cluster map: not served
+        # Faust's own views: table contents, the cluster map, statistics, graph, its index page
+        for path in ("/table/", "/table/business-windows/", "/router/", "/graph/", "/stats/", "/assignment/",
+                     "/performance/", "/", "/no-such-page"):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}{path}", timeout=5)
                 raise AssertionError(f"{path} is served")

@@ -40,6 +40,7 @@ from stream_app.live.transport import (
     CheckpointCommitConsumer,
     CommitGate,
     LogEndProbe,
+    serve_only_own_views,
 )
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security, faust_credentials
@@ -708,6 +709,8 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
         web_router_enabled=False,
         table_standby_replicas=0,
     )
+    if settings.webPort is not None:
+        serve_only_own_views(app)
     runtime = LiveRuntime(app, settings)
     app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
     app.stream_app_intake = runtime  # fetched input batches go to the runtime (live/transport.py)

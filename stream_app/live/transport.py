@@ -165,3 +165,15 @@ class CheckpointCommitTransport(AIOKafkaTransport):
     """Registered as ``streamapp://`` through the ``faust.transports`` entry point (pyproject.toml)."""
 
     Consumer = CheckpointCommitConsumer
+
+
+def serve_only_own_views(app: Any) -> None:
+    """Drop the Faust views its settings cannot switch off (the production index at ``/``), so the
+    web port serves only the pages the app registers (/metrics, /healthz, /readyz).  Faust's
+    table and router views are off by their settings (web_tables_enabled, web_router_enabled),
+    statistics and graph by not running in debug; this is the one left.  Reads
+    ``BlueprintManager._enabled`` (faust 0.15: the blueprints applied when the server starts;
+    tests/test_faust_contract.py pins it)."""
+    manager = app.web.blueprints
+    manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled
+                        if not (isinstance(bp, str) and bp.startswith("faust.web.apps."))]

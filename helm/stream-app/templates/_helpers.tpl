@@ -1,12 +1,17 @@
 {{- define "stream-app.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "stream-app.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -15,11 +20,35 @@ app.kubernetes.io/name: {{ include "stream-app.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Kubernetes' recommended labels. */}}
 {{- define "stream-app.labels" -}}
 {{ include "stream-app.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ include "stream-app.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: worker
+app.kubernetes.io/part-of: {{ .Values.partOf }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+
+{{- define "stream-app.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{- define "stream-app.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "stream-app.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A local sink writes to a volume per replica (a StatefulSet); with S3 the pods keep nothing. */}}
+{{- define "stream-app.stateful" -}}
+{{- if and .Values.persistence.enabled (not .Values.s3.enabled) }}true{{ end -}}
+{{- end -}}
+
+{{- define "stream-app.oauth" -}}
+{{- if and .Values.kafka.sasl.enabled (eq .Values.kafka.sasl.mechanism "OAUTHBEARER") }}true{{ end -}}
 {{- end -}}
 
 {{/* The worker config: .Values.config plus what the other values decide. */}}
@@ -35,7 +64,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- else if .Values.kafka.tls.enabled -}}
 {{- $security = dict "protocol" "SSL" -}}
 {{- end -}}
-{{- if .Values.kafka.sasl.enabled -}}
+{{- if include "stream-app.oauth" . -}}
+{{- $_ := set $security "saslMechanism" "OAUTHBEARER" -}}
+{{- $o := .Values.kafka.sasl.oauth -}}
+{{- $oauth := dict "method" $o.method -}}
+{{- if eq $o.method "oidc" -}}
+{{- $_ := set $oauth "tokenEndpointUrl" $o.tokenEndpointUrl -}}
+{{- $_ := set $oauth "clientId" $o.clientId -}}
+{{- $_ := set $oauth "clientSecretEnv" "KAFKA_OAUTH_CLIENT_SECRET" -}}
+{{- with $o.scope }}{{ $_ := set $oauth "scope" . }}{{ end -}}
+{{- else -}}
+{{- with $o.region }}{{ $_ := set $oauth "region" . }}{{ end -}}
+{{- end -}}
+{{- $_ := set $security "oauth" $oauth -}}
+{{- else if .Values.kafka.sasl.enabled -}}
 {{- $_ := set $security "saslMechanism" .Values.kafka.sasl.mechanism -}}
 {{- $_ := set $security "username" .Values.kafka.sasl.username -}}
 {{- $_ := set $security "passwordEnv" "KAFKA_PASSWORD" -}}
