@@ -88,6 +88,7 @@ class ApacheKafka:
         self.heap = heap
         self.log = workdir / "server.log"
         self.proc: subprocess.Popen | None = None
+        self.cluster_id = ""
 
     def server_properties(self) -> dict[str, str]:
         props = {
@@ -126,9 +127,13 @@ class ApacheKafka:
         (self.workdir / "log4j2.properties").write_text(LOG4J2.format(log=self.log))
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties().items()))
-        if not (self.workdir / "data" / "meta.properties").exists():
+        meta = self.workdir / "data" / "meta.properties"
+        if meta.exists():  # a restart on the same log directory
+            self.cluster_id = re.search(r"cluster.id=(\S+)", meta.read_text())[1]  # type: ignore[index]
+        else:
+            self.cluster_id = _cluster_id()
             subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t",
-                                      _cluster_id(), "-c", str(config)),
+                                      self.cluster_id, "-c", str(config)),
                            check=True, capture_output=True, timeout=120)
         with open(self.workdir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT,
@@ -142,6 +147,18 @@ class ApacheKafka:
             time.sleep(0.3)
         self.stop()
         raise KafkaUnavailable(f"the broker did not start in {timeout_s:.0f} s: {self.tail()}")
+
+    def version(self, bootstrap: str | None = None) -> str:
+        """The Kafka version of the broker a client reaches at ``bootstrap``: the cluster id the
+        client is told must be the one this broker was formatted with, and the version is the one
+        that broker process logged at start ("Kafka version: ...")."""
+        from confluent_kafka.admin import AdminClient
+
+        cluster = AdminClient({"bootstrap.servers": bootstrap or self.internal_bootstrap}).list_topics(timeout=10)
+        assert cluster.cluster_id == self.cluster_id, (cluster.cluster_id, self.cluster_id)
+        found = re.findall(r"Kafka version: (\S+)", self.log.read_text(errors="replace"))
+        assert found, "the broker did not log its version"
+        return found[-1]
 
     def tail(self, chars: int = 3000) -> str:
         text = ""
@@ -172,3 +189,25 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def main() -> None:
+    """``python -m tests.apache_kafka [DIR]``: a broker for development, until Ctrl-C."""
+    import sys
+    import tempfile
+
+    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="apache-kafka-"))
+    broker = ApacheKafka(workdir).start()
+    print(f"Apache Kafka {KAFKA_VERSION} at {broker.bootstrap} (data and logs in {workdir}); Ctrl-C stops it",
+          flush=True)
+    try:
+        while broker.proc is not None and broker.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()

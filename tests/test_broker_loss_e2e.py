@@ -1,7 +1,7 @@
 """Losing the broker mid-run: no crash, not ready while it is gone, and it resumes exactly.
 
-Tansu keeps its log in S3 here (moto's server), so the broker can be stopped and started again
-without losing the topics, as a real cluster would.
+Each test runs on Tansu keeping its log in S3 (moto's server), so the broker can be stopped and
+started again without losing the topics, and on Apache Kafka restarted on its log directory.
 """
 
 from __future__ import annotations
@@ -15,13 +15,27 @@ from moto.server import ThreadedMotoServer
 
 from stream_app.broker import EmbeddedBroker, free_port
 from tests.harness import LiveWorker, avro_values, wait_for, worker_past_first_files
+from tests.helpers import EMBEDDED_BOOTSTRAPS
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
 
 
-@pytest.fixture
-def durable_broker(tmp_path, monkeypatch):
+@pytest.fixture(params=["embedded", "apache"])
+def durable_broker(request, tmp_path, monkeypatch):
+    """A broker that can be stopped and started again on the same log: Tansu keeping its log in
+    S3 (moto's server), or Apache Kafka restarted on the same log directory."""
+    if request.param == "apache":
+        from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
+        from tests.conftest import apache_kafka_missing
+
+        if reason := apache_kafka_missing():
+            pytest.skip(reason)
+        kafka = ApacheKafka(tmp_path / "apache-kafka").start()
+        assert kafka.version() == KAFKA_VERSION
+        yield kafka
+        kafka.stop()
+        return
     moto_port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     server.start()
@@ -31,6 +45,7 @@ def durable_broker(tmp_path, monkeypatch):
     broker = EmbeddedBroker(log_file=tmp_path / "broker.log", storage="s3://tansu/",
                             env={**creds, "AWS_ENDPOINT": f"http://127.0.0.1:{moto_port}", "AWS_ALLOW_HTTP": "true"})
     broker.start()
+    EMBEDDED_BOOTSTRAPS.add(broker.bootstrap)
     yield broker
     broker.stop()
     server.stop()

@@ -50,6 +50,7 @@ def _all_files(workers: list[LiveWorker], expected: dict[str, bytes]) -> bool:
     return names >= set(expected)
 
 
+@pytest.mark.both_brokers
 def test_two_workers_write_each_business_file_once_identical_to_replay(kafka_bootstrap, tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     first = business_worker(kafka_bootstrap, tmp_path / "a")
@@ -87,6 +88,7 @@ def test_two_workers_write_each_business_file_once_identical_to_replay(kafka_boo
     assert replayed == reference and sorted(report.files) == sorted(reference)
 
 
+@pytest.mark.both_brokers
 def test_sigkill_in_either_stage_leaves_exactly_the_reference_files(kafka_bootstrap, tmp_path):
     seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
     print(f"crash test seed: {seed} (set CRASH_SEED to repeat)")
@@ -248,6 +250,7 @@ def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bo
         server.stop()
 
 
+@pytest.mark.both_brokers
 def test_scaling_one_three_two_one_replicas_while_files_are_written(kafka_bootstrap, tmp_path):
     """1 -> 3 -> 2 (one replica SIGKILLed) -> 1 (one stopped) while slow files are written: no
     replica exits on a rebalance (the idle close, lag and watchdog read only partitions owned at

@@ -33,3 +33,20 @@ def test_business_files_do_not_depend_on_the_partition_count(tmp_path):
     files = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("CLR_*")}
     assert len(files) == 5 and files == {p.name: p.read_bytes() for p in (tmp_path / "four").glob("CLR_*")}
     assert one.dead_letters == four.dead_letters == 2
+
+
+def test_the_demo_through_kafka_bootstrap_servers_on_apache_kafka_gives_the_same_files(apache_kafka, tmp_path):
+    """The README's demo against a real cluster (KAFKA_BOOTSTRAP_SERVERS: Apache Kafka, no quirk
+    workaround) writes the same bytes as on the embedded broker."""
+    from tests.apache_kafka import KAFKA_VERSION
+
+    assert apache_kafka.version() == KAFKA_VERSION
+    result = CliRunner().invoke(main, ["demo", "--records", "600", "--out", str(tmp_path / "apache"), "--seed", "5"],
+                                env={"KAFKA_BOOTSTRAP_SERVERS": apache_kafka.bootstrap})
+    assert result.exit_code == 0, result.output
+    assert "dead letters: 2" in result.output and "clearing files, 600 records" in result.output
+    run_demo(600, tmp_path / "embedded", seed=5)
+    names = sorted(p.name for p in (tmp_path / "embedded").glob("CLR_*"))
+    assert len(names) == 5 and names == sorted(p.name for p in (tmp_path / "apache").glob("CLR_*"))
+    for name in names:
+        assert (tmp_path / "apache" / name).read_bytes() == (tmp_path / "embedded" / name).read_bytes()

@@ -20,6 +20,7 @@ def _records_in(created: list[dict]) -> int:
     return sum(e["records"] for e in {e["event_id"]: e for e in created}.values())
 
 
+@pytest.mark.both_brokers
 def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=25)
     values = avro_values(240, seed=11, span_hours=3.5)
@@ -240,6 +241,7 @@ def test_a_second_replica_takes_partitions_over_while_files_are_written(kafka_bo
     assert all(len(v) == 1 for v in ids.values()) and set(ids) == set(a) | set(b)
 
 
+@pytest.mark.both_brokers
 def test_a_frozen_replica_that_lost_its_partitions_puts_no_file_in_place(kafka_bootstrap, tmp_path):
     """A zombie: the first replica freezes (SIGSTOP) in the middle of a write, the group drops it
     after its session timeout and the second replica writes everything it had not committed.
@@ -334,6 +336,7 @@ def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
     data = config_dict(out, bootstrap=f"127.0.0.1:{port}", topic="late-broker", maxRecordsPerFile=5,
                        window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
     data["appId"], data["webPort"], data["webHost"] = "late-broker-app", web, "127.0.0.1"
+    data["kafka"]["confirmChangelogEnds"] = True  # the embedded broker, started below
     config = write_config(tmp_path / "c.yaml", data)
     proc = spawn_worker(str(config), str(tmp_path / "worker.log"))
     broker = EmbeddedBroker(port=port)

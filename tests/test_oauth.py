@@ -17,7 +17,7 @@ import pytest
 from stream_app.config import KafkaOAuth, parse_config
 from stream_app.ops.problems import CREDENTIALS, UNREACHABLE, BrokerProblem
 from stream_app.ops.security import OAuthTokenProvider
-from tests.apache_kafka import ApacheKafka
+from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
 from tests.harness import LiveWorker, avro_values
 from tests.helpers import config_dict, write_config
 from tests.oidc import OidcProvider
@@ -102,6 +102,7 @@ def oauth_kafka(tmp_path_factory):
     broker = ApacheKafka(tmp_path_factory.mktemp("oauth-kafka"), "SASL_PLAINTEXT", idp.broker_properties(),
                          idp.broker_system_properties()).start()
     try:
+        assert broker.version() == KAFKA_VERSION
         yield broker, idp
     finally:
         broker.stop()
