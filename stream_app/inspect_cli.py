@@ -30,7 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from stream_app.codecs.event_schemas import EventDecodeError, EventReader, dead_letter_reader, journal_reader
 from stream_app.config import AppSettings
 from stream_app.core.records import REDRIVE_HEADER
-from stream_app.ops.problems import topic_partitions
+from stream_app.ops.problems import retried, topic_partitions
 from stream_app.ops.security import confluent_security
 
 
@@ -237,7 +237,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
     reader = _event_reader(settings, dead_letter_reader)
     try:
         partitions = topic_partitions(consumer, topic)
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+        committed = retried(lambda: consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15))
         consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                          for tp in committed])
         positions: dict[int, int] = {}

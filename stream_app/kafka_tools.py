@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_app.codecs.event_schemas import dead_letter_reader, journal_reader
+from stream_app.ops.problems import retried
 
 _JOURNAL, _DEAD_LETTERS = journal_reader(), dead_letter_reader()
 
@@ -100,7 +101,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     """Committed offset per partition of a consumer group (-1001 when none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        tps = retried(lambda: consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10))
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in tps}

@@ -156,3 +156,20 @@ def test_version_and_help_on_every_option():
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"stream-app {name} {param.opts[0]} has no help text"
+
+
+def test_retriable_kafka_errors_are_retried_and_others_are_not():
+    from stream_app.ops.problems import retried
+
+    calls: list[int] = []
+
+    def coordinator_moving() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "Not coordinator", retriable=True))
+        return "committed"
+
+    assert retried(coordinator_moving, first_delay_s=0.01) == "committed" and len(calls) == 3
+    refused = KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "denied"))
+    with pytest.raises(KafkaException):
+        retried(lambda: (_ for _ in ()).throw(refused), first_delay_s=0.01)

@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from stream_app.config import AppSettings
-from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify
+from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify, retried
 from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def group_committed_offsets(settings: AppSettings, tps: list[tuple[str, int]], t
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrapServers, "group.id": settings.appId,
                          "enable.auto.commit": False, "log_level": 0, **confluent_security(settings.kafka.security)})
     try:  # reads the offsets without joining the group
-        found = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s)
+        found = retried(lambda: consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s))
     finally:
         consumer.close()
     return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}

@@ -16,9 +16,13 @@ BSD's sysexits.h, as service managers and schedulers read them:
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from stream_app.config import ConfigError
+
+T = TypeVar("T")
 
 USAGE, DATA, MISSING_TOPIC, UNREACHABLE, CREDENTIALS, CONFIG = 64, 65, 69, 75, 77, 78
 
@@ -80,3 +84,23 @@ def topic_partitions(client: Any, topic: str, timeout_s: float = 15.0) -> list[i
     if not meta.partitions:
         raise BrokerProblem(f"topic {topic} does not exist (no partitions)", MISSING_TOPIC)
     return sorted(meta.partitions)
+
+
+def retried(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.25) -> T:
+    """``call()`` again while it fails with an error Kafka calls retriable: a group coordinator
+    that moved or is still loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS), a leader
+    election.  Apache Kafka answers so for a while after a start or a rebalance of the offsets
+    topic; the last failure is raised as it is."""
+    from confluent_kafka import KafkaException
+
+    delay = first_delay_s
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaException as exc:
+            error: Any = exc.args[0] if exc.args else None
+            if attempt == attempts - 1 or not (hasattr(error, "retriable") and error.retriable()):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
+    raise AssertionError("unreachable")
