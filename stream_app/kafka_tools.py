@@ -98,10 +98,15 @@ def read_dead_letters(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """Committed offset per partition of a consumer group (-1001 when none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = retried(lambda: consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10))
-    finally:
-        consumer.close()
-    return {tp.partition: tp.offset for tp in tps}
+    """Committed offset per partition of a consumer group (-1001 when none).  A retriable answer
+    (NOT_COORDINATOR while a fresh broker's offsets topic loads) is asked again, by a new
+    client: librdkafka can keep asking the coordinator it was first told."""
+
+    def ask() -> list[TopicPartition]:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            return consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        finally:
+            consumer.close()
+
+    return {tp.partition: tp.offset for tp in retried(ask)}

@@ -56,6 +56,7 @@ status = warn
 appender.file.type = File
 appender.file.name = file
 appender.file.fileName = {log}
+appender.file.append = true
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
@@ -135,6 +136,7 @@ class ApacheKafka:
             subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t",
                                       self.cluster_id, "-c", str(config)),
                            check=True, capture_output=True, timeout=120)
+        logged = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
         with open(self.workdir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -142,7 +144,7 @@ class ApacheKafka:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise KafkaUnavailable(f"the broker exited with {self.proc.returncode}: {self.tail()}")
-            if self.log.exists() and "Kafka Server started" in self.log.read_text(errors="replace"):
+            if self.log.exists() and "Kafka Server started" in self.log.read_bytes()[logged:].decode(errors="replace"):
                 return self
             time.sleep(0.3)
         self.stop()

@@ -127,10 +127,15 @@ def group_committed_offsets(settings: AppSettings, tps: list[tuple[str, int]], t
     """The group's committed offset per partition, as the cluster holds it (only those with one)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrapServers, "group.id": settings.appId,
-                         "enable.auto.commit": False, "log_level": 0, **confluent_security(settings.kafka.security)})
-    try:  # reads the offsets without joining the group
-        found = retried(lambda: consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s))
-    finally:
-        consumer.close()
+    conf = {"bootstrap.servers": settings.kafka.bootstrapServers, "group.id": settings.appId,
+            "enable.auto.commit": False, "log_level": 0, **confluent_security(settings.kafka.security)}
+
+    def ask() -> list[TopicPartition]:  # a new client per attempt: see kafka_tools.committed_offsets
+        consumer = Consumer(conf)
+        try:  # reads the offsets without joining the group
+            return consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s)
+        finally:
+            consumer.close()
+
+    found = retried(ask)
     return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}

@@ -86,6 +86,18 @@ def topic_partitions(client: Any, topic: str, timeout_s: float = 15.0) -> list[i
     return sorted(meta.partitions)
 
 
+def _transient(error: Any) -> bool:
+    """librdkafka flags few errors retriable (an OffsetFetch's NOT_COORDINATOR is not), so the
+    coordinator and leadership codes are named here too."""
+    from confluent_kafka import KafkaError as E
+
+    if not hasattr(error, "code"):
+        return False
+    moving = {E.NOT_COORDINATOR, E.COORDINATOR_LOAD_IN_PROGRESS, E.COORDINATOR_NOT_AVAILABLE,
+              E.LEADER_NOT_AVAILABLE, E.NOT_LEADER_FOR_PARTITION, E.REQUEST_TIMED_OUT}
+    return bool(error.code() in moving or (hasattr(error, "retriable") and error.retriable()))
+
+
 def retried(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.25) -> T:
     """``call()`` again while it fails with an error Kafka calls retriable: a group coordinator
     that moved or is still loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS), a leader
@@ -99,7 +111,7 @@ def retried(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.2
             return call()
         except KafkaException as exc:
             error: Any = exc.args[0] if exc.args else None
-            if attempt == attempts - 1 or not (hasattr(error, "retriable") and error.retriable()):
+            if attempt == attempts - 1 or not _transient(error):
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 4.0)
