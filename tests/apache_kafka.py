@@ -21,25 +21,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / ".ci" / "kafka" / "pom.xml"
 KAFKA_VERSION = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())[1]  # type: ignore[index]
+# The newest 3.9 release, which many platforms still run (log4j 1 through reload4j, as its
+# distribution ships).
+KAFKA_3_VERSION = "3.9.1"
 
 
 class KafkaUnavailable(Exception):
     """Java or Maven is missing, or the jars could not be resolved."""
 
 
-def kafka_libs() -> Path:
+def kafka_libs(version: str = KAFKA_VERSION) -> Path:
     """The broker's class path directory (Maven resolves it on first use; later runs reuse it)."""
-    cache = Path(os.environ.get("STREAM_APP_KAFKA_LIBS") or
-                 Path.home() / ".cache" / "stream-app" / f"kafka-{KAFKA_VERSION}" / "libs")
-    if (cache / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+    default = Path.home() / ".cache" / "stream-app" / f"kafka-{version}" / "libs"
+    cache = Path(os.environ["STREAM_APP_KAFKA_LIBS"]) if os.environ.get("STREAM_APP_KAFKA_LIBS") and \
+        version == KAFKA_VERSION else default
+    if (cache / f"kafka_2.13-{version}.jar").exists():
         return cache
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise KafkaUnavailable("Apache Kafka needs java and mvn on PATH")
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-    proc = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                           f"-DoutputDirectory={tmp}"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), f"-Dkafka.version={version}",
+                           "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"],
+                          capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise KafkaUnavailable(f"mvn could not resolve kafka_2.13 {KAFKA_VERSION}: {proc.stdout[-2000:]}")
+        raise KafkaUnavailable(f"mvn could not resolve kafka_2.13 {version}: {proc.stdout[-2000:]}")
+    if not version.startswith("4."):  # 3.x logs through reload4j (its own dependency): one slf4j binding
+        for jar in tmp.glob("log4j-*-2.*.jar"):
+            jar.unlink()
     shutil.rmtree(cache, ignore_errors=True)
     tmp.rename(cache)  # whole or not at all: an interrupted resolve is never taken for a class path
     return cache
@@ -67,6 +75,16 @@ logger.state.name = state.change.logger
 logger.state.level = WARN
 """
 
+LOG4J1 = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={log}
+log4j.appender.file.Append=true
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.state.change.logger=WARN
+"""
+
 
 class ApacheKafka:
     """One broker (combined broker and controller).  ``bootstrap`` is the client listener.
@@ -77,8 +95,10 @@ class ApacheKafka:
     """
 
     def __init__(self, workdir: Path, client_listener: str = "PLAINTEXT", properties: dict[str, str] | None = None,
-                 system_properties: dict[str, str] | None = None, heap: str = "768m") -> None:
+                 system_properties: dict[str, str] | None = None, heap: str = "768m",
+                 version: str = KAFKA_VERSION) -> None:
         self.workdir = workdir
+        self.kafka_version = version
         self.port, self.internal_port, self.controller_port = free_port(), free_port(), free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         # the broker's own PLAINTEXT listener: test set-up and checks, beside a SASL client listener
@@ -105,14 +125,12 @@ class ApacheKafka:
             "log.dirs": str(self.workdir / "data"),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "5",
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
-            "log.flush.interval.messages": "1",  # a SIGKILLed broker keeps what it acknowledged
         }
         props.update(self.properties)
         return props
@@ -120,12 +138,14 @@ class ApacheKafka:
     def _java(self, main: str, *args: str) -> list[str]:
         jvm = [f"-D{k}={v}" for k, v in self.system_properties.items()]
         return ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}", *jvm,
-                "-cp", f"{kafka_libs()}/*", main, *args]
+                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+                f"-Dlog4j.configuration=file:{self.workdir / 'log4j.properties'}", *jvm,
+                "-cp", f"{kafka_libs(self.kafka_version)}/*", main, *args]
 
     def start(self, timeout_s: float = 90.0) -> ApacheKafka:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "log4j2.properties").write_text(LOG4J2.format(log=self.log))
+        (self.workdir / "log4j.properties").write_text(LOG4J1.format(log=self.log))
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties().items()))
         meta = self.workdir / "data" / "meta.properties"

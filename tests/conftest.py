@@ -17,21 +17,24 @@ from collections.abc import Iterator
 import pytest
 
 from stream_app.broker import EmbeddedBroker
-from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
+from tests.apache_kafka import KAFKA_3_VERSION, KAFKA_VERSION, ApacheKafka
 from tests.helpers import EMBEDDED_BOOTSTRAPS
 
 APACHE = "apache"
+APACHE_3 = "apache-3.9"
 EMBEDDED = "embedded"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "both_brokers: the broker-semantics suite, run on the embedded broker "
-                                       "and on Apache Kafka")
+    config.addinivalue_line("markers", "both_brokers(kafka3=False): the broker-semantics suite, run on the "
+                                       "embedded broker and on Apache Kafka 4 (kafka3=True: and on 3.9 too)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("both_brokers") and "kafka_bootstrap" in metafunc.fixturenames:
-        metafunc.parametrize("kafka_bootstrap", [EMBEDDED, APACHE], indirect=True)
+    marker = metafunc.definition.get_closest_marker("both_brokers")
+    if marker and "kafka_bootstrap" in metafunc.fixturenames:
+        brokers = [EMBEDDED, APACHE] + ([APACHE_3] if marker.kwargs.get("kafka3") else [])
+        metafunc.parametrize("kafka_bootstrap", brokers, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -54,22 +57,33 @@ def apache_kafka_missing() -> str | None:
     return f"Apache Kafka needs {' and '.join(missing)} on PATH" if missing else None
 
 
-@pytest.fixture(scope="session")
-def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+def _apache(tmp_path_factory: pytest.TempPathFactory, version: str) -> Iterator[ApacheKafka]:
     reason = apache_kafka_missing()
     if reason:
         pytest.skip(reason)
-    broker = ApacheKafka(tmp_path_factory.mktemp("apache-kafka")).start()
+    broker = ApacheKafka(tmp_path_factory.mktemp(f"apache-kafka-{version}"), version=version).start()
     try:
         yield broker
     finally:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    yield from _apache(tmp_path_factory, KAFKA_VERSION)
+
+
+@pytest.fixture(scope="session")
+def apache_kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    yield from _apache(tmp_path_factory, KAFKA_3_VERSION)
+
+
 @pytest.fixture(scope="module")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
-    if getattr(request, "param", EMBEDDED) == APACHE:
-        broker: ApacheKafka = request.getfixturevalue("apache_kafka")
-        assert broker.version() == KAFKA_VERSION  # the broker this test talks to is that Apache Kafka
-        return broker.internal_bootstrap if broker.client_listener != "PLAINTEXT" else broker.bootstrap
+    kind = getattr(request, "param", EMBEDDED)
+    if kind in (APACHE, APACHE_3):
+        broker: ApacheKafka = request.getfixturevalue("apache_kafka" if kind == APACHE else "apache_kafka3")
+        # the broker this test talks to is that Apache Kafka, of that version
+        assert broker.version() == (KAFKA_VERSION if kind == APACHE else KAFKA_3_VERSION)
+        return broker.bootstrap
     return str(request.getfixturevalue("embedded_kafka"))

@@ -20,7 +20,7 @@ def _records_in(created: list[dict]) -> int:
     return sum(e["records"] for e in {e["event_id"]: e for e in created}.values())
 
 
-@pytest.mark.both_brokers
+@pytest.mark.both_brokers(kafka3=True)
 def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=25)
     values = avro_values(240, seed=11, span_hours=3.5)

@@ -25,7 +25,7 @@ def records_in_files(worker: LiveWorker) -> int:
     return sum(e["records"] for e in {e["event_id"]: e for e in worker.created()}.values())
 
 
-@pytest.mark.both_brokers
+@pytest.mark.both_brokers(kafka3=True)
 def test_journal_dead_letters_and_a_redrive_round_trip(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=1000,
                         window={"sizeMs": H, "graceMs": 0, "idleTimeoutMs": 1500})
