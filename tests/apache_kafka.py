@@ -200,6 +200,13 @@ class ApacheKafka:
                 self.proc.wait(timeout=10)
         self.proc = None
 
+    def wipe(self) -> None:
+        """Stop, delete every log and the metadata, start again empty on the same ports: the
+        cluster re-created (a new cluster id), as after losing its disks."""
+        self.stop()
+        shutil.rmtree(self.workdir / "data", ignore_errors=True)
+        self.start()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

@@ -15,7 +15,7 @@ from moto.server import ThreadedMotoServer
 
 from stream_app.broker import EmbeddedBroker, free_port
 from tests.harness import LiveWorker, avro_values, wait_for, worker_past_first_files
-from tests.helpers import EMBEDDED_BOOTSTRAPS
+from tests.helpers import EMBEDDED_BOOTSTRAPS, write_config
 
 pytestmark = pytest.mark.e2e
 H = 3_600_000
@@ -165,3 +165,79 @@ def test_business_files_survive_a_broker_restart_without_a_crash(durable_broker,
     reference = worker.reference_files(tmp_path)
     files = worker.files()
     worker.assert_reference_files(tmp_path, {name: reference[name] for name in files if name in reference}, files)
+
+
+@pytest.fixture(params=["embedded", "apache"])
+def wipeable_broker(request, tmp_path):
+    """A broker that can come back empty at the same address: Tansu on memory storage restarted
+    (a new cluster id each start), or Apache Kafka re-formatted."""
+    if request.param == "apache":
+        from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
+        from tests.conftest import apache_kafka_missing
+
+        if reason := apache_kafka_missing():
+            pytest.skip(reason)
+        kafka = ApacheKafka(tmp_path / "apache-kafka").start()
+        assert kafka.version() == KAFKA_VERSION
+        yield kafka
+        kafka.stop()
+        return
+    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+    broker.start()
+    EMBEDDED_BOOTSTRAPS.add(broker.bootstrap)
+
+    def wipe() -> None:
+        broker.stop()
+        broker.start()
+
+    broker.wipe = wipe  # type: ignore[attr-defined]
+    yield broker
+    broker.stop()
+
+
+def test_a_cluster_that_comes_back_empty_is_lost_state_and_nothing_is_committed_past_the_files(
+        wipeable_broker, tmp_path):
+    """The cluster is re-created empty while the worker runs (topics, committed offsets and the
+    routed records gone; the input produced again at the same offsets).  The worker reports lost
+    state (/readyz, one ERROR), stays up, and commits nothing on the new cluster: its input
+    offsets there never pass what the files hold.  A restart then writes every file again."""
+    from stream_app.broker import create_topics
+
+    worker = LiveWorker(wipeable_broker.bootstrap, tmp_path, partitions=2, fileScope="window",
+                        fileNameTemplate="B_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ '%03d' % part }}.txt",
+                        maxRecordsPerFile=1000, window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
+    worker.enable_web()
+    values = avro_values(200, seed=3, span_hours=3.5)
+    worker.produce(values)
+    worker.start()
+    try:
+        # every record routed (the input committed at its end), no window closed: in no file yet
+        worker.wait_for(lambda: worker.committed() == {0: 100, 1: 100}, 120, what="the input routed")
+        assert not worker.files()
+        wipeable_broker.wipe()
+        create_topics(wipeable_broker.bootstrap, {worker.topic: 2, worker.journal_topic: 1, worker.dead_topic: 1})
+        worker.produced, worker._next_offset = [], [0, 0]
+        worker.produce(values)  # the same records at the same offsets
+        status, body = worker.wait_for(
+            lambda: (lambda r: r if r and r[0] == 503 and "lost state" in r[1]["reason"] else None)(
+                worker.readiness()), 90, what="lost state reported")
+        assert "cluster" in body["reason"]
+        time.sleep(6)  # what it would commit on the new cluster, it has committed by now
+        assert worker.proc is not None and worker.proc.poll() is None  # up, not crash-looping
+        assert all(offset < 0 for offset in worker.committed().values()), worker.committed()
+        assert not worker.files()
+    finally:
+        worker.stop()
+    assert worker.log.read_text(errors="replace").count("the cluster lost state") == 1
+    # the runbook (docs/operations.md): restart with a new appId; it reads the input from its
+    # beginning and writes every file, as the core makes them
+    worker.config_data["worker"]["window"]["idleTimeoutMs"] = 3000
+    worker.app_id = worker.config_data["appId"] = f"{worker.app_id}-after"
+    write_config(worker.config_path, worker.config_data)
+    worker.start()
+    try:
+        worker.wait_for(lambda: worker.committed() == {0: 100, 1: 100} and len(worker.files()) >= 4, 120,
+                        what="every file after the restart")
+        worker.wait_for(lambda: worker.files() == worker.reference_files(tmp_path), 60, what="the reference files")
+    finally:
+        worker.stop()

@@ -211,9 +211,17 @@ HELD_IDLE_S = 1.0  # how long a held batch waits for the next fetch before a tic
 class LiveRuntime:
     """Glue between Faust events and the pipeline: batching, acks, backpressure, timers."""
 
-    def __init__(self, app: faust.App, settings: AppSettings) -> None:
+    # A commit waits until the cluster was recognised (same cluster id) this recently, with no
+    # failed check since: a cluster re-created empty at the same address is never committed to.
+    CLUSTER_CONFIRMED_S = 30.0
+    CLUSTER_CHECK_S = 1.0
+
+    def __init__(self, app: faust.App, settings: AppSettings, cluster: BrokerProbe | None = None) -> None:
         self._settings = settings
         self._app = app
+        self.cluster = cluster  # the cluster's identity (None: not checked, the unit tests)
+        self._cluster_check: asyncio.Task | None = None
+        self._cluster_checked_at = 0.0
         self._progress_at = time.monotonic()  # last batch processed, file written or commit (the watchdog)
         self.state_lost: str | None = None  # see check_committed
         self.metrics = Metrics()
@@ -265,6 +273,8 @@ class LiveRuntime:
 
     async def on_fetched(self, batches: Mapping[FaustTP, Sequence[Any]], generation: int) -> None:
         """A fetched batch per input partition (aiokafka records), straight from the fetch loop."""
+        if self.state_lost is not None:
+            return  # nothing is processed into a cluster that lost this worker's state (read again after a restart)
         raws = [RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
                 for records in batches.values() for r in records]
         consumer = cast(FaustConsumer, self._app.consumer)
@@ -367,6 +377,9 @@ class LiveRuntime:
 
     # -- timer ------------------------------------------------------------------------------
     async def on_tick(self) -> None:
+        self._check_cluster()
+        if self.state_lost is not None:
+            return  # no file cut, no event, no commit: the worker waits for a person (docs/operations.md)
         # An idle input leaves a batch held: window it now.  If the fetch loop is windowing (or
         # waiting out a registry outage), it takes the held batch itself; the tick goes on.  A
         # batch held for less than HELD_IDLE_S waits for the next fetch: windowed by the tick, its
@@ -386,6 +399,26 @@ class LiveRuntime:
                 lag = self._lag(tp)
                 if lag is not None:
                     self.metrics.consumer_lag.labels(self._stage_of(tp), tp[0], str(tp[1])).set(lag)
+
+    async def _recheck_cluster(self) -> None:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.recheck, 2.0)
+            self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """Ask for the cluster's identity about once a second, in a thread (a metadata request
+        must not hold the tick); a cluster that answers with another id lost this worker's state."""
+        if self.cluster is None:
+            return
+        if self._cluster_check is None or self._cluster_check.done():
+            if time.monotonic() - self._cluster_checked_at >= self.CLUSTER_CHECK_S:
+                self._cluster_checked_at = time.monotonic()
+                self._cluster_check = asyncio.ensure_future(asyncio.to_thread(self.cluster.problem, 2.0))
+        if self.cluster.changed_to is not None and self.state_lost is None:
+            self.state_lost = (f"the cluster lost state: it answers as cluster {self.cluster.changed_to}, not "
+                               f"{self.cluster.cluster_id} (re-created empty: topics, committed offsets and "
+                               "routed records are gone); nothing is committed there; see docs/operations.md")
+            log.error("%s", self.state_lost)
 
     def _stage_of(self, tp: TP) -> str:
         if self.routing is None:
@@ -533,6 +566,9 @@ class LiveRuntime:
         """What the consumer may commit for a partition: the persisted checkpoint."""
         if topic not in self._input_topics and topic != self._repartition_topic:
             return NOT_GATED
+        if self.state_lost is not None or (self.cluster is not None and not self.cluster.confirmed(
+                self.CLUSTER_CONFIRMED_S)):
+            return None  # not recognised as the cluster this state belongs to: commit nothing
         if self.routing is not None and topic != self._repartition_topic:
             checkpoint = self.routing.persisted_checkpoint((topic, partition))
         else:
@@ -596,6 +632,10 @@ class LiveRuntime:
         # held batch would be dropped as stale anyway).
         self._held = None
         revoked = [(tp.topic, tp.partition) for tp in tps]
+        # Faust commits before the partitions go: is it still the cluster this state belongs
+        # to?  (After a broker outage the group is left and joined again; a cluster re-created
+        # empty meanwhile would get every checkpoint committed, past what its files hold.)
+        await self._recheck_cluster()
         # A file being written now must also get its journal event, facts, checkpoint and commit
         # before its partition moves (as Quix Streams' revoke does), else the new owner writes it
         # again — in its own volume, a second copy.  No further file of these partitions is
@@ -637,6 +677,7 @@ class LiveRuntime:
         close must still reach the file stage), and announce what each has closed."""
         owned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment()
                  if tp.topic in self._input_topics or tp.topic == self._repartition_topic]
+        await self._recheck_cluster()
         try:
             self.check_committed(await asyncio.to_thread(group_committed_offsets, self._settings, owned))
         except Exception as exc:  # the broker went away meanwhile: checked at the next assignment
@@ -711,7 +752,8 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     )
     if settings.webPort is not None:
         serve_only_own_views(app)
-    runtime = LiveRuntime(app, settings)
+    probe = BrokerProbe(settings)  # one client for every /readyz, and the cluster's identity
+    runtime = LiveRuntime(app, settings, probe)
     app.stream_app_commit_gate = runtime.commit_gate  # read by CheckpointCommitConsumer
     app.stream_app_intake = runtime  # fetched input batches go to the runtime (live/transport.py)
     app.stream_app_fetch_max_wait_ms = kafka.fetchMaxWaitMs  # read by FetchWaitConsumerThread
@@ -752,8 +794,6 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"alive": True})
-
-    probe = BrokerProbe(settings)  # one client for every /readyz
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:

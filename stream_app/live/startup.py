@@ -68,7 +68,13 @@ def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> BrokerPro
 
 class BrokerProbe:
     """``/readyz``'s view of the cluster: one admin client, reused, asking for the metadata of
-    one input topic (not the whole cluster), the answer cached for ``ttl_s``."""
+    one input topic (not the whole cluster), the answer cached for ``ttl_s``.
+
+    It also keeps the cluster's identity.  The worker's state (its tables, what it routed to the
+    repartition topic, its committed offsets) belongs to the cluster id it first saw; a cluster
+    that comes back with another id was re-created empty, and committing there would put offsets
+    past what the files hold (docs/operations.md, "When the cluster lost data").  ``confirmed``
+    says whether the cluster is known to be the same one now: commits wait for it."""
 
     def __init__(self, settings: AppSettings, ttl_s: float = 2.0) -> None:
         from confluent_kafka.admin import AdminClient
@@ -80,6 +86,9 @@ class BrokerProbe:
         self._checked_at = -ttl_s
         self._problem: str | None = None
         self._lock = threading.Lock()
+        self.cluster_id: str | None = None  # the cluster this worker's state belongs to
+        self.changed_to: str | None = None  # another cluster answering at the same address
+        self._confirmed_at: float | None = None
 
     def problem(self, timeout_s: float = 2.0) -> str | None:
         from confluent_kafka import KafkaException
@@ -88,12 +97,33 @@ class BrokerProbe:
             if time.monotonic() - self._checked_at < self._ttl_s:
                 return self._problem
             try:
-                self._admin.list_topics(self._topic, timeout=timeout_s)
+                self._observe(self._admin.list_topics(self._topic, timeout=timeout_s).cluster_id)
                 self._problem = None
             except KafkaException as exc:
                 self._problem = str(exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+                self._confirmed_at = None  # whatever answers next must be recognised first
             self._checked_at = time.monotonic()
             return self._problem
+
+    def recheck(self, timeout_s: float = 2.0) -> str | None:
+        """``problem`` asked now, whatever the cached answer."""
+        with self._lock:
+            self._checked_at = -self._ttl_s
+        return self.problem(timeout_s)
+
+    def _observe(self, cluster_id: str | None) -> None:
+        if not cluster_id:
+            return
+        if self.cluster_id is None:
+            self.cluster_id = cluster_id
+        elif cluster_id != self.cluster_id and self.changed_to is None:
+            self.changed_to = cluster_id
+        self._confirmed_at = time.monotonic()
+
+    def confirmed(self, max_age_s: float) -> bool:
+        """The cluster answered as the same cluster within ``max_age_s``, with no failed check since."""
+        return (self.changed_to is None and self._confirmed_at is not None
+                and time.monotonic() - self._confirmed_at <= max_age_s)
 
 
 def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
