@@ -215,9 +215,14 @@ class ApacheKafka:
 
 
 def _cluster_id() -> str:
+    """A random cluster id as Kafka's ``Uuid.randomUuid`` makes one: never starting with '-'
+    (a command line would take it for an option)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def main() -> None:
