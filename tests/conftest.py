@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,19 @@ def embedded_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def apache_kafka_missing() -> str | None:
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     return f"Apache Kafka needs {' and '.join(missing)} on PATH" if missing else None
+
+
+@contextmanager
+def own_apache_kafka(workdir: Path) -> Iterator[ApacheKafka]:
+    """An Apache Kafka of a test's own (to stop, restart or wipe), its version checked."""
+    if reason := apache_kafka_missing():
+        pytest.skip(reason)
+    kafka = ApacheKafka(workdir).start()
+    try:
+        assert kafka.version() == KAFKA_VERSION
+        yield kafka
+    finally:
+        kafka.stop()
 
 
 def _apache(tmp_path_factory: pytest.TempPathFactory, version: str) -> Iterator[ApacheKafka]:

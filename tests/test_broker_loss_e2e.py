@@ -14,6 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from stream_app.broker import EmbeddedBroker, free_port
+from tests.conftest import own_apache_kafka
 from tests.harness import LiveWorker, avro_values, wait_for, worker_past_first_files
 from tests.helpers import EMBEDDED_BOOTSTRAPS, write_config
 
@@ -26,15 +27,8 @@ def durable_broker(request, tmp_path, monkeypatch):
     """A broker that can be stopped and started again on the same log: Tansu keeping its log in
     S3 (moto's server), or Apache Kafka restarted on the same log directory."""
     if request.param == "apache":
-        from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
-        from tests.conftest import apache_kafka_missing
-
-        if reason := apache_kafka_missing():
-            pytest.skip(reason)
-        kafka = ApacheKafka(tmp_path / "apache-kafka").start()
-        assert kafka.version() == KAFKA_VERSION
-        yield kafka
-        kafka.stop()
+        with own_apache_kafka(tmp_path / "apache-kafka") as kafka:
+            yield kafka
         return
     moto_port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
@@ -172,15 +166,8 @@ def wipeable_broker(request, tmp_path):
     """A broker that can come back empty at the same address: Tansu on memory storage restarted
     (a new cluster id each start), or Apache Kafka re-formatted."""
     if request.param == "apache":
-        from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
-        from tests.conftest import apache_kafka_missing
-
-        if reason := apache_kafka_missing():
-            pytest.skip(reason)
-        kafka = ApacheKafka(tmp_path / "apache-kafka").start()
-        assert kafka.version() == KAFKA_VERSION
-        yield kafka
-        kafka.stop()
+        with own_apache_kafka(tmp_path / "apache-kafka") as kafka:
+            yield kafka
         return
     broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
     broker.start()
