@@ -122,6 +122,8 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     out = work / f"out-{'structured' if structured else 'template'}-{scope}-{max_buffered}"
     out.mkdir()
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    # the worker expects its journal and dead-letter topics (a cluster may not create topics on first use)
+    create_topics(bootstrap, {f"{app_id}-journal": 1, f"{app_id}-dlq": 1})
     worker = {"window": {"sizeMs": 6 * 3600 * 1000, "graceMs": 300_000, "idleTimeoutMs": 2000},
               "maxRecordsPerFile": min(50_000, max_buffered), "maxBufferedRecords": max_buffered, "batchSize": 20_000,
               "streamingAppendEnabled": streaming, "fileScope": scope}
@@ -149,10 +151,14 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     peak = 0.0
     # One long-lived client asks for the group's commits: a new client per poll costs CPU the
     # worker would otherwise have on this 2-core machine.
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": app_id, "enable.auto.commit": False})
+    from stream_app.ops.problems import is_transient
+
+    conf = {"bootstrap.servers": bootstrap, "group.id": app_id, "enable.auto.commit": False}
+    watcher = Consumer(conf)
     tps = [TopicPartition(topic, p) for p in range(partitions)]
+    last = [0]
 
     manifest = out / "manifest.jsonl"
 
@@ -161,7 +167,15 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
             if not manifest.exists():
                 return 0
             return sum(json.loads(line)["records"] for line in manifest.read_text().splitlines())
-        return sum(tp.offset for tp in watcher.committed(tps, timeout=10) if tp.offset > 0)
+        nonlocal watcher
+        try:
+            last[0] = sum(tp.offset for tp in watcher.committed(tps, timeout=10) if tp.offset > 0)
+        except KafkaException as exc:  # Apache Kafka: NOT_COORDINATOR while the group is new
+            if not is_transient(exc.args[0]):
+                raise
+            watcher.close()
+            watcher = Consumer(conf)  # librdkafka can keep asking the coordinator it was told first
+        return last[0]
 
     # wall time, worker + helper CPU, the worker process's own CPU, broker CPU
     samples: list[tuple[float, float, float, float | None]] = []

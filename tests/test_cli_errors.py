@@ -174,3 +174,27 @@ def test_retriable_kafka_errors_are_retried_and_others_are_not():
     refused = KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "denied"))
     with pytest.raises(KafkaException):
         retried(lambda: (_ for _ in ()).throw(refused), first_delay_s=0.01)
+
+
+def test_the_worker_waits_for_its_journal_and_dead_letter_topics_naming_the_key(kafka_bootstrap, tmp_path):
+    """A cluster that does not create topics on first use (Apache Kafka's usual setting) would
+    refuse the first journal event mid-run: the start waits for them like for the input topics."""
+    import uuid
+
+    from stream_app.broker import create_topics
+    from stream_app.config import load_config
+    from stream_app.live.startup import broker_reachable
+
+    uid = uuid.uuid4().hex[:6]
+    create_topics(kafka_bootstrap, {f"in-{uid}": 1})
+    data = config_dict(tmp_path / "out", bootstrap=kafka_bootstrap, topic=f"in-{uid}")
+    data["kafka"].update(journalTopic=f"journal-{uid}", deadLetterTopic=f"dead-{uid}")
+    (tmp_path / "out").mkdir()
+    settings = load_config(write_config(tmp_path / "c.yaml", data))
+    problem = broker_reachable(settings)
+    assert problem is not None and problem.exit_code == MISSING_TOPIC
+    assert str(problem) == f"topic journal-{uid} does not exist (kafka.journalTopic)"
+    create_topics(kafka_bootstrap, {f"journal-{uid}": 1})
+    assert str(broker_reachable(settings)) == f"topic dead-{uid} does not exist (kafka.deadLetterTopic)"
+    create_topics(kafka_bootstrap, {f"dead-{uid}": 1})
+    assert broker_reachable(settings) is None

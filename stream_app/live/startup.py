@@ -60,9 +60,15 @@ def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> BrokerPro
         topics = AdminClient(conf).list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
         return classify(exc, f"Kafka at {settings.kafka.bootstrapServers}")
-    missing = [name for name in settings.kafka.inputTopics if name not in topics]
+    kafka = settings.kafka
+    needed = [(name, "kafka.inputTopics") for name in kafka.inputTopics] + [
+        (kafka.journalTopic, "kafka.journalTopic"), (kafka.deadLetterTopic, "kafka.deadLetterTopic")]
+    missing = [(name, key) for name, key in needed if name not in topics]
     if missing:  # created later by an operator or a topic job: waited for, as the broker is
-        return BrokerProblem(f"input topic {missing[0]} does not exist (kafka.inputTopics)", MISSING_TOPIC)
+        # (a cluster that does not create topics on first use would otherwise refuse the first
+        # journal event or dead letter, mid-run)
+        name, key = missing[0]
+        return BrokerProblem(f"topic {name} does not exist ({key})", MISSING_TOPIC)
     return None
 
 

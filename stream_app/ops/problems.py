@@ -86,7 +86,7 @@ def topic_partitions(client: Any, topic: str, timeout_s: float = 15.0) -> list[i
     return sorted(meta.partitions)
 
 
-def _transient(error: Any) -> bool:
+def is_transient(error: Any) -> bool:
     """librdkafka flags few errors retriable (an OffsetFetch's NOT_COORDINATOR is not), so the
     coordinator and leadership codes are named here too."""
     from confluent_kafka import KafkaError as E
@@ -111,7 +111,7 @@ def retried(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.2
             return call()
         except KafkaException as exc:
             error: Any = exc.args[0] if exc.args else None
-            if attempt == attempts - 1 or not _transient(error):
+            if attempt == attempts - 1 or not is_transient(error):
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 4.0)
