@@ -321,7 +321,12 @@ def dead_letters_command(config: str | None, reasons: tuple[str, ...], listing: 
 @click.option("--seed", default=42, show_default=True, help="Seed of the generated sample (same seed, same records).")
 @click.option("--partitions", default=3, show_default=True, help="Partitions of the topic when it is created.")
 @click.option("--topic", default="matched-records", show_default=True, help="Topic to produce to (created if missing).")
-def produce_demo(records: int, seed: int, partitions: int, topic: str) -> None:
+@click.option("--journal-topic", default="clearing-journal", show_default=True,
+              help="The worker's journal topic, created if missing (the worker waits for it).")
+@click.option("--dead-letter-topic", default="clearing-dead-letter", show_default=True,
+              help="The worker's dead-letter topic, created if missing (the worker waits for it).")
+def produce_demo(records: int, seed: int, partitions: int, topic: str, journal_topic: str,
+                 dead_letter_topic: str) -> None:
     """Produce the seeded sample to KAFKA_BOOTSTRAP_SERVERS (registering the schema when
     SCHEMA_REGISTRY_URL is set) — the demo producer of docker-compose.yml."""
     from stream_app.broker import create_topics
@@ -331,7 +336,7 @@ def produce_demo(records: int, seed: int, partitions: int, topic: str) -> None:
     if not bootstrap:
         fail("produce-demo", "KAFKA_BOOTSTRAP_SERVERS is not set", CONFIG)
     with reported("produce-demo"):
-        create_topics(bootstrap, {topic: partitions})
+        create_topics(bootstrap, {topic: partitions, journal_topic: 1, dead_letter_topic: 1})
         count = produce_sample(bootstrap, topic, records, seed, partitions, os.environ.get("SCHEMA_REGISTRY_URL"))
     click.echo(f"produced {count} matched records to {topic}")
 

@@ -288,6 +288,12 @@ def test_compose_stack_is_consistent(monkeypatch):
     producer = services["demo-producer"]
     assert producer["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == env["KAFKA_BOOTSTRAP_SERVERS"]
     assert producer["command"][0] == "produce-demo"
+    # the topics the worker waits for are the ones the demo producer creates
+    from stream_app.cli import produce_demo
+
+    defaults = {p.name: p.default for p in produce_demo.params}
+    assert (settings.kafka.inputTopics, settings.kafka.journalTopic, settings.kafka.deadLetterTopic) == (
+        [defaults["topic"]], defaults["journal_topic"], defaults["dead_letter_topic"])
 
 
 def test_dockerfile_is_pinned_slim_non_root_and_runs_the_worker_under_tini():
