@@ -33,7 +33,6 @@ def _done(worker: LiveWorker) -> bool:
     return sum(e["records"] for e in created.values()) + len(worker.dead_letters()) >= RECORDS
 
 
-@pytest.mark.both_brokers
 def test_sigkill_anywhere_leaves_exactly_the_reference_files(kafka_bootstrap, tmp_path):
     seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
     print(f"crash test seed: {seed} (set CRASH_SEED to repeat)")
