@@ -488,6 +488,7 @@ def test_hostile_json_is_dead_lettered_and_later_records_are_written_and_committ
     assert "Traceback" not in worker.log.read_text()
 
 
+@pytest.mark.both_brokers
 def test_committed_offsets_the_worker_never_made_are_reported_not_committed_over(kafka_bootstrap, tmp_path):
     """Offsets restored from elsewhere (or a cluster that lost the changelogs) put the group's
     commit above the checkpoints the worker's tables hold: it says so on /readyz."""
