@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
+
+from stream_app.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / ".ci" / "kafka" / "pom.xml"
@@ -51,12 +52,6 @@ def kafka_libs(version: str = KAFKA_VERSION) -> Path:
     shutil.rmtree(cache, ignore_errors=True)
     tmp.rename(cache)  # whole or not at all: an interrupted resolve is never taken for a class path
     return cache
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 LOG4J2 = """\
