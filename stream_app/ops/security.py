@@ -83,7 +83,8 @@ class OAuthTokenProvider(AbstractTokenProvider):
             return self._token
 
     def token_and_expiry(self) -> tuple[str, float]:
-        """(token, absolute expiry in seconds): confluent-kafka's ``oauth_cb`` answer."""
+        """confluent-kafka's ``oauth_cb`` answer: the token and, as its expiry, the time this
+        provider refreshes it (80 % of its lifetime), so librdkafka asks again before it lapses."""
         token = self.current()
         return token, self._refresh_at
 
