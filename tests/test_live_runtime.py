@@ -24,6 +24,7 @@ def _acked_without_a_broker(runtime, monkeypatch) -> None:
     monkeypatch.setattr(runtime.state, "delivered", durable)
     monkeypatch.setattr(runtime, "_commit", durable)
     monkeypatch.setattr(runtime.pipeline, "confirm_owner", lambda tp, name: None)  # the broker's ownership check
+    monkeypatch.setattr(runtime, "cluster", None)  # no cluster identity to confirm (test_cluster_identity_gates_commits)
 
 
 def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_path, monkeypatch):
@@ -384,3 +385,24 @@ def test_periodic_work_reads_only_partitions_owned_at_that_moment(tmp_path, monk
     monkeypatch.setattr(consumer, "assignment", lambda: {FaustTP("in", 0)})  # revoked between check and read
     owned.clear()
     assert runtime._lag(("in", 0)) is None
+
+
+def test_cluster_identity_gates_commits(tmp_path):
+    """Commits wait until the cluster is recognised (no broker answered: nothing committed); a
+    cluster answering with another id is lost state, and nothing is committed again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    data = config_dict(out, maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
+    data.update(dataDir=str(tmp_path / "faust"))
+    app, runtime = create_app(parse_config(data))
+    runtime.pipeline.process(raws(10), 0)
+    from stream_app.core.windows import Checkpoint
+
+    runtime.pipeline.persisted_checkpoint = lambda tp: Checkpoint(10, 0)  # type: ignore[method-assign]
+    assert runtime.cluster is not None and runtime.commit_gate("in", 0) is None  # never confirmed (no broker)
+    runtime.cluster._observe("cluster-a")
+    assert runtime.commit_gate("in", 0) == 10
+    runtime.cluster._observe("cluster-b")  # the same address, another cluster
+    runtime._note_cluster_change()
+    assert runtime.state_lost is not None and "cluster-b, not cluster-a" in runtime.state_lost
+    assert runtime.commit_gate("in", 0) is None and runtime.not_ready_reason() == runtime.state_lost

@@ -414,7 +414,10 @@ class LiveRuntime:
             if time.monotonic() - self._cluster_checked_at >= self.CLUSTER_CHECK_S:
                 self._cluster_checked_at = time.monotonic()
                 self._cluster_check = asyncio.ensure_future(asyncio.to_thread(self.cluster.problem, 2.0))
-        if self.cluster.changed_to is not None and self.state_lost is None:
+        self._note_cluster_change()
+
+    def _note_cluster_change(self) -> None:
+        if self.cluster is not None and self.cluster.changed_to is not None and self.state_lost is None:
             self.state_lost = (f"the cluster lost state: it answers as cluster {self.cluster.changed_to}, not "
                                f"{self.cluster.cluster_id} (re-created empty: topics, committed offsets and "
                                "routed records are gone); nothing is committed there; see docs/operations.md")
