@@ -1,9 +1,11 @@
 """The schema registry through confluent-kafka's client: auth, lookups, event-schema registration.
 
-No Confluent-API registry server installs from PyPI, Debian or npm here (Karapace is not on
-PyPI; Confluent's is a JVM download), so these tests run against ``RecordedRegistry``: an HTTP
-server that answers the requests the client makes with the responses of the Confluent REST API
-reference (status codes, bodies and error codes as documented), and checks the credentials.
+No Confluent-API registry server can run here (docs/development.md, "Schema registry"):
+Karapace is not on PyPI, Confluent's is not on Maven Central, and Apicurio Registry 3.3.3 is
+served only in part (its schema-type modules are not).  So these tests run against
+``RecordedRegistry``: an HTTP server that answers the requests the client makes with the
+responses of the Confluent REST API reference (status codes, bodies and error codes as
+documented), and checks the credentials.
 """
 
 from __future__ import annotations
