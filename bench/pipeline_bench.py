@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
-from stream_app.broker import EmbeddedBroker, create_topics  # noqa: E402
-from stream_app.demo import encoded_matched_records, spawn_worker, stop_worker  # noqa: E402
-from stream_app.kafka_tools import produce, read_journal  # noqa: E402
+from stream_app.tools.broker import EmbeddedBroker, create_topics  # noqa: E402
+from stream_app.tools.demo import encoded_matched_records, spawn_worker, stop_worker  # noqa: E402
+from stream_app.tools.topics import produce, read_journal  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from procstats import cpu_seconds, peak_rss_mb  # noqa: E402
@@ -233,7 +233,7 @@ from pathlib import Path
 sys.path.insert(0, "bench")
 from procstats import cpu_seconds, peak_rss_mb
 from stream_app.config import parse_config
-from stream_app.replay_cli import ReplayRequest, run_replay
+from stream_app.replay.cli import ReplayRequest, run_replay
 settings = parse_config({{"appId": "replay-bench", "kafka": {{"bootstrapServers": "{bootstrap}", "inputTopics": ["{topic}"],
   "topicPartitions": {partitions}}}, "worker": {{"window": {{"sizeMs": 21600000, "graceMs": 300000}},
   "maxRecordsPerFile": 50000, "maxBufferedRecords": 400000, "fileScope": "{scope}",

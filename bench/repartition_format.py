@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stream_app.codecs.repartition import decode, encode_runs  # noqa: E402
 from stream_app.core.routing import repartition_partition  # noqa: E402
 from stream_app.core.windows import FileKey  # noqa: E402
-from stream_app.demo import encoded_matched_records  # noqa: E402
+from stream_app.tools.demo import encoded_matched_records  # noqa: E402
 
 H6 = 6 * 3600 * 1000
 _ONE = struct.Struct(">BBHiqqqqB")
@@ -69,7 +69,7 @@ def consume_seconds(bootstrap: str, topic: str, expected: int) -> float:
 def produce_rate(bootstrap: str, messages: list[tuple[int, bytes, bytes]], partitions: int) -> tuple[float, str]:
     from confluent_kafka import Producer
 
-    from stream_app.broker import create_topics
+    from stream_app.tools.broker import create_topics
 
     topic = f"repartition-format-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, {topic: partitions})
@@ -129,7 +129,7 @@ def main() -> None:
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        from stream_app.broker import EmbeddedBroker
+        from stream_app.tools.broker import EmbeddedBroker
 
         broker = EmbeddedBroker()
         bootstrap = broker.start()

@@ -26,13 +26,14 @@ def run_one(size: int, mode: str, scope: str) -> dict:
     from stream_app.codecs.avro import encode_confluent, load_schema
     from stream_app.config import parse_config
     from stream_app.core.records import RawRecord
-    from stream_app.demo import matched_records
-    from stream_app.journal import Journal
-    from stream_app.pipeline import FilePipeline, MemoryStateStore
-    from stream_app.replay import LoopbackSender, run_records, run_window_records
+    from stream_app.pipeline.files import FilePipeline
+    from stream_app.pipeline.journal import Journal
+    from stream_app.pipeline.memory import MemoryStateStore
+    from stream_app.pipeline.wiring import build_assembler, build_decoder, build_pipeline, build_routing, window_policy
+    from stream_app.replay.run import LoopbackSender, run_records, run_window_records
     from stream_app.resources import AVRO_DIR
     from stream_app.sinks.local import LocalSink
-    from stream_app.wiring import build_assembler, build_decoder, build_pipeline, build_routing, window_policy
+    from stream_app.tools.demo import matched_records
     from tests.helpers import CollectingPublisher, config_dict
 
     work = Path(tempfile.mkdtemp(prefix="bench-rss-"))

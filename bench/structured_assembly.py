@@ -15,8 +15,8 @@ from pathlib import Path
 from stream_app.core.assembly import FileVariables
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import load_pack, pack_path
-from stream_app.demo import matched_records
 from stream_app.resources import SCHEMAS_DIR
+from stream_app.tools.demo import matched_records
 
 
 def measure(pack_ref: str, values: list[dict], rounds: int) -> tuple[float, float]:

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from stream_app.config import AppSettings, ConfigError, load_config
-from stream_app.demo import example_names
 from stream_app.ops.problems import CONFIG, DATA, UNREACHABLE, USAGE, BrokerProblem, CredentialsMissing, classify
+from stream_app.tools.demo import example_names
 
 DEFAULT_CONFIG = Path("/etc/stream-app/config.yaml")
 CONFIG_ENV = "STREAM_APP_CONFIG"
@@ -98,12 +98,12 @@ class _Commands(click.Group):
 def _load_checked(config: str | None) -> AppSettings:
     """The worker's start: preflight, except that templates it cannot render without a sample
     record are reported in the log, not refused (run ``stream-app preflight`` for that)."""
-    from stream_app.preflight import run_preflight
+    from stream_app.tools.preflight import run_preflight
 
     settings = settings_from(config)
     for item in run_preflight(settings, require_samples=False):
         if item.startswith("NOT CHECKED"):
-            logging.getLogger("stream_app.preflight").warning("preflight: %s", item)
+            logging.getLogger("stream_app.tools.preflight").warning("preflight: %s", item)
     return settings
 
 
@@ -120,7 +120,7 @@ def main() -> None:
               help="Without a sample record (JSON input, a registry): report the templates as not checked, not fail.")
 def preflight(config: str | None, skip_render: bool) -> None:
     """Validate config, templates and sink; exit non-zero naming the bad key."""
-    from stream_app.preflight import run_preflight
+    from stream_app.tools.preflight import run_preflight
 
     with reported("preflight"):
         checked = run_preflight(settings_from(config), require_samples=not skip_render)
@@ -144,8 +144,6 @@ def worker(config: str | None) -> None:
     """Run the long-running Faust worker."""
     with reported("worker"):
         settings = _load_checked(config)
-    import faust
-
     from stream_app.live.app import create_app
     from stream_app.live.startup import wait_for_broker
     from stream_app.ops.gc import tune_for_throughput
@@ -170,13 +168,9 @@ def worker(config: str | None) -> None:
             app, _runtime = create_app(settings)
         except RegistryUnavailable as exc:  # registering the event schemas: the restart retries
             fail("worker", str(exc), UNREACHABLE)
-    from stream_app.ops.logging import dump_stacks
+    from stream_app.live.worker import run_worker
 
-    class Worker(faust.Worker):
-        async def _cry(self) -> None:  # SIGUSR1: stacks without local variables (record values)
-            dump_stacks(cast(TextIO, self.stderr))
-
-    Worker(app, loglevel=settings.logLevel, quiet=True, logging_config=log_config).execute_from_commandline()
+    run_worker(app, settings.logLevel, log_config)
 
 
 @main.command()
@@ -197,8 +191,8 @@ def replay(config: str | None, from_offsets: tuple[str, ...], to_offsets: tuple[
            to_time: str | None, window: str | None, partitions: str | None, out: str | None, allow_partial: bool,
            verify: bool) -> None:
     """Regenerate (or --verify) files from a bounded range, byte-identical to the live run."""
-    from stream_app.replay import RangeRequestError, ReplayError
-    from stream_app.replay_cli import ReplayRequest, parse_offsets, parse_time, run_replay
+    from stream_app.replay.cli import ReplayRequest, parse_offsets, parse_time, run_replay
+    from stream_app.replay.reader import RangeRequestError, ReplayError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with reported("replay"):
@@ -251,8 +245,8 @@ def journal(config: str | None, types: tuple[str, ...], file_key: str | None, wi
     """Read the journal topic: one JSON object per event (or per window with --summary)."""
     import orjson
 
-    from stream_app.inspect_cli import JournalFilter, journal_events, plain, window_summary
-    from stream_app.replay_cli import parse_time
+    from stream_app.replay.cli import parse_time
+    from stream_app.tools.events import JournalFilter, journal_events, plain, window_summary
 
     if summary and follow:
         raise click.UsageError("--summary reads to the end; it does not combine with --follow")
@@ -291,8 +285,8 @@ def dead_letters_command(config: str | None, reasons: tuple[str, ...], listing: 
     """Count, list or re-drive the dead letters (record contents only with --show-values on a terminal)."""
     import orjson
 
-    from stream_app.inspect_cli import dead_letters
-    from stream_app.inspect_cli import redrive as redrive_letters
+    from stream_app.tools.events import dead_letters
+    from stream_app.tools.events import redrive as redrive_letters
 
     if show_values and not sys.stdout.isatty():
         raise click.UsageError("--show-values prints record contents; only to a terminal")
@@ -329,8 +323,8 @@ def produce_demo(records: int, seed: int, partitions: int, topic: str, journal_t
                  dead_letter_topic: str) -> None:
     """Produce the seeded sample to KAFKA_BOOTSTRAP_SERVERS (registering the schema when
     SCHEMA_REGISTRY_URL is set) — the demo producer of docker-compose.yml."""
-    from stream_app.broker import create_topics
-    from stream_app.demo import produce_sample
+    from stream_app.tools.broker import create_topics
+    from stream_app.tools.demo import produce_sample
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -351,11 +345,11 @@ def produce_demo(records: int, seed: int, partitions: int, topic: str, journal_t
               type=click.Choice(example_names()), help="Worker config from examples/ to run.")
 def demo(records: int, out: str, seed: int, partitions: int, example: str) -> None:
     """Embedded broker -> sample records -> worker -> clearing files, then a summary."""
-    from stream_app.demo import run_demo
+    from stream_app.tools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
-    from stream_app.broker import EmbeddedBrokerMissing
+    from stream_app.tools.broker import EmbeddedBrokerMissing
 
     try:
         result = run_demo(records, Path(out), seed, partitions, bootstrap, example)

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from stream_app.broker import free_port
+from stream_app.tools.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / ".ci" / "kafka" / "pom.xml"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import EmbeddedBroker
+from stream_app.tools.broker import EmbeddedBroker
 from tests.apache_kafka import KAFKA_3_VERSION, KAFKA_VERSION, ApacheKafka
 from tests.helpers import EMBEDDED_BOOTSTRAPS
 

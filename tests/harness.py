@@ -16,18 +16,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from stream_app.broker import create_topics
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import parse_config
 from stream_app.core.records import RawRecord
-from stream_app.demo import DEMO_START, matched_records, spawn_worker, stop_worker
-from stream_app.journal import Journal
-from stream_app.kafka_tools import committed_offsets, produce, read_dead_letters, read_journal
-from stream_app.pipeline import FilePipeline, MemoryStateStore
-from stream_app.replay import LoopbackSender, run_records, run_window_records
+from stream_app.pipeline.files import FilePipeline
+from stream_app.pipeline.journal import Journal
+from stream_app.pipeline.memory import MemoryStateStore
+from stream_app.pipeline.wiring import build_assembler, build_decoder, build_pipeline, build_routing, window_policy
+from stream_app.replay.run import LoopbackSender, run_records, run_window_records
 from stream_app.resources import AVRO_DIR
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_assembler, build_decoder, build_pipeline, build_routing, window_policy
+from stream_app.tools.broker import create_topics
+from stream_app.tools.demo import DEMO_START, matched_records, spawn_worker, stop_worker
+from stream_app.tools.topics import committed_offsets, produce, read_dead_letters, read_journal
 from tests.helpers import CollectingPublisher, config_dict, write_config
 
 SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
@@ -126,7 +127,7 @@ class LiveWorker:
         return other
 
     def enable_web(self) -> None:
-        from stream_app.broker import free_port
+        from stream_app.tools.broker import free_port
 
         self.web_port = free_port()
         self.config_data["webPort"] = self.web_port

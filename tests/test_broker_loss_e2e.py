@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from stream_app.broker import EmbeddedBroker, free_port
+from stream_app.tools.broker import EmbeddedBroker, free_port
 from tests.conftest import own_apache_kafka
 from tests.harness import LiveWorker, avro_values, wait_for, worker_past_first_files
 from tests.helpers import EMBEDDED_BOOTSTRAPS, write_config
@@ -79,9 +79,9 @@ def test_events_undelivered_while_the_broker_is_gone_are_produced_again_never_ra
     broker is back; delivered() returns only then, and never raises."""
     import asyncio
 
-    from stream_app.broker import create_topics
     from stream_app.config import parse_config
     from stream_app.live.events import KafkaEventProducer
+    from stream_app.tools.broker import create_topics
     from tests.helpers import config_dict
 
     topic = "events-under-outage"
@@ -188,7 +188,7 @@ def test_a_cluster_that_comes_back_empty_is_lost_state_and_nothing_is_committed_
     routed records gone; the input produced again at the same offsets).  The worker reports lost
     state (/readyz, one ERROR), stays up, and commits nothing on the new cluster: its input
     offsets there never pass what the files hold.  A restart then writes every file again."""
-    from stream_app.broker import create_topics
+    from stream_app.tools.broker import create_topics
 
     worker = LiveWorker(wipeable_broker.bootstrap, tmp_path, partitions=2, fileScope="window",
                         fileNameTemplate="B_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ '%03d' % part }}.txt",

@@ -15,12 +15,12 @@ import yaml
 from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import parse_config
 from stream_app.core.records import RawRecord
-from stream_app.demo import matched_records
-from stream_app.pipeline import MemoryStateStore
-from stream_app.replay import LoopbackSender, run_window_records
+from stream_app.pipeline.memory import MemoryStateStore
+from stream_app.pipeline.wiring import build_pipeline, build_routing
+from stream_app.replay.run import LoopbackSender, run_window_records
 from stream_app.resources import AVRO_DIR, EXAMPLES_DIR
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_pipeline, build_routing
+from stream_app.tools.demo import matched_records
 from tests.helpers import CollectingPublisher
 
 SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")

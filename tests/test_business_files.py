@@ -15,12 +15,12 @@ from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.codecs.repartition import FrontierMarker, RoutedRun, decode, encode_frontier, encode_runs
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import FileKey
-from stream_app.demo import matched_records
-from stream_app.pipeline import MemoryStateStore
-from stream_app.replay import LoopbackSender, run_window_records
+from stream_app.pipeline.memory import MemoryStateStore
+from stream_app.pipeline.wiring import build_pipeline, build_routing
+from stream_app.replay.run import LoopbackSender, run_window_records
 from stream_app.resources import AVRO_DIR
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_pipeline, build_routing
+from stream_app.tools.demo import matched_records
 from tests.helpers import CollectingPublisher, settings_for
 
 SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
@@ -197,7 +197,7 @@ def test_streaming_append_gives_the_same_bytes_as_memory(tmp_path):
 def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_path):
     """The file stage's checkpoint carries every input partition's frontier as of its offset: a
     new file stage that reads on from it (after a crash at any point) makes the same files."""
-    from stream_app.replay import flush_due
+    from stream_app.replay.run import flush_due
 
     parts = partitioned(1200, 3)
     raws = interleave(parts, random.Random(4))
@@ -286,7 +286,7 @@ def test_records_routed_again_while_a_closed_window_waits_to_be_written_are_drop
 
 
 def run_partition_scope(out: Path, raws: list[RawRecord]):
-    from stream_app.replay import run_records
+    from stream_app.replay.run import run_records
 
     out.mkdir(parents=True)
     settings = settings_for(out, fileScope="partition",
@@ -397,8 +397,8 @@ def test_a_record_the_repartition_topic_cannot_take_is_a_dead_letter_and_the_par
 
     from stream_app.codecs.json import JsonDecoder
     from stream_app.codecs.repartition import repartition_message_bytes
-    from stream_app.routing_stage import RoutingStage
-    from stream_app.wiring import window_policy
+    from stream_app.pipeline.routing import RoutingStage
+    from stream_app.pipeline.wiring import window_policy
 
     out = tmp_path / "out"
     out.mkdir()
@@ -452,7 +452,7 @@ def test_a_damaged_repartition_record_halts_its_partition_only(tmp_path, damage)
 def test_window_scope_pressure_moves_windows_to_disk_and_never_changes_a_file(tmp_path):
     """Business files with a buffer far below a window (backpressure after every batch): the
     largest open window goes to disk, and the files equal a run without pressure."""
-    from stream_app.replay import END_OF_INPUT_MS, flush_due
+    from stream_app.replay.run import END_OF_INPUT_MS, flush_due
 
     parts = partitioned(1200, 2)
     raws = interleave(parts, random.Random(5))

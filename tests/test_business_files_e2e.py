@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.config import parse_config
-from stream_app.replay_cli import ReplayRequest, run_replay
+from stream_app.replay.cli import ReplayRequest, run_replay
 from tests.harness import LiveWorker, avro_values, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -192,7 +192,7 @@ def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bo
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from stream_app.broker import free_port
+    from stream_app.tools.broker import free_port
     from tests.helpers import write_config
 
     for key, value in AWS_ENV.items():
@@ -389,9 +389,9 @@ def test_the_repartition_topic_is_sized_for_the_largest_accepted_record(kafka_bo
     less (created by an older version, or by hand) is raised at start, not found out by a send."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from stream_app.broker import create_topics
     from stream_app.codecs.repartition import repartition_message_bytes
     from stream_app.live.repartition import ensure_repartition_topic
+    from stream_app.tools.broker import create_topics
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
 

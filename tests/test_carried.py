@@ -20,8 +20,8 @@ from stream_app.codecs.json import JsonDecoder
 from stream_app.codecs.repartition import decode, encode_runs
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import FileKey
-from stream_app.demo import matched_records
 from stream_app.resources import AVRO_DIR
+from stream_app.tools.demo import matched_records
 
 SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from stream_app.broker import free_port
 from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, UNREACHABLE, classify
+from stream_app.tools.broker import free_port
 from tests.helpers import config_dict, write_config
 
 # (arguments, extra environment) of each command that talks to the broker
@@ -181,9 +181,9 @@ def test_the_worker_waits_for_its_journal_and_dead_letter_topics_naming_the_key(
     refuse the first journal event mid-run: the start waits for them like for the input topics."""
     import uuid
 
-    from stream_app.broker import create_topics
     from stream_app.config import load_config
     from stream_app.live.startup import broker_reachable
+    from stream_app.tools.broker import create_topics
 
     uid = uuid.uuid4().hex[:6]
     create_topics(kafka_bootstrap, {f"in-{uid}": 1})

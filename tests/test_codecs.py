@@ -17,8 +17,8 @@ from stream_app.codecs.avro import AvroDecoder, SchemaResolver, encode_confluent
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
 from stream_app.core.records import RawRecord
-from stream_app.demo import matched_records
 from stream_app.resources import AVRO_DIR
+from stream_app.tools.demo import matched_records
 
 SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from stream_app.cli import main
 from stream_app.config import ConfigError, load_config, parse_config
 from stream_app.ops.problems import CONFIG
-from stream_app.preflight import run_preflight
+from stream_app.tools.preflight import run_preflight
 from tests.helpers import config_dict, write_config
 
 

@@ -75,7 +75,7 @@ def test_config_names_a_bad_zone_and_a_size_that_does_not_divide_a_day(tmp_path)
 def test_business_date_and_sequence_reach_the_templates(tmp_path):
     from stream_app.core.records import SourceRecord
     from stream_app.core.windows import FileCut, FileKey
-    from stream_app.wiring import build_assembler, window_policy
+    from stream_app.pipeline.wiring import build_assembler, window_policy
 
     settings = parse_config(config_dict(tmp_path, fileScope="window", window={"timeZone": "Europe/Berlin",
                             "cutoff": "02:00", "sizeMs": 6 * H}, parties={"senderId": "S1", "receiverId": "R1"},

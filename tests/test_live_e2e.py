@@ -55,7 +55,7 @@ def test_commit_never_passes_unfinalized_records_of_interleaved_windows(kafka_bo
     from datetime import timedelta
 
     from stream_app.codecs.avro import encode_confluent
-    from stream_app.demo import matched_records
+    from stream_app.tools.demo import matched_records
     from tests.harness import SCHEMA
 
     base = list(matched_records(10, seed=5, span_hours=0.1))
@@ -285,7 +285,7 @@ def test_pressure_cut_opt_in_bounds_buffered_records_and_everything_is_still_wri
     from datetime import timedelta
 
     from stream_app.codecs.avro import encode_confluent
-    from stream_app.demo import matched_records
+    from stream_app.tools.demo import matched_records
     from tests.harness import SCHEMA
 
     base = list(matched_records(12, seed=9, span_hours=0.1))
@@ -325,9 +325,9 @@ def test_injected_sink_errors_back_off_and_recover_with_identical_output(kafka_b
 
 
 def test_worker_waits_for_an_unreachable_broker_without_crashing(tmp_path):
-    from stream_app.broker import EmbeddedBroker, create_topics, free_port
-    from stream_app.demo import spawn_worker, stop_worker
-    from stream_app.kafka_tools import produce
+    from stream_app.tools.broker import EmbeddedBroker, create_topics, free_port
+    from stream_app.tools.demo import spawn_worker, stop_worker
+    from stream_app.tools.topics import produce
     from tests.helpers import config_dict, write_config
 
     port, web = free_port(), free_port()

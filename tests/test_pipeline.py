@@ -10,14 +10,15 @@ from stream_app.codecs.avro import encode_confluent, load_schema
 from stream_app.config import parse_config
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import Checkpoint, FileCut, FileKey
-from stream_app.demo import matched_records
-from stream_app.journal import Journal
-from stream_app.pipeline import FilePipeline, FlushSummary, MemoryStateStore
-from stream_app.replay import END_OF_INPUT_MS, flush_due, run_records
+from stream_app.pipeline.files import FilePipeline, FlushSummary
+from stream_app.pipeline.journal import Journal
+from stream_app.pipeline.memory import MemoryStateStore
+from stream_app.pipeline.wiring import build_assembler, build_decoder, window_policy
+from stream_app.replay.run import END_OF_INPUT_MS, flush_due, run_records
 from stream_app.resources import AVRO_DIR
 from stream_app.sinks.base import SinkError
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_assembler, build_decoder, window_policy
+from stream_app.tools.demo import matched_records
 from tests.helpers import CollectingPublisher, settings_for
 
 SCHEMA = load_schema(AVRO_DIR / "matched_record.avsc")
@@ -269,12 +270,12 @@ def test_gzip_output_is_deterministic(tmp_path):
 def test_replay_progress_logs_rate_and_eta_when_not_on_a_terminal(caplog, monkeypatch):
     import logging
 
-    from stream_app import replay_cli
+    import stream_app.replay.cli as replay_cli
     from stream_app.core.records import RawRecord
 
     clock = iter([0.0, 6.0, 6.0])
     monkeypatch.setattr(replay_cli.time, "monotonic", lambda: next(clock))
-    caplog.set_level(logging.INFO, logger="stream_app.replay_cli")
+    caplog.set_level(logging.INFO, logger="stream_app.replay.cli")
     progress = replay_cli.Progress(total=200)
     progress.update([RawRecord("t", 0, i, None, None, b"x" * 10) for i in range(100)])
     progress.close()
@@ -339,8 +340,8 @@ def test_implausible_event_times_are_dead_letters_and_the_partition_flows_on(tmp
     from datetime import UTC, datetime
 
     from stream_app.config import parse_config
-    from stream_app.replay import LoopbackSender, run_records, run_window_records
-    from stream_app.wiring import build_pipeline, build_routing
+    from stream_app.pipeline.wiring import build_pipeline, build_routing
+    from stream_app.replay.run import LoopbackSender, run_records, run_window_records
     from tests.helpers import config_dict
 
     records = list(matched_records(30, 3, span_hours=2))
@@ -445,9 +446,9 @@ def test_group_values_resolve_in_template_file_names_headers_and_footers(tmp_pat
     """``group.<field>`` passes preflight (from the sample record's values, as structured mode
     does) and renders each file's own group value at run time."""
     from stream_app.config import parse_config
-    from stream_app.preflight import run_preflight
-    from stream_app.replay import LoopbackSender, run_records, run_window_records
-    from stream_app.wiring import build_pipeline, build_routing
+    from stream_app.pipeline.wiring import build_pipeline, build_routing
+    from stream_app.replay.run import LoopbackSender, run_records, run_window_records
+    from stream_app.tools.preflight import run_preflight
     from tests.helpers import config_dict
 
     name = ("CLR_{{ group.currency }}_{{ window_start | ts('%Y%m%d%H') }}_{{ part }}.txt" if scope == "window"

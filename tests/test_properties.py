@@ -24,8 +24,8 @@ from stream_app.core.structured.pack import CompiledField, FieldSpec
 from stream_app.core.structured.project import InvalidRecord, check_value, field_checker
 from stream_app.core.template import AssemblyError, TemplateAssembler
 from stream_app.core.windows import FileCut, FileKey
-from stream_app.demo import matched_records
 from stream_app.resources import AVRO_DIR
+from stream_app.tools.demo import matched_records
 from tests.test_structured import PACKS, assembler_for
 
 SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")

@@ -30,10 +30,10 @@ from stream_app.codecs.registry import (
 )
 from stream_app.config import ConfigError, SchemaRegistrySettings, load_config
 from stream_app.core.records import RawRecord
-from stream_app.deadletter import dead_letter
-from stream_app.demo import matched_records
-from stream_app.journal import Journal, encode_events
+from stream_app.pipeline.deadletter import dead_letter
+from stream_app.pipeline.journal import Journal, encode_events
 from stream_app.resources import AVRO_DIR
+from stream_app.tools.demo import matched_records
 from tests.helpers import config_dict, write_config
 
 SCHEMA_PATH = AVRO_DIR / "matched_record.avsc"

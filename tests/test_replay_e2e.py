@@ -86,8 +86,8 @@ def test_log_ends_are_read_not_trusted_from_the_listing(kafka_bootstrap):
 
     from aiokafka import AIOKafkaProducer
 
-    from stream_app.broker import create_topics
-    from stream_app.replay import RangeReader
+    from stream_app.replay.reader import RangeReader
+    from stream_app.tools.broker import create_topics
 
     topic = f"ends-{uuid.uuid4().hex[:6]}"
     create_topics(kafka_bootstrap, {topic: 2})
@@ -216,7 +216,7 @@ def test_replay_and_verify_follow_the_cuts_the_clock_and_the_buffer_made(kafka_b
     from datetime import timedelta
 
     from stream_app.codecs.avro import encode_confluent
-    from stream_app.demo import matched_records
+    from stream_app.tools.demo import matched_records
     from tests.harness import SCHEMA
     from tests.test_business_files_e2e import WINDOW_SCOPE
 

@@ -12,10 +12,10 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from stream_app.broker import free_port
 from stream_app.config import S3SinkSettings, parse_config
 from stream_app.sinks.base import FileConflict, NotOwner, SinkError
 from stream_app.sinks.s3 import S3Sink
+from stream_app.tools.broker import free_port
 
 MB = 1024 * 1024
 
@@ -201,7 +201,7 @@ def test_manifest_object_per_window_is_written_after_the_file(moto_url, bucket):
 
 
 def test_pipeline_to_s3_gives_the_same_bytes_as_the_local_sink(moto_url, bucket, tmp_path):
-    from stream_app.replay import run_records
+    from stream_app.replay.run import run_records
     from tests.test_pipeline import _files, pipeline, raws
 
     records = raws(200, partitions=2)
@@ -219,7 +219,8 @@ def test_pipeline_to_s3_gives_the_same_bytes_as_the_local_sink(moto_url, bucket,
 
 def test_verify_audits_an_s3_sink_too(moto_url, bucket, tmp_path):
     """The replay audit on S3: stored names (not manifests), strays and manifest fields."""
-    from stream_app.replay import VerifyingSink, run_records
+    from stream_app.replay.run import run_records
+    from stream_app.replay.verify import VerifyingSink
     from tests.test_pipeline import pipeline, raws
 
     records = raws(120, partitions=2)

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from stream_app.cli import main
 from stream_app.config import ConfigError, parse_config
-from stream_app.ops.security import confluent_security, faust_credentials
+from stream_app.live.credentials import faust_credentials
+from stream_app.ops.security import confluent_security
 from tests.helpers import config_dict, write_config
 
 

@@ -17,9 +17,9 @@ from stream_app.core.structured.pack import PackError, load_pack, pack_path
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.template import AssemblyError
 from stream_app.core.windows import FileCut, FileKey
-from stream_app.demo import DEMO_START, matched_records
-from stream_app.preflight import run_preflight
 from stream_app.resources import SCHEMAS_DIR
+from stream_app.tools.demo import DEMO_START, matched_records
+from stream_app.tools.preflight import run_preflight
 from tests.helpers import config_dict
 
 GOLDEN = Path(__file__).parent / "golden"

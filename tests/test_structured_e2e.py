@@ -7,7 +7,7 @@ import time
 import pytest
 
 from stream_app.codecs.avro import encode_confluent
-from stream_app.demo import matched_records
+from stream_app.tools.demo import matched_records
 from tests.harness import SCHEMA, LiveWorker, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -54,7 +54,7 @@ def test_journal_dead_letters_and_a_redrive_round_trip(kafka_bootstrap, tmp_path
         code, output = run(worker, "dead-letters", "--reason", "LATE_RECORD", "--redrive")
         assert code == 0 and "re-drove 0 dead letter(s)" in output, output  # each once
         # a dead letter written again later (a worker that re-read its partition) is not sent again
-        from stream_app.kafka_tools import decode_dead_letter, produce, read_topic
+        from stream_app.tools.topics import decode_dead_letter, produce, read_topic
 
         copy = next(m.value() for m in read_topic(worker.bootstrap, worker.dead_topic)
                     if decode_dead_letter(m.value())["reason"] == "LATE_RECORD")

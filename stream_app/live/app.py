@@ -26,10 +26,8 @@ from stream_app.codecs.registry import RegistryUnavailable, event_schema_ids
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.core.routing import repartition_partition
-from stream_app.core.windows import Checkpoint, FileKey, WindowFacts
-from stream_app.deadletter import dead_letter
-from stream_app.faults import failpoint
-from stream_app.journal import encode_events
+from stream_app.core.windows import TP, Checkpoint, FileKey, WindowFacts
+from stream_app.live.credentials import faust_credentials
 from stream_app.live.events import RETRY_INITIAL_S, KafkaEventProducer, wait_to_redeliver
 from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
 from stream_app.live.startup import BrokerProbe, group_committed_offsets
@@ -42,12 +40,15 @@ from stream_app.live.transport import (
     LogEndProbe,
     serve_only_own_views,
 )
+from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
-from stream_app.ops.security import confluent_security, faust_credentials
-from stream_app.pipeline import TP, FilePipeline, FlushSummary
-from stream_app.routing_stage import RoutingStage
+from stream_app.ops.security import confluent_security
+from stream_app.pipeline.deadletter import dead_letter
+from stream_app.pipeline.files import FilePipeline, FlushSummary
+from stream_app.pipeline.journal import encode_events
+from stream_app.pipeline.routing import RoutingStage
+from stream_app.pipeline.wiring import build_pipeline, build_routing, prepare_worker_spool
 from stream_app.sinks.base import NotOwner, SinkError
-from stream_app.wiring import build_pipeline, build_routing, prepare_worker_spool
 
 log = logging.getLogger(__name__)
 
@@ -695,7 +696,7 @@ class LiveRuntime:
 
 
 def real_log_ends(settings: AppSettings, listed: dict[FaustTP, int]) -> dict[FaustTP, int]:
-    from stream_app.replay import RangeReader
+    from stream_app.replay.reader import RangeReader
 
     reader = RangeReader({"bootstrap.servers": settings.kafka.bootstrapServers,
                           **confluent_security(settings.kafka.security)})

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException
 
 from stream_app.codecs.repartition import repartition_message_bytes
 from stream_app.config import AppSettings
-from stream_app.faults import failpoint
+from stream_app.ops.faults import failpoint
 from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)

@@ -195,20 +195,3 @@ def ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
     if security.certFile:
         context.load_cert_chain(security.certFile, security.keyFile)
     return context
-
-
-def faust_credentials(security: KafkaSecurity) -> Any:
-    """``broker_credentials`` for the Faust app (None for PLAINTEXT)."""
-    import faust
-
-    if security.protocol == "PLAINTEXT":
-        return None
-    if security.protocol == "SSL":
-        return faust.SSLCredentials(ssl_context(security))
-    if security.oauth is not None:
-        return faust.OAuthCredentials(oauth_cb=token_provider(security.oauth),
-                                      ssl_context=ssl_context(security) if security.protocol == "SASL_SSL" else None)
-    return faust.SASLCredentials(
-        username=security.username, password=sasl_password(security), mechanism=security.saslMechanism,
-        ssl_context=ssl_context(security) if security.protocol == "SASL_SSL" else None,
-    )

@@ -10,7 +10,7 @@ import orjson
 
 from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
-from stream_app.faults import failpoint
+from stream_app.ops.faults import failpoint
 from stream_app.sinks.base import BeforePublish, FileConflict, NotOwner, SinkError, WriteResult, os_error_class
 
 MANIFEST_NAME = "manifest.jsonl"

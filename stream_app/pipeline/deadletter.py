@@ -7,7 +7,7 @@ import hashlib
 from stream_app.codecs.avro import encode_confluent
 from stream_app.codecs.event_schemas import DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_ID
 from stream_app.core.records import RawRecord
-from stream_app.journal import event_id, now_ms
+from stream_app.pipeline.journal import event_id, now_ms
 
 # What a Kafka record may hold by default (a broker's message.max.bytes is 1 MiB + overhead).
 MAX_ENVELOPE_BYTES = 1_000_000

@@ -1,19 +1,16 @@
-"""Replay: the same core as the live worker, driven over a bounded range, without Faust.
+"""Reading bounded ranges of the input topics for replay, and rebuilding recorded parts.
 
-* ``run_records`` processes a complete, bounded sequence of raw records and closes every window
-  at the end of the input (a replay of an offset or time range);
+* ``RangeReader`` reads assigned partitions in batches with confluent-kafka: no consumer-group
+  membership and no commits, so a replay never disturbs the live group;
 * ``recorded_cuts`` rebuilds parts exactly from the offset ranges the manifest recorded for
   them (a replay of a window), which reproduces files even when their records arrived late,
-  interleaved, or were cut by the wall clock;
-* ``RangeReader`` reads assigned partitions in batches with confluent-kafka: no consumer-group
-  membership and no commits, so a replay never disturbs the live group.
+  interleaved, or were cut by the wall clock.
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,93 +18,15 @@ from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.routing import file_order
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.ops.problems import topic_partitions
-from stream_app.pipeline import FilePipeline, FlushSummary
-from stream_app.routing_stage import RoutingStage
-from stream_app.sinks.base import Sink, WriteResult
-
-END_OF_INPUT_MS = 2**62  # a wall-clock "now" after every window end: closes everything
 
 
-def flush_due(pipeline: FilePipeline, now_wall_ms: int) -> FlushSummary:
-    summary = FlushSummary()
-    cuts = pipeline.due_cuts(now_wall_ms)
-    for cut in cuts:
-        if pipeline.ready_to_write(cut):  # not when an earlier part failed in this loop
-            pipeline.apply_write(cut, pipeline.write_cut(cut), now_wall_ms, summary)
-    if cuts:
-        pipeline.finish_flush(summary)
-    pipeline.advance_checkpoints()
-    pipeline.confirm_checkpoints()  # the in-memory state is durable for as long as replay runs
-    return summary
+class ReplayError(Exception):
+    """The input cannot give what the replay was asked for (exit 65)."""
 
 
-def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000) -> FlushSummary:
-    total = FlushSummary()
+class RangeRequestError(ReplayError):
+    """The requested range itself is wrong: a partition or offset that does not exist (exit 64)."""
 
-    add = total.add
-    batch: list[RawRecord] = []
-    for raw in raws:
-        batch.append(raw)
-        if len(batch) >= batch_size:
-            pipeline.process(batch, 0)
-            add(flush_due(pipeline, 0))
-            batch = []
-    pipeline.process(batch, 0)
-    add(flush_due(pipeline, 0))
-    pipeline.tick(END_OF_INPUT_MS)
-    add(flush_due(pipeline, END_OF_INPUT_MS))
-    return total
-
-
-class LoopbackSender:
-    """Both stages in one process: the file stage reads what the routing stage sends, in order,
-    without a repartition topic (the bytes do not depend on where the records travel)."""
-
-    def __init__(self, topic: str) -> None:
-        self._topic = topic
-        self._next: dict[int, int] = {}
-        self._queued: list[RawRecord] = []
-
-    def send(self, partition: int, key: bytes, value: bytes) -> None:
-        offset = self._next.get(partition, 0)
-        self._next[partition] = offset + 1
-        self._queued.append(RawRecord(self._topic, partition, offset, None, key, value))
-
-    def drain(self) -> list[RawRecord]:
-        queued, self._queued = self._queued, []
-        return queued
-
-
-def run_window_records(routing: RoutingStage, files: FilePipeline, sender: LoopbackSender,
-                       sources: Iterable[tuple[str, int]], raws: Iterable[RawRecord],
-                       batch_size: int = 10_000) -> FlushSummary:
-    """Business files over a bounded input: route, collect, and close every window at the end."""
-    total = FlushSummary()
-
-    def step(batch: list[RawRecord], now_wall_ms: int) -> None:
-        routing.process(batch, now_wall_ms)
-        files.process_routed(sender.drain(), now_wall_ms)
-        total.add(flush_due(files, now_wall_ms))
-        routing.advance_checkpoints()
-        routing.confirm_checkpoints()
-
-    routing.assign(sources, 0)
-    batch: list[RawRecord] = []
-    for raw in raws:
-        batch.append(raw)
-        if len(batch) >= batch_size:
-            step(batch, 0)
-            batch = []
-    step(batch, 0)
-    closed = routing.close_idle(END_OF_INPUT_MS, lambda tp: True)
-    routing.advance_checkpoints()
-    routing.confirm_checkpoints()
-    routing.announce(closed)
-    step([], END_OF_INPUT_MS)
-    return total
-
-
-# -- replay from Kafka ------------------------------------------------------------------------
 
 BEGINNING = -2  # confluent-kafka's OFFSET_BEGINNING
 
@@ -222,109 +141,6 @@ class RangeReader:
                 idle += 1
                 if idle >= 10:  # nothing more to read although the range says so: stop, report
                     raise ReplayError(f"no more records after 10 s; unread ranges: {sorted(todo)}")
-
-
-class ReplayError(Exception):
-    """The input cannot give what the replay was asked for (exit 65)."""
-
-
-class RangeRequestError(ReplayError):
-    """The requested range itself is wrong: a partition or offset that does not exist (exit 64)."""
-
-
-class CountingPublisher:
-    """Replay publishes nothing: journal events are dropped, dead letters are counted by reason."""
-
-    def __init__(self) -> None:
-        self.dead_letters: dict[str, int] = {}
-
-    def journal(self, event: dict, partition_key: str) -> None:
-        return None
-
-    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
-        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
-
-
-# Manifest fields replay must reproduce (the cut reason of a wall-clock cut may differ, and
-# "partial" marks a replay's own output).
-AUDITED_FIELDS = ("records", "bytes", "sha256", "file_key", "scope", "topic", "partition", "group", "window_start",
-                  "window_end", "part", "schema", "compression", "offsets")
-
-
-class VerifyingSink:
-    """Computes what would be written and audits the stored files and manifest against it,
-    writing nothing: one finding per line in ``problems``.
-
-    * ``MISSING``: replay produces a file the target does not hold;
-    * ``DIFFERENT``: the stored file's bytes differ from what replay produces;
-    * ``UNRECORDED``: a produced file has no manifest entry;
-    * ``MANIFEST``: a manifest field (records, bytes, sha256, offsets, window, part, ...)
-      differs from what replay produces;
-    * after a replay of everything (``finish(complete=True)``): ``STRAY``, a stored file replay
-      does not produce, and ``UNPRODUCED``, a manifest entry for a file replay does not produce.
-    """
-
-    def __init__(self, target: Sink) -> None:
-        self._target = target
-        self.problems: list[str] = []
-        self._manifest = {e["name"]: e for e in target.manifest_entries()}
-        self._produced: set[str] = set()
-
-    def check_writable(self) -> None:
-        return None
-
-    def discard_partials(self) -> int:
-        return 0
-
-    def stat(self, name: str) -> str | None:
-        return self._target.stat(name)
-
-    def stored_names(self) -> list[str]:
-        return self._target.stored_names()
-
-    def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
-        return []
-
-    def write(self, name: str, chunks: Any, before_publish: Any = None) -> WriteResult:
-        digest, size = hashlib.sha256(), 0
-        for chunk in chunks():
-            digest.update(chunk)
-            size += len(chunk)
-        sha = digest.hexdigest()
-        self._produced.add(name)
-        stored = self._target.stat(name)
-        if stored is None:
-            self.problems.append(f"MISSING     {name}: replay would write {size} bytes, sha256 {sha}")
-        elif stored != sha:
-            self.problems.append(f"DIFFERENT   {name}: stored sha256 {stored}, replay gives {sha}")
-        if name not in self._manifest:
-            self.problems.append(f"UNRECORDED  {name}: not in the manifest")
-        return WriteResult(name, name, size, sha, already_present=True)
-
-    def record_manifest(self, name: str, entry: dict) -> None:
-        recorded = self._manifest.get(name)
-        if recorded is None:
-            return  # reported as UNRECORDED by write
-        for field in AUDITED_FIELDS:
-            if recorded.get(field) != entry.get(field):
-                self.problems.append(f"MANIFEST    {name}: {field} is {_short(recorded.get(field))} in the manifest, "
-                                     f"replay gives {_short(entry.get(field))}")
-
-    def finish(self, complete: bool) -> None:
-        """After the run; ``complete``: replay produced every file the input gives (no range)."""
-        if not complete:
-            return
-        for name in self._target.stored_names():
-            if name not in self._produced:
-                self.problems.append(f"STRAY       {name}: stored, but replay produces no such file")
-        for name in sorted(self._manifest):
-            if name not in self._produced:
-                self.problems.append(f"UNPRODUCED  {name}: in the manifest, but replay produces no such file")
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def recorded_window(entry: dict) -> tuple:

@@ -16,23 +16,20 @@ from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.ops.gc import tune_for_throughput
 from stream_app.ops.security import confluent_security
-from stream_app.pipeline import MemoryStateStore
-from stream_app.replay import (
+from stream_app.pipeline.memory import MemoryStateStore
+from stream_app.pipeline.wiring import build_pipeline, build_routing, build_sink, window_policy
+from stream_app.replay.reader import (
     BEGINNING,
-    CountingPublisher,
-    LoopbackSender,
     PartitionRange,
     RangeReader,
     RangeRequestError,
     ReplayError,
-    VerifyingSink,
     recorded_cuts,
-    run_records,
-    run_window_records,
 )
+from stream_app.replay.run import CountingPublisher, LoopbackSender, run_records, run_window_records
+from stream_app.replay.verify import VerifyingSink
 from stream_app.sinks.base import Sink, SinkError
 from stream_app.sinks.local import LocalSink
-from stream_app.wiring import build_pipeline, build_routing, build_sink, window_policy
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol, cast
+from typing import cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import CarriedDecoder
@@ -35,6 +35,7 @@ from stream_app.core.structured.assembler import StructuredAssembler, Structured
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.template import AssemblyError, TemplateAssembler, TemplatePart
 from stream_app.core.windows import (
+    TP,
     Checkpoint,
     FileCut,
     FileKey,
@@ -48,58 +49,13 @@ from stream_app.core.windows import (
     WindowOpened,
     WindowPolicy,
 )
-from stream_app.faults import failpoint
-from stream_app.journal import Journal
+from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import Metrics
+from stream_app.pipeline.journal import Journal
+from stream_app.pipeline.ports import Publisher, StateStore
 from stream_app.sinks.base import Sink, SinkError, WriteResult
 
 log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
-
-
-class StateStore(Protocol):
-    """Durable window facts and partition checkpoints (a Faust table in the live worker)."""
-
-    def get_facts(self, key: FileKey) -> WindowFacts | None: ...
-
-    def put_facts(self, key: FileKey, facts: WindowFacts) -> None: ...
-
-    def get_checkpoint(self, tp: TP) -> Checkpoint | None: ...
-
-    def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None: ...
-
-
-class Publisher(Protocol):
-    def journal(self, event: dict, partition_key: str) -> None: ...
-
-    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None: ...
-
-
-class MemoryStateStore:
-    """State that lives as long as the process (replay, unit tests).
-
-    Facts are stored as copies, as a table stores them: what the windower changes later is not
-    in the store until it is put again.
-    """
-
-    def __init__(self) -> None:
-        self.facts: dict[FileKey, WindowFacts] = {}
-        self.checkpoints: dict[TP, Checkpoint] = {}
-
-    def get_facts(self, key: FileKey) -> WindowFacts | None:
-        facts = self.facts.get(key)
-        return WindowFacts.from_json(facts.to_json()) if facts is not None else None
-
-    def put_facts(self, key: FileKey, facts: WindowFacts) -> None:
-        self.facts[key] = WindowFacts.from_json(facts.to_json())
-
-    def get_checkpoint(self, tp: TP) -> Checkpoint | None:
-        return self.checkpoints.get(tp)
-
-    def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None:
-        self.checkpoints[tp] = checkpoint
-
 
 @dataclass(slots=True)
 class WriteOutcome:

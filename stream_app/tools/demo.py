@@ -159,7 +159,7 @@ def register_schema(registry_url: str, subject: str) -> int:
 
 def produce_sample(bootstrap: str, topic: str, records: int, seed: int, partitions: int,
                    registry_url: str | None = None) -> int:
-    from stream_app.kafka_tools import produce
+    from stream_app.tools.topics import produce
 
     schema_id = register_schema(registry_url, f"{topic}-value") if registry_url else MATCHED_RECORD_SCHEMA_ID
     return produce(bootstrap, topic, ((i % partitions, None, value) for i, value in
@@ -217,8 +217,8 @@ class DemoResult:
 
 def run_demo(records: int, out_dir: Path, seed: int, partitions: int = 3, bootstrap: str | None = None,
              example: str = "template-clearing", timeout_s: float = 240.0) -> DemoResult:
-    from stream_app.broker import EmbeddedBroker, create_topics
-    from stream_app.kafka_tools import produce, read_dead_letters, read_journal
+    from stream_app.tools.broker import EmbeddedBroker, create_topics
+    from stream_app.tools.topics import produce, read_dead_letters, read_journal
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="stream-app-demo-"))

@@ -21,10 +21,11 @@ from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import SchemaPack, load_pack, pack_path
 from stream_app.core.template import TemplateAssembler
 from stream_app.core.windows import WindowPolicy
-from stream_app.journal import Journal
 from stream_app.ops.metrics import Metrics
-from stream_app.pipeline import FilePipeline, Publisher, StateStore, WindowScope
-from stream_app.routing_stage import RepartitionSender, RoutingStage
+from stream_app.pipeline.files import FilePipeline, WindowScope
+from stream_app.pipeline.journal import Journal
+from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
+from stream_app.pipeline.routing import RoutingStage
 from stream_app.sinks.base import Sink
 from stream_app.sinks.local import LocalSink
 

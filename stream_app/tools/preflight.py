@@ -18,8 +18,8 @@ from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, SchemaPack
 from stream_app.core.template import make_environment
 from stream_app.core.windows import FileCut, FileKey
+from stream_app.pipeline.wiring import build_assembler, build_sink, json_decoder, load_worker_pack, window_policy
 from stream_app.sinks.base import SinkError
-from stream_app.wiring import build_assembler, build_sink, json_decoder, load_worker_pack, window_policy
 
 _SAMPLE_TIME = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 _SAMPLE_START_MS = int(_SAMPLE_TIME.timestamp() * 1000)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, cast
+from typing import cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import as_read
@@ -30,16 +30,10 @@ from stream_app.core.routing import Late, PartitionRouter, repartition_partition
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.windows import TP, Checkpoint, FileKey, MissingGroupField, WindowAssigner, WindowPolicy
-from stream_app.faults import failpoint
-from stream_app.pipeline import Publisher, StateStore
+from stream_app.ops.faults import failpoint
+from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
 
 log = logging.getLogger(__name__)
-
-
-class RepartitionSender(Protocol):
-    def send(self, partition: int, key: bytes, value: bytes) -> None:
-        """Queue one repartition record; records to one partition keep their order."""
-        ...
 
 
 class RoutingStage:

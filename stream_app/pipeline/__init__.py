@@ -1,0 +1,1 @@
+"""The stages live and replay share, their ports, and the committer that owns the durable order."""

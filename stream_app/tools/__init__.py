@@ -1,0 +1,1 @@
+"""Commands around the worker: the journal and dead-letter tools, preflight, the demo, the embedded broker."""
