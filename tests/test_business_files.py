@@ -197,7 +197,7 @@ def test_streaming_append_gives_the_same_bytes_as_memory(tmp_path):
 def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_path):
     """The file stage's checkpoint carries every input partition's frontier as of its offset: a
     new file stage that reads on from it (after a crash at any point) makes the same files."""
-    from stream_app.replay.run import flush_due
+    from stream_app.replay.run import commit_due
 
     parts = partitioned(1200, 3)
     raws = interleave(parts, random.Random(4))
@@ -220,7 +220,7 @@ def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_pa
         first = build_pipeline(settings, state, publisher, sink=LocalSink(out))
         for start in range(0, crash_at, 7):
             first.process_routed(log[start:min(start + 7, crash_at)], 0)
-            flush_due(first, 0)
+            commit_due(first, 0)
         # crash: a new file stage reads each repartition partition from its checkpoint
         second = build_pipeline(settings, state, publisher, sink=LocalSink(out))
         checkpoints = {tp: cp.offset for tp, cp in state.checkpoints.items()}
@@ -228,7 +228,7 @@ def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_pa
         assert len(remaining) < len(log)
         for start in range(0, len(remaining), 11):
             second.process_routed(remaining[start:start + 11], 0)
-            flush_due(second, 0)
+            commit_due(second, 0)
         assert {p.name: p.read_bytes() for p in out.glob("F_*")} == reference, crash_at
 
 
@@ -452,7 +452,7 @@ def test_a_damaged_repartition_record_halts_its_partition_only(tmp_path, damage)
 def test_window_scope_pressure_moves_windows_to_disk_and_never_changes_a_file(tmp_path):
     """Business files with a buffer far below a window (backpressure after every batch): the
     largest open window goes to disk, and the files equal a run without pressure."""
-    from stream_app.replay.run import END_OF_INPUT_MS, flush_due
+    from stream_app.replay.run import END_OF_INPUT_MS, commit_due
 
     parts = partitioned(1200, 2)
     raws = interleave(parts, random.Random(5))
@@ -474,11 +474,11 @@ def test_window_scope_pressure_moves_windows_to_disk_and_never_changes_a_file(tm
                 before = files.buffered_records
                 assert files.relieve_pressure()
                 spilled += before - files.buffered_records
-            flush_due(files, 0)
-        flush_due(files, 0)
+            commit_due(files, 0)
+        commit_due(files, 0)
     routing.announce(routing.close_idle(END_OF_INPUT_MS, lambda tp: True))
     files.process_routed(sender.drain(), END_OF_INPUT_MS)
-    flush_due(files, END_OF_INPUT_MS)
+    commit_due(files, END_OF_INPUT_MS)
     written = {p.name: p.read_bytes() for p in out.glob("F_*")}
     assert written == reference and spilled > 1000
     assert "pressure" not in {e["reason"] for e in publisher.events if e["event_type"] == "created"}

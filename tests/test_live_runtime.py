@@ -20,9 +20,9 @@ def _acked_without_a_broker(runtime, monkeypatch) -> None:
     async def durable() -> None:
         return None
 
-    monkeypatch.setattr(runtime.publisher, "delivered", durable)
-    monkeypatch.setattr(runtime.state, "delivered", durable)
-    monkeypatch.setattr(runtime, "_commit", durable)
+    monkeypatch.setattr(runtime.durability, "events_delivered", durable)
+    monkeypatch.setattr(runtime.durability, "state_delivered", durable)
+    monkeypatch.setattr(runtime.durability, "commit_offsets", durable)
     monkeypatch.setattr(runtime.pipeline, "confirm_owner", lambda tp, name: None)  # the broker's ownership check
     monkeypatch.setattr(runtime, "cluster", None)  # no cluster identity to confirm (test_cluster_identity_gates_commits)
 
@@ -47,7 +47,7 @@ def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_pa
     pipeline.process(raws(10), 0)  # one full part: a cut to write, its records only in the spool
 
     async def rebalance_during_write() -> None:
-        flush = asyncio.create_task(runtime._flush_and_commit())
+        flush = asyncio.create_task(runtime._commit_round())
         while not started.is_set():
             await asyncio.sleep(0.01)
         revoke = asyncio.create_task(runtime.on_revoked([FaustTP("in", 0)]))
@@ -171,7 +171,7 @@ def test_processed_batches_feed_faust_s_livelock_check(tmp_path, monkeypatch):
 
     async def process() -> None:
         await runtime._process(batch, [], {("in", 0): len(batch)}, lambda: True)
-        await runtime._settle()
+        await runtime._await_background_commit()
 
     asyncio.run(process())
     import time
@@ -240,11 +240,11 @@ def test_a_revoke_lets_the_file_under_way_finish_its_durable_steps_and_commit_fi
     async def commit() -> None:
         committed.append(runtime.commit_gate("in", 0))
 
-    monkeypatch.setattr(runtime, "_commit", commit)
+    monkeypatch.setattr(runtime.durability, "commit_offsets", commit)
     pipeline.process(raws(10), 0)
 
     async def rebalance_during_write() -> None:
-        runtime._committing = asyncio.ensure_future(runtime._locked_flush_and_commit())
+        runtime._committing = asyncio.ensure_future(runtime._locked_commit_round())
         while not started.is_set():
             await asyncio.sleep(0.01)
         revoke = asyncio.create_task(runtime.on_revoked([FaustTP("in", 0)]))

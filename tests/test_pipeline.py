@@ -14,7 +14,7 @@ from stream_app.pipeline.files import FilePipeline, FlushSummary
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.memory import MemoryStateStore
 from stream_app.pipeline.wiring import build_assembler, build_decoder, window_policy
-from stream_app.replay.run import END_OF_INPUT_MS, flush_due, run_records
+from stream_app.replay.run import END_OF_INPUT_MS, commit_due, run_records
 from stream_app.resources import AVRO_DIR
 from stream_app.sinks.base import SinkError
 from stream_app.sinks.local import LocalSink
@@ -60,15 +60,15 @@ def test_write_failure_keeps_the_batch_backs_off_and_retries(tmp_path):
     sink = FlakySink(tmp_path, failures=2)
     p, pub, state = pipeline(tmp_path, sink, maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
     p.process(raws(10), now_wall_ms=0)
-    flush_due(p, 0)
+    commit_due(p, 0)
     assert [e["attempt"] for e in pub.of_type("write-failed")] == [1]
     assert pub.of_type("write-failed")[0]["error_class"] == "EIO"
     assert state.get_checkpoint(("in", 0)).offset == 0 and p.buffered_records == 10
     assert p.due_cuts(10) == []                    # backing off: 50..100 ms with jitter
-    flush_due(p, 100)
+    commit_due(p, 100)
     assert [e["attempt"] for e in pub.of_type("write-failed")] == [1, 2]
     assert p.due_cuts(120) == []                   # second backoff is 100..200 ms
-    flush_due(p, 400)
+    commit_due(p, 400)
     assert len(pub.of_type("created")) == 1 and p.buffered_records == 0
     assert state.get_checkpoint(("in", 0)).offset == 10
     assert len(list(tmp_path.glob("*.txt"))) == 1
@@ -82,7 +82,7 @@ def _idle_close_with_first_part_failing(out: Path):
     p, pub, state = pipeline(out, FlakySink(out, failures=1), maxRecordsPerFile=10, window=ONE_DAY_IDLE)
     p.process(raws(25), now_wall_ms=0)
     p.tick(END_OF_INPUT_MS)  # idle: part 2 is cut and the window closes
-    flush_due(p, END_OF_INPUT_MS)
+    commit_due(p, END_OF_INPUT_MS)
     return p, pub, state
 
 
@@ -92,7 +92,7 @@ def test_parts_of_a_window_are_finalized_in_order_behind_a_failed_one(tmp_path):
     assert not pub.of_type("created") and not list(tmp_path.glob("F_*"))  # parts 1, 2 wait for part 0
     assert not state.facts  # and nothing says the window is closed while part 0 is unwritten
     assert p.due_cuts(END_OF_INPUT_MS) == []  # part 0 backs off, and holds back the later parts
-    flush_due(p, END_OF_INPUT_MS + 2000)
+    commit_due(p, END_OF_INPUT_MS + 2000)
     assert [e["part"] for e in pub.of_type("created")] == [0, 1, 2]
     (facts,) = state.facts.values()
     assert facts.closed and sorted(facts.parts) == [0, 1, 2]
@@ -117,7 +117,7 @@ def test_template_failure_is_finalize_failed_and_blocks_the_commit(tmp_path):
     p, pub, state = pipeline(tmp_path, recordTemplate="{{ record.amount | pad(2) }}\n", maxRecordsPerFile=5,
                              window={"sizeMs": 86_400_000})
     p.process(raws(5), 0)
-    flush_due(p, 0)
+    commit_due(p, 0)
     (event,) = pub.of_type("finalize-failed")
     assert event["error_class"] == "TEMPLATE_ERROR" and "width 2" in event["error_message"]
     assert state.get_checkpoint(("in", 0)).offset == 0
@@ -129,7 +129,7 @@ def test_bad_records_are_dead_lettered_and_do_not_block_commits(tmp_path):
     bad = RawRecord("in", 0, 3, 123, b"k", b"\x05garbage", (("trace", b"1"),))
     shifted = [RawRecord("in", 0, 4 + i, None, None, r.value) for i, r in enumerate(raws(3, seed=2))]
     p.process(good + [bad] + shifted, 0)
-    flush_due(p, 0)
+    commit_due(p, 0)
     assert [(d[0].offset, d[1]) for d in pub.dead] == [(3, "BAD_MAGIC_BYTE")]
     assert state.get_checkpoint(("in", 0)).offset == 7
 
@@ -161,7 +161,7 @@ def test_pressure_cut_an_opt_in_cuts_the_largest_open_part(tmp_path):
     p, pub, state = pipeline(tmp_path, maxRecordsPerFile=100, window={"sizeMs": 86_400_000}, pressure_cut=True)
     p.process(raws(7), 0)
     assert p.buffered_records == 7 and p.relieve_pressure()
-    summary = flush_due(p, 0)
+    summary = commit_due(p, 0)
     (event,) = pub.of_type("created")
     assert event["reason"] == "pressure" and summary.records == 7 and p.buffered_records == 0
     assert not p.relieve_pressure()  # nothing left to cut
@@ -184,9 +184,9 @@ def test_pressure_moves_records_to_disk_and_never_changes_a_file(tmp_path):
         while p.buffered_records >= 3:  # as the worker's backpressure: write what is due, else move
             if not p.due_cuts(0):
                 assert p.relieve_pressure()
-            flush_due(p, 0)
+            commit_due(p, 0)
     p.tick(END_OF_INPUT_MS)
-    flush_due(p, END_OF_INPUT_MS)
+    commit_due(p, END_OF_INPUT_MS)
     assert _files(out) == _files(tmp_path / "ref") and len(_files(out)) >= 5
     assert "pressure" not in {e["reason"] for e in pub.of_type("created")}
     assert most <= 40 and list(spill.rglob("*")) and not list(spill.rglob("*.spill"))  # gone once cut
@@ -242,7 +242,7 @@ def test_streaming_restart_discards_spools_and_rebuilds_them(tmp_path):
     out.mkdir()
     first, _, state = pipeline(out, spool=tmp_path / "spool", maxRecordsPerFile=1000)
     first.process(records[:70], 0)
-    flush_due(first, 0)
+    commit_due(first, 0)
     checkpoint = state.get_checkpoint(("in", 0))
     # crash: a new pipeline over the same state and spool directory re-reads from the checkpoint
     second, _, _ = pipeline(out, spool=tmp_path / "spool", state=state, maxRecordsPerFile=1000)
@@ -287,7 +287,7 @@ def test_the_commit_gate_moves_only_once_facts_and_checkpoint_are_confirmed(tmp_
     p, pub, state = pipeline(tmp_path, maxRecordsPerFile=10, window={"sizeMs": 86_400_000})
     p.process(raws(25), now_wall_ms=0)
     for cut in p.due_cuts(0):
-        p.apply_write(cut, p.write_cut(cut), 0, FlushSummary())
+        p.record_outcome(cut, p.write_cut(cut), 0, FlushSummary())
     assert p.has_unpersisted_facts and not state.facts  # journal events go out first
     assert len(pub.of_type("created")) == 2
     moved = p.advance_checkpoints()  # writes the facts, then the checkpoint
@@ -391,7 +391,7 @@ def test_a_terminal_assembly_error_halts_the_part_once_instead_of_retrying(tmp_p
     p.process(raws(5), 0)
     with caplog.at_level(logging.WARNING, logger="stream_app.pipeline"):
         for hour in range(0, 48):
-            flush_due(p, hour * 3_600_000)
+            commit_due(p, hour * 3_600_000)
     (event,) = pub.of_type("finalize-failed")
     assert event["terminal"] is True and event["error_class"] == "TEMPLATE_ERROR"
     assert [r.levelname for r in caplog.records] == ["ERROR"] and "needs a fix and a restart" in caplog.text
@@ -421,7 +421,7 @@ def test_sink_errors_are_halted_when_terminal_and_backed_off_when_transient(tmp_
     p, pub, _ = pipeline(tmp_path, sink, maxRecordsPerFile=5, window={"sizeMs": 86_400_000})
     p.process(raws(5), 0)
     for minute in range(0, 30):
-        flush_due(p, minute * 60_000)
+        commit_due(p, minute * 60_000)
     events = pub.of_type("write-failed")
     assert all(e["terminal"] is terminal for e in events)
     assert (sink.calls, len(events)) == (1, 1) if terminal else sink.calls == len(events) > 5
@@ -434,7 +434,7 @@ def test_a_halted_part_of_a_revoked_partition_is_no_longer_reported_here(tmp_pat
                          window={"sizeMs": 86_400_000})
     p.metrics = Metrics()
     p.process(raws(5), 0)
-    flush_due(p, 0)
+    commit_due(p, 0)
     assert p.halted_reason is not None
     p.revoke([("in", 0)])
     assert p.halted == {} and p.halted_reason is None  # its new owner meets the error and reports it

@@ -5,7 +5,7 @@ offset that is not yet in a finalized file; the runtime persists that checkpoint
 The consumer (``live/transport.py``) commits exactly the confirmed checkpoint, never an acked
 offset, so no message is held in memory while its window is open.  Each durable step (journal
 event, window facts, checkpoint) is acknowledged by the broker before the next one is written
-and before the commit (see ``LiveRuntime._flush_and_commit``).
+and before the commit (``pipeline/committer.py`` owns that order).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from stream_app.core.records import RawRecord
 from stream_app.core.routing import repartition_partition
 from stream_app.core.windows import TP, Checkpoint, FileKey, WindowFacts
 from stream_app.live.credentials import faust_credentials
+from stream_app.live.durability import LiveDurability
 from stream_app.live.events import RETRY_INITIAL_S, KafkaEventProducer, wait_to_redeliver
-from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
+from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import BrokerProbe, group_committed_offsets
 from stream_app.live.transport import (
     NOT_GATED,
@@ -40,12 +41,13 @@ from stream_app.live.transport import (
     LogEndProbe,
     serve_only_own_views,
 )
-from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import CONTENT_TYPE_LATEST, Metrics
 from stream_app.ops.security import confluent_security
+from stream_app.pipeline.committer import Committer
 from stream_app.pipeline.deadletter import dead_letter
-from stream_app.pipeline.files import FilePipeline, FlushSummary
+from stream_app.pipeline.files import FilePipeline
 from stream_app.pipeline.journal import encode_events
+from stream_app.pipeline.ports import RoutedRecordsLost
 from stream_app.pipeline.routing import RoutingStage
 from stream_app.pipeline.wiring import build_pipeline, build_routing, prepare_worker_spool
 from stream_app.sinks.base import NotOwner, SinkError
@@ -239,7 +241,6 @@ class LiveRuntime:
             self.repartition = KafkaRepartitionSender(settings)
             self.routing = build_routing(settings, self.state, self.publisher, self.repartition)
             self._repartition_topic = settings.repartition_topic
-        self._idle_closed: list[TP] = []  # routed partitions whose idle close awaits its announcement
         self._routing_commit_due = 0.0  # time.monotonic() of the next routing commit
         self._rewind_backoff_s = RETRY_INITIAL_S
         self.pipeline.confirm_owner = self._confirm_owner
@@ -248,13 +249,14 @@ class LiveRuntime:
         if removed:
             log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
         self._lock = asyncio.Lock()
-        # Held while one file is written: a revoke (which runs outside _lock, from the rebalance)
+        # The durable order (pipeline/committer.py) on Kafka's acknowledgements.  Its write lock is
+        # held while one file is written: a revoke (which runs outside _lock, from the rebalance)
         # waits for that write instead of discarding the spool it reads, and the new owner is
         # assigned the partition only after this worker stopped writing its files.
-        self._writing = asyncio.Lock()
-        # Partitions being revoked: no new file of theirs is begun; and those whose revoke
-        # deadline passed: a write of theirs still under way is not put in place.
-        self._revoking: set[TP] = set()
+        self.durability = LiveDurability(self.publisher, self.state, self.repartition,
+                                         lambda: self._app.consumer.commit())
+        self.committer = Committer(self.pipeline, self.routing, self.durability)
+        # Partitions whose revoke deadline passed: a write of theirs still under way is not put in place.
         self._released: set[TP] = set()
         # The finalize + commit of the last processed batch, left running while the fetch loop
         # brings the next batch (whose decoding starts meanwhile); awaited before anything else.
@@ -321,7 +323,7 @@ class LiveRuntime:
         delay = 0.5
         while True:
             try:
-                await self._settle()
+                await self._await_background_commit()
                 async with self._lock:
                     if not still_current():
                         return
@@ -350,29 +352,29 @@ class LiveRuntime:
         self.publisher.log_dead_letters()
         # Finalized and committed in the background: the fetch loop returns for the next batch
         # at once, and every later step (next batch, tick, backpressure) awaits this one first.
-        self._committing = asyncio.ensure_future(self._locked_flush_and_commit())
+        self._committing = asyncio.ensure_future(self._locked_commit_round())
         await self._apply_backpressure()
 
-    async def _settle(self) -> None:
+    async def _await_background_commit(self) -> None:
         """Wait for the background finalize + commit; its failure is raised here."""
         committing, self._committing = self._committing, None
         if committing is not None:
             await committing
 
-    async def _locked_flush_and_commit(self) -> None:
+    async def _locked_commit_round(self) -> None:
         async with self._lock:
-            await self._flush_and_commit()
+            await self._commit_round()
 
     async def _apply_backpressure(self) -> None:
         """Hold the agent (so Faust stops fetching) while too many records are unfinalized."""
         if self.pipeline.buffered_records >= self._max_buffered:
-            await self._settle()
+            await self._await_background_commit()
         while self.pipeline.buffered_records >= self._max_buffered:
             async with self._lock:
                 if not self.pipeline.failing and not self.pipeline.due_cuts(_now_ms()):
                     if not self.pipeline.relieve_pressure():
                         return
-                await self._flush_and_commit()
+                await self._commit_round()
             if self.pipeline.buffered_records >= self._max_buffered:
                 await asyncio.sleep(0.1)
 
@@ -389,12 +391,12 @@ class LiveRuntime:
         if not self._intake.locked() and time.monotonic() - self._held_at >= HELD_IDLE_S:
             async with self._intake:
                 await self._process_held()
-        await self._settle()
+        await self._await_background_commit()
         async with self._lock:
             if self.routing is not None:
-                self._idle_closed.extend(self.routing.close_idle(_now_ms(), self._caught_up))
+                self.committer.idle_closed(self.routing.close_idle(_now_ms(), self._caught_up))
             self.pipeline.tick(_now_ms(), self._caught_up)
-            await self._flush_and_commit()
+            await self._commit_round()
             self.pipeline.update_gauges(_now_ms())
             for tp in self.pipeline.partitions() + (self.routing.partitions() if self.routing else []):
                 lag = self._lag(tp)
@@ -448,53 +450,22 @@ class LiveRuntime:
         return self._lag(tp) == 0
 
     # -- finalize + commit ------------------------------------------------------------------
-    async def _flush_and_commit(self) -> None:
+    async def _commit_round(self, revoking: bool = False) -> None:
+        """One round of the committer (pipeline/committer.py owns the order of the steps)."""
         self._loop = asyncio.get_running_loop()
-        cuts = self.pipeline.due_cuts(_now_ms())
-        summary = FlushSummary()
-        for cut in cuts:
-            if self.pipeline.has_unpersisted_facts and await self._persist_files():
-                # The file written before this one is durable and committed before the next write
-                # begins: a replica that loses its partition during a (long) write leaves no file in
-                # place that its new owner would write again.
-                await self._commit()
-            if self.pipeline.owner_of(cut.key) in self._revoking:
-                continue  # its partition moves: the new owner writes it
-            async with self._writing:
-                if not self.pipeline.ready_to_write(cut):
-                    continue  # its partition was revoked meanwhile, or an earlier part just failed
-                outcome = await asyncio.to_thread(self.pipeline.write_cut, cut)
-                self.pipeline.apply_write(cut, outcome, _now_ms(), summary)
-        if cuts:
-            self.pipeline.finish_flush(summary)
-        committed = await self._persist_files()
-        if self.routing is not None and (self._idle_closed or time.monotonic() >= self._routing_commit_due):
-            committed = await self._commit_routing() or committed
-        if committed:
-            await self._commit()
-        if committed or summary.files:
+        route = self.routing is not None and not revoking and (
+            self.committer.announcements_pending or time.monotonic() >= self._routing_commit_due)
+        if route:
+            # At most once per commitIntervalMs: each routing commit waits for three round trips
+            # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
+            self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
+        done = await self.committer.commit(_now_ms(), revoking=revoking, route=route)
+        if done.routed_lost is not None:
+            await self._rewind_routing(done.routed_lost)
+        elif route:
+            self._rewind_backoff_s = RETRY_INITIAL_S
+        if done.committed or done.summary.files:
             self._progress_at = time.monotonic()
-
-    async def _persist_files(self) -> bool:
-        """The file stage's durable steps; True when a checkpoint moved (a commit is due).
-
-        Changelog and journal records on different partitions are delivered in no fixed order,
-        and Faust's producer flush is best effort, so each durable step awaits the delivery of
-        the one before it: journal events (`created`, `closed`) before the facts that say a part
-        is done (else a crash between them loses the events for good); the facts before any
-        checkpoint that skips the part's offsets (else a restart re-creates the part from the
-        offsets above the checkpoint only: a different file under the same name); and the
-        checkpoint before the commit that follows it."""
-        if self.pipeline.has_unpersisted_facts:
-            await self.publisher.delivered()
-            failpoint("live.before-facts")  # `created` delivered, the facts not yet written
-            self.pipeline.persist_facts()
-            await self.state.delivered()
-        if not self.pipeline.advance_checkpoints():
-            return False
-        await self.state.delivered()
-        self.pipeline.confirm_checkpoints()
-        return True
 
     def _confirm_owner(self, tp: TP, name: str) -> None:
         """The last step before a file is put in place (in the writer thread): this worker is
@@ -519,34 +490,7 @@ class LiveRuntime:
                         name, tp[0], tp[1])
             raise NotOwner(name, f"partition {tp[0]}/{tp[1]} is no longer assigned to this worker")
 
-    async def _commit_routing(self) -> bool:
-        """The routing stage's durable order: repartition records and dead letters acknowledged,
-        then the checkpoint (offset, watermark, close frontier), then the commit of input offsets.
-        An idle close is announced only after its checkpoint is durable, so a restart can never
-        route a record into a window that some repartition partition already saw closed."""
-        assert self.routing is not None and self.repartition is not None
-        # At most once per commitIntervalMs: each routing commit waits for three round trips
-        # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
-        self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
-        try:
-            await self.repartition.delivered()
-            await self.publisher.delivered()
-            failpoint("routing.before-checkpoint")
-            moved = bool(self.routing.advance_checkpoints())
-            if moved:
-                await self.state.delivered()
-                self.routing.confirm_checkpoints()
-            if self._idle_closed:
-                announce, self._idle_closed = self._idle_closed, []
-                self.routing.announce(announce)
-                await self.repartition.delivered()
-        except RepartitionSendError as exc:
-            await self._rewind_routing(exc)
-            return False
-        self._rewind_backoff_s = RETRY_INITIAL_S
-        return moved
-
-    async def _rewind_routing(self, failure: RepartitionSendError) -> None:
+    async def _rewind_routing(self, failure: RoutedRecordsLost) -> None:
         """Repartition records were lost (a fatal producer error, e.g. a broker that fenced the
         producer after a restart): route again from the persisted checkpoints through a new
         producer, as a restart would, but in this process.  Nothing was committed past them."""
@@ -556,15 +500,10 @@ class LiveRuntime:
         self.repartition.restart()
         seek = self.routing.rewind()
         self._held = None  # fetched before the seek
-        self._idle_closed = []  # the rebuilt routers announce what their checkpoints closed
+        self.committer.forget_announcements()  # the rebuilt routers announce what their checkpoints closed
         consumer = cast(CheckpointCommitConsumer, self._app.consumer)
         sought = [tp for tp, offset in seek.items() if await consumer.seek_owned(FaustTP(*tp), offset)]
         self.routing.assign(sought, _now_ms())
-
-    async def _commit(self) -> None:
-        """Commit the new checkpoints now (Faust would within commitIntervalMs anyway)."""
-        await self._app.consumer.commit()
-        failpoint("live.after-commit")  # committed; later journal events of this batch not yet sent
 
     def commit_gate(self, topic: str, partition: int) -> int | None:
         """What the consumer may commit for a partition: the persisted checkpoint."""
@@ -643,36 +582,38 @@ class LiveRuntime:
         # A file being written now must also get its journal event, facts, checkpoint and commit
         # before its partition moves (as Quix Streams' revoke does), else the new owner writes it
         # again — in its own volume, a second copy.  No further file of these partitions is
-        # begun meanwhile (_flush_and_commit), and a write still under way at the deadline (half
+        # begun meanwhile (Committer.moving), and a write still under way at the deadline (half
         # the rebalance timeout) is not put in place (_confirm_owner): the new owner writes it.
-        self._revoking.update(revoked)
+        self.committer.moving.update(revoked)
         try:
             committing = self._committing
 
             async def flushes_done() -> None:
-                # the background finalize + commit, and a tick's flush (which holds _lock)
+                # the background finalize + commit, and a tick's flush (which holds _lock); then
+                # the committer's revoking round: what is written is made durable and committed,
+                # and no file is begun (the new owner writes the rest)
                 if committing is not None and not committing.done():
                     await asyncio.shield(committing)
                 async with self._lock:
-                    pass
+                    if self.state_lost is None:
+                        await self._commit_round(revoking=True)
 
-            if (committing is not None and not committing.done()) or self._lock.locked():
-                deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
-                try:
-                    await asyncio.wait_for(flushes_done(), deadline_s)
-                except TimeoutError:
-                    self._released.update(revoked)
-                    log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
-                                "the partitions' new owner writes them", deadline_s)
-                except Exception:  # the flush reports its own failure where it runs
-                    pass
-            async with self._writing:
+            deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
+            try:
+                await asyncio.wait_for(flushes_done(), deadline_s)
+            except TimeoutError:
+                self._released.update(revoked)
+                log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
+                            "the partitions' new owner writes them", deadline_s)
+            except Exception as exc:  # its records are processed again by their new owner
+                log.warning("revoke: the durable steps before the partitions move failed (%s)", type(exc).__name__)
+            async with self.durability.write_lock:
                 self.pipeline.revoke(revoked)
                 if self.routing is not None:
                     self.routing.revoke(revoked)
-                    self._idle_closed = [tp for tp in self._idle_closed if tp in self.routing.partitions()]
+                    self.committer.forget_revoked()
         finally:
-            self._revoking.difference_update(revoked)
+            self.committer.moving.difference_update(revoked)
             self._released.difference_update(revoked)
 
     async def on_rebalance_complete(self) -> None:

@@ -20,6 +20,7 @@ from stream_app.codecs.repartition import repartition_message_bytes
 from stream_app.config import AppSettings
 from stream_app.ops.faults import failpoint
 from stream_app.ops.security import confluent_security
+from stream_app.pipeline.ports import RoutedRecordsLost
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _ensure_message_bytes(admin: Any, name: str, wanted: int, timeout_s: float) 
     log.info("raised max.message.bytes of %s from %s to %d (input.maxRecordBytes)", name, current, wanted)
 
 
-class RepartitionSendError(RuntimeError):
+class RepartitionSendError(RoutedRecordsLost):
     """Some repartition records were not delivered: the routing stage rewinds (``RoutingStage.rewind``)."""
 
 

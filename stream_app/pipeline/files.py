@@ -5,7 +5,8 @@ source batch -> decode -> windowing (per partition) -> assemble -> sink -> facts
 It never imports Kafka or Faust: the driver hands it raw records and gets back what to publish
 (journal events, dead letters) and which offsets are safe to commit.  Writing a file is split in
 two so that the driver can run the blocking I/O in a thread: ``write_cut`` touches only the
-assembler and the sink; ``apply_write`` updates state on the driver's thread.
+assembler and the sink; ``record_outcome`` updates state on the driver's thread.  The order of
+the durable steps after a write is ``pipeline/committer.py``'s.
 """
 
 from __future__ import annotations
@@ -606,7 +607,7 @@ class FilePipeline:
             ],
         }
 
-    def apply_write(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
+    def record_outcome(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
         if not self.is_pending(cut):
             return  # partition revoked while the write ran; the new owner re-creates the file
         windower = self._windowers[self.owner_of(cut.key)]
@@ -679,7 +680,7 @@ class FilePipeline:
     def halted_reason(self) -> str | None:
         return next(iter(self.damaged.values()), None) or next(iter(self.halted.values()), None)
 
-    def finish_flush(self, summary: FlushSummary) -> None:
+    def journal_summary(self, summary: FlushSummary) -> None:
         self.failing = bool(self._retries)
         if summary.files or summary.failed:
             self._publisher.journal(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
 from stream_app.core.windows import TP, Checkpoint, FileKey, WindowFacts
+
+T = TypeVar("T")
 
 
 class MemoryStateStore:
@@ -28,3 +35,39 @@ class MemoryStateStore:
 
     def put_checkpoint(self, tp: TP, checkpoint: Checkpoint) -> None:
         self.checkpoints[tp] = checkpoint
+
+
+class ImmediateDurability:
+    """Replay's durability: its state lives in memory for the run, so every step is durable at
+    once and nothing is committed (a replay never touches the group's offsets)."""
+
+    def writing(self) -> AbstractAsyncContextManager[object]:
+        return contextlib.nullcontext()
+
+    async def run_write(self, write: Callable[[], T]) -> T:
+        return write()
+
+    async def events_delivered(self) -> None:
+        return None
+
+    async def state_delivered(self) -> None:
+        return None
+
+    async def routed_delivered(self) -> None:
+        return None
+
+    async def commit_offsets(self) -> None:
+        return None
+
+
+def run_now(step: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine whose awaits all complete at once (immediate ports) to its end, here.
+
+    Replay drives the same committer coroutine as the live worker, but has no I/O to wait for:
+    no event loop is needed, and a suspension would mean some port waited for real I/O."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    step.close()
+    raise RuntimeError("a replay step waited for I/O; only immediate ports can run it here")

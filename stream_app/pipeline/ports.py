@@ -7,10 +7,14 @@ same stages and the same committer and produce the same bytes.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, TypeVar
 
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import TP, Checkpoint, FileKey, WindowFacts
+
+T = TypeVar("T")
 
 
 class StateStore(Protocol):
@@ -34,4 +38,47 @@ class Publisher(Protocol):
 class RepartitionSender(Protocol):
     def send(self, partition: int, key: bytes, value: bytes) -> None:
         """Queue one repartition record; records to one partition keep their order."""
+        ...
+
+
+class RoutedRecordsLost(RuntimeError):
+    """Some repartition records were not delivered and never will be (a fenced producer): the
+    routing stage routes again from its persisted checkpoints (``RoutingStage.rewind``)."""
+
+
+class Durability(Protocol):
+    """How the committer learns that what the stages sent is durable, and how a file is written.
+
+    Live (``live/durability.py``): each ``*_delivered`` awaits the broker's acknowledgements, a
+    file is written in a thread while the revoke waits for it, and ``commit_offsets`` commits the
+    confirmed checkpoints.  Replay (``pipeline/memory.py``): all of it is done at once.
+
+    Failure rule: a method that cannot confirm durability raises, and the committer stops that
+    round there, so nothing after the failed step is persisted or committed; the records are
+    processed again (after a retry, a restart or a rewind).  ``routed_delivered`` raises
+    ``RoutedRecordsLost`` when repartition records are lost for good.
+    """
+
+    def writing(self) -> AbstractAsyncContextManager[object]:
+        """Held while one file is written (a revoke waits for it)."""
+        ...
+
+    async def run_write(self, write: Callable[[], T]) -> T:
+        """Run a blocking file write (assembly and sink I/O)."""
+        ...
+
+    async def events_delivered(self) -> None:
+        """Journal events and dead letters published so far are acknowledged."""
+        ...
+
+    async def state_delivered(self) -> None:
+        """Facts and checkpoints put in the state store so far are durable."""
+        ...
+
+    async def routed_delivered(self) -> None:
+        """Repartition records sent so far are acknowledged."""
+        ...
+
+    async def commit_offsets(self) -> None:
+        """Commit the consumer offsets up to the confirmed checkpoints."""
         ...

@@ -9,40 +9,43 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from stream_app.core.records import RawRecord
+from stream_app.pipeline.committer import CommitRound, Committer
 from stream_app.pipeline.files import FilePipeline, FlushSummary
+from stream_app.pipeline.memory import ImmediateDurability, run_now
+from stream_app.pipeline.ports import Durability
 from stream_app.pipeline.routing import RoutingStage
 
 END_OF_INPUT_MS = 2**62  # a wall-clock "now" after every window end: closes everything
 
 
-def flush_due(pipeline: FilePipeline, now_wall_ms: int) -> FlushSummary:
-    summary = FlushSummary()
-    cuts = pipeline.due_cuts(now_wall_ms)
-    for cut in cuts:
-        if pipeline.ready_to_write(cut):  # not when an earlier part failed in this loop
-            pipeline.apply_write(cut, pipeline.write_cut(cut), now_wall_ms, summary)
-    if cuts:
-        pipeline.finish_flush(summary)
-    pipeline.advance_checkpoints()
-    pipeline.confirm_checkpoints()  # the in-memory state is durable for as long as replay runs
-    return summary
+def commit_due(files: FilePipeline, now_wall_ms: int, durability: Durability | None = None) -> FlushSummary:
+    """One round of the committer over the file stage alone (partition scope, or a test)."""
+    return _done(run_now(Committer(files, None, durability or ImmediateDurability()).commit(now_wall_ms)))
 
 
-def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000) -> FlushSummary:
+def _done(round_: CommitRound) -> FlushSummary:
+    if round_.routed_lost is not None:  # not with a LoopbackSender, which loses nothing
+        raise round_.routed_lost
+    return round_.summary
+
+
+def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000,
+                durability: Durability | None = None) -> FlushSummary:
+    """Partition scope over a bounded input: every window closes at the end of it."""
+    committer = Committer(pipeline, None, durability or ImmediateDurability())
     total = FlushSummary()
-
     add = total.add
     batch: list[RawRecord] = []
     for raw in raws:
         batch.append(raw)
         if len(batch) >= batch_size:
             pipeline.process(batch, 0)
-            add(flush_due(pipeline, 0))
+            add(_done(run_now(committer.commit(0))))
             batch = []
     pipeline.process(batch, 0)
-    add(flush_due(pipeline, 0))
+    add(_done(run_now(committer.commit(0))))
     pipeline.tick(END_OF_INPUT_MS)
-    add(flush_due(pipeline, END_OF_INPUT_MS))
+    add(_done(run_now(committer.commit(END_OF_INPUT_MS))))
     return total
 
 
@@ -67,16 +70,15 @@ class LoopbackSender:
 
 def run_window_records(routing: RoutingStage, files: FilePipeline, sender: LoopbackSender,
                        sources: Iterable[tuple[str, int]], raws: Iterable[RawRecord],
-                       batch_size: int = 10_000) -> FlushSummary:
+                       batch_size: int = 10_000, durability: Durability | None = None) -> FlushSummary:
     """Business files over a bounded input: route, collect, and close every window at the end."""
+    committer = Committer(files, routing, durability or ImmediateDurability())
     total = FlushSummary()
 
     def step(batch: list[RawRecord], now_wall_ms: int) -> None:
         routing.process(batch, now_wall_ms)
         files.process_routed(sender.drain(), now_wall_ms)
-        total.add(flush_due(files, now_wall_ms))
-        routing.advance_checkpoints()
-        routing.confirm_checkpoints()
+        total.add(_done(run_now(committer.commit(now_wall_ms))))
 
     routing.assign(sources, 0)
     batch: list[RawRecord] = []
@@ -86,11 +88,9 @@ def run_window_records(routing: RoutingStage, files: FilePipeline, sender: Loopb
             step(batch, 0)
             batch = []
     step(batch, 0)
-    closed = routing.close_idle(END_OF_INPUT_MS, lambda tp: True)
-    routing.advance_checkpoints()
-    routing.confirm_checkpoints()
-    routing.announce(closed)
-    step([], END_OF_INPUT_MS)
+    committer.idle_closed(routing.close_idle(END_OF_INPUT_MS, lambda tp: True))
+    step([], END_OF_INPUT_MS)  # the routing checkpoints are durable: the idle closes are announced
+    step([], END_OF_INPUT_MS)  # the file stage reads the announcements and writes what they closed
     return total
 
 
