@@ -93,7 +93,7 @@ class RecordReader:
     fastavro converts logical types through a lookup per datum that costs about 2 µs per field,
     a third of the decode time of a matched record.  For top-level timestamp and decimal fields
     this reader lets fastavro read the plain long / bytes and converts them itself, with the
-    arithmetic fastavro uses (same values; tests/test_codecs.py compares the two).  Everything
+    arithmetic fastavro uses (same values; tests/codecs/test_codecs.py compares the two).  Everything
     else, nested logical types included, is left to fastavro.
     """
 

@@ -5,7 +5,7 @@ render the file.  Reading Avro twice was a third of the CPU of business files, s
 record travels as its top-level field values, logical ones still plain, packed with msgpack:
 unpacking that costs a quarter of an Avro read, and the file stage converts the logical fields
 with the same ``RecordReader`` as any decode.  So a record decoded from its carried form is the
-record the input codec gives (tests/test_carried.py holds them equal).
+record the input codec gives (tests/codecs/test_carried.py holds them equal).
 
 Two forms, told apart by the first byte::
 

@@ -14,8 +14,13 @@ import asyncio
 import logging
 from typing import Any
 
+from stream_app.codecs.registry import event_schema_ids
 from stream_app.config import AppSettings
+from stream_app.core.records import RawRecord
+from stream_app.ops.metrics import Metrics
 from stream_app.ops.security import confluent_security
+from stream_app.pipeline.deadletter import dead_letter
+from stream_app.pipeline.journal import encode_events
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +97,45 @@ class KafkaEventProducer:
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)
+
+
+class EventPublisher:
+    """The pipeline's ``Publisher`` in the worker: journal and dead-letter events (live/events.py)."""
+
+    def __init__(self, settings: AppSettings, metrics: Metrics) -> None:
+        self.producer = KafkaEventProducer(settings)
+        self._metrics = metrics
+        self._journal_topic = settings.kafka.journalTopic
+        self._dead_topic = settings.kafka.deadLetterTopic
+        self._worker_id = settings.workerId
+        self._app_id = settings.appId
+        self._max_bytes = settings.kafka.maxMessageBytes
+        self.schema_ids = event_schema_ids(settings)  # registered when a registry is configured
+        self.dead_letters: dict[str, int] = {}
+        self._logged: dict[str, int] = {}
+
+    def log_dead_letters(self) -> None:
+        """One line per batch that dead-lettered anything (never a line per record)."""
+        if self.dead_letters != self._logged:
+            delta = {r: n - self._logged.get(r, 0) for r, n in self.dead_letters.items() if n != self._logged.get(r, 0)}
+            log.warning("dead-lettered %s", ", ".join(f"{n} {r}" for r, n in sorted(delta.items())))
+            self._logged = dict(self.dead_letters)
+
+    def journal(self, event: dict, partition_key: str) -> None:
+        (payload,) = encode_events([event], self.schema_ids.journal)
+        self.producer.produce(self._journal_topic, partition_key.encode(), payload)
+
+    def dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
+        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+        self._metrics.dead_letters.labels(reason).inc()
+        log.debug("dead-lettered %s/%d@%d: %s", raw.topic, raw.partition, raw.offset, reason)
+        self.producer.produce(self._dead_topic, raw.key, dead_letter(raw, reason, detail, self._worker_id,
+                                                                    self.schema_ids.dead_letter, self._app_id,
+                                                                    self._max_bytes))
+
+    @property
+    def undeliverable(self) -> str | None:
+        return self.producer.undeliverable
+
+    async def delivered(self) -> None:
+        await self.producer.delivered()

@@ -51,7 +51,7 @@ class FetchWaitConsumerThread(AIOKafkaConsumerThread):
     of that broker still has fetched records to consume; so a drained busy partition waits for a
     long poll of the idle ones led by the same broker (measured: the file stage's partitions
     waited up to 1 s per fetch while the input partitions were at their end).  The wait is
-    ``kafka.fetchMaxWaitMs`` instead (tests/test_faust_contract.py pins the attribute)."""
+    ``kafka.fetchMaxWaitMs`` instead (tests/live/test_faust_contract.py pins the attribute)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -173,7 +173,7 @@ def serve_only_own_views(app: Any) -> None:
     table and router views are off by their settings (web_tables_enabled, web_router_enabled),
     statistics and graph by not running in debug; this is the one left.  Reads
     ``BlueprintManager._enabled`` (faust 0.15: the blueprints applied when the server starts;
-    tests/test_faust_contract.py pins it)."""
+    tests/live/test_faust_contract.py pins it)."""
     manager = app.web.blueprints
     manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled
                         if not (isinstance(bp, str) and bp.startswith("faust.web.apps."))]

@@ -145,7 +145,7 @@ class XmlFormatter:
 
         The common line — nothing to escape or refuse — fills a prepared string in one call (one
         string per set of null fields, which are omitted); any other line takes ``line``'s
-        general path, so the bytes are the same either way (tests/test_xml_format.py holds the
+        general path, so the bytes are the same either way (tests/core/test_xml_format.py holds the
         two equal).
         """
         tree, order, _ = self._tree(self._spec.recordElement, fields)

@@ -26,7 +26,7 @@ from stream_app.core.template import AssemblyError, TemplateAssembler
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.resources import AVRO_DIR
 from stream_app.tools.demo import matched_records
-from tests.test_structured import PACKS, assembler_for
+from tests.core.test_structured import PACKS, assembler_for
 
 SCHEMA_PATH = str(AVRO_DIR / "matched_record.avsc")
 AVRO = AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 100_000)

@@ -202,7 +202,7 @@ def test_manifest_object_per_window_is_written_after_the_file(moto_url, bucket):
 
 def test_pipeline_to_s3_gives_the_same_bytes_as_the_local_sink(moto_url, bucket, tmp_path):
     from stream_app.replay.run import run_records
-    from tests.test_pipeline import _files, pipeline, raws
+    from tests.pipeline.test_files import _files, pipeline, raws
 
     records = raws(200, partitions=2)
     local = tmp_path / "local"
@@ -221,7 +221,7 @@ def test_verify_audits_an_s3_sink_too(moto_url, bucket, tmp_path):
     """The replay audit on S3: stored names (not manifests), strays and manifest fields."""
     from stream_app.replay.run import run_records
     from stream_app.replay.verify import VerifyingSink
-    from tests.test_pipeline import pipeline, raws
+    from tests.pipeline.test_files import pipeline, raws
 
     records = raws(120, partitions=2)
     run_records(pipeline(tmp_path, sink=sink(moto_url, bucket), maxRecordsPerFile=50)[0], records)

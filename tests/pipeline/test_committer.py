@@ -19,7 +19,7 @@ from stream_app.pipeline.memory import MemoryStateStore
 from stream_app.pipeline.wiring import build_pipeline, build_routing
 from stream_app.replay.run import LoopbackSender, run_records, run_window_records
 from tests.helpers import config_dict
-from tests.test_pipeline import raws
+from tests.pipeline.test_files import raws
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ def test_the_live_runtime_runs_the_durable_steps_in_the_committer_s_order(tmp_pa
     monkeypatch.setattr(runtime.publisher, "journal", RecordingPublisher(steps).journal)
     monkeypatch.setattr(runtime.committer, "durability", RecordingDurability(steps))
     monkeypatch.setattr(runtime.pipeline, "confirm_owner", lambda tp, name: None)  # no broker to ask
-    monkeypatch.setattr(runtime, "cluster", None)
+    monkeypatch.setattr(runtime.lost, "cluster", None)
     runtime.pipeline.process(raws(10), 0)
     steps.clear()  # the `opened` event of the batch
     asyncio.run(runtime._commit_round())

@@ -15,7 +15,7 @@ import yaml
 
 from stream_app.config import parse_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "stream-app"
 
 
@@ -254,7 +254,7 @@ def test_custom_schema_packs_are_mounted_from_the_configmap():
     ({"spool": {"sizeLimit": "huge"}}, "sizeLimit"),
 ])
 def test_bad_values_fail_at_install_time(values, key):
-    """(Also the typos: tests/test_chart.py.)"""
+    """(Also the typos: tests/deploy/test_chart.py.)"""
     with pytest.raises(helm.HelmError) as err:
         helm.Chart.load(str(CHART)).validate_schema(helm.Chart.load(str(CHART)).merge_values(values))
     assert key in str(err.value)

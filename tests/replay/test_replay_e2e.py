@@ -217,8 +217,8 @@ def test_replay_and_verify_follow_the_cuts_the_clock_and_the_buffer_made(kafka_b
 
     from stream_app.codecs.avro import encode_confluent
     from stream_app.tools.demo import matched_records
+    from tests.e2e.test_business_files_e2e import WINDOW_SCOPE
     from tests.harness import SCHEMA
-    from tests.test_business_files_e2e import WINDOW_SCOPE
 
     extra = WINDOW_SCOPE if scope == "window" else {}
     worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=150, maxBufferedRecords=150,

@@ -8,10 +8,10 @@ import threading
 from faust.types import TP as FaustTP
 
 from stream_app.config import parse_config
-from stream_app.live import app as live_app
+from stream_app.live import runtime as live_runtime
 from stream_app.live.app import create_app
 from tests.helpers import config_dict
-from tests.test_pipeline import raws
+from tests.pipeline.test_files import raws
 
 
 def _acked_without_a_broker(runtime, monkeypatch) -> None:
@@ -24,7 +24,7 @@ def _acked_without_a_broker(runtime, monkeypatch) -> None:
     monkeypatch.setattr(runtime.durability, "state_delivered", durable)
     monkeypatch.setattr(runtime.durability, "commit_offsets", durable)
     monkeypatch.setattr(runtime.pipeline, "confirm_owner", lambda tp, name: None)  # the broker's ownership check
-    monkeypatch.setattr(runtime, "cluster", None)  # no cluster identity to confirm (test_cluster_identity_gates_commits)
+    monkeypatch.setattr(runtime.lost, "cluster", None)  # no cluster identity to confirm (test_cluster_identity_gates_commits)
 
 
 def test_a_revoke_waits_for_the_write_under_way_and_never_pulls_its_spool(tmp_path, monkeypatch):
@@ -109,7 +109,7 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
         assert pipeline.buffered_records == 10
         await runtime.on_tick()  # held for less than HELD_IDLE_S: it waits for the next fetch
         assert steps[-1] == ("window", 0) and pipeline.buffered_records == 10
-        monkeypatch.setattr(live_app, "HELD_IDLE_S", 0.0)
+        monkeypatch.setattr(live_runtime, "HELD_IDLE_S", 0.0)
         await runtime.on_tick()  # nothing more fetched: the tick windows the held batch
         assert steps[-1] == ("window", 10) and pipeline.buffered_records == 20
         # Fetched together, a tick and the next batch: still windowed in fetch order.
@@ -180,7 +180,7 @@ def test_processed_batches_feed_faust_s_livelock_check(tmp_path, monkeypatch):
 
 
 def test_a_failed_changelog_send_is_sent_again_with_the_table_s_value_never_raised():
-    from stream_app.live.app import InFlight
+    from stream_app.live.tables import InFlight
 
     async def scenario() -> tuple[list[str], str | None, str | None]:
         loop = asyncio.get_running_loop()
@@ -288,9 +288,9 @@ def test_committed_offsets_ahead_of_the_checkpoints_are_reported_as_lost_state(t
     app, runtime = create_app(parse_config(data))
     checkpoints = {("in", 0): Checkpoint(100, None)}
     monkeypatch.setattr(runtime.state, "get_checkpoint", lambda tp: checkpoints.get(tp))
-    assert runtime.check_committed({("in", 0): 100}) is None  # what the worker itself commits
-    assert runtime.check_committed({("in", 0): 40}) is None  # behind: re-read, duplicates skipped
-    reason = runtime.check_committed({("in", 0): 150, ("in", 1): 7})
+    assert runtime.lost.check_committed({("in", 0): 100}) is None  # what the worker itself commits
+    assert runtime.lost.check_committed({("in", 0): 40}) is None  # behind: re-read, duplicates skipped
+    reason = runtime.lost.check_committed({("in", 0): 150, ("in", 1): 7})
     assert reason is not None and "in/0 committed 150, checkpoint 100" in reason and "in/1 committed 7" in reason
     assert runtime.not_ready_reason() == reason
 
@@ -298,7 +298,7 @@ def test_committed_offsets_ahead_of_the_checkpoints_are_reported_as_lost_state(t
 def test_a_repartition_send_after_a_fatal_producer_error_is_reported_by_delivered_not_raised(tmp_path):
     """Routing sends many records per batch: a fatal producer error seen mid-batch (librdkafka's
     produce then raises) must not crash the fetch loop; delivered() reports it, and the routing
-    stage routes again from its checkpoints (tests/test_business_files_e2e.py)."""
+    stage routes again from its checkpoints (tests/e2e/test_business_files_e2e.py)."""
     from confluent_kafka import KafkaError, KafkaException
 
     from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
@@ -399,10 +399,10 @@ def test_cluster_identity_gates_commits(tmp_path):
     from stream_app.core.windows import Checkpoint
 
     runtime.pipeline.persisted_checkpoint = lambda tp: Checkpoint(10, 0)  # type: ignore[method-assign]
-    assert runtime.cluster is not None and runtime.commit_gate("in", 0) is None  # never confirmed (no broker)
-    runtime.cluster._observe("cluster-a")
+    assert runtime.lost.cluster is not None and runtime.commit_gate("in", 0) is None  # never confirmed (no broker)
+    runtime.lost.cluster._observe("cluster-a")
     assert runtime.commit_gate("in", 0) == 10
-    runtime.cluster._observe("cluster-b")  # the same address, another cluster
-    runtime._note_cluster_change()
-    assert runtime.state_lost is not None and "cluster-b, not cluster-a" in runtime.state_lost
-    assert runtime.commit_gate("in", 0) is None and runtime.not_ready_reason() == runtime.state_lost
+    runtime.lost.cluster._observe("cluster-b")  # the same address, another cluster
+    runtime.lost.note_cluster_change()
+    assert runtime.lost.reason is not None and "cluster-b, not cluster-a" in runtime.lost.reason
+    assert runtime.commit_gate("in", 0) is None and runtime.not_ready_reason() == runtime.lost.reason

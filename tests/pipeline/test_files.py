@@ -208,7 +208,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("schema_id", [None, "pcs-clearing", "settlement-report", "fixed-clearing", "net-positions"])
 def test_streaming_append_gives_the_same_bytes_as_buffered_parts(tmp_path, schema_id):
-    from tests.test_structured import structured_config
+    from tests.core.test_structured import structured_config
 
     def settings(out):
         if schema_id is None:

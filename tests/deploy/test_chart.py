@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.test_deploy import CHART, REGISTRY, container, render, worker_config
+from tests.deploy.test_deploy import CHART, REGISTRY, container, render, worker_config
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 

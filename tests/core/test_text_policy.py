@@ -20,7 +20,7 @@ from stream_app.core.structured.pack import PackError, load_pack, pack_path
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.resources import SCHEMAS_DIR
 from stream_app.tools.demo import matched_records
-from tests.test_structured import cut_of
+from tests.core.test_structured import cut_of
 
 RECORD = next(iter(matched_records(1, seed=4)))
 

@@ -420,7 +420,7 @@ def test_prometheus_metrics_and_probes(kafka_bootstrap, tmp_path):
         assert value.decode() not in text  # no record data in labels
     assert "stream_app_ready 1.0" in text or "stream_app_ready 0.0" in text
     # the chart's dashboard and alerts use only metrics this /metrics serves
-    from tests.test_deploy import render, used_metrics
+    from tests.deploy.test_deploy import render, used_metrics
 
     served = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):

@@ -1,0 +1,423 @@
+"""The live runtime: fetched batches into the stages, backpressure, the tick, rebalances and health.
+
+Commit discipline: the consumer (``live/transport.py``) commits exactly the confirmed checkpoint
+of each partition, never an acked offset, so no message is held in memory while its window is
+open; ``pipeline/committer.py`` owns the order of the durable steps before it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import faust
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP as FaustTP
+
+from stream_app.codecs.registry import RegistryUnavailable
+from stream_app.config import AppSettings
+from stream_app.core.records import RawRecord
+from stream_app.core.windows import TP
+from stream_app.live.durability import LiveDurability
+from stream_app.live.events import RETRY_INITIAL_S, EventPublisher, wait_to_redeliver
+from stream_app.live.lost_state import LostStateWatch
+from stream_app.live.repartition import KafkaRepartitionSender
+from stream_app.live.startup import BrokerProbe, group_committed_offsets
+from stream_app.live.tables import FaustStateStore
+from stream_app.live.transport import (
+    NOT_GATED,
+    CheckpointCommitConsumer,
+)
+from stream_app.ops.metrics import Metrics
+from stream_app.pipeline.committer import Committer
+from stream_app.pipeline.files import FilePipeline
+from stream_app.pipeline.ports import RoutedRecordsLost
+from stream_app.pipeline.routing import RoutingStage
+from stream_app.pipeline.wiring import build_pipeline, build_routing, prepare_worker_spool
+from stream_app.sinks.base import NotOwner, SinkError
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+HELD_IDLE_S = 1.0  # how long a held batch waits for the next fetch before a tick windows it
+
+
+class LiveRuntime:
+    """Glue between Faust events and the pipeline: batching, acks, backpressure, timers."""
+
+    def __init__(self, app: faust.App, settings: AppSettings, cluster: BrokerProbe | None = None) -> None:
+        self._settings = settings
+        self._app = app
+        self._progress_at = time.monotonic()  # last batch processed, file written or commit (the watchdog)
+        self.metrics = Metrics()
+        self.publisher = EventPublisher(settings, self.metrics)
+        self.state = FaustStateStore(app, settings)
+        self.lost = LostStateWatch(cluster, self.state)
+        self.pipeline: FilePipeline = build_pipeline(settings, self.state, self.publisher,
+                                                     spool_dir=prepare_worker_spool(settings), metrics=self.metrics)
+        # fileScope: window: the routing stage (input -> repartition topic); self.pipeline is then
+        # the file stage (repartition topic -> files).  Both run in this process, in one group.
+        self.repartition: KafkaRepartitionSender | None = None
+        self.routing: RoutingStage | None = None
+        self._repartition_topic: str | None = None
+        if settings.worker.fileScope == "window":
+            self.repartition = KafkaRepartitionSender(settings)
+            self.routing = build_routing(settings, self.state, self.publisher, self.repartition)
+            self._repartition_topic = settings.repartition_topic
+        self._routing_commit_due = 0.0  # time.monotonic() of the next routing commit
+        self._rewind_backoff_s = RETRY_INITIAL_S
+        self.pipeline.confirm_owner = self._confirm_owner
+        self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, for _confirm_owner
+        removed = self.pipeline.sink.discard_partials()
+        if removed:
+            log.info("discarded %d partial file(s) of an earlier run; their records are read again", removed)
+        self._lock = asyncio.Lock()
+        # The durable order (pipeline/committer.py) on Kafka's acknowledgements.  Its write lock is
+        # held while one file is written: a revoke (which runs outside _lock, from the rebalance)
+        # waits for that write instead of discarding the spool it reads, and the new owner is
+        # assigned the partition only after this worker stopped writing its files.
+        self.durability = LiveDurability(self.publisher, self.state, self.repartition,
+                                         lambda: self._app.consumer.commit())
+        self.committer = Committer(self.pipeline, self.routing, self.durability)
+        # Partitions whose revoke deadline passed: a write of theirs still under way is not put in place.
+        self._released: set[TP] = set()
+        # The finalize + commit of the last processed batch, left running while the fetch loop
+        # brings the next batch (whose decoding starts meanwhile); awaited before anything else.
+        self._committing: asyncio.Task | None = None
+        # The last fetched input batch, sent to the decode helper but not yet windowed: it is
+        # windowed when the next batch arrives (or at the next tick), so that the helper reads the
+        # next batch while the worker windows this one.  Batches are taken in fetch order (_intake).
+        self._held: tuple[list[RawRecord], list[RawRecord], dict[tuple[str, int], int], Callable[[], bool]] | None = None
+        self._intake = asyncio.Lock()
+        self._held_at = 0.0  # time.monotonic() when the held batch was fetched
+        self._max_buffered = settings.worker.maxBufferedRecords
+        self._input_topics = frozenset(settings.kafka.inputTopics)
+
+    # -- intake -----------------------------------------------------------------------------
+    def takes(self, topic: str) -> bool:
+        return topic in self._input_topics or topic == self._repartition_topic
+
+    async def on_fetched(self, batches: Mapping[FaustTP, Sequence[Any]], generation: int) -> None:
+        """A fetched batch per input partition (aiokafka records), straight from the fetch loop."""
+        if self.lost.reason is not None:
+            return  # nothing is processed into a cluster that lost this worker's state (read again after a restart)
+        raws = [RawRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
+                for records in batches.values() for r in records]
+        consumer = cast(FaustConsumer, self._app.consumer)
+        consumed = {(tp.topic, tp.partition): len(records) for tp, records in batches.items()}
+
+        def still_current() -> bool:  # no rebalance since the fetch (Faust re-seeks after one)
+            return self._app.consumer_generation_id == generation and consumer.flow_active
+
+        inputs, routed = self._split(raws)
+        async with self._intake:
+            # read by the decode helper while the held batch is windowed
+            (self.routing or self.pipeline).prefetch(inputs)
+            held = self._held
+            if inputs:
+                self._held_at = time.monotonic()
+                self._held = (inputs, [], {tp: n for tp, n in consumed.items() if tp[0] != self._repartition_topic},
+                              still_current)
+            elif held is not None:
+                self._held = None
+            if held is not None:
+                await self._process(*held)
+            if routed:
+                # Repartition records have nothing to decode ahead (codecs/carried.py): held,
+                # they would only wait for the next fetch or tick.
+                await self._process([], routed, {tp: n for tp, n in consumed.items() if tp[0] == self._repartition_topic},
+                                    still_current)
+
+    def _split(self, raws: list[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
+        """(input records, repartition records); the latter only with business files."""
+        if self._repartition_topic is None:
+            return raws, []
+        return ([r for r in raws if r.topic != self._repartition_topic],
+                [r for r in raws if r.topic == self._repartition_topic])
+
+    async def _process_held(self) -> None:
+        """Window the held batch now (the caller holds ``_intake``)."""
+        held, self._held = self._held, None
+        if held is not None:
+            await self._process(*held)
+
+    async def _process(self, raws: list[RawRecord], routed: list[RawRecord], consumed: Mapping[tuple[str, int], int],
+                       still_current: Callable[[], bool]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._await_background_commit()
+                async with self._lock:
+                    if not still_current():
+                        return
+                    # Records processed before a failure are skipped on the retry (by offset).
+                    if self.routing is None:
+                        self.pipeline.process(raws, _now_ms())
+                    else:
+                        if raws:
+                            self.routing.process(raws, _now_ms())
+                        if routed:
+                            self.pipeline.process_routed(routed, _now_ms())
+                break
+            except RegistryUnavailable as exc:
+                # Not the record's fault: hold the batch (no commit, no dead letter) and retry.
+                log.warning("schema registry unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        # Faust's livelock check reads when a stream last took a record of a partition; these
+        # records never enter a stream, so the runtime tells it, else it would report every
+        # partition of a backlog as stuck (tests/live/test_faust_contract.py pins the field).
+        inbound = self._app.monitor.stream_inbound_time
+        now = self._progress_at = time.monotonic()
+        for (topic, partition), count in consumed.items():  # per batch, not per record
+            self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
+            inbound[FaustTP(topic, partition)] = now
+        self.publisher.log_dead_letters()
+        # Finalized and committed in the background: the fetch loop returns for the next batch
+        # at once, and every later step (next batch, tick, backpressure) awaits this one first.
+        self._committing = asyncio.ensure_future(self._locked_commit_round())
+        await self._apply_backpressure()
+
+    async def _await_background_commit(self) -> None:
+        """Wait for the background finalize + commit; its failure is raised here."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+
+    async def _locked_commit_round(self) -> None:
+        async with self._lock:
+            await self._commit_round()
+
+    async def _apply_backpressure(self) -> None:
+        """Hold the agent (so Faust stops fetching) while too many records are unfinalized."""
+        if self.pipeline.buffered_records >= self._max_buffered:
+            await self._await_background_commit()
+        while self.pipeline.buffered_records >= self._max_buffered:
+            async with self._lock:
+                if not self.pipeline.failing and not self.pipeline.due_cuts(_now_ms()):
+                    if not self.pipeline.relieve_pressure():
+                        return
+                await self._commit_round()
+            if self.pipeline.buffered_records >= self._max_buffered:
+                await asyncio.sleep(0.1)
+
+    # -- timer ------------------------------------------------------------------------------
+    async def on_tick(self) -> None:
+        self.lost.poll()
+        if self.lost.reason is not None:
+            return  # no file cut, no event, no commit: the worker waits for a person (docs/operations.md)
+        # An idle input leaves a batch held: window it now.  If the fetch loop is windowing (or
+        # waiting out a registry outage), it takes the held batch itself; the tick goes on.  A
+        # batch held for less than HELD_IDLE_S waits for the next fetch: windowed by the tick, its
+        # decoding would not overlap anything and the next batch would wait for it (measured:
+        # between two fetches of a backlog, the tick took the held batch every other time).
+        if not self._intake.locked() and time.monotonic() - self._held_at >= HELD_IDLE_S:
+            async with self._intake:
+                await self._process_held()
+        await self._await_background_commit()
+        async with self._lock:
+            if self.routing is not None:
+                self.committer.idle_closed(self.routing.close_idle(_now_ms(), self._caught_up))
+            self.pipeline.tick(_now_ms(), self._caught_up)
+            await self._commit_round()
+            self.pipeline.update_gauges(_now_ms())
+            for tp in self.pipeline.partitions() + (self.routing.partitions() if self.routing else []):
+                lag = self._lag(tp)
+                if lag is not None:
+                    self.metrics.consumer_lag.labels(self._stage_of(tp), tp[0], str(tp[1])).set(lag)
+
+    def _stage_of(self, tp: TP) -> str:
+        if self.routing is None:
+            return "partition"
+        return "files" if tp[0] == self._repartition_topic else "routing"
+
+    def _lag(self, tp: TP) -> int | None:
+        """Records of ``tp`` not yet processed; None when unknown, or when ``tp`` is not assigned
+        to this worker at this moment (a tick, the watchdog or readiness may run mid-rebalance)."""
+        highwater = cast(CheckpointCommitConsumer, self._app.consumer).owned_highwater(FaustTP(tp[0], tp[1]))
+        if highwater is None or highwater < 0:
+            return None
+        if self.routing is not None and tp[0] != self._repartition_topic:
+            next_offset = self.routing.position(tp)
+        else:
+            next_offset = self.pipeline.stage(tp).next_offset
+        if next_offset is None:
+            return None
+        return max(0, highwater - next_offset)
+
+    def _caught_up(self, tp: TP) -> bool:
+        """No lag on the partition: what was fetched has been processed up to the high watermark."""
+        return self._lag(tp) == 0
+
+    # -- finalize + commit ------------------------------------------------------------------
+    async def _commit_round(self, revoking: bool = False) -> None:
+        """One round of the committer (pipeline/committer.py owns the order of the steps)."""
+        self._loop = asyncio.get_running_loop()
+        route = self.routing is not None and not revoking and (
+            self.committer.announcements_pending or time.monotonic() >= self._routing_commit_due)
+        if route:
+            # At most once per commitIntervalMs: each routing commit waits for three round trips
+            # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
+            self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
+        done = await self.committer.commit(_now_ms(), revoking=revoking, route=route)
+        if done.routed_lost is not None:
+            await self._rewind_routing(done.routed_lost)
+        elif route:
+            self._rewind_backoff_s = RETRY_INITIAL_S
+        if done.committed or done.summary.files:
+            self._progress_at = time.monotonic()
+
+    def _confirm_owner(self, tp: TP, name: str) -> None:
+        """The last step before a file is put in place (in the writer thread): this worker is
+        still the group member that owns ``tp``, as the broker sees it.  A replica that lost the
+        partition without noticing (a zombie) leaves no copy of the file in its own volume; the
+        new owner writes it.  A commit of the persisted checkpoint is the probe (see
+        CheckpointCommitConsumer.confirm_membership)."""
+        assert self._loop is not None
+        if tp in self._released:
+            raise NotOwner(name, f"the revoke of {tp[0]}/{tp[1]} did not wait for this write")
+        consumer = cast(CheckpointCommitConsumer, self._app.consumer)
+        checkpoint = self.pipeline.persisted_checkpoint(tp)
+        probe = asyncio.run_coroutine_threadsafe(
+            consumer.confirm_membership(FaustTP(*tp), checkpoint.offset if checkpoint is not None else 0), self._loop)
+        try:
+            owner = probe.result(timeout=self._settings.kafka.sessionTimeoutMs / 1000)
+        except Exception as exc:  # no answer in time: not confirmed, so not published (retried)
+            probe.cancel()
+            raise NotOwner(name, f"ownership of {tp[0]}/{tp[1]} not confirmed ({type(exc).__name__})") from None
+        if not owner:
+            log.warning("%s: partition %s/%d is no longer this worker's; its new owner writes the file",
+                        name, tp[0], tp[1])
+            raise NotOwner(name, f"partition {tp[0]}/{tp[1]} is no longer assigned to this worker")
+
+    async def _rewind_routing(self, failure: RoutedRecordsLost) -> None:
+        """Repartition records were lost (a fatal producer error, e.g. a broker that fenced the
+        producer after a restart): route again from the persisted checkpoints through a new
+        producer, as a restart would, but in this process.  Nothing was committed past them."""
+        assert self.routing is not None and self.repartition is not None
+        self._rewind_backoff_s = await wait_to_redeliver(
+            f"{failure}; routing again from the persisted checkpoints", self._rewind_backoff_s)
+        self.repartition.restart()
+        seek = self.routing.rewind()
+        self._held = None  # fetched before the seek
+        self.committer.forget_announcements()  # the rebuilt routers announce what their checkpoints closed
+        consumer = cast(CheckpointCommitConsumer, self._app.consumer)
+        sought = [tp for tp, offset in seek.items() if await consumer.seek_owned(FaustTP(*tp), offset)]
+        self.routing.assign(sought, _now_ms())
+
+    def commit_gate(self, topic: str, partition: int) -> int | None:
+        """What the consumer may commit for a partition: the persisted checkpoint."""
+        if topic not in self._input_topics and topic != self._repartition_topic:
+            return NOT_GATED
+        if not self.lost.allows_commit():
+            return None  # not recognised as the cluster this state belongs to: commit nothing
+        if self.routing is not None and topic != self._repartition_topic:
+            checkpoint = self.routing.persisted_checkpoint((topic, partition))
+        else:
+            checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
+        return checkpoint.offset if checkpoint is not None else None
+
+    def stalled_for_s(self) -> float | None:
+        """Seconds without progress while work is pending, once beyond worker.stallTimeoutMs."""
+        idle = time.monotonic() - self._progress_at
+        if idle * 1000 < self._settings.worker.stallTimeoutMs:
+            return None
+        if any((c.key, c.part) not in self.pipeline.halted for c in self.pipeline.pending_cuts()):
+            return idle
+        owned = self.pipeline.partitions() + (self.routing.partitions() if self.routing is not None else [])
+        return idle if any((self._lag(tp) or 0) > 0 for tp in owned) else None
+
+    def not_ready_reason(self) -> str | None:
+        if self.lost.reason is not None:
+            return self.lost.reason
+        if self.publisher.undeliverable is not None:
+            return f"cannot deliver events: {self.publisher.undeliverable}"
+        if self.repartition is not None and self.repartition.undeliverable is not None:
+            return f"cannot deliver repartition records: {self.repartition.undeliverable}"
+        if self.state.in_flight.undeliverable is not None:
+            return f"cannot deliver table changes: {self.state.in_flight.undeliverable}"
+        if self.pipeline.halted_reason is not None:
+            return f"halted by a terminal error (fix, then restart): {self.pipeline.halted_reason}"
+        if self._app.in_recovery:
+            return "tables recovering (reading their changelogs after an assignment)"
+        if not self._app.consumer.assignment():
+            return "no partitions assigned (joining the group, or more replicas than partitions)"
+        stalled = self.stalled_for_s()
+        if stalled is not None:
+            return f"no progress for {stalled:.0f} s with work pending (worker.stallTimeoutMs)"
+        try:
+            self.pipeline.sink.check_writable()
+        except SinkError as exc:
+            return f"sink not writable: {exc}"
+        return None
+
+    async def on_revoked(self, tps: Iterable[FaustTP]) -> None:
+        # Fetched before the rebalance: Faust seeks back to the committed offsets afterwards (a
+        # held batch would be dropped as stale anyway).
+        self._held = None
+        revoked = [(tp.topic, tp.partition) for tp in tps]
+        # Faust commits before the partitions go: is it still the cluster this state belongs
+        # to?  (After a broker outage the group is left and joined again; a cluster re-created
+        # empty meanwhile would get every checkpoint committed, past what its files hold.)
+        await self.lost.recheck()
+        # A file being written now must also get its journal event, facts, checkpoint and commit
+        # before its partition moves (as Quix Streams' revoke does), else the new owner writes it
+        # again — in its own volume, a second copy.  No further file of these partitions is
+        # begun meanwhile (Committer.moving), and a write still under way at the deadline (half
+        # the rebalance timeout) is not put in place (_confirm_owner): the new owner writes it.
+        self.committer.moving.update(revoked)
+        try:
+            committing = self._committing
+
+            async def flushes_done() -> None:
+                # the background finalize + commit, and a tick's flush (which holds _lock); then
+                # the committer's revoking round: what is written is made durable and committed,
+                # and no file is begun (the new owner writes the rest)
+                if committing is not None and not committing.done():
+                    await asyncio.shield(committing)
+                async with self._lock:
+                    if self.lost.reason is None:
+                        await self._commit_round(revoking=True)
+
+            deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
+            try:
+                await asyncio.wait_for(flushes_done(), deadline_s)
+            except TimeoutError:
+                self._released.update(revoked)
+                log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
+                            "the partitions' new owner writes them", deadline_s)
+            except Exception as exc:  # its records are processed again by their new owner
+                log.warning("revoke: the durable steps before the partitions move failed (%s)", type(exc).__name__)
+            async with self.durability.write_lock:
+                self.pipeline.revoke(revoked)
+                if self.routing is not None:
+                    self.routing.revoke(revoked)
+                    self.committer.forget_revoked()
+        finally:
+            self.committer.moving.difference_update(revoked)
+            self._released.difference_update(revoked)
+
+    async def on_rebalance_complete(self) -> None:
+        """Tables are recovered: compare the group's committed offsets with the checkpoints; in
+        window scope route every assigned input partition, also one without records (its idle
+        close must still reach the file stage), and announce what each has closed."""
+        owned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment()
+                 if tp.topic in self._input_topics or tp.topic == self._repartition_topic]
+        await self.lost.recheck()
+        try:
+            self.lost.check_committed(await asyncio.to_thread(group_committed_offsets, self._settings, owned))
+        except Exception as exc:  # the broker went away meanwhile: checked at the next assignment
+            log.warning("could not compare committed offsets with the checkpoints (%s)", type(exc).__name__)
+        if self.routing is None:
+            return
+        async with self._lock:
+            # read again: another rebalance may have revoked some of ``owned`` during the awaits
+            # above, and a router kept for a partition routed elsewhere would close its windows
+            assigned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._input_topics]
+            self.routing.assign(assigned, _now_ms())
