@@ -9,6 +9,7 @@ Apache Kafka runs of the guarantees.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -40,6 +41,17 @@ def kafka_libs(version: str = KAFKA_VERSION) -> Path:
         return cache
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise KafkaUnavailable("Apache Kafka needs java and mvn on PATH")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Test processes (pytest-xdist workers) resolve one at a time: the first fills the cache,
+    # the others find it filled, and none replaces a class path a running broker reads.
+    with open(cache.parent / ".resolve.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (cache / f"kafka_2.13-{version}.jar").exists():
+            return cache
+        return _resolve(cache, version)
+
+
+def _resolve(cache: Path, version: str) -> Path:
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     proc = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), f"-Dkafka.version={version}",
                            "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"],
