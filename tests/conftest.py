@@ -39,6 +39,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("kafka_bootstrap", brokers, indirect=True)
 
 
+# Seconds the longest tests take here (the --durations report); any other e2e test about 30 s.
+LONG_TESTS = {
+    "test_sigkill_anywhere_leaves_exactly_the_reference_files": 185,
+    "test_sigkill_in_either_stage_leaves_exactly_the_reference_files": 170,
+    "test_verify_accounts_for_every_file_and_manifest_field": 93,
+}
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    name = getattr(item, "originalname", item.name)
+    if name in LONG_TESTS:
+        return LONG_TESTS[name]
+    return 30.0 if item.get_closest_marker("e2e") else 0.5
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n N --dist worksteal``, the README's command) each worker starts on
+    one of N equal slices of this order and steals from the others when done.  The longest
+    tests are dealt round-robin to the slices' fronts, so they start at once on different
+    workers and the run does not end waiting for one that started last.  The order is the same
+    in every worker (xdist requires it)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        return
+    ranked = sorted(items, key=lambda item: -expected_seconds(item))  # stable: ties keep their order
+    slices: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for index, item in enumerate(ranked):
+        slices[index % workers].append(item)
+    items[:] = [item for part in slices for item in part]
+
+
 @pytest.fixture(scope="session")
 def embedded_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

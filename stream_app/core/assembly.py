@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
-from stream_app.core.windows import FileKey
+from stream_app.core.spool import Spool
+from stream_app.core.windows import FileCut, FileKey
 
 
 class AssemblyError(Exception):
@@ -46,6 +47,17 @@ class PartWriter(Protocol):
     def finish(self) -> AssembledFile: ...
 
     def discard(self) -> None: ...
+
+
+class Assembler(Protocol):
+    """Template mode and structured mode alike: names, parts written record by record, and whole
+    cuts assembled at once (the file stage never asks which mode it has)."""
+
+    def file_name(self, key: FileKey, part: int, record_count: int) -> str: ...
+
+    def open_part(self, key: FileKey, part: int, spool: Spool) -> PartWriter: ...
+
+    def assemble(self, cut: FileCut) -> AssembledFile: ...
 
 
 def _utc(ms: int) -> datetime:

@@ -11,14 +11,11 @@ the durable steps after a write is ``pipeline/committer.py``'s.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import random
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,13 +25,13 @@ from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import CarriedDecoder
 from stream_app.codecs.repartition import FrontierMarker, RepartitionFormatError
 from stream_app.codecs.repartition import decode as decode_repartition
-from stream_app.core.compression import gzipped
+from stream_app.core.assembly import Assembler
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
 from stream_app.core.routing import WindowCollector, repartition_partition
-from stream_app.core.spool import FileSpool, MergedSpool, RecordSpill, RunSpool
-from stream_app.core.structured.assembler import StructuredAssembler, StructuredPart
+from stream_app.core.spool import RecordSpill
+from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.project import InvalidRecord
-from stream_app.core.template import AssemblyError, TemplateAssembler, TemplatePart
+from stream_app.core.template import AssemblyError
 from stream_app.core.windows import (
     TP,
     Checkpoint,
@@ -54,30 +51,12 @@ from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.ports import Publisher, StateStore
-from stream_app.sinks.base import Sink, SinkError, WriteResult
+from stream_app.pipeline.retries import PartRetries
+from stream_app.pipeline.spools import PartSpools
+from stream_app.pipeline.writer import FileWriter, WriteOutcome
+from stream_app.sinks.base import FileStore
 
 log = logging.getLogger(__name__)
-
-@dataclass(slots=True)
-class WriteOutcome:
-    seconds: float = 0.0
-    name: str | None = None
-    result: WriteResult | None = None
-    error_class: str | None = None
-    error_message: str | None = None
-    assembly_failed: bool = False
-    source: tuple[str, int, int] | None = None
-    transient: bool = True
-
-
-HALTED = 1 << 62  # a retry time no clock reaches: the part waits for a restart
-
-
-@dataclass(slots=True)
-class _Retry:
-    attempt: int = 0
-    not_before_ms: int = 0
-
 
 @dataclass
 class FlushSummary:
@@ -111,17 +90,6 @@ class WindowScope:
 Stage = PartitionWindower | WindowCollector
 
 
-def _marked_runs(marks: bytearray, base: int) -> list[tuple[int, int]]:
-    """Inclusive runs of the marked positions (byte 1) of ``marks``, shifted by ``base``."""
-    runs, pos = [], marks.find(1)
-    while pos >= 0:
-        end = marks.find(0, pos)
-        end = len(marks) if end < 0 else end
-        runs.append((base + pos, base + end - 1))
-        pos = marks.find(1, end)
-    return runs
-
-
 class FilePipeline:
     """Partition scope: source records -> files.  Window scope: routed records -> files."""
 
@@ -130,8 +98,8 @@ class FilePipeline:
         policy: WindowPolicy,
         group_by: Sequence[str],
         decoder: Decoder,
-        assembler: TemplateAssembler | StructuredAssembler,
-        sink: Sink,
+        assembler: Assembler,
+        sink: FileStore,
         state: StateStore,
         publisher: Publisher,
         journal: Journal,
@@ -155,11 +123,10 @@ class FilePipeline:
         self._state = state
         self._publisher = publisher
         self._journal = journal
-        self._retry_initial = retry_initial_ms
-        self._retry_max = retry_max_ms
         self._mode = mode
         self._windowers: dict[TP, Stage] = {}
-        self._retries: dict[tuple[FileKey, int], _Retry] = {}
+        self._retries = PartRetries(journal, publisher, metrics, retry_initial_ms, retry_max_ms)
+        self._writer = FileWriter(assembler, sink, mode, compression, schema_ref)
         # Checkpoints written to the state store, and those confirmed durable (the commit gate).
         self._sent_checkpoints: dict[TP, Checkpoint] = {}
         self._published_checkpoints: dict[TP, Checkpoint] = {}
@@ -168,10 +135,7 @@ class FilePipeline:
         # `created` event.  Event ids are deterministic, so a re-sent event is a duplicate to drop.
         self._unpersisted_facts: dict[FileKey, WindowFacts] = {}
         self.failing = False  # some cut is waiting for a retry
-        # Parts halted by a terminal error (a template, validation, layout or sink refusal) and
-        # why: nothing of their windows is written or committed until the config or the input is
-        # fixed and the worker restarted; readiness reports the first.
-        self.halted: dict[tuple[FileKey, int], str] = {}
+        self.halted = self._retries.halted  # parts halted by a terminal error, and why
         # Window scope: repartition partitions halted at a record the file stage cannot read (a
         # damaged topic, or a newer worker's format during a rolling upgrade) and why.  Nothing
         # of the partition from that record on is processed or committed; other partitions go on,
@@ -182,18 +146,21 @@ class FilePipeline:
         self.confirm_owner: Callable[[TP, str], None] | None = None
         self._structured = assembler if isinstance(assembler, StructuredAssembler) else None
         # Streaming mode: parts are written to spool files as records arrive (flat memory).
-        self._spool_dir = spool_dir
-        self._parts: dict[tuple[FileKey, int], TemplatePart | StructuredPart] = {}
-        self._run_spools: dict[tuple[FileKey, TP], RunSpool] = {}  # window scope, streaming
-        self._merged: dict[tuple[FileKey, tuple], MergedSpool] = {}  # ... in file order, per cut batch
-        self._compression = compression
-        self._schema_ref = schema_ref
-        self.metrics = metrics
+        self._spools = PartSpools(spool_dir, assembler, self.owner_of) if spool_dir is not None else None
+        self._metrics = metrics
         # Backpressure: where open parts' records wait on disk (a temporary directory when
         # None), or, with pressure_cut (worker.pressureCut), the early cut that makes files
         # depend on timing.
         self._spill_dir = spill_dir
         self._pressure_cut = pressure_cut
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Metrics | None) -> None:
+        self._metrics = self._retries.metrics = metrics
 
     # -- partitions -------------------------------------------------------------------------
     def owner_of(self, key: FileKey) -> TP:
@@ -217,9 +184,9 @@ class FilePipeline:
         if windower is None and self._scope is not None:
             checkpoint = self._state.get_checkpoint(tp)
             on_spool = None
-            if self._spool_dir is not None:
-                shutil.rmtree(self._partition_spool(tp), ignore_errors=True)  # rebuilt from the offsets
-                on_spool = self._spool_routed
+            if self._spools is not None:
+                self._spools.reset(tp)
+                on_spool = self._spools.spool_routed
             windower = self._windowers[tp] = WindowCollector(tp[0], tp[1], self._policy, self._scope.sources,
                                                              checkpoint, self._state.get_facts, on_spool)
             if checkpoint is not None:
@@ -227,96 +194,15 @@ class FilePipeline:
         if windower is None:
             checkpoint = self._state.get_checkpoint(tp)
             on_append = None
-            if self._spool_dir is not None:
-                # Whatever a previous run spooled for this partition is rebuilt from the offsets.
-                shutil.rmtree(self._partition_spool(tp), ignore_errors=True)
-                on_append = self._append
+            if self._spools is not None:
+                self._spools.reset(tp)
+                on_append = self._spools.append
             windower = PartitionWindower(tp[0], tp[1], self._policy, self._assigner, checkpoint,
                                          self._state.get_facts, on_append)
             self._windowers[tp] = windower
             if checkpoint is not None:
                 self._published_checkpoints[tp] = self._sent_checkpoints[tp] = checkpoint
         return windower
-
-    def _partition_spool(self, tp: TP) -> Path:
-        assert self._spool_dir is not None
-        return self._spool_dir / tp[0] / str(tp[1])
-
-    def _window_spool(self, key: FileKey) -> Path:
-        digest = hashlib.sha1(key.id.encode()).hexdigest()[:20]
-        return self._partition_spool(self.owner_of(key)) / digest
-
-    def _spool_routed(self, key: FileKey, source: TP, entry: tuple[int, int, bytes | None]) -> None:
-        """Window scope, streaming: a routed entry waits in its (window, source) spool file."""
-        spools = self._run_spools
-        spool = spools.get((key, source))
-        if spool is None:
-            spool = spools[(key, source)] = RunSpool(self._window_spool(key) / f"{source[0]}-{source[1]}.run")
-        spool.append(entry)
-        failpoint("pipeline.append")
-
-    def _streamed_part(self, cut: FileCut) -> TemplatePart | StructuredPart:
-        """Window scope, streaming: render a part from the window's spools in file order.
-
-        The first part of a cut batch merges its spool segments into one sorted spool (bounded
-        memory); every part then reads its slice, and learns its offset ranges on the way.
-        """
-        assert cut.merged is not None
-        merged = self._merged.get((cut.key, cut.segments))
-        if merged is None:
-            sources = [segment.source for segment in cut.segments]
-            merged = MergedSpool(self._window_spool(cut.key) / f"merged-{cut.segments[0].first}",
-                                 [(i, self._run_spools[(cut.key, seg.source)], seg.first, seg.end)
-                                  for i, seg in enumerate(cut.segments)])
-            self._merged[(cut.key, cut.segments)] = merged
-        sources = [segment.source for segment in cut.segments]
-        writer = self._assembler.open_part(cut.key, cut.part, FileSpool(self._window_spool(cut.key) / f"part-{cut.part}"))
-        # which offsets of each source the part holds: a byte per offset of the source's segment
-        # (they come in file order, not offset order), so memory stays flat per record
-        seen = {index: bytearray(high - low + 1) for index, (low, high) in merged.bounds.items()}
-        chunk: list[RawRecord] = []
-
-        assert self._scope is not None
-        decoder = self._scope.decoder
-
-        def render(raws: list[RawRecord]) -> None:
-            for record in decoder.decode_many(raws):
-                if type(record) is not SourceRecord:
-                    raise cast(DecodeError, record)
-                writer.append(self._project_routed(record) if self._structured is not None else record)
-
-        for _, index, offset, value in merged.read(*cut.merged):
-            topic, partition = sources[index]
-            seen[index][offset - merged.bounds[index][0]] = 1
-            chunk.append(RawRecord(topic, partition, offset, None, None, value))
-            if len(chunk) >= 2000:
-                render(chunk)
-                chunk = []
-        render(chunk)
-        ranges = {}
-        for index, marks in seen.items():
-            low = merged.bounds[index][0]
-            found = _marked_runs(marks, low)
-            if found:
-                ranges[sources[index]] = found
-        cut.sources = dict(sorted(ranges.items()))
-        return writer
-
-    def _drop_window_spools(self, key: FileKey) -> None:
-        for key_source in [ks for ks in self._run_spools if ks[0] == key]:
-            self._run_spools.pop(key_source).discard()
-        for key_segments in [ks for ks in self._merged if ks[0] == key]:
-            self._merged.pop(key_segments).discard()
-        shutil.rmtree(self._window_spool(key), ignore_errors=True)
-
-    def _append(self, key: FileKey, part: int, record: SourceRecord) -> None:
-        writer = self._parts.get((key, part))
-        if writer is None:
-            digest = hashlib.sha1(key.id.encode()).hexdigest()[:20]
-            spool = FileSpool(self._partition_spool(key.tp) / f"{digest}-{part}.spool")
-            writer = self._parts[(key, part)] = self._assembler.open_part(key, part, spool)
-        writer.append(record)
-        failpoint("pipeline.append")
 
     def revoke(self, tps: Sequence[TP]) -> None:
         """Forget partitions this worker no longer owns: their records are re-read by the new owner."""
@@ -327,20 +213,11 @@ class FilePipeline:
             self.damaged.pop(tp, None)  # the new owner meets (and reports) it again
             self._published_checkpoints.pop(tp, None)
             self._sent_checkpoints.pop(tp, None)
-            if windower is not None:
-                for cut in windower.pending_cuts():
-                    self._retries.pop((cut.key, cut.part), None)
+            self._retries.forget(windower.pending_cuts() if windower is not None else (), tp, self.owner_of)
             for key in [k for k in self._unpersisted_facts if self.owner_of(k) == tp]:
                 del self._unpersisted_facts[key]
-            for key_part in [kp for kp in self._parts if self.owner_of(kp[0]) == tp]:
-                self._parts.pop(key_part).discard()
-            for key_part in [kp for kp in self.halted if self.owner_of(kp[0]) == tp]:
-                del self.halted[key_part]  # the new owner meets (and reports) it again
-                if self.metrics is not None:
-                    with contextlib.suppress(KeyError):  # two halted parts of one file key
-                        self.metrics.halted_files.remove(key_part[0].id)
-            for key in {ks[0] for ks in self._run_spools if self.owner_of(ks[0]) == tp}:
-                self._drop_window_spools(key)
+            if self._spools is not None:
+                self._spools.revoke(tp)
 
     def partitions(self) -> list[TP]:
         return list(self._windowers)
@@ -395,7 +272,7 @@ class FilePipeline:
         """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
         assert self._scope is not None
         decoder = self._scope.decoder
-        streaming = self._spool_dir is not None
+        streaming = self._spools is not None
         for raw in raws:
             tp = (raw.topic, raw.partition)
             if tp in self.damaged:
@@ -431,6 +308,14 @@ class FilePipeline:
                   f"newer worker's format: upgrade this worker)")
         self.damaged[(raw.topic, raw.partition)] = reason
         log.error("%s", reason)  # once per partition: its later records are skipped unread
+
+    def _decode_routed(self, raws: list[RawRecord]) -> Iterator[SourceRecord]:
+        """Routed values of a streamed part, read back from its spools (raises on a damaged one)."""
+        assert self._scope is not None
+        for record in self._scope.decoder.decode_many(raws):
+            if type(record) is not SourceRecord:
+                raise cast(DecodeError, record)
+            yield self._project_routed(record) if self._structured is not None else record
 
     def _project_routed(self, record: SourceRecord) -> SourceRecord:
         assert self._structured is not None
@@ -518,8 +403,7 @@ class FilePipeline:
         for windower in self._windowers.values():
             waiting: set[FileKey] = set()
             for cut in windower.pending_cuts():
-                retry = self._retries.get((cut.key, cut.part))
-                if cut.key in waiting or (retry is not None and retry.not_before_ms > now_wall_ms):
+                if cut.key in waiting or self._retries.backing_off(cut, now_wall_ms):
                     waiting.add(cut.key)
                 else:
                     due.append(cut)
@@ -544,88 +428,44 @@ class FilePipeline:
 
     def _write_cut(self, cut: FileCut) -> WriteOutcome:
         if not cut.segments:
-            return self._write_part(cut, self._parts.get((cut.key, cut.part)))
-        if any((cut.key, seg.source) not in self._run_spools for seg in cut.segments):
+            part = self._spools.parts.get((cut.key, cut.part)) if self._spools is not None else None
+            return self._writer.write(cut, part, self._confirm(cut))
+        assert self._spools is not None  # segments: a streamed window-scope cut
+        if not self._spools.has_runs(cut):
             return WriteOutcome(error_class="PARTITION_REVOKED", error_message="the partition was revoked")
         try:
-            writer = self._streamed_part(cut)
+            writer = self._spools.streamed_part(cut, self._decode_routed)
         except AssemblyError as exc:
             return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
                                 source=exc.source)
         try:
-            return self._write_part(cut, writer)
+            return self._writer.write(cut, writer, self._confirm(cut))
         finally:
             writer.discard()  # rendered again from the window's spools if the write is retried
 
-    def _write_part(self, cut: FileCut, writer: TemplatePart | StructuredPart | None) -> WriteOutcome:
-        if writer is None and len(cut.records) < cut.count:
-            # A streamed cut holds no records: they are only in the part's spool, and that is gone
-            # because the partition was revoked meanwhile.  Assembling the cut would write a wrong
-            # file under the part's name; its new owner writes the real one.  (A cut that carries
-            # its records, e.g. one rebuilt by a replay of a window, is assembled as usual.)
-            return WriteOutcome(error_class="PARTITION_REVOKED", error_message="the partition was revoked")
-        try:
-            assembled = writer.finish() if writer is not None else self._assembler.assemble(cut)
-        except AssemblyError as exc:
-            return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
-                                source=exc.source)
-        chunks = gzipped(assembled.chunks) if self._compression == "gzip" else assembled.chunks
-        try:
-            confirm = self.confirm_owner
-            result = self.sink.write(assembled.name, chunks, None if confirm is None else
-                                     partial(confirm, self.owner_of(cut.key), assembled.name))
-        except SinkError as exc:
-            return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc),
-                                transient=exc.transient)
-        try:
-            self.sink.record_manifest(assembled.name, self._manifest_entry(cut, result))
-        except SinkError as exc:
-            return WriteOutcome(name=assembled.name, error_class=exc.error_class, error_message=str(exc))
-        return WriteOutcome(name=assembled.name, result=result)
-
-    def _manifest_entry(self, cut: FileCut, result: WriteResult) -> dict:
-        return {
-            "name": result.name,
-            "records": cut.count,
-            "bytes": result.bytes,
-            "sha256": result.sha256,
-            "file_key": cut.key.id,
-            "scope": "partition" if cut.key.per_partition else "window",
-            "topic": cut.key.topic,
-            "partition": cut.key.partition,
-            "group": [list(pair) for pair in cut.key.group],
-            "window_start": cut.key.window_start_ms,
-            "window_end": cut.key.window_end_ms,
-            "part": cut.part,
-            "reason": cut.reason,
-            "mode": self._mode,
-            "schema": self._schema_ref,
-            "compression": self._compression,
-            "offsets": [
-                {"topic": topic, "partition": partition, "ranges": [list(r) for r in ranges]}
-                for (topic, partition), ranges in cut.source_ranges().items()
-            ],
-        }
+    def _confirm(self, cut: FileCut) -> Callable[[str], None] | None:
+        confirm = self.confirm_owner
+        return None if confirm is None else partial(confirm, self.owner_of(cut.key))
 
     def record_outcome(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
         if not self.is_pending(cut):
             return  # partition revoked while the write ran; the new owner re-creates the file
         windower = self._windowers[self.owner_of(cut.key)]
         if outcome.result is None:
-            self._failed(cut, outcome, now_wall_ms)
+            self._retries.failed(cut, outcome, now_wall_ms)
             summary.failed += 1
             return
         failpoint("pipeline.after-write")  # file renamed, nothing persisted or committed yet
-        self._retries.pop((cut.key, cut.part), None)
-        writer = self._parts.pop((cut.key, cut.part), None)
+        self._retries.succeeded(cut)
+        writer = self._spools.parts.pop((cut.key, cut.part), None) if self._spools is not None else None
         if writer is not None:
             writer.discard()
         result = outcome.result
         self._publisher.journal(self._journal.created(cut, result.name, result.bytes, result.sha256,
                                                       result.location, result.url), cut.key.id)
         self._unpersisted_facts[cut.key] = facts = windower.mark_finalized(cut)
-        if facts.closed and self._run_spools:
-            self._drop_window_spools(cut.key)
+        if facts.closed and self._spools is not None and self._spools.holds_runs:
+            self._spools.drop_window(cut.key)
         if self.metrics is not None:
             self.metrics.files_finalized.labels(self._mode, cut.reason).inc()
             self.metrics.records_per_file.observe(cut.count)
@@ -638,50 +478,12 @@ class FilePipeline:
         summary.bytes += result.bytes
         summary.names.append(result.name)
 
-    def _failed(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int) -> None:
-        """A part that could not be written: back off and retry when the error is transient;
-        halt the part when it is terminal (docs/operations.md, error classes): the same records
-        and config would fail the same way, so it is reported once and waits for a fix and a
-        restart."""
-        assert outcome.error_class is not None and outcome.error_message is not None
-        retry = self._retries.setdefault((cut.key, cut.part), _Retry())
-        retry.attempt += 1
-        terminal = outcome.assembly_failed or not outcome.transient
-        if self.metrics is not None:
-            self.metrics.write_failures.labels(outcome.error_class).inc()
-            if retry.attempt > 1:
-                self.metrics.retries.inc()
-        if outcome.error_class == "VALIDATION_FAILED":
-            event = self._journal.validation_failed(cut, outcome.error_message, outcome.source, retry.attempt)
-        elif outcome.assembly_failed:
-            event = self._journal.finalize_failed(cut, outcome.error_class, outcome.error_message, retry.attempt,
-                                                  terminal=True)
-        else:
-            event = self._journal.write_failed(cut, outcome.name, outcome.error_class, outcome.error_message,
-                                               retry.attempt, terminal=terminal)
-        self._publisher.journal(event, cut.key.id)
-        if terminal:
-            retry.not_before_ms = HALTED  # never again in this process: a restart retries it
-            self.halted[(cut.key, cut.part)] = outcome.error_message
-            if self.metrics is not None:
-                self.metrics.halted_files.labels(cut.key.id).set(1)
-            log.error("file %s part %d halted (%s, needs a fix and a restart): %s", cut.key.id, cut.part,
-                      outcome.error_class, outcome.error_message, extra={"file_key": cut.key.id, "part": cut.part})
-            return
-        backoff = min(self._retry_max, self._retry_initial * 2 ** (retry.attempt - 1))
-        retry.not_before_ms = now_wall_ms + int(backoff * random.uniform(0.5, 1.0))
-        log.warning(
-            "file %s part %d failed (attempt %d, retrying in %d ms): %s",
-            cut.key.id, cut.part, retry.attempt, backoff, outcome.error_message,
-            extra={"file_key": cut.key.id, "part": cut.part},
-        )
-
     @property
     def halted_reason(self) -> str | None:
         return next(iter(self.damaged.values()), None) or next(iter(self.halted.values()), None)
 
     def journal_summary(self, summary: FlushSummary) -> None:
-        self.failing = bool(self._retries)
+        self.failing = self._retries.any
         if summary.files or summary.failed:
             self._publisher.journal(
                 self._journal.flush_summary(summary.files, summary.records, summary.bytes, summary.failed),

@@ -26,7 +26,7 @@ from stream_app.pipeline.files import FilePipeline, WindowScope
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
 from stream_app.pipeline.routing import RoutingStage
-from stream_app.sinks.base import Sink
+from stream_app.sinks.base import FileStore
 from stream_app.sinks.local import LocalSink
 
 
@@ -116,7 +116,7 @@ def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAsse
     )
 
 
-def build_sink(settings: AppSettings) -> Sink:
+def build_sink(settings: AppSettings) -> FileStore:
     sink = settings.sink
     if isinstance(sink, S3SinkSettings):
         from stream_app.sinks.s3 import S3Sink  # boto3 is only imported when S3 is configured
@@ -167,7 +167,7 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
                         sender, settings.kafka.repartition_partitions, settings.input.maxRecordBytes)
 
 
-def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: Sink | None = None,
+def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: FileStore | None = None,
                    spool_dir: Path | None = None, metrics: Metrics | None = None,
                    sources: tuple[tuple[str, int], ...] | None = None) -> FilePipeline:
     """Partition scope: the whole pipeline; window scope: the file stage."""

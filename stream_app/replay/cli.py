@@ -28,7 +28,7 @@ from stream_app.replay.reader import (
 )
 from stream_app.replay.run import CountingPublisher, LoopbackSender, run_records, run_window_records
 from stream_app.replay.verify import VerifyingSink
-from stream_app.sinks.base import Sink, SinkError
+from stream_app.sinks.base import FileStore, SinkError
 from stream_app.sinks.local import LocalSink
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,14 @@ def run_replay(settings: AppSettings, request: ReplayRequest) -> ReplayReport:
     timed = request.from_time_ms is not None or request.to_time_ms is not None
     if timed and (request.from_offsets or request.to_offsets or request.window_start_ms is not None):
         raise RangeRequestError("--from-time/--to-time select file windows; they do not combine with offsets or --window")
-    target: Sink
+    target: FileStore
     if request.out_dir is not None:
         request.out_dir.mkdir(parents=True, exist_ok=True)
         target = LocalSink(request.out_dir, settings.sink.file_mode_bits if settings.sink.type == "local" else 0o640,
                            manifest=settings.sink.manifest)
     else:
         target = build_sink(settings)
-    sink: Sink = VerifyingSink(target) if request.verify else target
+    sink: FileStore = VerifyingSink(target) if request.verify else target
     # the recorded parts live in the configured sink's manifest, wherever the output goes
     recorded = target if request.out_dir is None else build_sink(settings)
     publisher = CountingPublisher()
@@ -246,7 +246,7 @@ def _inconsistent_windows(settings: AppSettings, entries: list[dict]) -> list[st
 
 
 def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeReader, publisher: CountingPublisher,
-                  sink: Sink, recorded: Sink, spool: Path | None,
+                  sink: FileStore, recorded: FileStore, spool: Path | None,
                   skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], int, list[str]]:
     """Window the range into a scratch directory, then publish what the request selects: with a
     time range the windows starting in it; from a bounded offset range a file under its live

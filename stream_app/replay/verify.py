@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from stream_app.sinks.base import Sink, WriteResult
+from stream_app.sinks.base import FileStore, WriteResult
 
 # Manifest fields replay must reproduce (the cut reason of a wall-clock cut may differ, and
 # "partial" marks a replay's own output).
@@ -31,7 +31,7 @@ class VerifyingSink:
       does not produce, and ``UNPRODUCED``, a manifest entry for a file replay does not produce.
     """
 
-    def __init__(self, target: Sink) -> None:
+    def __init__(self, target: FileStore) -> None:
         self._target = target
         self.problems: list[str] = []
         self._manifest = {e["name"]: e for e in target.manifest_entries()}

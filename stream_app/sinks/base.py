@@ -52,6 +52,10 @@ class WriteResult:
 
 
 class Sink(Protocol):
+    """Where files go.  Failure rule: ``write`` either leaves the complete file visible under
+    ``name`` or raises ``SinkError`` and leaves nothing visible (no partial file, no overwrite
+    of a different file: ``FileConflict``)."""
+
     def check_writable(self) -> None:
         """Raise ``SinkError`` when the sink cannot take files (preflight, readiness)."""
 
@@ -62,20 +66,32 @@ class Sink(Protocol):
         ``before_publish`` runs just before the file becomes visible; what it raises aborts the
         write and leaves nothing behind."""
 
-    def record_manifest(self, name: str, entry: dict) -> None:
-        """Append the manifest entry for a stored file (after the file itself)."""
-
     def discard_partials(self) -> int:
         """At start: remove what a crashed run left half-written; returns how many."""
 
-    def stat(self, name: str) -> str | None:
-        """sha256 of the stored file ``name``, or None when there is none (replay --verify)."""
 
-    def stored_names(self) -> list[str]:
-        """Every complete file the sink holds (not the manifest, not partial uploads): replay --verify."""
+class Manifest(Protocol):
+    """One line per stored file: what it holds and which offsets it came from."""
+
+    def record_manifest(self, name: str, entry: dict) -> None:
+        """Append the manifest entry for a stored file (after the file itself)."""
 
     def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
         """Manifest entries, optionally only those of one window start."""
+
+
+class Audit(Protocol):
+    """What ``replay --verify`` reads back."""
+
+    def stat(self, name: str) -> str | None:
+        """sha256 of the stored file ``name``, or None when there is none."""
+
+    def stored_names(self) -> list[str]:
+        """Every complete file the sink holds (not the manifest, not partial uploads)."""
+
+
+class FileStore(Sink, Manifest, Audit, Protocol):
+    """A sink with its manifest and audit: what the local and S3 sinks are."""
 
 
 def os_error_class(exc: OSError) -> str:
