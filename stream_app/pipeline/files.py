@@ -49,6 +49,7 @@ from stream_app.core.windows import (
 )
 from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import Metrics
+from stream_app.pipeline.checkpoints import CheckpointLedger
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.ports import Publisher, StateStore
 from stream_app.pipeline.retries import PartRetries
@@ -128,8 +129,7 @@ class FilePipeline:
         self._retries = PartRetries(journal, publisher, metrics, retry_initial_ms, retry_max_ms)
         self._writer = FileWriter(assembler, sink, mode, compression, schema_ref)
         # Checkpoints written to the state store, and those confirmed durable (the commit gate).
-        self._sent_checkpoints: dict[TP, Checkpoint] = {}
-        self._published_checkpoints: dict[TP, Checkpoint] = {}
+        self._checkpoints = CheckpointLedger(state, lambda previous, new: new.offset > previous.offset)
         # Facts of finalized parts and idle closes, persisted only once their journal events are
         # durable (see persist_facts): a restart then re-finalizes a part rather than losing its
         # `created` event.  Event ids are deterministic, so a re-sent event is a duplicate to drop.
@@ -189,8 +189,7 @@ class FilePipeline:
                 on_spool = self._spools.spool_routed
             windower = self._windowers[tp] = WindowCollector(tp[0], tp[1], self._policy, self._scope.sources,
                                                              checkpoint, self._state.get_facts, on_spool)
-            if checkpoint is not None:
-                self._published_checkpoints[tp] = self._sent_checkpoints[tp] = checkpoint
+            self._checkpoints.restored(tp, checkpoint)
         if windower is None:
             checkpoint = self._state.get_checkpoint(tp)
             on_append = None
@@ -200,8 +199,7 @@ class FilePipeline:
             windower = PartitionWindower(tp[0], tp[1], self._policy, self._assigner, checkpoint,
                                          self._state.get_facts, on_append)
             self._windowers[tp] = windower
-            if checkpoint is not None:
-                self._published_checkpoints[tp] = self._sent_checkpoints[tp] = checkpoint
+            self._checkpoints.restored(tp, checkpoint)
         return windower
 
     def revoke(self, tps: Sequence[TP]) -> None:
@@ -211,8 +209,7 @@ class FilePipeline:
             if windower is not None:
                 windower.discard_spills()
             self.damaged.pop(tp, None)  # the new owner meets (and reports) it again
-            self._published_checkpoints.pop(tp, None)
-            self._sent_checkpoints.pop(tp, None)
+            self._checkpoints.forget(tp)
             self._retries.forget(windower.pending_cuts() if windower is not None else (), tp, self.owner_of)
             for key in [k for k in self._unpersisted_facts if self.owner_of(k) == tp]:
                 del self._unpersisted_facts[key]
@@ -498,7 +495,7 @@ class FilePipeline:
         self.metrics.oldest_window_age.set(max(open_ages, default=0) / 1000)
         uncommitted = 0
         for tp, windower in self._windowers.items():
-            checkpoint = self._published_checkpoints.get(tp)
+            checkpoint = self._checkpoints.confirmed(tp)
             if windower.next_offset is not None:
                 uncommitted += windower.next_offset - (checkpoint.offset if checkpoint else 0)
         self.metrics.uncommitted.set(uncommitted)
@@ -519,7 +516,7 @@ class FilePipeline:
 
     def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:
         """The last checkpoint confirmed durable: what the consumer may commit."""
-        return self._published_checkpoints.get(tp)
+        return self._checkpoints.confirmed(tp)
 
     def advance_checkpoints(self) -> dict[TP, Checkpoint]:
         """Write and return the checkpoints that moved; once the driver knows they are durable
@@ -530,16 +527,11 @@ class FilePipeline:
             checkpoint = windower.checkpoint()
             if checkpoint is None:
                 continue
-            previous = self._sent_checkpoints.get(tp)
-            if previous is None or checkpoint.offset > previous.offset:
-                self._state.put_checkpoint(tp, checkpoint)
-                self._sent_checkpoints[tp] = checkpoint
+            if self._checkpoints.write(tp, checkpoint):
                 failpoint("pipeline.after-checkpoint")
                 moved[tp] = checkpoint
         return moved
 
     def confirm_checkpoints(self) -> None:
         """Everything written by ``advance_checkpoints`` so far is durable."""
-        for tp, checkpoint in self._sent_checkpoints.items():
-            if tp in self._windowers:  # not revoked meanwhile
-                self._published_checkpoints[tp] = checkpoint
+        self._checkpoints.confirm(self._windowers)

@@ -31,6 +31,7 @@ from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.windows import TP, Checkpoint, FileKey, MissingGroupField, WindowAssigner, WindowPolicy
 from stream_app.ops.faults import failpoint
+from stream_app.pipeline.checkpoints import CheckpointLedger
 from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ class RoutingStage:
         self._sender = sender
         self._partitions = repartition_partitions
         self._routers: dict[TP, PartitionRouter] = {}
-        self._sent: dict[TP, Checkpoint] = {}
-        self._published: dict[TP, Checkpoint] = {}
+        # a routing checkpoint also moves without a new offset (watermark, close frontier)
+        self._checkpoints = CheckpointLedger(state, lambda previous, new: new != previous)
         # After a rewind: per input partition, the last offset routed before it.  Records above it
         # that arrive before the re-read ones were fetched before the seek, and are dropped.
         self._stale_above: dict[TP, int] = {}
@@ -71,8 +72,7 @@ class RoutingStage:
         if router is None:
             checkpoint = self._state.get_checkpoint(tp)
             router = self._routers[tp] = PartitionRouter(tp[0], tp[1], self._policy, self._assigner, checkpoint)
-            if checkpoint is not None:
-                self._sent[tp] = self._published[tp] = checkpoint
+            self._checkpoints.restored(tp, checkpoint)
             if now_wall_ms is not None:
                 router.idle_since(now_wall_ms)
             # A new owner (or a restart) announces what its checkpoint says is closed: the marker
@@ -88,8 +88,7 @@ class RoutingStage:
     def revoke(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._routers.pop(tp, None)
-            self._sent.pop(tp, None)
-            self._published.pop(tp, None)
+            self._checkpoints.forget(tp)
             self._stale_above.pop(tp, None)
             self._dead_lettered_through.pop(tp, None)
 
@@ -108,8 +107,7 @@ class RoutingStage:
                 self._dead_lettered_through[tp] = max(router.next_offset - 1, self._dead_lettered_through.get(tp, -1))
             seek[tp] = start
         self._routers.clear()
-        self._sent.clear()
-        self._published.clear()
+        self._checkpoints.clear()
         return seek
 
     def partitions(self) -> list[TP]:
@@ -235,16 +233,12 @@ class RoutingStage:
         moved: dict[TP, Checkpoint] = {}
         for tp, router in self._routers.items():
             checkpoint = router.checkpoint()
-            if checkpoint is None or checkpoint == self._sent.get(tp):
-                continue
-            self._state.put_checkpoint(tp, checkpoint)
-            self._sent[tp] = moved[tp] = checkpoint
+            if checkpoint is not None and self._checkpoints.write(tp, checkpoint):
+                moved[tp] = checkpoint
         return moved
 
     def confirm_checkpoints(self) -> None:
-        for tp, checkpoint in self._sent.items():
-            if tp in self._routers:
-                self._published[tp] = checkpoint
+        self._checkpoints.confirm(self._routers)
 
     def persisted_checkpoint(self, tp: TP) -> Checkpoint | None:
-        return self._published.get(tp)
+        return self._checkpoints.confirmed(tp)
