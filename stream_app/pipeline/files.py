@@ -38,7 +38,6 @@ from stream_app.core.windows import (
     FileCut,
     FileKey,
     LateRecord,
-    MissingGroupField,
     Output,
     PartitionWindower,
     WindowAssigner,
@@ -50,6 +49,7 @@ from stream_app.core.windows import (
 from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.checkpoints import CheckpointLedger
+from stream_app.pipeline.intake import REJECTED, admitted, rejection
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.ports import Publisher, StateStore
 from stream_app.pipeline.retries import PartRetries
@@ -242,12 +242,7 @@ class FilePipeline:
             if windower.already_processed(raw.offset):
                 continue
             try:
-                if type(decoded) is not SourceRecord:
-                    raise cast(DecodeError, decoded)
-                record = decoded
-                implausible = self._policy.out_of_range(record.event_time_ms, windower.watermark_ms)
-                if implausible is not None:
-                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", implausible)
+                record = admitted(decoded, self._policy, windower.watermark_ms)
                 if self._structured is not None:
                     projected = self._project(record, raw)
                     if projected is None:
@@ -255,12 +250,8 @@ class FilePipeline:
                         continue
                     record = projected
                 outputs = windower.process(record, now_wall_ms, is_redriven(raw))
-            except DecodeError as exc:
-                self._publisher.dead_letter(raw, exc.reason, exc.detail)
-                windower.skip(raw.offset)
-                continue
-            except MissingGroupField as exc:
-                self._publisher.dead_letter(raw, "MISSING_GROUP_FIELD", str(exc))
+            except REJECTED as exc:
+                self._publisher.dead_letter(raw, *rejection(exc))
                 windower.skip(raw.offset)
                 continue
             self._handle_outputs(outputs, raw)

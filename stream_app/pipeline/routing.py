@@ -28,10 +28,10 @@ from stream_app.codecs.repartition import (
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
 from stream_app.core.routing import Late, PartitionRouter, repartition_partition
 from stream_app.core.structured.assembler import StructuredAssembler
-from stream_app.core.structured.project import InvalidRecord
-from stream_app.core.windows import TP, Checkpoint, FileKey, MissingGroupField, WindowAssigner, WindowPolicy
+from stream_app.core.windows import TP, Checkpoint, FileKey, WindowAssigner, WindowPolicy
 from stream_app.ops.faults import failpoint
 from stream_app.pipeline.checkpoints import CheckpointLedger
+from stream_app.pipeline.intake import REJECTED, admitted, rejection
 from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
 
 log = logging.getLogger(__name__)
@@ -137,26 +137,15 @@ class RoutingStage:
             if self._stale_above and self._is_stale(raw):
                 continue
             try:
-                if type(decoded) is not SourceRecord:
-                    raise cast(DecodeError, decoded)
-                record = decoded
-                implausible = self._policy.out_of_range(record.event_time_ms, router.watermark_ms)
-                if implausible is not None:
-                    raise DecodeError("EVENT_TIME_OUT_OF_RANGE", implausible)
+                record = admitted(decoded, self._policy, router.watermark_ms)
                 if self._validator is not None:
                     self._validator.project(record.value)
                 carried = record.carried if record.carried is not None else as_read(cast(bytes, raw.value))
                 if len(carried) > self._surely_fits:
                     self._check_routable(record, carried)
                 outcome = router.route(record, now_wall_ms, is_redriven(raw))
-            except DecodeError as exc:
-                self._dead_letter(router, raw, exc.reason, exc.detail)
-                continue
-            except MissingGroupField as exc:
-                self._dead_letter(router, raw, "MISSING_GROUP_FIELD", str(exc))
-                continue
-            except InvalidRecord as exc:
-                self._dead_letter(router, raw, "VALIDATION_FAILED", exc.violation.describe())
+            except REJECTED as exc:
+                self._dead_letter(router, raw, *rejection(exc))
                 continue
             if outcome is None:
                 continue
