@@ -288,6 +288,9 @@ class WindowClosed:
     reason: CutReason
     # True when the close is not implied by the watermark and must be persisted.
     persist: bool
+    # The window's facts with the close, to persist (None: nothing yet, a part of the window
+    # still waits to be finalized and carries the close; or a close the watermark implies).
+    facts: WindowFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,7 +610,8 @@ class PartitionWindower(PartLedger, OffsetCursor):
     def _close(self, window: _OpenWindow, reason: CutReason, persist: bool, out: list[Output]) -> None:
         if window.count:
             out.append(self._cut(window, reason, closes_window=True))
-        out.append(WindowClosed(window.key, window.part, reason, persist))
+        out.append(WindowClosed(window.key, window.part, reason, persist,
+                                self.mark_closed(window.key) if persist else None))
 
     def cut_idle(self, now_wall_ms: int) -> list[Output]:
         """Close windows of an idle partition whose end (+grace) has passed on the wall clock."""

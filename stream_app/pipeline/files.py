@@ -339,10 +339,8 @@ class FilePipeline:
             if isinstance(out, WindowOpened):
                 self._publisher.journal(self._journal.opened(out.key), out.key.id)
             elif isinstance(out, WindowClosed):
-                if out.persist:
-                    facts = self.stage(self.owner_of(out.key)).mark_closed(out.key)
-                    if facts is not None:
-                        self._unpersisted_facts[out.key] = facts
+                if out.facts is not None:
+                    self._unpersisted_facts[out.key] = out.facts
                 self._publisher.journal(self._journal.closed(out.key, out.parts, out.reason), out.key.id)
             elif isinstance(out, LateRecord):
                 assert raw is not None and raw.offset == out.record.offset
