@@ -51,8 +51,8 @@ from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.checkpoints import CheckpointLedger
 from stream_app.pipeline.intake import REJECTED, admitted, rejection
 from stream_app.pipeline.journal import Journal
+from stream_app.pipeline.parts import PartStates
 from stream_app.pipeline.ports import Publisher, StateStore
-from stream_app.pipeline.retries import PartRetries
 from stream_app.pipeline.spools import PartSpools
 from stream_app.pipeline.writer import FileWriter, WriteOutcome
 from stream_app.sinks.base import FileStore
@@ -126,7 +126,7 @@ class FilePipeline:
         self._journal = journal
         self._mode = mode
         self._windowers: dict[TP, Stage] = {}
-        self._retries = PartRetries(journal, publisher, metrics, retry_initial_ms, retry_max_ms)
+        self._parts = PartStates(journal, publisher, metrics, retry_initial_ms, retry_max_ms)
         self._writer = FileWriter(assembler, sink, mode, compression, schema_ref)
         # Checkpoints written to the state store, and those confirmed durable (the commit gate).
         self._checkpoints = CheckpointLedger(state, lambda previous, new: new.offset > previous.offset)
@@ -135,7 +135,6 @@ class FilePipeline:
         # `created` event.  Event ids are deterministic, so a re-sent event is a duplicate to drop.
         self._unpersisted_facts: dict[FileKey, WindowFacts] = {}
         self.failing = False  # some cut is waiting for a retry
-        self.halted = self._retries.halted  # parts halted by a terminal error, and why
         # Window scope: repartition partitions halted at a record the file stage cannot read (a
         # damaged topic, or a newer worker's format during a rolling upgrade) and why.  Nothing
         # of the partition from that record on is processed or committed; other partitions go on,
@@ -160,7 +159,7 @@ class FilePipeline:
 
     @metrics.setter
     def metrics(self, metrics: Metrics | None) -> None:
-        self._metrics = self._retries.metrics = metrics
+        self._metrics = self._parts.metrics = metrics
 
     # -- partitions -------------------------------------------------------------------------
     def owner_of(self, key: FileKey) -> TP:
@@ -210,7 +209,7 @@ class FilePipeline:
                 windower.discard_spills()
             self.damaged.pop(tp, None)  # the new owner meets (and reports) it again
             self._checkpoints.forget(tp)
-            self._retries.forget(windower.pending_cuts() if windower is not None else (), tp, self.owner_of)
+            self._parts.forget(tp, self.owner_of)
             for key in [k for k in self._unpersisted_facts if self.owner_of(k) == tp]:
                 del self._unpersisted_facts[key]
             if self._spools is not None:
@@ -389,7 +388,7 @@ class FilePipeline:
         for windower in self._windowers.values():
             waiting: set[FileKey] = set()
             for cut in windower.pending_cuts():
-                if cut.key in waiting or self._retries.backing_off(cut, now_wall_ms):
+                if cut.key in waiting or self._parts.backing_off(cut, now_wall_ms):
                     waiting.add(cut.key)
                 else:
                     due.append(cut)
@@ -438,11 +437,11 @@ class FilePipeline:
             return  # partition revoked while the write ran; the new owner re-creates the file
         windower = self._windowers[self.owner_of(cut.key)]
         if outcome.result is None:
-            self._retries.failed(cut, outcome, now_wall_ms)
+            self._parts.failed(cut, outcome, now_wall_ms)
             summary.failed += 1
             return
         failpoint("pipeline.after-write")  # file renamed, nothing persisted or committed yet
-        self._retries.succeeded(cut)
+        self._parts.written(cut)
         writer = self._spools.parts.pop((cut.key, cut.part), None) if self._spools is not None else None
         if writer is not None:
             writer.discard()
@@ -465,11 +464,16 @@ class FilePipeline:
         summary.names.append(result.name)
 
     @property
+    def halted(self) -> dict[tuple[FileKey, int], str]:
+        """Parts halted by a terminal error, and why."""
+        return self._parts.halted
+
+    @property
     def halted_reason(self) -> str | None:
         return next(iter(self.damaged.values()), None) or next(iter(self.halted.values()), None)
 
     def journal_summary(self, summary: FlushSummary) -> None:
-        self.failing = self._retries.any
+        self.failing = self._parts.failing
         if summary.files or summary.failed:
             self._publisher.journal(
                 self._journal.flush_summary(summary.files, summary.records, summary.bytes, summary.failed),
@@ -499,6 +503,7 @@ class FilePipeline:
 
         The live driver calls this only after the journal events of those parts are delivered.
         """
+        self._parts.journaled()
         for key, facts in self._unpersisted_facts.items():
             self._state.put_facts(key, facts)
         self._unpersisted_facts.clear()
@@ -510,6 +515,7 @@ class FilePipeline:
     def advance_checkpoints(self) -> dict[TP, Checkpoint]:
         """Write and return the checkpoints that moved; once the driver knows they are durable
         it calls ``confirm_checkpoints`` and commits below them."""
+        self._parts.durable()  # the driver delivered the facts persisted before this call
         self.persist_facts()  # a checkpoint never runs ahead of the facts below it
         moved: dict[TP, Checkpoint] = {}
         for tp, windower in self._windowers.items():
