@@ -147,7 +147,7 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        reason = runtime.not_ready_reason()
+        reason = runtime.health.not_ready_reason()
         if reason is None:
             problem = await asyncio.to_thread(probe.problem, 2.0)
             reason = f"Kafka unreachable: {problem}" if problem else None

@@ -22,6 +22,7 @@ from stream_app.core.records import RawRecord
 from stream_app.core.windows import TP
 from stream_app.live.durability import LiveDurability
 from stream_app.live.events import RETRY_INITIAL_S, EventPublisher, wait_to_redeliver
+from stream_app.live.health import Health
 from stream_app.live.lost_state import LostStateWatch
 from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import BrokerProbe, group_committed_offsets
@@ -36,7 +37,7 @@ from stream_app.pipeline.files import FilePipeline
 from stream_app.pipeline.ports import RoutedRecordsLost
 from stream_app.pipeline.routing import RoutingStage
 from stream_app.pipeline.wiring import build_pipeline, build_routing, prepare_worker_spool
-from stream_app.sinks.base import NotOwner, SinkError
+from stream_app.sinks.base import NotOwner
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ class LiveRuntime:
     def __init__(self, app: faust.App, settings: AppSettings, cluster: BrokerProbe | None = None) -> None:
         self._settings = settings
         self._app = app
-        self._progress_at = time.monotonic()  # last batch processed, file written or commit (the watchdog)
         self.metrics = Metrics()
         self.publisher = EventPublisher(settings, self.metrics)
         self.state = FaustStateStore(app, settings)
@@ -98,6 +98,8 @@ class LiveRuntime:
         self._held_at = 0.0  # time.monotonic() when the held batch was fetched
         self._max_buffered = settings.worker.maxBufferedRecords
         self._input_topics = frozenset(settings.kafka.inputTopics)
+        self.health = Health(app, settings, self.pipeline, self.routing, self.publisher, self.repartition,
+                             self.state, self.lost)
 
     # -- intake -----------------------------------------------------------------------------
     def takes(self, topic: str) -> bool:
@@ -174,7 +176,8 @@ class LiveRuntime:
         # records never enter a stream, so the runtime tells it, else it would report every
         # partition of a backlog as stuck (tests/live/test_faust_contract.py pins the field).
         inbound = self._app.monitor.stream_inbound_time
-        now = self._progress_at = time.monotonic()
+        now = time.monotonic()
+        self.health.progressed()
         for (topic, partition), count in consumed.items():  # per batch, not per record
             self.metrics.records_consumed.labels(topic, str(partition)).inc(count)
             inbound[FaustTP(topic, partition)] = now
@@ -223,37 +226,14 @@ class LiveRuntime:
         await self._await_background_commit()
         async with self._lock:
             if self.routing is not None:
-                self.committer.idle_closed(self.routing.close_idle(_now_ms(), self._caught_up))
-            self.pipeline.tick(_now_ms(), self._caught_up)
+                self.committer.idle_closed(self.routing.close_idle(_now_ms(), self.health.caught_up))
+            self.pipeline.tick(_now_ms(), self.health.caught_up)
             await self._commit_round()
             self.pipeline.update_gauges(_now_ms())
             for tp in self.pipeline.partitions() + (self.routing.partitions() if self.routing else []):
-                lag = self._lag(tp)
+                lag = self.health.lag(tp)
                 if lag is not None:
-                    self.metrics.consumer_lag.labels(self._stage_of(tp), tp[0], str(tp[1])).set(lag)
-
-    def _stage_of(self, tp: TP) -> str:
-        if self.routing is None:
-            return "partition"
-        return "files" if tp[0] == self._repartition_topic else "routing"
-
-    def _lag(self, tp: TP) -> int | None:
-        """Records of ``tp`` not yet processed; None when unknown, or when ``tp`` is not assigned
-        to this worker at this moment (a tick, the watchdog or readiness may run mid-rebalance)."""
-        highwater = cast(CheckpointCommitConsumer, self._app.consumer).owned_highwater(FaustTP(tp[0], tp[1]))
-        if highwater is None or highwater < 0:
-            return None
-        if self.routing is not None and tp[0] != self._repartition_topic:
-            next_offset = self.routing.position(tp)
-        else:
-            next_offset = self.pipeline.stage(tp).next_offset
-        if next_offset is None:
-            return None
-        return max(0, highwater - next_offset)
-
-    def _caught_up(self, tp: TP) -> bool:
-        """No lag on the partition: what was fetched has been processed up to the high watermark."""
-        return self._lag(tp) == 0
+                    self.metrics.consumer_lag.labels(self.health.stage_of(tp), tp[0], str(tp[1])).set(lag)
 
     # -- finalize + commit ------------------------------------------------------------------
     async def _commit_round(self, revoking: bool = False) -> None:
@@ -271,7 +251,7 @@ class LiveRuntime:
         elif route:
             self._rewind_backoff_s = RETRY_INITIAL_S
         if done.committed or done.summary.files:
-            self._progress_at = time.monotonic()
+            self.health.progressed()
 
     def _confirm_owner(self, tp: TP, name: str) -> None:
         """The last step before a file is put in place (in the writer thread): this worker is
@@ -322,40 +302,6 @@ class LiveRuntime:
         else:
             checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
         return checkpoint.offset if checkpoint is not None else None
-
-    def stalled_for_s(self) -> float | None:
-        """Seconds without progress while work is pending, once beyond worker.stallTimeoutMs."""
-        idle = time.monotonic() - self._progress_at
-        if idle * 1000 < self._settings.worker.stallTimeoutMs:
-            return None
-        if any((c.key, c.part) not in self.pipeline.halted for c in self.pipeline.pending_cuts()):
-            return idle
-        owned = self.pipeline.partitions() + (self.routing.partitions() if self.routing is not None else [])
-        return idle if any((self._lag(tp) or 0) > 0 for tp in owned) else None
-
-    def not_ready_reason(self) -> str | None:
-        if self.lost.reason is not None:
-            return self.lost.reason
-        if self.publisher.undeliverable is not None:
-            return f"cannot deliver events: {self.publisher.undeliverable}"
-        if self.repartition is not None and self.repartition.undeliverable is not None:
-            return f"cannot deliver repartition records: {self.repartition.undeliverable}"
-        if self.state.in_flight.undeliverable is not None:
-            return f"cannot deliver table changes: {self.state.in_flight.undeliverable}"
-        if self.pipeline.halted_reason is not None:
-            return f"halted by a terminal error (fix, then restart): {self.pipeline.halted_reason}"
-        if self._app.in_recovery:
-            return "tables recovering (reading their changelogs after an assignment)"
-        if not self._app.consumer.assignment():
-            return "no partitions assigned (joining the group, or more replicas than partitions)"
-        stalled = self.stalled_for_s()
-        if stalled is not None:
-            return f"no progress for {stalled:.0f} s with work pending (worker.stallTimeoutMs)"
-        try:
-            self.pipeline.sink.check_writable()
-        except SinkError as exc:
-            return f"sink not writable: {exc}"
-        return None
 
     async def on_revoked(self, tps: Iterable[FaustTP]) -> None:
         # Fetched before the rebalance: Faust seeks back to the committed offsets afterwards (a

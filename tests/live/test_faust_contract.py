@@ -55,7 +55,7 @@ def test_the_livelock_check_still_reads_the_inbound_time_the_runtime_feeds():
 
 
 def test_readiness_reads_the_recovery_flag_faust_sets_while_tables_recover():
-    """/readyz answers 503 while ``app.in_recovery`` (live/app.py not_ready_reason): Recovery
+    """/readyz answers 503 while ``app.in_recovery`` (live/health.py not_ready_reason): Recovery
     still sets and clears that flag on the app."""
     from faust.tables.recovery import Recovery
 

@@ -93,7 +93,7 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
     monkeypatch.setattr(pipeline, "prefetch", prefetching)
     monkeypatch.setattr(pipeline, "process", windowing)
     _acked_without_a_broker(runtime, monkeypatch)
-    monkeypatch.setattr(runtime, "_lag", lambda tp: None)
+    monkeypatch.setattr(runtime.health, "lag", lambda tp: None)
     records = raws(30)
     tp = FaustTP("in", 0)
 
@@ -266,14 +266,14 @@ def test_the_watchdog_reports_a_stage_that_makes_no_progress_with_work_pending(t
     data = config_dict(out, maxRecordsPerFile=10, window={"sizeMs": 86_400_000}, stallTimeoutMs=60_000)
     data.update(dataDir=str(tmp_path / "faust"))
     app, runtime = create_app(parse_config(data))
-    assert runtime.stalled_for_s() is None  # just started
-    runtime._progress_at = time.monotonic() - 120
-    assert runtime.stalled_for_s() is None  # idle, but nothing to do: not a stall
+    assert runtime.health.stalled_for_s() is None  # just started
+    runtime.health.progress_at = time.monotonic() - 120
+    assert runtime.health.stalled_for_s() is None  # idle, but nothing to do: not a stall
     runtime.pipeline.process(raws(10), 0)  # a part waits to be written
-    stalled = runtime.stalled_for_s()
+    stalled = runtime.health.stalled_for_s()
     assert stalled is not None and stalled >= 120
-    runtime._progress_at = time.monotonic()
-    assert runtime.stalled_for_s() is None
+    runtime.health.progress_at = time.monotonic()
+    assert runtime.health.stalled_for_s() is None
 
 
 def test_committed_offsets_ahead_of_the_checkpoints_are_reported_as_lost_state(tmp_path, monkeypatch):
@@ -292,7 +292,7 @@ def test_committed_offsets_ahead_of_the_checkpoints_are_reported_as_lost_state(t
     assert runtime.lost.check_committed({("in", 0): 40}) is None  # behind: re-read, duplicates skipped
     reason = runtime.lost.check_committed({("in", 0): 150, ("in", 1): 7})
     assert reason is not None and "in/0 committed 150, checkpoint 100" in reason and "in/1 committed 7" in reason
-    assert runtime.not_ready_reason() == reason
+    assert runtime.health.not_ready_reason() == reason
 
 
 def test_a_repartition_send_after_a_fatal_producer_error_is_reported_by_delivered_not_raised(tmp_path):
@@ -376,15 +376,15 @@ def test_periodic_work_reads_only_partitions_owned_at_that_moment(tmp_path, monk
     monkeypatch.setattr(consumer, "highwater", highwater)
     assert runtime.routing is not None
     runtime.routing.assign([("in", 0)], 0)  # routed before the revoke took it
-    assert runtime._lag(("in", 0)) is None and not runtime._caught_up(("in", 0))
+    assert runtime.health.lag(("in", 0)) is None and not runtime.health.caught_up(("in", 0))
     asyncio.run(runtime.on_tick())  # no AssertionError; nothing idle-closed for a partition not owned
-    assert runtime.routing.close_idle(10**13, runtime._caught_up) == []
-    assert runtime.stalled_for_s() is None
+    assert runtime.routing.close_idle(10**13, runtime.health.caught_up) == []
+    assert runtime.health.stalled_for_s() is None
     owned.add(FaustTP("in", 0))
-    assert runtime._lag(("in", 0)) == 10  # owned: its lag is read
+    assert runtime.health.lag(("in", 0)) == 10  # owned: its lag is read
     monkeypatch.setattr(consumer, "assignment", lambda: {FaustTP("in", 0)})  # revoked between check and read
     owned.clear()
-    assert runtime._lag(("in", 0)) is None
+    assert runtime.health.lag(("in", 0)) is None
 
 
 def test_cluster_identity_gates_commits(tmp_path):
@@ -405,4 +405,4 @@ def test_cluster_identity_gates_commits(tmp_path):
     runtime.lost.cluster._observe("cluster-b")  # the same address, another cluster
     runtime.lost.note_cluster_change()
     assert runtime.lost.reason is not None and "cluster-b, not cluster-a" in runtime.lost.reason
-    assert runtime.commit_gate("in", 0) is None and runtime.not_ready_reason() == runtime.lost.reason
+    assert runtime.commit_gate("in", 0) is None and runtime.health.not_ready_reason() == runtime.lost.reason
