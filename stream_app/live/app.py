@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-import time
 from functools import partial
 from typing import Any
 
@@ -36,9 +35,6 @@ from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def real_log_ends(settings: AppSettings, listed: dict[FaustTP, int]) -> dict[FaustTP, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -24,8 +24,9 @@ from stream_app.live.durability import LiveDurability
 from stream_app.live.events import RETRY_INITIAL_S, EventPublisher, wait_to_redeliver
 from stream_app.live.health import Health
 from stream_app.live.lost_state import LostStateWatch
+from stream_app.live.rebalance import Rebalancing
 from stream_app.live.repartition import KafkaRepartitionSender
-from stream_app.live.startup import BrokerProbe, group_committed_offsets
+from stream_app.live.startup import BrokerProbe
 from stream_app.live.tables import FaustStateStore
 from stream_app.live.transport import (
     NOT_GATED,
@@ -34,22 +35,18 @@ from stream_app.live.transport import (
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.committer import Committer
 from stream_app.pipeline.files import FilePipeline
+from stream_app.pipeline.journal import now_ms
 from stream_app.pipeline.ports import RoutedRecordsLost
 from stream_app.pipeline.routing import RoutingStage
 from stream_app.pipeline.wiring import build_pipeline, build_routing, prepare_worker_spool
-from stream_app.sinks.base import NotOwner
 
 log = logging.getLogger(__name__)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 HELD_IDLE_S = 1.0  # how long a held batch waits for the next fetch before a tick windows it
 
 
-class LiveRuntime:
+class LiveRuntime(Rebalancing):
     """Glue between Faust events and the pipeline: batching, acks, backpressure, timers."""
 
     def __init__(self, app: faust.App, settings: AppSettings, cluster: BrokerProbe | None = None) -> None:
@@ -160,12 +157,12 @@ class LiveRuntime:
                         return
                     # Records processed before a failure are skipped on the retry (by offset).
                     if self.routing is None:
-                        self.pipeline.process(raws, _now_ms())
+                        self.pipeline.process(raws, now_ms())
                     else:
                         if raws:
-                            self.routing.process(raws, _now_ms())
+                            self.routing.process(raws, now_ms())
                         if routed:
-                            self.pipeline.process_routed(routed, _now_ms())
+                            self.pipeline.process_routed(routed, now_ms())
                 break
             except RegistryUnavailable as exc:
                 # Not the record's fault: hold the batch (no commit, no dead letter) and retry.
@@ -203,7 +200,7 @@ class LiveRuntime:
             await self._await_background_commit()
         while self.pipeline.buffered_records >= self._max_buffered:
             async with self._lock:
-                if not self.pipeline.failing and not self.pipeline.due_cuts(_now_ms()):
+                if not self.pipeline.failing and not self.pipeline.due_cuts(now_ms()):
                     if not self.pipeline.relieve_pressure():
                         return
                 await self._commit_round()
@@ -226,10 +223,10 @@ class LiveRuntime:
         await self._await_background_commit()
         async with self._lock:
             if self.routing is not None:
-                self.committer.idle_closed(self.routing.close_idle(_now_ms(), self.health.caught_up))
-            self.pipeline.tick(_now_ms(), self.health.caught_up)
+                self.committer.idle_closed(self.routing.close_idle(now_ms(), self.health.caught_up))
+            self.pipeline.tick(now_ms(), self.health.caught_up)
             await self._commit_round()
-            self.pipeline.update_gauges(_now_ms())
+            self.pipeline.update_gauges(now_ms())
             for tp in self.pipeline.partitions() + (self.routing.partitions() if self.routing else []):
                 lag = self.health.lag(tp)
                 if lag is not None:
@@ -245,36 +242,13 @@ class LiveRuntime:
             # At most once per commitIntervalMs: each routing commit waits for three round trips
             # (repartition acks, the checkpoint, the commit), which per batch would pace the stage.
             self._routing_commit_due = time.monotonic() + self._settings.kafka.commitIntervalMs / 1000
-        done = await self.committer.commit(_now_ms(), revoking=revoking, route=route)
+        done = await self.committer.commit(now_ms(), revoking=revoking, route=route)
         if done.routed_lost is not None:
             await self._rewind_routing(done.routed_lost)
         elif route:
             self._rewind_backoff_s = RETRY_INITIAL_S
         if done.committed or done.summary.files:
             self.health.progressed()
-
-    def _confirm_owner(self, tp: TP, name: str) -> None:
-        """The last step before a file is put in place (in the writer thread): this worker is
-        still the group member that owns ``tp``, as the broker sees it.  A replica that lost the
-        partition without noticing (a zombie) leaves no copy of the file in its own volume; the
-        new owner writes it.  A commit of the persisted checkpoint is the probe (see
-        CheckpointCommitConsumer.confirm_membership)."""
-        assert self._loop is not None
-        if tp in self._released:
-            raise NotOwner(name, f"the revoke of {tp[0]}/{tp[1]} did not wait for this write")
-        consumer = cast(CheckpointCommitConsumer, self._app.consumer)
-        checkpoint = self.pipeline.persisted_checkpoint(tp)
-        probe = asyncio.run_coroutine_threadsafe(
-            consumer.confirm_membership(FaustTP(*tp), checkpoint.offset if checkpoint is not None else 0), self._loop)
-        try:
-            owner = probe.result(timeout=self._settings.kafka.sessionTimeoutMs / 1000)
-        except Exception as exc:  # no answer in time: not confirmed, so not published (retried)
-            probe.cancel()
-            raise NotOwner(name, f"ownership of {tp[0]}/{tp[1]} not confirmed ({type(exc).__name__})") from None
-        if not owner:
-            log.warning("%s: partition %s/%d is no longer this worker's; its new owner writes the file",
-                        name, tp[0], tp[1])
-            raise NotOwner(name, f"partition {tp[0]}/{tp[1]} is no longer assigned to this worker")
 
     async def _rewind_routing(self, failure: RoutedRecordsLost) -> None:
         """Repartition records were lost (a fatal producer error, e.g. a broker that fenced the
@@ -289,7 +263,7 @@ class LiveRuntime:
         self.committer.forget_announcements()  # the rebuilt routers announce what their checkpoints closed
         consumer = cast(CheckpointCommitConsumer, self._app.consumer)
         sought = [tp for tp, offset in seek.items() if await consumer.seek_owned(FaustTP(*tp), offset)]
-        self.routing.assign(sought, _now_ms())
+        self.routing.assign(sought, now_ms())
 
     def commit_gate(self, topic: str, partition: int) -> int | None:
         """What the consumer may commit for a partition: the persisted checkpoint."""
@@ -302,68 +276,3 @@ class LiveRuntime:
         else:
             checkpoint = self.pipeline.persisted_checkpoint((topic, partition))
         return checkpoint.offset if checkpoint is not None else None
-
-    async def on_revoked(self, tps: Iterable[FaustTP]) -> None:
-        # Fetched before the rebalance: Faust seeks back to the committed offsets afterwards (a
-        # held batch would be dropped as stale anyway).
-        self._held = None
-        revoked = [(tp.topic, tp.partition) for tp in tps]
-        # Faust commits before the partitions go: is it still the cluster this state belongs
-        # to?  (After a broker outage the group is left and joined again; a cluster re-created
-        # empty meanwhile would get every checkpoint committed, past what its files hold.)
-        await self.lost.recheck()
-        # A file being written now must also get its journal event, facts, checkpoint and commit
-        # before its partition moves (as Quix Streams' revoke does), else the new owner writes it
-        # again — in its own volume, a second copy.  No further file of these partitions is
-        # begun meanwhile (Committer.moving), and a write still under way at the deadline (half
-        # the rebalance timeout) is not put in place (_confirm_owner): the new owner writes it.
-        self.committer.moving.update(revoked)
-        try:
-            committing = self._committing
-
-            async def flushes_done() -> None:
-                # the background finalize + commit, and a tick's flush (which holds _lock); then
-                # the committer's revoking round: what is written is made durable and committed,
-                # and no file is begun (the new owner writes the rest)
-                if committing is not None and not committing.done():
-                    await asyncio.shield(committing)
-                async with self._lock:
-                    if self.lost.reason is None:
-                        await self._commit_round(revoking=True)
-
-            deadline_s = self._settings.kafka.rebalanceTimeoutMs / 2000
-            try:
-                await asyncio.wait_for(flushes_done(), deadline_s)
-            except TimeoutError:
-                self._released.update(revoked)
-                log.warning("revoke: the files under way did not finish their durable steps within %.1f s; "
-                            "the partitions' new owner writes them", deadline_s)
-            except Exception as exc:  # its records are processed again by their new owner
-                log.warning("revoke: the durable steps before the partitions move failed (%s)", type(exc).__name__)
-            async with self.durability.write_lock:
-                self.pipeline.revoke(revoked)
-                if self.routing is not None:
-                    self.routing.revoke(revoked)
-                    self.committer.forget_revoked()
-        finally:
-            self.committer.moving.difference_update(revoked)
-            self._released.difference_update(revoked)
-
-    async def on_rebalance_complete(self) -> None:
-        """Tables are recovered: compare the group's committed offsets with the checkpoints; in
-        window scope route every assigned input partition, also one without records (its idle
-        close must still reach the file stage), and announce what each has closed."""
-        owned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment()
-                 if tp.topic in self._input_topics or tp.topic == self._repartition_topic]
-        await self.lost.recheck()
-        try:
-            self.lost.check_committed(await asyncio.to_thread(group_committed_offsets, self._settings, owned))
-        except Exception as exc:  # the broker went away meanwhile: checked at the next assignment
-            log.warning("could not compare committed offsets with the checkpoints (%s)", type(exc).__name__)
-        if self.routing is None:
-            return
-        async with self._lock:
-            # read again: another rebalance may have revoked some of ``owned`` during the awaits
-            # above, and a router kept for a partition routed elsewhere would close its windows
-            assigned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._input_topics]
-            self.routing.assign(assigned, _now_ms())
