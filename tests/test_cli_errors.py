@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, UNREACHABLE, classify
+from stream_app.ops.problems import CONFIG, CREDENTIALS, MISSING_TOPIC, UNREACHABLE, classify
 from stream_app.tools.broker import free_port
 from tests.helpers import config_dict, write_config
 
@@ -198,3 +198,24 @@ def test_the_worker_waits_for_its_journal_and_dead_letter_topics_naming_the_key(
     assert str(broker_reachable(settings)) == f"topic dead-{uid} does not exist (kafka.deadLetterTopic)"
     create_topics(kafka_bootstrap, {f"dead-{uid}": 1})
     assert broker_reachable(settings) is None
+
+
+@pytest.mark.e2e
+def test_an_input_topic_with_more_partitions_than_the_config_says_stops_the_worker_naming_the_key(
+        kafka_bootstrap, tmp_path):
+    """The worker's checkpoint tables have kafka.topicPartitions changelog partitions: an input
+    partition beyond them could never be checkpointed (Faust's producer would refuse the send
+    and crash the worker mid-run).  The start refuses it at once, as a configuration error."""
+    import uuid
+
+    from stream_app.tools.broker import create_topics
+
+    uid = uuid.uuid4().hex[:6]
+    create_topics(kafka_bootstrap, {f"in-{uid}": 3, f"journal-{uid}": 1, f"dead-{uid}": 1})
+    data = config_dict(tmp_path / "out", bootstrap=kafka_bootstrap, topic=f"in-{uid}")
+    data["kafka"].update(journalTopic=f"journal-{uid}", deadLetterTopic=f"dead-{uid}", topicPartitions=2)
+    (tmp_path / "out").mkdir()
+    config = write_config(tmp_path / "c.yaml", data)
+    ((rc, err),) = _run_all([["worker", "--config", str(config)]])
+    _assert_one_line([(rc, err)], [["worker"]], CONFIG, f"input topic in-{uid} has 3 partitions, more than "
+                                                        "kafka.topicPartitions (2); set it to 3")

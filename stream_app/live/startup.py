@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from stream_app.config import AppSettings
-from stream_app.ops.problems import CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify, retried
+from stream_app.ops.problems import CONFIG, CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify, retried
 from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,11 @@ def broker_reachable(settings: AppSettings, timeout_s: float = 5.0) -> BrokerPro
         # journal event or dead letter, mid-run)
         name, key = missing[0]
         return BrokerProblem(f"topic {name} does not exist ({key})", MISSING_TOPIC)
+    for name in kafka.inputTopics:
+        count = len(topics[name].partitions)
+        if count > kafka.topicPartitions:  # their checkpoints would have no changelog partition
+            return BrokerProblem(f"input topic {name} has {count} partitions, more than kafka.topicPartitions "
+                                 f"({kafka.topicPartitions}); set it to {count}", CONFIG)
     return None
 
 
@@ -144,7 +149,7 @@ def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
     delay = 1.0
     try:
         while problem is not None:
-            if problem.exit_code == CREDENTIALS:
+            if problem.exit_code in (CREDENTIALS, CONFIG):  # a retry cannot fix these
                 raise problem
             log.warning("%s; retrying in %.0f s", problem, delay)
             if probes is not None:

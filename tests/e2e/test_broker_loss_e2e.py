@@ -7,6 +7,7 @@ started again without losing the topics, and on Apache Kafka restarted on its lo
 from __future__ import annotations
 
 import re
+import signal
 import time
 
 import boto3
@@ -201,8 +202,16 @@ def test_a_cluster_that_comes_back_empty_is_lost_state_and_nothing_is_committed_
         # every record routed (the input committed at its end), no window closed: in no file yet
         worker.wait_for(lambda: worker.committed() == {0: 100, 1: 100}, 120, what="the input routed")
         assert not worker.files()
-        wipeable_broker.wipe()
-        create_topics(wipeable_broker.bootstrap, {worker.topic: 2, worker.journal_topic: 1, worker.dead_topic: 1})
+        # The cluster comes back holding its topics before the worker looks again: a worker that
+        # asked first would have the broker create the input topic (on first use, with the
+        # broker's own partition count) before the operator's 2 partitions.
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            wipeable_broker.wipe()
+            create_topics(wipeable_broker.bootstrap, {worker.topic: 2, worker.journal_topic: 1, worker.dead_topic: 1})
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
         worker.produced, worker._next_offset = [], [0, 0]
         worker.produce(values)  # the same records at the same offsets
         status, body = worker.wait_for(
