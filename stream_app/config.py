@@ -4,6 +4,9 @@ Keys are camelCase as in the seed's scenario YAML.  Unknown keys are errors (``e
 so a typo never silently falls back to a default.  ``${VAR}`` in any string is replaced by the
 environment variable VAR (an unset variable is an error naming it); that is the only way values
 come from the environment, so there is no chain of fallback keys.
+
+One module on purpose (longer than 400 lines): it is the reference of every key, read top to
+bottom next to docs/configuration.md, with each cross-key rule beside the keys it relates.
 """
 
 from __future__ import annotations

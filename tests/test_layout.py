@@ -63,3 +63,19 @@ def test_the_layout_has_the_layers_the_docs_name():
         assert (PACKAGE / layer / "__init__.py").is_file() or (PACKAGE / layer).is_dir(), layer
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert loose == ["__init__.py", "cli.py", "config.py"], loose
+
+
+def test_no_module_or_class_is_longer_than_its_budget_without_a_reason_at_its_top():
+    """About 400 lines per module and 250 per class (10% slack), or a reason in the module's
+    docstring that says why it is longer."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        reason = "longer than" in (ast.get_docstring(tree) or "").lower()
+        if len(source.splitlines()) > 440 and not reason:
+            unexplained.append(f"{path.relative_to(PACKAGE)}: {len(source.splitlines())} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 275 and not reason:
+                unexplained.append(f"{path.relative_to(PACKAGE)}: class {node.name}")
+    assert unexplained == []

@@ -1,5 +1,9 @@
 """File keys, event-time windows and the per-partition state machine that cuts files.
 
+(Longer than 400 lines on purpose: the state machine and the facts, checkpoints and cuts it
+reads and writes are one contract, and its restart-equivalence proof is easiest to check in
+one place.)
+
 Files are scoped per source partition: a file key is (topic, partition, window, group values),
 so the consumer group's partition ownership is also file ownership and no two workers ever write
 the same file.  Everything a file contains is a function of the partition's record sequence:

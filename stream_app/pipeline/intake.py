@@ -9,6 +9,7 @@ from typing import cast
 
 from stream_app.codecs import DecodeError
 from stream_app.core.records import SourceRecord
+from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.project import InvalidRecord
 from stream_app.core.windows import MissingGroupField, WindowPolicy
 
@@ -35,3 +36,42 @@ def rejection(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, InvalidRecord):
         return "VALIDATION_FAILED", exc.violation.describe()
     raise TypeError(f"not a record rejection: {type(exc).__name__}")
+
+
+class Projection:
+    """Structured mode: an admitted record gets its row (the pack's mapping and typed checks).
+
+    A record that breaks a rule is rejected with a dead letter under ``onInvalidRecord:
+    deadLetter``; under ``fail`` it carries its violation into its window, which then refuses to
+    finalize (a terminal error that names the record)."""
+
+    def __init__(self, assembler: StructuredAssembler) -> None:
+        self._assembler = assembler
+        self._dead_letters = assembler.on_invalid_record == "deadLetter"
+
+    def attach(self, record: SourceRecord) -> SourceRecord:
+        """The record with its row; raises ``InvalidRecord`` when the policy dead-letters it."""
+        try:
+            row: object = self._assembler.project(record.value)
+        except InvalidRecord as exc:
+            if self._dead_letters:
+                raise
+            row = exc.violation
+        return _with_row(record, row)
+
+    def carried(self, record: SourceRecord) -> SourceRecord:
+        """A routed record: the routing stage dead-lettered what the policy rejects, so a
+        violation here is carried (the fail policy)."""
+        try:
+            row: object = self._assembler.project(record.value)
+        except InvalidRecord as exc:
+            row = exc.violation
+        return _with_row(record, row)
+
+    def strict(self, record: SourceRecord) -> SourceRecord:
+        """Replay's reading of a recorded record: a violation raises."""
+        return _with_row(record, self._assembler.project(record.value))
+
+
+def _with_row(record: SourceRecord, row: object) -> SourceRecord:
+    return SourceRecord(record.topic, record.partition, record.offset, record.event_time_ms, record.value, row)
