@@ -54,7 +54,7 @@ from stream_app.core.windows import (
 from stream_app.ops.faults import failpoint
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.checkpoints import CheckpointLedger
-from stream_app.pipeline.intake import REJECTED, Projection, admitted, rejection
+from stream_app.pipeline.intake import Projection, take_batch
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.parts import PartStates
 from stream_app.pipeline.ports import Publisher, StateStore
@@ -237,24 +237,16 @@ class FilePipeline:
 
     def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Decode and window a batch (records of one partition in offset order, or mixed)."""
-        windower: PartitionWindower | None = None
-        # Decoded in bulk (in a helper process when configured), one result per record in order.
-        for raw, decoded in zip(raws, self._decoder.decode_many(raws)):
-            # Batches come a partition at a time: look the windower up per run, not per record.
-            if windower is None or raw.partition != windower.partition or raw.topic != windower.topic:
-                windower = self.windower((raw.topic, raw.partition))
-            if windower.already_processed(raw.offset):
-                continue
-            try:
-                record = admitted(decoded, self._policy, windower.watermark_ms)
-                if self._projection is not None:
-                    record = self._projection.attach(record)
-                outputs = windower.process(record, now_wall_ms, is_redriven(raw))
-            except REJECTED as exc:
-                self._publisher.dead_letter(raw, *rejection(exc))
-                windower.skip(raw.offset)
-                continue
-            self._handle_outputs(outputs, raw)
+        projection = self._projection
+
+        def window(raw: RawRecord, record: SourceRecord, windower: PartitionWindower) -> None:
+            if projection is not None:
+                record = projection.attach(record)
+            self._handle_outputs(windower.process(record, now_wall_ms, is_redriven(raw)), raw)
+
+        # decoded in bulk (in a helper process when configured), one result per record in order
+        take_batch(raws, self._decoder.decode_many(raws), self._policy, self.windower, window,
+                   self._publisher.dead_letter)
 
     def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""

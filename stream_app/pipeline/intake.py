@@ -1,20 +1,62 @@
-"""What both stages do with a decoded input record before windowing or routing it: take the
-decoder's verdict, check the event time is plausible, and name the dead-letter reason of a
-record that is rejected.  One set of rules, so both scopes reject the same records the same way.
+"""The one intake of both stages: per record, its partition's state machine; the decoder's
+verdict; a plausible event time; then the stage's own step (window it, or route it); and a dead
+letter with its reason for a record rejected on the way.  One loop and one set of rules, so both
+scopes reject the same records the same way.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar, cast
 
 from stream_app.codecs import DecodeError
-from stream_app.core.records import SourceRecord
+from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.project import InvalidRecord
-from stream_app.core.windows import MissingGroupField, WindowPolicy
+from stream_app.core.windows import TP, MissingGroupField, WindowPolicy
 
 # What rejects one record (a dead letter), never the batch.
 REJECTED = (DecodeError, MissingGroupField, InvalidRecord)
+
+
+class InputStage(Protocol):
+    """What the intake asks of a partition's state machine (a windower or a router)."""
+
+    topic: str
+    partition: int
+
+    @property
+    def watermark_ms(self) -> int | None: ...
+
+    def already_processed(self, offset: int) -> bool: ...
+
+    def skip(self, offset: int) -> None: ...
+
+
+S = TypeVar("S", bound=InputStage)
+
+
+def take_batch(raws: Sequence[RawRecord], decoded: Iterable[object], policy: WindowPolicy,
+               stage_for: Callable[[TP], S], take: Callable[[RawRecord, SourceRecord, S], None],
+               reject: Callable[[RawRecord, str, str], None],
+               passes: Callable[[RawRecord], bool] | None = None) -> None:
+    """Feed a decoded batch (one result per record, in order) to ``take``.
+
+    A record its stage already processed (read again after a restart or a rewind) is passed
+    over, as is one ``passes`` names; one rejected here or in ``take`` (``REJECTED``) goes to
+    ``reject`` with its reason and is skipped: its partition goes on."""
+    stage: S | None = None
+    for raw, result in zip(raws, decoded):
+        # Batches come a partition at a time: look the stage up per run, not per record.
+        if stage is None or raw.partition != stage.partition or raw.topic != stage.topic:
+            stage = stage_for((raw.topic, raw.partition))
+        if stage.already_processed(raw.offset) or (passes is not None and passes(raw)):
+            continue
+        try:
+            take(raw, admitted(result, policy, stage.watermark_ms), stage)
+        except REJECTED as exc:
+            reject(raw, *rejection(exc))
+            stage.skip(raw.offset)
 
 
 def admitted(decoded: object, policy: WindowPolicy, watermark_ms: int | None) -> SourceRecord:

@@ -31,7 +31,7 @@ from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.windows import TP, Checkpoint, FileKey, WindowAssigner, WindowPolicy
 from stream_app.ops.faults import failpoint
 from stream_app.pipeline.checkpoints import CheckpointLedger
-from stream_app.pipeline.intake import REJECTED, admitted, rejection
+from stream_app.pipeline.intake import take_batch
 from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
 
 log = logging.getLogger(__name__)
@@ -126,36 +126,32 @@ class RoutingStage:
         """Route a batch; its repartition records and frontiers are queued on the sender."""
         runs: dict[tuple[FileKey, TP], list[tuple[int, int, bytes | None]]] = {}
         touched: dict[TP, tuple[PartitionRouter, int]] = {}
-        router: PartitionRouter | None = None
-        for raw, decoded in zip(raws, self._decoder.decode_many(raws)):
-            if router is None or raw.partition != router.partition or raw.topic != router.topic:
-                router = self.router((raw.topic, raw.partition), now_wall_ms)
-                if (raw.topic, raw.partition) not in touched:
-                    touched[(raw.topic, raw.partition)] = (router, router.frontier())
-            if router.already_processed(raw.offset):
-                continue
-            if self._stale_above and self._is_stale(raw):
-                continue
-            try:
-                record = admitted(decoded, self._policy, router.watermark_ms)
-                if self._validator is not None:
-                    self._validator.project(record.value)
-                carried = record.carried if record.carried is not None else as_read(cast(bytes, raw.value))
-                if len(carried) > self._surely_fits:
-                    self._check_routable(record, carried)
-                outcome = router.route(record, now_wall_ms, is_redriven(raw))
-            except REJECTED as exc:
-                self._dead_letter(router, raw, *rejection(exc))
-                continue
+
+        def router_of(tp: TP) -> PartitionRouter:
+            router = self.router(tp, now_wall_ms)
+            if tp not in touched:
+                touched[tp] = (router, router.frontier())
+            return router
+
+        def route(raw: RawRecord, record: SourceRecord, router: PartitionRouter) -> None:
+            if self._validator is not None:
+                self._validator.project(record.value)
+            carried = record.carried if record.carried is not None else as_read(cast(bytes, raw.value))
+            if len(carried) > self._surely_fits:
+                self._check_routable(record, carried)
+            outcome = router.route(record, now_wall_ms, is_redriven(raw))
             if outcome is None:
-                continue
+                return
             if isinstance(outcome, Late):
                 self.late_records += 1
                 self._publish_dead_letter(raw, "LATE_RECORD",
                                           f"window {outcome.key.id} was already closed for {raw.topic}/{raw.partition}")
-                continue
+                return
             runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(
                 (record.offset, record.event_time_ms, carried))
+
+        take_batch(raws, self._decoder.decode_many(raws), self._policy, router_of, route, self._publish_dead_letter,
+                   self._is_stale if self._stale_above else None)
         for (key, source), records in runs.items():
             partition = repartition_partition(key, self._partitions)
             for payload in encode_runs(key, source, records):
@@ -184,10 +180,6 @@ class RoutingStage:
         if size > self._max_routed_bytes:
             raise DecodeError("TOO_LARGE_TO_ROUTE", f"routed, the record takes {size} bytes; the repartition topic "
                                                     f"takes {self._max_routed_bytes} (from input.maxRecordBytes)")
-
-    def _dead_letter(self, router: PartitionRouter, raw: RawRecord, reason: str, detail: str) -> None:
-        self._publish_dead_letter(raw, reason, detail)
-        router.skip(raw.offset)
 
     def _publish_dead_letter(self, raw: RawRecord, reason: str, detail: str) -> None:
         through = self._dead_lettered_through.get((raw.topic, raw.partition))
