@@ -124,6 +124,51 @@ def _field(data: dict, name: str) -> dict:
     return next(f for f in data["fields"] + data["header"][0]["fields"] if f["name"] == name)
 
 
+@pytest.mark.parametrize("rule, edit", [
+    ("NbOfTxs", lambda d: _field(d, "NbOfTxs").update(expr="7")),
+    ("CtrlSum", lambda d: _field(d, "CtrlSum").update(expr="quantize(total, 0)")),
+    ("TtlIntrBkSttlmAmt", lambda d: _field(d, "TtlIntrBkSttlmAmt").update(expr="quantize(total, 0)")),
+    ("OneCurrency", lambda d: _field(d, "SttlmCcy").update(expr="if_(back, 'USD', Currency)")),
+])
+def test_a_message_that_breaks_a_business_rule_the_xsd_allows_is_never_written(tmp_path, rule, edit):
+    """The pack's Schematron (rules.sch) after the XSD: a mapping broken on purpose gives a
+    message the XSD accepts, and the rule stops it, naming itself and the file."""
+    asm = assembler(_broken_pack(tmp_path, "pacs-008", edit))
+    values = records(60)
+    broken = cut(asm, values)
+    official_schema().assertValid(etree.fromstring(b"".join(_unchecked(asm, broken))))  # the XSD lets it pass
+    with pytest.raises(AssemblyError) as err:
+        asm.assemble(broken)
+    assert err.value.error_class == "SCHEMATRON_FAILED"
+    assert f"Schematron rule {rule} failed" in str(err.value) and "PACS008_EUR_0.xml" in str(err.value)
+
+
+def _unchecked(asm: StructuredAssembler, broken: FileCut) -> list[bytes]:
+    """The message's bytes as the pack would write them without its Schematron."""
+    from stream_app.core.formats import xml
+
+    checks = xml.check_rules
+    try:
+        xml.check_rules = lambda rules, document: None  # type: ignore[assignment]
+        return list(asm.assemble(broken).chunks())
+    finally:
+        xml.check_rules = checks  # type: ignore[assignment]
+
+
+def test_the_shipped_rules_pass_every_message_of_a_demo_day_and_a_broken_rule_file_is_a_pack_error(tmp_path):
+    asm = assembler()
+    assert asm.pack.schematron_path is not None and asm.pack.schematron_path.name == "rules.sch"
+    for currency in ("EUR", "GBP", "USD"):
+        values = records(400, currency)
+        if values:
+            asm.assemble(cut(asm, values, currency))  # raises on a broken rule
+    path = _broken_pack(tmp_path, "pacs-008", lambda d: None)
+    (path.parent / "rules.sch").write_text("<sch:schema xmlns:sch='http://purl.oclc.org/dsdl/schematron'><sch:pattern>")
+    with pytest.raises(PackError) as err:
+        load_pack(path)
+    assert "output.xml.schematron: [formatter-settings] Schematron rules.sch" in str(err.value)
+
+
 @pytest.mark.parametrize("schema_id, edit, expected", [
     ("pacs-008", lambda d: _field(d, "EndToEndId").update(path="PmtId//EndToEndId"),
      "fields.EndToEndId: [xml-path] path 'PmtId//EndToEndId': '' is not an element step"),

@@ -48,8 +48,9 @@ class Formatter(Protocol):
     def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
         """Detail lines of rows with these output fields: the bytes ``line`` gives, prepared once."""
 
-    def validate(self, chunks: Iterator[bytes]) -> None:
-        """Check the complete file (e.g. against an XSD) in bounded memory; raise FormatError."""
+    def validate(self, chunks: Callable[[], Iterator[bytes]]) -> None:
+        """Check the complete file (e.g. against an XSD, then business rules); raise FormatError.
+        ``chunks`` gives the file's bytes again on every call."""
 
 
 def line_writer(formatter: Formatter, fields: Sequence[FieldSpec]) -> DetailWriter:
@@ -79,7 +80,7 @@ def format_all(formatter: Formatter, lines: list[Line]) -> bytes:
     trailer = [line for line in lines if line.kind == "trailer"]
     body = b"".join(formatter.line(line) for line in lines if line.kind == "detail")
     data = formatter.begin(header) + body + formatter.end(trailer)
-    formatter.validate(iter([data]))
+    formatter.validate(lambda: iter([data]))
     return data
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from stream_app.core.formats.base import DetailWriter, Line, clean_line_texts, line_writer, render_text
@@ -53,5 +53,5 @@ class CsvFormatter:
     def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
         return line_writer(self, fields)
 
-    def validate(self, chunks: Iterator[bytes]) -> None:
+    def validate(self, chunks: Callable[[], Iterator[bytes]]) -> None:
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from stream_app.core.formats.base import DetailWriter, FormatError, Line, clean_line_texts, line_writer, render_text
 from stream_app.core.formats.text import TextPolicy
@@ -39,5 +39,5 @@ class FixedWidthFormatter:
     def detail_writer(self, fields: Sequence[FieldSpec]) -> DetailWriter:
         return line_writer(self, fields)
 
-    def validate(self, chunks: Iterator[bytes]) -> None:
+    def validate(self, chunks: Callable[[], Iterator[bytes]]) -> None:
         return None

