@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from stream_app.config import ConfigError, parse_config
+from stream_app.core.assembly import FileVariables
 from stream_app.core.records import SourceRecord
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, load_pack, pack_path
@@ -208,3 +209,55 @@ def test_epoch_millis_beyond_a_datetime_are_an_evaluation_error(millis):
         evaluate, _ = compile_expression(source)
         with pytest.raises(EvaluationError, match="out of range"):
             evaluate({"record": {"at": millis}})
+
+
+PARTIES = FileVariables(None, {"sender_id": "BARCGB22XXX", "receiver_id": "ECBFDEFFXXX"})
+
+
+@pytest.mark.parametrize("schema_id, version, field, check", [
+    ("fixed-clearing", "1.1.0", "count", "count"),
+    ("net-positions", "1.0.0", "transfers", "sum(transfers)"),
+])
+def test_a_trailer_that_disagrees_with_its_detail_lines_stops_the_file(tmp_path, schema_id, version, field, check):
+    """Trailer checks recount the detail lines as written, apart from the aggregates the trailer
+    reads: the shipped packs pass, and a mapping broken on purpose is stopped, naming the field."""
+    values = list(matched_records(40, seed=7, span_hours=5))
+    shipped = StructuredAssembler(load_pack(pack_path(SCHEMAS_DIR, schema_id, version)), "F_{{ part }}.out", PARTIES)
+    shipped.assemble(cut_of(shipped, values))  # the trailer agrees
+
+    def off_by_one(data: dict) -> None:
+        for line in data["trailer"]:
+            for spec in line["fields"]:
+                if spec.get("check") == check:
+                    spec["expr"] = "7"  # 40 records: never the count
+
+    shutil.copytree(SCHEMAS_DIR / schema_id, tmp_path / schema_id)
+    path = pack_path(tmp_path, schema_id, version)
+    data = yaml.safe_load(path.read_text())
+    off_by_one(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    broken = StructuredAssembler(load_pack(path), "F_{{ part }}.out", PARTIES)
+    with pytest.raises(AssemblyError) as err:
+        broken.assemble(cut_of(broken, values))
+    assert err.value.error_class == "TRAILER_CHECK_FAILED"
+    assert "F_0.out: trailer check failed: trailer[" in str(err.value) and f"field {field} is not the {check}" in str(
+        err.value)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d["header"][0]["fields"][0].update(check="count"), "header[0].sender: [check] checks belong to trailer"),
+    (lambda d: d["trailer"][0]["fields"][1].update(check="count"), "trailer[0].fields.count: [check] a check needs a "
+                                                                     "single trailer line"),
+    (lambda d: d["trailer"][1]["fields"][0].update(check="sum(merchant)"), "trailer[1].fields.count: [check] "
+                                                                            "sum(merchant): 'merchant' is not a numeric"),
+    (lambda d: d["trailer"][1]["fields"][0].update(check="avg(amountMinor)"), "trailer.1.fields.0.check: [schema]"),
+])
+def test_a_trailer_check_the_pack_cannot_keep_is_a_pack_error(tmp_path, edit, expected):
+    shutil.copytree(SCHEMAS_DIR / "fixed-clearing", tmp_path / "fixed-clearing")
+    path = pack_path(tmp_path, "fixed-clearing", "1.1.0")
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(PackError) as err:
+        load_pack(path)
+    assert expected in str(err.value), str(err.value)

@@ -207,6 +207,10 @@ class StructuredPart:
         self._write_detail = assembler.write_detail
         self._error: AssemblyError | None = None
         self.count = 0
+        # trailer checks: the detail lines written so far, and the sums of the fields checked
+        self._summed = {summed for _, _, summed in self._pack.trailer_checks if summed is not None}
+        self._detail_lines = 0
+        self._sums: dict[str, Any] = dict.fromkeys(self._summed, 0)
 
     def append(self, record: SourceRecord) -> None:
         if self._error is not None:
@@ -232,6 +236,8 @@ class StructuredPart:
             return
         try:
             self._spool.write(self._write_detail(row))
+            if self._pack.trailer_checks:
+                self._count_detail(row)
         except FormatError as exc:
             self._error = AssemblyError(f"pack {self._pack.id}: {record.topic}/{record.partition}@{record.offset}: {exc}",
                                         exc.error_class,
@@ -246,11 +252,44 @@ class StructuredPart:
             context[acc.spec.name] = acc.result()
         try:
             head = formatter.begin(self._fixed_lines("header", context))
-            groups = b"".join(formatter.line(line) for line in self._group_lines())
-            tail = formatter.end(self._fixed_lines("trailer", context))
+            group_lines = self._group_lines()
+            groups = b"".join(formatter.line(line) for line in group_lines)
+            trailer = self._fixed_lines("trailer", context)
+            tail = formatter.end(trailer)
         except FormatError as exc:
             raise AssemblyError(f"pack {self._pack.id}: {exc}", exc.error_class) from None
         return head, groups, tail
+
+    def _count_detail(self, row: Mapping[str, Any]) -> None:
+        self._detail_lines += 1
+        for name in self._summed:
+            value = row[name]
+            if value is not None:
+                self._sums[name] += value
+
+    def check_trailer(self, name: str) -> None:
+        """The trailer's checked fields equal what the detail lines written add up to (recounted
+        here, apart from the aggregates the trailer's expressions read)."""
+        if not self._pack.trailer_checks or self._error is not None:
+            return
+        lines, sums = self._detail_lines, dict(self._sums)
+        if self._groups is not None:  # a grouped body: its lines are the groups, rendered at the end
+            lines, sums = 0, dict.fromkeys(self._summed, 0)
+            for line in self._group_lines():
+                lines += 1
+                values = {spec.name: value for spec, value in line.values}
+                for field in self._summed:
+                    sums[field] += values[field] or 0
+        context: dict[str, Any] = self._assembler.variables.context(self._key, self._part, self.count)
+        for acc in self._aggregates:
+            context[acc.spec.name] = acc.result()
+        for index, field, summed in self._pack.trailer_checks:
+            written = self._assembler.evaluate(f"trailer[{index}]", self._pack.trailer[index], context)[field]
+            expected = lines if summed is None else sums[summed]
+            if written is None or Decimal(written) != Decimal(expected):
+                check = "count" if summed is None else f"sum({summed})"
+                raise AssemblyError(f"pack {self._pack.id}: {name}: trailer check failed: trailer[{index}] field "
+                                    f"{field} is not the {check} of the detail lines", "TRAILER_CHECK_FAILED")
 
     def finish(self) -> AssembledFile:
         if self._error is not None:
@@ -263,6 +302,7 @@ class StructuredPart:
             return chain((head,), spool.chunks(), (groups, tail))
 
         name = assembler.file_name(self._key, self._part, self.count)
+        self.check_trailer(name)
         try:
             formatter.validate(chunks)
         except FormatError as exc:

@@ -59,6 +59,9 @@ class FieldSpec(_Model):
     # XML: where the value goes below the line's element, e.g. DbtrAgt/FinInstnId/BICFI,
     # IntrBkSttlmAmt/@Ccy, RmtInf/Ustrd[2] (core/structured/xmlpaths.py); default: the field's name
     path: str | None = None
+    # A trailer field's check against the detail lines as written: ``count`` (their number) or
+    # ``sum(<detail field>)``; a file whose trailer disagrees is not written (TRAILER_CHECK_FAILED).
+    check: str | None = Field(default=None, pattern=r"^(count|sum\([A-Za-z_][A-Za-z0-9_]*\))$")
 
 
 class AggregateSpec(_Model):
@@ -179,6 +182,7 @@ class SchemaPack:
                         for i, line in enumerate(spec.trailer)]
         self._check_lines()
         self._check_output()
+        self.trailer_checks = self._trailer_checks()
 
     @property
     def id(self) -> str:
@@ -351,6 +355,30 @@ class SchemaPack:
         if not candidate.is_file():
             raise self.error("output.xml.xsd", "formatter-settings", f"XSD {xsd} is not a file ({candidate})")
         return candidate
+
+    def _trailer_checks(self) -> list[tuple[int, str, str | None]]:
+        """(trailer line, field, the detail field summed, None for the count) of each check."""
+        detail = {f.spec.name: f.spec for f in (self.body_fields if self.spec.body else self.fields) if f.spec.output}
+        for where, fields in (*((f"header[{i}]", f) for i, f in enumerate(self.header)),
+                              ("fields", self.fields), ("body.fields", self.body_fields)):
+            for field in fields:
+                if field.spec.check is not None:
+                    raise self.error(f"{where}.{field.spec.name}", "check", "checks belong to trailer fields")
+        checks = []
+        for i, (line, fields) in enumerate(zip(self.spec.trailer, self.trailer)):
+            for field in fields:
+                check = field.spec.check
+                if check is None:
+                    continue
+                where = f"trailer[{i}].fields.{field.spec.name}"
+                if line.forEach is not None:
+                    raise self.error(where, "check", "a check needs a single trailer line, not one per forEach key")
+                summed = None if check == "count" else check[4:-1]
+                if summed is not None and (summed not in detail or detail[summed].type not in ("int", "decimal")):
+                    raise self.error(where, "check", f"{check}: {summed!r} is not a numeric output field of the "
+                                                     "detail lines")
+                checks.append((i, field.spec.name, summed))
+        return checks
 
     def _check_schematron(self, name: str | None) -> Path | None:
         if name is None:
