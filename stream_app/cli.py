@@ -231,6 +231,60 @@ def replay(config: str | None, from_offsets: tuple[str, ...], to_offsets: tuple[
         sys.exit(1)
 
 
+@main.command("locate")
+@config_option
+@click.option("--offset", "offsets", multiple=True, metavar="TOPIC:PARTITION:OFFSET",
+              help="The record at this offset of an input topic (repeatable).")
+@click.option("--key", metavar="FIELD=VALUE", help="The records whose FIELD reads VALUE (needs --from-time and --to-time).")
+@click.option("--from-time", help="With --key: read the records with a Kafka timestamp at or after this time (ISO-8601).")
+@click.option("--to-time", help="With --key: ... and before this time (ISO-8601); only that range is read.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record instead of a line of text.")
+def locate_command(config: str | None, offsets: tuple[str, ...], key: str | None, from_time: str | None,
+                   to_time: str | None, as_json: bool) -> None:
+    """Find the file of a record: name, part, line or element, location and window; or its dead-letter reason."""
+    import orjson
+
+    from stream_app.replay.cli import parse_time
+    from stream_app.tools.locate import locate, locate_by_key, parse_offset
+
+    if bool(offsets) == bool(key):
+        raise click.UsageError("give --offset TOPIC:PARTITION:OFFSET, or --key FIELD=VALUE")
+    try:
+        coordinates = [parse_offset(text) for text in offsets]
+        if key is not None:
+            field, sep, value = key.partition("=")
+            if not sep or not field:
+                raise ValueError(f"--key takes FIELD=VALUE, got {key!r}")
+            if from_time is None or to_time is None:
+                raise ValueError("--key reads a bounded range: give --from-time and --to-time")
+            span = (parse_time(from_time), parse_time(to_time))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    from stream_app.replay.reader import ReplayError
+
+    with reported("locate"):
+        settings = settings_from(config)
+        try:
+            found = locate(settings, coordinates) if key is None else locate_by_key(settings, field, value, *span)
+        except ReplayError as exc:  # a part's recorded offsets are no longer readable (retention)
+            fail("locate", str(exc), DATA)
+    for row in found:
+        if as_json:
+            click.echo(orjson.dumps(row).decode())
+        elif row["status"] == "in a file":
+            where = (f", element {row['element']}" if "element" in row else
+                     f", line {row['line']}" if row.get("line") is not None else "")
+            click.echo(f"{row['record']}: {row['file']} (part {row['part']}, record {row['position']}{where}) at "
+                       f"{row['location']}; window {row['window_start']} .. {row['window_end']}; "
+                       f"delivery: {row['delivery']}")
+        elif row["status"] == "dead-lettered":
+            click.echo(f"{row['record']}: dead-lettered, {row['reason']}: {row['detail']}")
+        else:
+            click.echo(f"{row['record']}: {row['status']}")
+    if key is not None and not found:
+        click.echo(f"no record with {key} in that range", err=True)
+
+
 @main.command("journal")
 @config_option
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only these event types (repeatable).")

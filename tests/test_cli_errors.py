@@ -26,6 +26,7 @@ COMMANDS: list[tuple[list[str], dict[str, str]]] = [
     (["dead-letters"], {}),
     (["dead-letters", "--list"], {}),
     (["dead-letters", "--redrive"], {}),
+    (["locate", "--offset", "in:0:0"], {}),
 ]
 
 

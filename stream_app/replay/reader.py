@@ -68,6 +68,14 @@ class RangeReader:
     def partitions(self, topic: str) -> list[int]:
         return topic_partitions(self._consumer, topic)
 
+    def offset_at(self, topic: str, partition: int, timestamp_ms: int, timeout_s: float = 10.0) -> int | None:
+        """The first offset whose record timestamp is at or after ``timestamp_ms``; None when there
+        is none (every record is older: the range ends at the log end)."""
+        from confluent_kafka import TopicPartition
+
+        (found,) = self._consumer.offsets_for_times([TopicPartition(topic, partition, timestamp_ms)], timeout_s)
+        return found.offset if found.offset >= 0 else None
+
     def log_end(self, topic: str, partition: int, at_least: int) -> int:
         """The partition's next offset, confirmed by reading when the listed one is below
         ``at_least`` (a broker can list a stale end; it never lists one beyond the log)."""

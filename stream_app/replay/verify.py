@@ -49,6 +49,9 @@ class VerifyingSink:
     def stored_names(self) -> list[str]:
         return self._target.stored_names()
 
+    def location(self, name: str) -> str:
+        return self._target.location(name)
+
     def manifest_entries(self, window_start_ms: int | None = None) -> list[dict]:
         return []
 

@@ -89,6 +89,9 @@ class Audit(Protocol):
     def stored_names(self) -> list[str]:
         """Every complete file the sink holds (not the manifest, not partial uploads)."""
 
+    def location(self, name: str) -> str:
+        """Where the stored file ``name`` is (a path, an s3:// URL), as its `created` event says."""
+
 
 class FileStore(Sink, Manifest, Audit, Protocol):
     """A sink with its manifest and audit: what the local and S3 sinks are."""

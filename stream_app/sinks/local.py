@@ -89,6 +89,9 @@ class LocalSink:
             raise SinkError(f"writing {name} failed: {exc.strerror}", os_error_class(exc)) from None
         return WriteResult(name, str(final), size, sha, already_present=False)
 
+    def location(self, name: str) -> str:
+        return str(self.target_dir / check_file_name(name))
+
     def stat(self, name: str) -> str | None:
         path = self.target_dir / check_file_name(name)
         return _sha256_of(path) if path.is_file() else None

@@ -74,6 +74,9 @@ class S3Sink:
         self._bucket = settings.bucket
         self._part_size = settings.partSizeMb * 1024 * 1024
 
+    def location(self, name: str) -> str:
+        return f"s3://{self._bucket}/{self.key_for(name)}"
+
     def key_for(self, name: str) -> str:
         return f"{self._settings.prefix}{check_file_name(name)}"
 
