@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.routing import file_order
@@ -119,17 +119,10 @@ class RangeReader:
         todo = {(r.topic, r.partition): r for r in ranges if r.size != 0}
         if not todo:
             return
-        assigned = [TopicPartition(r.topic, r.partition, r.start) for r in todo.values()]
-        self._consumer.assign(assigned)
-        self._consumer.resume(assigned)  # paused when an earlier read finished them
+        self._consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in todo.values()])
         idle = 0
-        # Bounded ranges: ask for no more than they hold, so that consume returns once they are
-        # read instead of waiting out its timeout for a full batch (a part's read in `locate`).
-        sizes = [r.size for r in todo.values()]
-        remaining = None if None in sizes else sum(cast(int, n) for n in sizes)
         while todo:
-            want = self._batch if remaining is None else max(1, min(self._batch, remaining))
-            messages = self._consumer.consume(want, timeout=1.0)
+            messages = self._consumer.consume(self._batch, timeout=1.0)
             batch: list[RawRecord] = []
             for msg in messages:
                 topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
@@ -141,7 +134,6 @@ class RangeReader:
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF and (rng.end is None or offset >= rng.end):
                         del todo[tp]
-                        self._consumer.pause([TopicPartition(topic, partition)])  # read: fetch the others only
                     continue
                 if rng.end is None or offset < rng.end:
                     ts_type, ts = msg.timestamp()
@@ -150,11 +142,8 @@ class RangeReader:
                                            msg.key(), msg.value(), headers))
                 if rng.end is not None and offset + 1 >= rng.end:
                     del todo[tp]
-                    self._consumer.pause([TopicPartition(topic, partition)])
             if batch:
                 idle = 0
-                if remaining is not None:
-                    remaining -= len(batch)
                 yield batch
             else:
                 idle += 1
