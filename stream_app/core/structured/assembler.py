@@ -211,6 +211,7 @@ class StructuredPart:
         self._summed = {summed for _, _, summed in self._pack.trailer_checks if summed is not None}
         self._detail_lines = 0
         self._sums: dict[str, Any] = dict.fromkeys(self._summed, 0)
+        self._framed: tuple[list[Line], dict[str, Any]] = ([], {})
 
     def append(self, record: SourceRecord) -> None:
         if self._error is not None:
@@ -254,10 +255,10 @@ class StructuredPart:
             head = formatter.begin(self._fixed_lines("header", context))
             group_lines = self._group_lines()
             groups = b"".join(formatter.line(line) for line in group_lines)
-            trailer = self._fixed_lines("trailer", context)
-            tail = formatter.end(trailer)
+            tail = formatter.end(self._fixed_lines("trailer", context))
         except FormatError as exc:
             raise AssemblyError(f"pack {self._pack.id}: {exc}", exc.error_class) from None
+        self._framed = (group_lines, context)  # what check_trailer recounts against
         return head, groups, tail
 
     def _count_detail(self, row: Mapping[str, Any]) -> None:
@@ -272,17 +273,15 @@ class StructuredPart:
         here, apart from the aggregates the trailer's expressions read)."""
         if not self._pack.trailer_checks or self._error is not None:
             return
+        group_lines, context = self._framed  # frame() ran just before (finish)
         lines, sums = self._detail_lines, dict(self._sums)
         if self._groups is not None:  # a grouped body: its lines are the groups, rendered at the end
             lines, sums = 0, dict.fromkeys(self._summed, 0)
-            for line in self._group_lines():
+            for line in group_lines:
                 lines += 1
                 values = {spec.name: value for spec, value in line.values}
                 for field in self._summed:
                     sums[field] += values[field] or 0
-        context: dict[str, Any] = self._assembler.variables.context(self._key, self._part, self.count)
-        for acc in self._aggregates:
-            context[acc.spec.name] = acc.result()
         for index, field, summed in self._pack.trailer_checks:
             written = self._assembler.evaluate(f"trailer[{index}]", self._pack.trailer[index], context)[field]
             expected = lines if summed is None else sums[summed]
