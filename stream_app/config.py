@@ -439,6 +439,54 @@ class S3SinkSettings(_SinkCommon):
         return self
 
 
+class SftpDestinationSettings(_Model):
+    """One SFTP server that every file is delivered to once it is durable in the sink
+    (``delivery/sftp.py``; docs/delivery.md)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")  # in metrics, events and the outbox key
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    # The private key (OpenSSH or PEM), e.g. from a mounted secret; a passphrase, if any, from the
+    # environment variable this names (never in the file).
+    privateKeyFile: str = Field(min_length=1)
+    passphraseEnv: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Pinned host keys (known_hosts format): an unknown or changed key is a terminal error.
+    knownHostsFile: str = Field(min_length=1)
+    remoteDir: str = Field(default=".", min_length=1)
+    # {name} (the sink's file name), {stem}, {ext}, {part}, {window} (window start, UTC YYYYMMDDHHMM)
+    remoteName: str = Field(default="{name}", min_length=1)
+    connectTimeoutSeconds: float = Field(default=10.0, gt=0)
+    # One remote operation (open, write, rename, stat); a longer silence is a transient failure.
+    timeoutSeconds: float = Field(default=60.0, gt=0)
+    fsync: bool = True  # where the server offers fsync@openssh.com
+    maxParallel: int = Field(default=4, ge=1, le=64)  # uploads at once on the one connection
+    retryInitialMs: int = Field(default=1_000, ge=10)
+    retryMaxMs: int = Field(default=300_000, ge=10)
+
+    @field_validator("remoteName")
+    @classmethod
+    def _remote_name(cls, value: str) -> str:
+        from stream_app.core.naming import UnsafeFileName, remote_file_name
+
+        try:
+            remote_file_name(value, "SAMPLE_20260101.csv", 1, 0)
+        except (KeyError, ValueError, IndexError, UnsafeFileName) as exc:
+            raise ValueError(f"not a usable name template: {exc}") from None
+        return value
+
+
+class DeliverySettings(_Model):
+    sftp: list[SftpDestinationSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeliverySettings:
+        names = [d.name for d in self.sftp]
+        if len(names) != len(set(names)):
+            raise ValueError("delivery.sftp: destination names must be unique")
+        return self
+
+
 SinkSettings = Annotated[LocalSinkSettings | S3SinkSettings, Field(discriminator="type")]
 _SINK_TAGS = {"local", "s3"}
 
@@ -451,6 +499,8 @@ class AppSettings(_Model):
     input: InputSettings = InputSettings()
     worker: WorkerSettings
     sink: SinkSettings
+    # After a file is durable in the sink (which stays the system of record): where it goes next.
+    delivery: DeliverySettings = DeliverySettings()
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logFormat: Literal["text", "json"] = "text"
     webPort: int | None = Field(default=None, ge=1, le=65535)
@@ -535,7 +585,11 @@ def _resolve_relative_paths(settings: AppSettings, base: Path) -> AppSettings:
     ref = worker.schema_
     if ref is not None and ref.xsd is not None and not Path(ref.xsd).is_absolute():
         worker = worker.model_copy(update={"schema_": ref.model_copy(update={"xsd": str((base / ref.xsd).resolve())})})
+    delivery = settings.delivery.model_copy(update={"sftp": [
+        d.model_copy(update={key: str((base / getattr(d, key)).resolve()) for key in ("privateKeyFile", "knownHostsFile")
+                             if not Path(getattr(d, key)).is_absolute()}) for d in settings.delivery.sftp]})
     return settings.model_copy(update={
+        "delivery": delivery,
         "input": settings.input.model_copy(update={"avroSchemas": schemas, "sampleFile": sample}),
         "worker": worker,
         "sink": sink,

@@ -3,6 +3,8 @@
 * ``core/`` is pure Python: no Kafka client, no Faust, nothing of the package outside ``core/``;
 * ``pipeline/`` (the stages and the committer live and replay share) imports no Kafka client
   and no Faust: the drivers hand it records and ports;
+* ``delivery/`` (the outbox's worker and the SFTP client) imports no Kafka client and no
+  Faust: the live runtime hands it the outbox and the partitions it owns;
 * only ``live/`` imports Faust.
 """
 
@@ -52,6 +54,10 @@ def test_the_pipeline_imports_no_kafka_client_and_no_faust():
     assert offending("pipeline", KAFKA) == {}
 
 
+def test_delivery_imports_no_kafka_client_and_no_faust():
+    assert offending("delivery", KAFKA) == {}
+
+
 def test_only_live_imports_faust():
     users = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
              if any(m == "faust" or m.startswith(("faust.", "mode.")) or m == "mode" for m in imports(p))}
@@ -59,7 +65,7 @@ def test_only_live_imports_faust():
 
 
 def test_the_layout_has_the_layers_the_docs_name():
-    for layer in ("core", "codecs", "pipeline", "sinks", "live", "replay", "tools", "ops"):
+    for layer in ("core", "codecs", "pipeline", "sinks", "delivery", "live", "replay", "tools", "ops"):
         assert (PACKAGE / layer / "__init__.py").is_file() or (PACKAGE / layer).is_dir(), layer
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert loose == ["__init__.py", "cli.py", "config.py"], loose

@@ -32,26 +32,29 @@ def _load(file: str) -> dict:
 
 
 JOURNAL_SCHEMA = _load("journal_event.avsc")
+# 0.3.0-0.4.x: the same fields without the trailing delivery fields.
+JOURNAL_SCHEMA_V2 = {**JOURNAL_SCHEMA, "fields": JOURNAL_SCHEMA["fields"][:-3]}
 # 0.1.0-0.2.x: the same fields without the trailing ``terminal``.
-JOURNAL_SCHEMA_V1 = {**JOURNAL_SCHEMA, "fields": JOURNAL_SCHEMA["fields"][:-1]}
+JOURNAL_SCHEMA_V1 = {**JOURNAL_SCHEMA, "fields": JOURNAL_SCHEMA["fields"][:-4]}
 DEAD_LETTER_SCHEMA = _load("dead_letter.avsc")
 # 0.1.x: the same fields without the trailing ``event_id``.
 DEAD_LETTER_SCHEMA_V1 = {**DEAD_LETTER_SCHEMA, "fields": DEAD_LETTER_SCHEMA["fields"][:-1]}
 
 # The ids this version writes without a registry.
-JOURNAL_SCHEMA_ID = 1012
+JOURNAL_SCHEMA_ID = 1013
 DEAD_LETTER_SCHEMA_ID = 1022
 
 # id -> writer schema, one id per version of each schema (add a row for every new version).
 LOCAL_WRITER_SCHEMAS: dict[int, Any] = {
     1011: JOURNAL_SCHEMA_V1,
+    1012: JOURNAL_SCHEMA_V2,
     JOURNAL_SCHEMA_ID: JOURNAL_SCHEMA,
     1021: DEAD_LETTER_SCHEMA_V1,
     DEAD_LETTER_SCHEMA_ID: DEAD_LETTER_SCHEMA,
 }
 # Ids that stood for every version before 0.4.0: the candidates, newest first.
 LEGACY_SHARED_IDS: dict[int, tuple[Any, ...]] = {
-    1001: (JOURNAL_SCHEMA, JOURNAL_SCHEMA_V1),
+    1001: (JOURNAL_SCHEMA_V2, JOURNAL_SCHEMA_V1),
     1002: (DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_V1),
 }
 
@@ -75,13 +78,13 @@ class EventReader:
         self.what = what
         self.reader_schema = reader_schema
         self._registry_schema = registry_schema
-        own = (JOURNAL_SCHEMA, JOURNAL_SCHEMA_V1) if reader_schema is JOURNAL_SCHEMA else \
+        own = (JOURNAL_SCHEMA, JOURNAL_SCHEMA_V2, JOURNAL_SCHEMA_V1) if reader_schema is JOURNAL_SCHEMA else \
             (DEAD_LETTER_SCHEMA, DEAD_LETTER_SCHEMA_V1)
         # a local id of the other topic's schema is not this topic's: resolving it would fail
         # with a confusing schema-mismatch error instead of naming the id
         self._writers: dict[int, tuple[Any, ...]] = {
             sid: (schema,) for sid, schema in LOCAL_WRITER_SCHEMAS.items() if any(schema is s for s in own)}
-        self._writers.update({sid: c for sid, c in LEGACY_SHARED_IDS.items() if c[0] is reader_schema})
+        self._writers.update({sid: c for sid, c in LEGACY_SHARED_IDS.items() if any(c[0] is s for s in own)})
 
     def decode(self, payload: bytes | None) -> dict:
         if payload is None or len(payload) < _HEADER.size:

@@ -29,3 +29,15 @@ def check_file_name(name: str) -> str:
     if len(name.encode("utf-8")) > 255:
         raise UnsafeFileName("file name is longer than 255 bytes")
     return name
+
+
+def remote_file_name(template: str, name: str, part: int, window_start_ms: int) -> str:
+    """The name a delivery gives a file on the remote server: ``template`` with ``{name}``,
+    ``{stem}``, ``{ext}`` (with its dot), ``{part}`` and ``{window}`` (the window start, UTC
+    ``YYYYMMDDHHMM``); a safe plain file name, or ``UnsafeFileName``."""
+    from datetime import UTC, datetime
+
+    stem, dot, ext = name.partition(".")
+    window = datetime.fromtimestamp(window_start_ms / 1000, UTC).strftime("%Y%m%d%H%M")
+    return check_file_name(template.format_map(
+        {"name": name, "stem": stem, "ext": dot + ext, "part": part, "window": window}))

@@ -128,6 +128,13 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
             async for _ in stream:
                 raise RuntimeError("a repartition record reached the agent stream; the intake takes every batch")
 
+    if runtime.deliverer is not None:
+        deliverer = runtime.deliverer
+
+        @app.task
+        async def deliveries() -> None:
+            await deliverer.run()
+
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:
         await runtime.on_tick()

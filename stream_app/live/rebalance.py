@@ -18,6 +18,7 @@ from faust.types import TP as FaustTP
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import TP
+from stream_app.delivery.deliverer import Deliverer
 from stream_app.live.durability import LiveDurability
 from stream_app.live.lost_state import LostStateWatch
 from stream_app.live.startup import group_committed_offsets
@@ -46,6 +47,8 @@ class Rebalancing:
     _loop: asyncio.AbstractEventLoop | None
     _input_topics: frozenset[str]
     _repartition_topic: str | None
+    delivery_owned: set[TP]
+    deliverer: Deliverer | None
 
     async def _commit_round(self, revoking: bool = False) -> None:
         raise NotImplementedError  # LiveRuntime's
@@ -78,6 +81,10 @@ class Rebalancing:
         # held batch would be dropped as stale anyway).
         self._held = None
         revoked = [(tp.topic, tp.partition) for tp in tps]
+        # deliveries of these partitions stop here; their new owner recovers them from the outbox
+        self.delivery_owned.difference_update(revoked)
+        if self.deliverer is not None:
+            self.deliverer.revoke(revoked)
         # Faust commits before the partitions go: is it still the cluster this state belongs
         # to?  (After a broker outage the group is left and joined again; a cluster re-created
         # empty meanwhile would get every checkpoint committed, past what its files hold.)
@@ -125,6 +132,9 @@ class Rebalancing:
         close must still reach the file stage), and announce what each has closed."""
         owned = [(tp.topic, tp.partition) for tp in self._app.consumer.assignment()
                  if tp.topic in self._input_topics or tp.topic == self._repartition_topic]
+        file_stage = {self._repartition_topic} if self._repartition_topic is not None else self._input_topics
+        # the tables are recovered: the outbox entries of these partitions are this worker's to deliver
+        self.delivery_owned = {tp for tp in owned if tp[0] in file_stage}
         await self.lost.recheck()
         try:
             self.lost.check_committed(await asyncio.to_thread(group_committed_offsets, self._settings, owned))

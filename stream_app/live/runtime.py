@@ -20,6 +20,7 @@ from stream_app.codecs.registry import RegistryUnavailable
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.core.windows import TP
+from stream_app.delivery.deliverer import Deliverer
 from stream_app.live.durability import LiveDurability
 from stream_app.live.events import RETRY_INITIAL_S, EventPublisher, wait_to_redeliver
 from stream_app.live.health import Health
@@ -27,7 +28,7 @@ from stream_app.live.lost_state import LostStateWatch
 from stream_app.live.rebalance import Rebalancing
 from stream_app.live.repartition import KafkaRepartitionSender
 from stream_app.live.startup import BrokerProbe
-from stream_app.live.tables import FaustStateStore
+from stream_app.live.tables import FaustOutboxStore, FaustStateStore
 from stream_app.live.transport import (
     NOT_GATED,
     CheckpointCommitConsumer,
@@ -35,7 +36,8 @@ from stream_app.live.transport import (
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.committer import Committer
 from stream_app.pipeline.files import FilePipeline
-from stream_app.pipeline.journal import now_ms
+from stream_app.pipeline.journal import Journal, now_ms
+from stream_app.pipeline.outbox import Outbox
 from stream_app.pipeline.ports import RoutedRecordsLost
 from stream_app.pipeline.routing import RoutingStage
 from stream_app.pipeline.wiring import build_pipeline, build_routing, prepare_worker_spool
@@ -81,7 +83,16 @@ class LiveRuntime(Rebalancing):
         # assigned the partition only after this worker stopped writing its files.
         self.durability = LiveDurability(self.publisher, self.state, self.repartition,
                                          lambda: self._app.consumer.commit())
-        self.committer = Committer(self.pipeline, self.routing, self.durability)
+        # Delivery (delivery: in the config): files queued with their facts, uploaded beside the pipeline.
+        self.outbox: Outbox | None = None
+        self.deliverer: Deliverer | None = None
+        self.delivery_owned: set[TP] = set()  # file-stage partitions assigned and recovered
+        if settings.delivery.sftp:
+            self.outbox = Outbox(FaustOutboxStore(app, settings, self.state), [d.name for d in settings.delivery.sftp],
+                                 self.publisher, Journal(settings.workerId, settings.appId))
+            self.deliverer = Deliverer(self.outbox, settings.delivery.sftp, settings.workerId, self.pipeline.sink,
+                                       lambda: self.delivery_owned, self.metrics)
+        self.committer = Committer(self.pipeline, self.routing, self.durability, self.outbox)
         # Partitions whose revoke deadline passed: a write of theirs still under way is not put in place.
         self._released: set[TP] = set()
         # The finalize + commit of the last processed batch, left running while the fetch loop

@@ -92,6 +92,31 @@ class FaustStateStore:
         await self.in_flight.delivered()
 
 
+class FaustOutboxStore:
+    """The delivery outbox (``pipeline/outbox.py``) in a plain table co-partitioned with the file
+    stage, so the owner of a file's partition recovers its pending deliveries.  Its changelog
+    sends join the state store's, which the committer's step 3 awaits."""
+
+    def __init__(self, app: faust.App, settings: AppSettings, state: FaustStateStore) -> None:
+        partitions = (settings.kafka.repartition_partitions if settings.worker.fileScope == "window"
+                      else settings.kafka.topicPartitions)
+        self._table = app.Table("delivery-outbox", default=None, partitions=partitions)
+        self._in_flight = state.in_flight
+
+    def put_delivery(self, owner: TP, key: str, value: str | None) -> None:
+        table = self._table
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
+        # a removal is a tombstone: recovery drops the key
+        self._in_flight.add(table.send_changelog(owner[1], key, value),
+                            lambda: table.send_changelog(owner[1], key, table.data.get(key)))
+
+    def stored_deliveries(self) -> list[str]:
+        return [value for value in self._table.data.values() if value]
+
+
 class InFlight:
     """Changelog sends not yet confirmed by the broker; ``delivered()`` waits for all of them.
 

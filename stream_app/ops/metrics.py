@@ -44,6 +44,18 @@ class Metrics:
         self.retries = Counter("stream_app_write_retries_total", "Retried file writes", registry=r)
         self.halted_files = Gauge("stream_app_halted_file", "1 for a file part halted by a terminal error "
                                   "(fix the config or data, then restart)", ["file_key"], registry=r)
+        self.deliveries_pending = Gauge("stream_app_deliveries_pending", "Durable files not yet delivered to "
+                                        "a destination (this worker's partitions)", ["destination"], registry=r)
+        self.delivery_oldest_pending = Gauge("stream_app_delivery_oldest_pending_age_seconds",
+                                             "Age of the oldest file waiting for a destination", ["destination"],
+                                             registry=r)
+        self.deliveries = Counter("stream_app_deliveries_total", "Delivery attempts by outcome (delivered, "
+                                  "already_there, failed)", ["destination", "outcome"], registry=r)
+        self.delivered_bytes = Counter("stream_app_delivered_bytes_total", "Bytes uploaded to destinations",
+                                       ["destination"], registry=r)
+        self.delivery_halted = Gauge("stream_app_delivery_halted", "1 while a destination is halted by a "
+                                     "terminal error (host key, auth, permission, conflict: fix, then restart)",
+                                     ["destination"], registry=r)
         self.ready = Gauge("stream_app_ready", "1 when the last /readyz probe answered ready, else 0", registry=r)
 
     def render(self) -> bytes:

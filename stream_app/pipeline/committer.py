@@ -7,7 +7,8 @@ with ``revoking=True``) and replay (after each batch, with ports that are durabl
 1. **Write** each due file: assemble → compress → sink (atomic rename) → manifest line; its
    `created` journal event is queued and its window's facts wait, unpersisted.
 2. **Events delivered**: the journal events (and dead letters) are acknowledged.
-3. **Facts persisted** and delivered: the state store says which parts are done.
+3. **Facts persisted** and delivered: the state store says which parts are done; with them
+   the delivery outbox's changes (files queued for their destinations, deliveries done).
 4. **File-stage checkpoints** written, delivered, then confirmed: the offsets below them are
    in files whose facts are durable.
 5. **Routing stage** (business files): repartition records and dead letters acknowledged, its
@@ -32,6 +33,7 @@ from functools import partial
 from stream_app.core.windows import TP
 from stream_app.ops.faults import failpoint
 from stream_app.pipeline.files import FilePipeline, FlushSummary
+from stream_app.pipeline.outbox import Outbox
 from stream_app.pipeline.ports import Durability, RoutedRecordsLost
 from stream_app.pipeline.routing import RoutingStage
 
@@ -48,10 +50,12 @@ class CommitRound:
 
 
 class Committer:
-    def __init__(self, files: FilePipeline, routing: RoutingStage | None, durability: Durability) -> None:
+    def __init__(self, files: FilePipeline, routing: RoutingStage | None, durability: Durability,
+                 outbox: Outbox | None = None) -> None:
         self.files = files
         self.routing = routing
         self.durability = durability
+        self.outbox = outbox  # None: no delivery configured (and in replay)
         # Partitions being revoked: no new file of theirs is begun (their new owner writes it).
         self.moving: set[TP] = set()
         # Routed partitions whose idle close waits for its checkpoint before it is announced.
@@ -94,7 +98,9 @@ class Committer:
                 if not self.files.ready_to_write(cut):
                     continue  # its partition was revoked meanwhile, or an earlier part just failed
                 outcome = await self.durability.run_write(partial(self.files.write_cut, cut))
-                self.files.record_outcome(cut, outcome, now_wall_ms, done.summary)
+                if self.files.record_outcome(cut, outcome, now_wall_ms, done.summary) and self.outbox is not None:
+                    assert outcome.result is not None
+                    self.outbox.queue(cut, outcome.result, self.files.owner_of(cut.key), now_wall_ms)
         if cuts:
             self.files.journal_summary(done.summary)
         # 2.–4. Events delivered, facts persisted, file-stage checkpoints confirmed.
@@ -120,10 +126,15 @@ class Committer:
         events for good); the facts before any checkpoint that skips the part's offsets (else a
         restart re-creates the part from the offsets above the checkpoint only: a different file
         under the same name); and the checkpoint before the commit that follows it."""
-        if self.files.has_unpersisted_facts:
+        outbox_changed = self.outbox is not None and self.outbox.has_changes
+        if self.files.has_unpersisted_facts or outbox_changed:
             await self.durability.events_delivered()
             failpoint("live.before-facts")  # `created` delivered, the facts not yet written
             self.files.persist_facts()
+            if self.outbox is not None:
+                # with the facts: a file whose part is done is queued for delivery, and a delivery
+                # leaves the outbox only after its `delivered` event is acknowledged
+                self.outbox.persist()
             await self.durability.state_delivered()
         if not self.files.advance_checkpoints():
             return False

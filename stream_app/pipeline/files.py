@@ -401,14 +401,16 @@ class FilePipeline:
         confirm = self.confirm_owner
         return None if confirm is None else partial(confirm, self.owner_of(cut.key))
 
-    def record_outcome(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> None:
+    def record_outcome(self, cut: FileCut, outcome: WriteOutcome, now_wall_ms: int, summary: FlushSummary) -> bool:
+        """Take a write's outcome into the part's state; True when the file is written (and its
+        facts wait to be persisted)."""
         if not self.is_pending(cut):
-            return  # partition revoked while the write ran; the new owner re-creates the file
+            return False  # partition revoked while the write ran; the new owner re-creates the file
         windower = self._windowers[self.owner_of(cut.key)]
         if outcome.result is None:
             self._parts.failed(cut, outcome, now_wall_ms)
             summary.failed += 1
-            return
+            return False
         failpoint("pipeline.after-write")  # file renamed, nothing persisted or committed yet
         self._parts.written(cut)
         writer = self._spools.parts.pop((cut.key, cut.part), None) if self._spools is not None else None
@@ -431,6 +433,7 @@ class FilePipeline:
         summary.records += cut.count
         summary.bytes += result.bytes
         summary.names.append(result.name)
+        return True
 
     @property
     def halted(self) -> dict[tuple[FileKey, int], str]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_app.codecs.avro import encode_confluent
 from stream_app.codecs.event_schemas import JOURNAL_SCHEMA, JOURNAL_SCHEMA_ID
 from stream_app.core.windows import FileCut, FileKey
+
+if TYPE_CHECKING:
+    from stream_app.pipeline.outbox import Delivery
 
 
 def event_id(*parts: Any) -> str:
@@ -92,6 +95,19 @@ class Journal:
             part=cut.part, records=cut.count, error_class="VALIDATION_FAILED", error_message=message,
             attempt=attempt, offsets=offsets, terminal=True,
         )
+
+    def delivery_queued(self, d: Delivery) -> dict:
+        return self._event("delivery-queued", event_id("delivery-queued", d.destination, d.name), None,
+                           **d.event_fields())
+
+    def delivered(self, d: Delivery, remote_path: str, fingerprint: str, attempt: int) -> dict:
+        return self._event("delivered", event_id("delivered", d.destination, d.name), None, **d.event_fields(),
+                           remote_path=remote_path, server_fingerprint=fingerprint, attempt=attempt)
+
+    def delivery_failed(self, d: Delivery, error_class: str, message: str, attempt: int, terminal: bool) -> dict:
+        return self._event("delivery-failed", event_id("delivery-failed", d.destination, d.name, attempt), None,
+                           **d.event_fields(), error_class=error_class, error_message=message, attempt=attempt,
+                           terminal=terminal)
 
     def flush_summary(self, files: int, records: int, size: int, failed: int) -> dict:
         eid = event_id("flush-summary", self.worker_id, time.time_ns())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, BinaryIO
 
 from stream_app.sinks.base import FileStore, WriteResult
 
@@ -48,6 +48,9 @@ class VerifyingSink:
 
     def stored_names(self) -> list[str]:
         return self._target.stored_names()
+
+    def open_stored(self, name: str) -> BinaryIO:
+        return self._target.open_stored(name)
 
     def location(self, name: str) -> str:
         return self._target.location(name)

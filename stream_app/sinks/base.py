@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from stream_app.core.compression import ChunkSource
 
@@ -91,6 +91,10 @@ class Audit(Protocol):
 
     def location(self, name: str) -> str:
         """Where the stored file ``name`` is (a path, an s3:// URL), as its `created` event says."""
+
+    def open_stored(self, name: str) -> BinaryIO:
+        """The stored file ``name`` to read (delivery reads its copy from here); ``SinkError``
+        when it cannot be read."""
 
 
 class FileStore(Sink, Manifest, Audit, Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -91,6 +92,12 @@ class LocalSink:
 
     def location(self, name: str) -> str:
         return str(self.target_dir / check_file_name(name))
+
+    def open_stored(self, name: str) -> BinaryIO:
+        try:
+            return (self.target_dir / check_file_name(name)).open("rb")
+        except OSError as exc:
+            raise SinkError(f"reading {name} failed: {exc.strerror}", os_error_class(exc)) from None
 
     def stat(self, name: str) -> str | None:
         path = self.target_dir / check_file_name(name)

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import boto3
 import orjson
@@ -148,6 +148,12 @@ class S3Sink:
             except Exception:
                 pass  # the bucket's lifecycle rule for incomplete uploads is the last resort
             raise
+
+    def open_stored(self, name: str) -> BinaryIO:
+        try:
+            return cast(BinaryIO, self._client.get_object(Bucket=self._bucket, Key=self.key_for(name))["Body"])
+        except Exception as exc:
+            raise classify(exc) from None
 
     def stat(self, name: str) -> str | None:
         try:

@@ -44,7 +44,7 @@ def test_an_envelope_too_large_for_a_kafka_record_goes_without_the_value():
 
 
 def test_a_journal_event_written_before_0_3_0_still_reads():
-    from stream_app.codecs.event_schemas import JOURNAL_SCHEMA_V1
+    from stream_app.codecs.event_schemas import JOURNAL_SCHEMA_V1, JOURNAL_SCHEMA_V2
     from stream_app.core.records import SourceRecord
     from stream_app.core.windows import FileCut, FileKey
     from stream_app.pipeline.journal import Journal
@@ -55,8 +55,10 @@ def test_a_journal_event_written_before_0_3_0_still_reads():
     old = encode_confluent(1001, JOURNAL_SCHEMA_V1, {k: v for k, v in event.items() if k != "terminal"})
     read = decode_journal(old)
     assert read["terminal"] is False and (read["event_type"], read["error_class"]) == ("finalize-failed", "TEMPLATE_ERROR")
-    (new,) = encode_events([event], 1001)
-    assert decode_journal(new)["terminal"] is True
+    newer = encode_confluent(1001, JOURNAL_SCHEMA_V2, event)  # 0.3.x wrote its version under the shared id too
+    assert decode_journal(newer)["terminal"] is True and decode_journal(newer)["destination"] is None
+    (current,) = encode_events([event])
+    assert decode_journal(current)["terminal"] is True
 
 
 def test_local_ids_are_one_per_schema_version():
