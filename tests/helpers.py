@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,33 @@ class CollectingPublisher:
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["event_type"] == kind]
+
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def moto_bucket(monkeypatch: Any, bucket: str = "clearing") -> Iterator[tuple[str, Any]]:
+    """A real S3 API (moto's server) on a loopback port with ``bucket`` created: (url, client)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from stream_app.tools.broker import free_port
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield url, client
+    finally:
+        server.stop()
+
+
+def s3_sink(url: str, bucket: str = "clearing", prefix: str = "out/") -> dict:
+    return {"type": "s3", "bucket": bucket, "prefix": prefix, "endpointUrl": url, "region": "us-east-1",
+            "presignExpirySeconds": None}

@@ -9,6 +9,9 @@ recovers the entry) and a server that is away for hours.  What an attempt ends i
   next durable step;
 - a transient failure (refused, timeout, disconnect): a `delivery-failed` event, and the whole
   destination backs off (doubling, up to ``retryMaxMs``) instead of each file trying on its own;
+- the sink copy cannot be read here (a local sink on another replica's volume, after a
+  rebalance): that file waits, with its own back-off, for an owner that can read it; the
+  destination goes on with the others;
 - a terminal failure (host key, auth, permission, remote path, conflict): a `delivery-failed`
   event with ``terminal``, one ERROR line, and the destination is halted until the worker is
   restarted after the fix (``stream_app_delivery_halted``).  Other destinations go on.
@@ -44,6 +47,8 @@ class DestinationState:
     halted: str | None = None
     retry_at: float = 0.0  # time.monotonic() before which nothing is tried
     backoff_s: float = 0.0
+    # deliveries whose sink copy could not be read: key -> (retry at, back-off)
+    unreadable: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Deliverer:
@@ -82,6 +87,8 @@ class Deliverer:
                 continue
             if state.halted or now < state.retry_at or d.key in state.in_flight:
                 continue
+            if d.key in state.unreadable and now < state.unreadable[d.key][0]:
+                continue
             if len(state.in_flight) >= state.settings.maxParallel:
                 continue
             state.in_flight[d.key] = (d.owner, asyncio.ensure_future(self._deliver(state, d)))
@@ -106,6 +113,7 @@ class Deliverer:
         else:
             self.outbox.done(d, receipt, d.attempts + 1)
             state.backoff_s = 0.0
+            state.unreadable.pop(d.key, None)
             if self._metrics is not None:
                 self._metrics.deliveries.labels(d.destination, "already_there" if receipt.already_there
                                                 else "delivered").inc()
@@ -122,6 +130,15 @@ class Deliverer:
         self.outbox.failed(d, error.error_class, str(error), error.terminal)
         if self._metrics is not None:
             self._metrics.deliveries.labels(d.destination, "failed").inc()
+        if error.error_class.startswith("SINK_"):
+            _, backoff = state.unreadable.get(d.key, (0.0, 0.0))
+            s = state.settings
+            backoff = s.retryInitialMs / 1000 if not backoff else min(s.retryMaxMs / 1000, backoff * 2)
+            state.unreadable[d.key] = (time.monotonic() + backoff, backoff)
+            if backoff == s.retryInitialMs / 1000:
+                log.warning("%s waits for a worker that can read its sink copy (%s); the other files go on",
+                            d.name, error)
+            return
         if error.terminal:
             if state.halted is None:
                 state.halted = f"{error.error_class}: {error}"
@@ -142,8 +159,9 @@ class Deliverer:
         try:
             source = await asyncio.to_thread(self._sink.open_stored, d.name)
         except SinkError as exc:
+            # not the destination's fault: never halts it (see _failed)
             raise DeliveryError(f"reading the sink copy of {d.name}: {exc}", f"SINK_{exc.error_class}",
-                                not exc.transient) from None
+                                False) from None
         try:
             while chunk := await asyncio.to_thread(source.read, READ_CHUNK):
                 yield chunk

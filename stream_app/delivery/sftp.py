@@ -155,16 +155,20 @@ class SftpDestination:
         temp = posixpath.join(directory, f".{final}.{self._temp_tag}.part")
         digest = hashlib.sha256()
         size = 0
+        chunks = read().__aiter__()
+        first = await anext(chunks, b"")  # the sink copy is readable before anything is put remotely
         handle = await self._op(f"opening {temp}", sftp.open(temp, "wb"))
         try:
-            async for chunk in read():
+            chunk = first
+            while chunk:
                 await self._op(f"writing {temp}", handle.write(chunk, size))
                 digest.update(chunk)
                 size += len(chunk)
+                chunk = await anext(chunks, b"")
             if digest.hexdigest() != d.sha256 or size != d.bytes:
                 # the system of record does not hold what the journal says was written
                 raise DeliveryError(f"the sink copy of {d.name} is not the file that was written "
-                                    f"({size} bytes, expected {d.bytes})", "SINK_MISMATCH", True)
+                                    f"({size} bytes, expected {d.bytes})", "COPY_MISMATCH", True)
             if self.settings.fsync:
                 await self._fsync(handle, temp)
         finally:

@@ -249,3 +249,19 @@ def test_two_uploaders_of_one_file_at_once_leave_one_complete_file(tmp_path, ssh
     assert sorted(r.already_there for r in receipts) == [False, True]
     assert [p.name for p in sshd.remote_dir.iterdir()] == [result.name]
     assert (sshd.remote_dir / result.name).read_bytes() == Path(result.location).read_bytes()
+
+
+def test_a_sink_copy_this_worker_cannot_read_waits_without_holding_the_others(tmp_path, sshd):
+    """A local sink on another replica's volume (after a rebalance): that file stays pending
+    with its own back-off; the destination is not halted and the other files arrive."""
+    rig = Rig(tmp_path, [sshd.destination()], files=3)
+    (rig.sink.target_dir / "FILE_001.csv").unlink()
+
+    async def run() -> None:
+        await rig.work(lambda: len(rig.events("delivered")) == 2 and rig.events("delivery-failed"))
+        await rig.deliverer.close()
+
+    asyncio.run(run())
+    assert {e["error_class"] for e in rig.events("delivery-failed")} == {"SINK_ENOENT"}
+    assert rig.deliverer.halted() == {} and [Delivery.from_json(v).name for v in rig.store.data.values()] == ["FILE_001.csv"]
+    assert sorted(p.name for p in sshd.remote_dir.iterdir()) == ["FILE_000.csv", "FILE_002.csv"]  # no empty upload

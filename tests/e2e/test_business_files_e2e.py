@@ -185,30 +185,14 @@ def test_an_empty_partition_does_not_hold_a_window_forever(kafka_bootstrap, tmp_
     assert f'stage="files",topic="{worker.app_id}-files-repartition"' in metrics
 
 
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
 def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bootstrap, tmp_path, monkeypatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from tests.helpers import AWS_ENV, moto_bucket, s3_sink, write_config
 
-    from stream_app.tools.broker import free_port
-    from tests.helpers import write_config
-
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-    s3.create_bucket(Bucket="clearing")
-    try:
+    with moto_bucket(monkeypatch) as (url, s3):
         (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
         first = business_worker(kafka_bootstrap, tmp_path / "a")
         reference_source = first.config_data["sink"]
-        first.config_data["sink"] = {"type": "s3", "bucket": "clearing", "prefix": "out/", "endpointUrl": url,
-                                     "region": "us-east-1", "presignExpirySeconds": None}
+        first.config_data["sink"] = s3_sink(url)
         write_config(first.config_path, first.config_data)
         second = first.replica(tmp_path / "b")
         second.config_data["sink"] = dict(first.config_data["sink"])
@@ -246,8 +230,6 @@ def test_two_workers_share_one_bucket_and_write_each_business_file_once(kafka_bo
         assert set(created) == set(reference)
         assert {w for workers in created.values() for w in workers} == {first.config_data["workerId"],
                                                                           second.config_data["workerId"]}
-    finally:
-        server.stop()
 
 
 @pytest.mark.both_brokers
