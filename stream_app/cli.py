@@ -285,6 +285,65 @@ def locate_command(config: str | None, offsets: tuple[str, ...], key: str | None
         click.echo(f"no record with {key} in that range", err=True)
 
 
+@main.command("deliveries")
+@config_option
+@click.option("--status", "statuses", multiple=True, type=click.Choice(["pending", "failed", "delivered"]),
+              help="Only files in this status (repeatable).")
+@click.option("--destination", help="Only this destination (with --redeliver: deliver to it only).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file and destination.")
+@click.option("--redeliver", "redeliver_file", metavar="FILE",
+              help="Deliver this file again now, from the sink copy (never overwrites a different file).")
+def deliveries_command(config: str | None, statuses: tuple[str, ...], destination: str | None, as_json: bool,
+                       redeliver_file: str | None) -> None:
+    """List pending, failed and delivered files per destination, from the journal; or re-deliver one."""
+    import time
+
+    import orjson
+
+    from stream_app.tools.deliveries import describe, read_statuses
+
+    with reported("deliveries"):
+        settings = settings_from(config)
+        if redeliver_file is not None:
+            _redeliver(settings, redeliver_file, destination)
+            return
+        rows = [s for s in read_statuses(settings) if (not statuses or s.status in statuses)
+                and (destination is None or s.destination == destination)]
+    now_ms = time.time_ns() // 1_000_000
+    for status in rows:
+        click.echo(orjson.dumps(status.row()).decode() if as_json else describe(status, now_ms))
+
+
+def _redeliver(settings: AppSettings, file_name: str, destination: str | None) -> None:
+    import asyncio
+
+    from stream_app.delivery.sftp import DeliveryError
+    from stream_app.live.events import EventPublisher
+    from stream_app.ops.metrics import Metrics
+    from stream_app.ops.problems import CREDENTIALS
+    from stream_app.pipeline.wiring import build_sink
+    from stream_app.tools.deliveries import RedeliveryError, redeliver
+
+    publisher = EventPublisher(settings, Metrics())
+    try:
+        outcomes = redeliver(settings, build_sink(settings), file_name, destination, publisher.journal)
+    except RedeliveryError as exc:
+        fail("deliveries", str(exc), USAGE)
+    asyncio.run(publisher.delivered())
+    worst = 0
+    for name, outcome in outcomes:
+        if isinstance(outcome, DeliveryError):
+            click.echo(f"{file_name} -> {name}: {outcome.error_class}: {outcome}", err=True)
+            code = (CREDENTIALS if outcome.error_class in ("AUTH", "HOST_KEY", "KEY_FILE") else
+                    DATA if outcome.terminal else UNREACHABLE)
+            worst = max(worst, code)
+        else:
+            click.echo(f"{file_name} -> {name}: {'already there' if outcome.already_there else 'delivered'} "
+                       f"at {outcome.remote_path}")
+    if worst:
+        sys.exit(worst)
+
+
 @main.command("journal")
 @config_option
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only these event types (repeatable).")

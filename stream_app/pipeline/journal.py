@@ -100,12 +100,17 @@ class Journal:
         return self._event("delivery-queued", event_id("delivery-queued", d.destination, d.name), None,
                            **d.event_fields())
 
-    def delivered(self, d: Delivery, remote_path: str, fingerprint: str, attempt: int) -> dict:
-        return self._event("delivered", event_id("delivered", d.destination, d.name), None, **d.event_fields(),
+    def delivered(self, d: Delivery, remote_path: str, fingerprint: str, attempt: int,
+                  request: str | None = None) -> dict:
+        """``request``: a re-delivery asked for by a person (its own event id)."""
+        return self._event("delivered", event_id("delivered", d.destination, d.name, request or ""), None,
+                           **d.event_fields(),
                            remote_path=remote_path, server_fingerprint=fingerprint, attempt=attempt)
 
-    def delivery_failed(self, d: Delivery, error_class: str, message: str, attempt: int, terminal: bool) -> dict:
-        return self._event("delivery-failed", event_id("delivery-failed", d.destination, d.name, attempt), None,
+    def delivery_failed(self, d: Delivery, error_class: str, message: str, attempt: int, terminal: bool,
+                        request: str | None = None) -> dict:
+        return self._event("delivery-failed", event_id("delivery-failed", d.destination, d.name, attempt,
+                                                       request or ""), None,
                            **d.event_fields(), error_class=error_class, error_message=message, attempt=attempt,
                            terminal=terminal)
 

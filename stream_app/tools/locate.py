@@ -20,6 +20,7 @@ from stream_app.core.routing import file_order
 from stream_app.ops.security import confluent_security
 from stream_app.pipeline.wiring import build_decoder, build_sink, load_worker_pack
 from stream_app.replay.reader import PartitionRange, RangeReader
+from stream_app.tools.deliveries import DeliveryStatus, read_statuses
 
 Coordinates = tuple[str, int, int]  # topic, partition, offset
 
@@ -76,6 +77,28 @@ class Locator:
         self._decoder = build_decoder(settings)
         self._layout = Layout.of(settings)
         self._dead: dict[Coordinates, dict] | None = None
+        self._deliveries: dict[str, list[DeliveryStatus]] | None = None
+
+    def _delivery(self, name: str) -> str:
+        """Where the file stands with each destination (the journal's delivery events)."""
+        if not self._settings.delivery.sftp:
+            return "none configured"
+        if self._deliveries is None:
+            self._deliveries = {}
+            for read in read_statuses(self._settings):
+                self._deliveries.setdefault(read.file_name, []).append(read)
+        statuses = {s.destination: s for s in self._deliveries.get(name, [])}
+        parts = []
+        for destination in self._settings.delivery.sftp:
+            status: DeliveryStatus | None = statuses.get(destination.name)
+            if status is None:
+                parts.append(f"{destination.name}: not queued")
+            elif status.status == "delivered":
+                parts.append(f"{destination.name}: delivered to {status.remote_path}")
+            else:
+                error = f", last error {status.error_class}" if status.error_class else ""
+                parts.append(f"{destination.name}: {status.status} ({status.attempts} attempt(s){error})")
+        return "; ".join(parts)
 
     def close(self) -> None:
         self._reader.close()
@@ -88,7 +111,7 @@ class Locator:
             position = self._position(entry, coordinates)
             found.update(status="in a file", file=entry["name"], part=entry["part"], position=position,
                          **self._layout.where(position), location=self._sink.location(entry["name"]),
-                         delivery="none configured", file_key=entry["file_key"],
+                         delivery=self._delivery(entry["name"]), file_key=entry["file_key"],
                          window_start=_iso(entry["window_start"]), window_end=_iso(entry["window_end"]))
             return found
         letter = self._dead_letters().get(coordinates)

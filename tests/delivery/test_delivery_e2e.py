@@ -6,10 +6,13 @@ partition); every delivered file is byte-identical to its sink copy."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from click.testing import CliRunner
 
+from stream_app.cli import main
 from tests.e2e.test_business_files_e2e import business_worker, interleaved
 from tests.harness import LiveWorker, avro_values
 from tests.helpers import AWS_ENV, moto_bucket, s3_sink, write_config
@@ -50,6 +53,9 @@ def test_files_wait_for_a_server_that_is_down_survive_a_kill_mid_upload_and_arri
     failed = [e for e in worker.journal() if e["event_type"] == "delivery-failed"]
     assert {(e["error_class"], e["terminal"]) for e in failed} == {("CONNECT", False)}
     assert not delivered(worker) and len(files) >= 6
+    pending = cli(worker, "deliveries", "--status", "pending", "--json")
+    assert sorted(json.loads(line)["file_name"] for line in pending.splitlines()) == sorted(files)
+    assert "pending   bank" in cli(worker, "deliveries") and "last error CONNECT" in cli(worker, "deliveries")
     server.start()
     try:
         # the outbox was recovered from its changelog; the second upload's rename never happens
@@ -69,6 +75,30 @@ def test_files_wait_for_a_server_that_is_down_survive_a_kill_mid_upload_and_arri
     assert max(e["attempt"] for e in receipts.values()) >= 2  # attempts while the server was down count
     assert len([e for e in worker.journal() if e["event_type"] == "delivery-queued"]) == len(files)
     assert "Traceback" not in worker.log.read_text()
+    assert cli(worker, "deliveries", "--status", "pending", "--status", "failed") == ""
+    # locate names the delivery; a re-delivery on request puts back a file the receiver lost,
+    # finds one already there, and refuses to overwrite a different one
+    name = sorted(files)[0]
+    created = next(e for e in worker.created() if e["file_name"] == name)
+    record = next(f"{worker.topic}:{o['partition']}:{o['first']}" for o in created["offsets"])
+    assert f"delivery: bank: delivered to {server.remote_dir / name}" in cli(worker, "locate", "--offset", record)
+    server.start()
+    try:
+        (server.remote_dir / name).unlink()
+        assert f"{name} -> bank: delivered at" in cli(worker, "deliveries", "--redeliver", name)
+        assert (server.remote_dir / name).read_bytes() == files[name]
+        assert f"{name} -> bank: already there" in cli(worker, "deliveries", "--redeliver", name)
+        (server.remote_dir / name).write_bytes(b"changed by someone\n")
+        conflict = cli(worker, "deliveries", "--redeliver", name, code=65)
+        assert "CONFLICT" in conflict and (server.remote_dir / name).read_bytes() == b"changed by someone\n"
+    finally:
+        server.stop()
+
+
+def cli(worker: LiveWorker, *args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(main, [*args, "--config", str(worker.config_path)])
+    assert result.exit_code == code, result.output
+    return result.output
 
 
 def test_two_replicas_sharing_a_bucket_deliver_what_their_partitions_have_pending(embedded_kafka, tmp_path,
