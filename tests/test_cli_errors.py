@@ -27,6 +27,7 @@ COMMANDS: list[tuple[list[str], dict[str, str]]] = [
     (["dead-letters", "--list"], {}),
     (["dead-letters", "--redrive"], {}),
     (["locate", "--offset", "in:0:0"], {}),
+    (["deliveries"], {}),
 ]
 
 

@@ -130,7 +130,8 @@ def test_dashboard_and_alerts_render_and_use_only_metrics_that_exist():
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {"StreamAppConsumerLag", "StreamAppOldPart", "StreamAppWriteFailures",
-                           "StreamAppHaltedFile", "StreamAppDeadLetters", "StreamAppNotReady"}
+                           "StreamAppHaltedFile", "StreamAppDeadLetters", "StreamAppNotReady",
+                           "StreamAppDeliveryLate", "StreamAppDeliveryHalted"}
     assert all('job="clearing-stream-app"' in r["expr"] and 'namespace="payments"' in r["expr"] for r in alerts.values())
     assert m["Service"][0]["metadata"]["name"] == "clearing-stream-app"  # the job label a ServiceMonitor gives
     used = used_metrics(" ".join(exprs + [r["expr"] for r in alerts.values()]))
@@ -139,6 +140,28 @@ def test_dashboard_and_alerts_render_and_use_only_metrics_that_exist():
     families = {name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in exposed_samples()}
     assert families <= {u.removesuffix("_bucket") for u in used_metrics(" ".join(exprs))} | {"stream_app_finalize_seconds"}
     assert "ConfigMap" in render() and "PrometheusRule" not in render()
+
+
+def test_sftp_destinations_get_their_key_and_known_hosts_from_secrets(monkeypatch):
+    destination = {"name": "scheme-a", "host": "sftp.scheme-a.example", "username": "clearing",
+                   "existingSecret": "scheme-a-sftp", "remoteDir": "/inbound", "remoteName": "{stem}_{window}{ext}"}
+    m = render({"s3": {"enabled": True, "bucket": "clearing"}, "replicaCount": 2,
+                "delivery": {"sftp": [destination]}})
+    mounts = {v["name"]: v for v in container(m)["volumeMounts"]}
+    volumes = {v["name"]: v for v in m["Deployment"][0]["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["sftp-scheme-a"] == {"name": "sftp-scheme-a", "mountPath": "/etc/stream-app/sftp/scheme-a",
+                                       "readOnly": True}
+    assert volumes["sftp-scheme-a"]["secret"] == {"secretName": "scheme-a-sftp", "defaultMode": 0o400}
+    settings = worker_config(m, {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, monkeypatch)
+    (sftp,) = settings.delivery.sftp
+    assert (sftp.privateKeyFile, sftp.knownHostsFile) == ("/etc/stream-app/sftp/scheme-a/id_ed25519",
+                                                          "/etc/stream-app/sftp/scheme-a/known_hosts")
+    assert (sftp.host, sftp.remoteDir, sftp.remoteName) == ("sftp.scheme-a.example", "/inbound", "{stem}_{window}{ext}")
+    # a replica delivers what its partitions own: with local volumes another replica may hold the file
+    with pytest.raises(helm.HelmError, match="needs s3.enabled"):
+        render({"replicaCount": 2, "config": {"kafka": {"topicPartitions": 4}}, "delivery": {"sftp": [destination]}})
+    with pytest.raises(helm.HelmError, match="existingSecret"):
+        render({"delivery": {"sftp": [{k: v for k, v in destination.items() if k != "existingSecret"}]}})
 
 
 def test_default_render(monkeypatch):

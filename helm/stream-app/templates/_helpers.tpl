@@ -128,5 +128,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- else -}}
 {{- $_ := set $cfg "sink" (dict "type" "local" "localTargetDir" .Values.persistence.mountPath) -}}
 {{- end -}}
+{{- if .Values.delivery.sftp -}}
+{{- if and (not .Values.s3.enabled) (gt (int .Values.replicaCount) 1) -}}
+{{- fail "delivery.sftp with more than one replica needs s3.enabled: a replica delivers the files of the partitions it owns, and with a local sink another replica's volume may hold them" -}}
+{{- end -}}
+{{- $destinations := list -}}
+{{- range .Values.delivery.sftp -}}
+{{- if not .existingSecret }}{{ fail (printf "delivery.sftp[%s]: existingSecret (the private key and known_hosts) is required" .name) }}{{ end -}}
+{{- $dir := printf "/etc/stream-app/sftp/%s" .name -}}
+{{- $d := omit . "existingSecret" "privateKeyKey" "knownHostsKey" -}}
+{{- $_ := set $d "privateKeyFile" (printf "%s/%s" $dir (.privateKeyKey | default "id_ed25519")) -}}
+{{- $_ := set $d "knownHostsFile" (printf "%s/%s" $dir (.knownHostsKey | default "known_hosts")) -}}
+{{- $destinations = append $destinations $d -}}
+{{- end -}}
+{{- $_ := set $cfg "delivery" (dict "sftp" $destinations) -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
