@@ -60,16 +60,22 @@ class Deliverer:
         self._metrics = metrics
         self.destinations = {s.name: DestinationState(SftpDestination(s, worker_id), s) for s in destinations}
         self._unknown_reported: set[str] = set()
+        self._wake: asyncio.Event | None = None  # set when an upload ends: start the next at once
         for name in self.destinations:
             if metrics is not None:
                 metrics.delivery_halted.labels(name).set(0)
 
     async def run(self) -> None:
         """Until cancelled: start what is due, every ``POLL_S``."""
+        self._wake = wake = asyncio.Event()
         try:
             while True:
+                wake.clear()
                 self.step(time.time_ns() // 1_000_000)
-                await asyncio.sleep(POLL_S)
+                try:
+                    await asyncio.wait_for(wake.wait(), POLL_S)
+                except TimeoutError:
+                    pass
         finally:
             await self.close()
 
@@ -105,7 +111,8 @@ class Deliverer:
 
     async def _deliver(self, state: DestinationState, d: Delivery) -> None:
         try:
-            receipt = await state.client.deliver(d, partial(self._read, d))
+            tidy = d.attempts > 0 or d.key not in self.outbox.queued_here
+            receipt = await state.client.deliver(d, partial(self._read, d), tidy)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -123,6 +130,8 @@ class Deliverer:
                      " (already there)" if receipt.already_there else "")
         finally:
             state.in_flight.pop(d.key, None)
+            if self._wake is not None:
+                self._wake.set()
 
     def _failed(self, state: DestinationState, d: Delivery, error: DeliveryError) -> None:
         if state.halted is not None:

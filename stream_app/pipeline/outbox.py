@@ -97,6 +97,10 @@ class Outbox:
         self._journal = journal
         self._staged: dict[str, tuple[TP, str | None]] = {}
         self._done: set[str] = set()  # settled, not yet removed from the store
+        # queued by this process: no earlier uploader (a crashed or moved one) can have left
+        # anything of them on a server
+        self.queued_here: set[str] = set()
+        self._parsed: dict[str, Delivery] = {}  # stored text -> delivery (read every deliverer step)
 
     @property
     def has_changes(self) -> bool:
@@ -109,6 +113,7 @@ class Outbox:
                          cut.part, cut.key.window_start_ms, cut.key.window_end_ms, owner, now_ms)
             self._done.discard(d.key)
             self._staged[d.key] = (owner, d.to_json())
+            self.queued_here.add(d.key)
             self._publisher.journal(self._journal.delivery_queued(d), d.file_key)
 
     def done(self, d: Delivery, receipt: Receipt, attempt: int) -> None:
@@ -132,16 +137,19 @@ class Outbox:
             self.store.put_delivery(owner, key, value)
             if value is None:
                 self._done.discard(key)
+                self.queued_here.discard(key)
 
     def pending(self, owned: set[TP]) -> list[Delivery]:
         """The deliveries of ``owned`` partitions still to do, oldest first."""
         found: dict[str, Delivery] = {}
+        parsed: dict[str, Delivery] = {}
         for text in self.store.stored_deliveries():
-            d = Delivery.from_json(text)
+            d = parsed[text] = self._parsed.get(text) or Delivery.from_json(text)
             if d.owner in owned:
                 found[d.key] = d
         for key, (owner, value) in self._staged.items():
             if value is not None and owner in owned:
-                found[key] = Delivery.from_json(value)
+                found[key] = parsed[value] = self._parsed.get(value) or Delivery.from_json(value)
+        self._parsed = parsed
         return sorted((d for key, d in found.items() if key not in self._done),
                       key=lambda d: (d.queued_at_ms, d.name, d.destination))

@@ -62,7 +62,7 @@ def written_files(sink: LocalSink, count: int, size: int = 50_000) -> list[tuple
 class Rig:
     """A sink with files, an outbox that has them queued, and a deliverer for ``destinations``."""
 
-    def __init__(self, tmp_path: Path, destinations: list[dict], files: int = 3) -> None:
+    def __init__(self, tmp_path: Path, destinations: list[dict], files: int = 3, recovered: bool = False) -> None:
         (tmp_path / "sink").mkdir(parents=True)
         self.sink = LocalSink(tmp_path / "sink", manifest=False)
         self.publisher = CollectingPublisher()
@@ -72,6 +72,8 @@ class Rig:
         for cut, result in written_files(self.sink, files):
             self.outbox.queue(cut, result, OWNER, 0)
         self.outbox.persist()
+        if recovered:  # as a new process finds them: queued by an earlier one
+            self.outbox.queued_here.clear()
         self.metrics = Metrics()
         self.deliverer = Deliverer(self.outbox, [SftpDestinationSettings(**d) for d in destinations], "w1",
                                    self.sink, lambda: {OWNER}, self.metrics)
@@ -207,7 +209,7 @@ def test_the_same_file_already_there_is_done_and_a_leftover_upload_is_cleared(tm
     rig = Rig(tmp_path, [sshd.destination()], files=1)
     local = (rig.sink.target_dir / "FILE_000.csv").read_bytes()
     (sshd.remote_dir / "FILE_000.csv").write_bytes(local)
-    rig2 = Rig(tmp_path / "second", [sshd.destination()], files=2)
+    rig2 = Rig(tmp_path / "second", [sshd.destination()], files=2, recovered=True)
     (sshd.remote_dir / ".FILE_001.csv.crashed-replica.part").write_bytes(b"half")
 
     async def run() -> None:
