@@ -311,6 +311,25 @@ class SchemaRef(_Model):
     xsd: str | None = None
 
 
+class GroupByExpression(_Model):
+    """A ``groupBy`` member computed from the record with the mapping expression language
+    (docs/configuration.md), e.g. credit and debit from the transaction type."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    expr: str = Field(min_length=1)
+
+    @field_validator("expr")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        from stream_app.core.structured.expressions import ExpressionError, compile_expression
+
+        try:
+            compile_expression(value)
+        except ExpressionError as exc:
+            raise ValueError(f"not a valid expression: {exc}") from None
+        return value
+
+
 class WorkerSettings(_Model):
     mode: Literal["template", "structured"] = "template"
     # window: one file per file window (window + groupBy values) across every input partition,
@@ -338,7 +357,8 @@ class WorkerSettings(_Model):
     # "pressure"), which makes files depend on how fast the worker caught up.
     pressureCut: bool = False
     lateRecords: Literal["deadLetter", "currentWindow"] = "deadLetter"
-    groupBy: list[str] = Field(default_factory=list)
+    # One file per window and per value of each member: a record field, or {name, expr}.
+    groupBy: list[str | GroupByExpression] = Field(default_factory=list)
     headerTemplate: str = ""
     recordTemplate: str | None = None
     footerTemplate: str = ""
@@ -377,6 +397,33 @@ class WorkerSettings(_Model):
     @property
     def window_size_ms(self) -> int:
         return self.streamingWindowMs or self.window.sizeMs
+
+    @property
+    def group_names(self) -> list[str]:
+        """The names of the groupBy members (``group.<name>`` in file names and layouts)."""
+        return [g if isinstance(g, str) else g.name for g in self.groupBy]
+
+    @property
+    def group_fields(self) -> list[str]:
+        """The record fields the groupBy members read."""
+        from stream_app.core.structured.expressions import compile_expression
+
+        fields: list[str] = []
+        for member in self.groupBy:
+            names = [member] if isinstance(member, str) else sorted(compile_expression(member.expr)[1])
+            fields.extend(n for n in names if n not in fields)
+        return fields
+
+    @property
+    def group_specs(self) -> list[str | tuple[str, str]]:
+        """groupBy as the core's ``WindowAssigner`` takes it: field names, or (name, expression)."""
+        return [g if isinstance(g, str) else (g.name, g.expr) for g in self.groupBy]
+
+    @model_validator(mode="after")
+    def _group_names_unique(self) -> WorkerSettings:
+        if len(set(self.group_names)) != len(self.group_names):
+            raise ValueError("worker.groupBy: member names must be unique")
+        return self
 
     @model_validator(mode="after")
     def _buffer_holds_a_file(self) -> WorkerSettings:

@@ -265,7 +265,7 @@ class LiveWorker:
             files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out, manifest=False))
             run_window_records(routing, files, sender, settings.input_partitions, produced)
         else:
-            pipeline = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
+            pipeline = FilePipeline(window_policy(settings), settings.worker.group_specs, build_decoder(settings),
                                     build_assembler(settings), LocalSink(out, manifest=False), MemoryStateStore(),
                                     CollectingPublisher(), Journal("reference"))
             run_records(pipeline, produced)

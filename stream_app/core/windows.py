@@ -30,7 +30,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from stream_app.core.cycles import ClearingCycles
 from stream_app.core.records import SourceRecord
@@ -121,17 +121,19 @@ class WindowPolicy:
 class WindowAssigner:
     """Maps a record to its file key (the Partitioner of Kafka Connect's vocabulary)."""
 
-    def __init__(self, policy: WindowPolicy, group_by: Iterable[str] = (), per_partition: bool = True) -> None:
+    def __init__(self, policy: WindowPolicy, group_by: Iterable[str | tuple[str, str]] = (),
+                 per_partition: bool = True) -> None:
+        """``group_by``: record field names, or (name, mapping expression) pairs."""
         self._policy = policy
-        self._group_by = tuple(group_by)
+        self._group_by = tuple(_group_member(g) for g in group_by)
         self._per_partition = per_partition
         self._keys: dict[tuple, FileKey] = {}  # interned keys: one FileKey per file, not per record
 
     def key_for(self, record: SourceRecord, event_time_ms: int | None = None) -> FileKey:
         start = self._policy.start_of(record.event_time_ms if event_time_ms is None else event_time_ms)
         group: list[tuple[str, str]] = []
-        for name in self._group_by:
-            value = record.value.get(name)
+        for name, evaluate in self._group_by:
+            value = record.value.get(name) if evaluate is None else _evaluated(name, evaluate, record.value)
             if value is None or value == "":
                 raise MissingGroupField(name)
             group.append((name, str(value)))
@@ -143,6 +145,24 @@ class WindowAssigner:
                 self._keys.clear()
             key = self._keys[ident] = FileKey(topic, partition, start, self._policy.end_of(start), tuple(group))
         return key
+
+
+def _group_member(member: str | tuple[str, str]) -> tuple[str, Callable[[Any], Any] | None]:
+    if isinstance(member, str):
+        return member, None
+    from stream_app.core.structured.expressions import compile_expression
+
+    name, source = member
+    return name, compile_expression(source)[0]
+
+
+def _evaluated(name: str, evaluate: Callable[[Any], Any], value: dict) -> Any:
+    from stream_app.core.structured.expressions import EvaluationError
+
+    try:
+        return evaluate(value)
+    except (EvaluationError, KeyError, TypeError, ValueError, ArithmeticError):
+        raise MissingGroupField(name) from None
 
 
 def compress_offsets(offsets: Iterable[int]) -> list[tuple[int, int]]:

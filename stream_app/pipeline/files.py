@@ -102,7 +102,7 @@ class FilePipeline:
     def __init__(
         self,
         policy: WindowPolicy,
-        group_by: Sequence[str],
+        group_by: Sequence[str | tuple[str, str]],
         decoder: Decoder,
         assembler: Assembler,
         sink: FileStore,

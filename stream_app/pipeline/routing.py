@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class RoutingStage:
-    def __init__(self, policy: WindowPolicy, group_by: Sequence[str], decoder: Decoder,
+    def __init__(self, policy: WindowPolicy, group_by: Sequence[str | tuple[str, str]], decoder: Decoder,
                  validator: StructuredAssembler | None, state: StateStore, publisher: Publisher,
                  sender: RepartitionSender, repartition_partitions: int, max_record_bytes: int) -> None:
         self._policy = policy

@@ -161,8 +161,8 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
     assembler = build_assembler(settings)
     # Routing reads the event time and the groupBy fields, and all of a record it validates.
     validates = isinstance(assembler, StructuredAssembler) and assembler.on_invalid_record == "deadLetter"
-    reads = None if validates else [settings.input.eventTimeField, *worker.groupBy]
-    return RoutingStage(window_policy(settings), worker.groupBy, build_decoder(settings, carry=True, reads=reads),
+    reads = None if validates else [settings.input.eventTimeField, *worker.group_fields]
+    return RoutingStage(window_policy(settings), worker.group_specs, build_decoder(settings, carry=True, reads=reads),
                         assembler if isinstance(assembler, StructuredAssembler) else None, state, publisher,
                         sender, settings.kafka.repartition_partitions, settings.input.maxRecordBytes)
 
@@ -174,11 +174,11 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
     worker = settings.worker
     assembler = build_assembler(settings)
     read = assembler.fields_read() if isinstance(assembler, TemplateAssembler) else None
-    scope = window_scope(settings, sources, None if read is None else read | set(worker.groupBy))
+    scope = window_scope(settings, sources, None if read is None else read | set(worker.group_fields))
     decoder = build_decoder(settings)  # partition scope (window scope: the scope's decoder)
     return FilePipeline(
         window_policy(settings),
-        worker.groupBy,
+        worker.group_specs,
         decoder,
         assembler,
         sink or build_sink(settings),

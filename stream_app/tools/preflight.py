@@ -91,7 +91,7 @@ def _sample_records(settings: AppSettings) -> list[dict] | None:
         value = sample_value(schema)
         if not isinstance(value, dict):
             raise ConfigError(f"input.avroSchemas.{schema_id}: {path} is not a record schema")
-        for name in [settings.input.eventTimeField, *settings.worker.groupBy]:
+        for name in [settings.input.eventTimeField, *settings.worker.group_fields]:
             if name not in value:
                 key = "input.eventTimeField" if name == settings.input.eventTimeField else "worker.groupBy"
                 raise ConfigError(f"{key}: field {name!r} is not in schema {path}")
@@ -145,13 +145,13 @@ def _sample_key(settings: AppSettings, topic: str, partition: int, start: int,
 
 def _sample_group(settings: AppSettings, value: dict) -> tuple[tuple[str, str], ...]:
     """The group values a file of ``value`` gets (``group.<field>`` in names, headers, footers)."""
-    return tuple((name, "G1" if value.get(name) is None else str(value[name])) for name in settings.worker.groupBy)
+    return tuple((name, "G1" if value.get(name) is None else str(value[name])) for name in settings.worker.group_names)
 
 
 def _check_file_names(settings: AppSettings) -> None:
     """Distinct file keys must render distinct names, or two files would collide."""
     assembler = build_assembler(settings)
-    group = tuple((name, "G1") for name in settings.worker.groupBy)
+    group = tuple((name, "G1") for name in settings.worker.group_names)
     first = _SAMPLE_START_MS
     base = _sample_key(settings, "topic", 0, first, group)
     variants = {}
@@ -161,7 +161,7 @@ def _check_file_names(settings: AppSettings) -> None:
     variants["part"] = (base, 1)
     if settings.worker.fileScope == "partition" and len(settings.kafka.inputTopics) > 1:
         variants["topic"] = (_sample_key(settings, "other-topic", 0, first, group), 0)
-    for name in settings.worker.groupBy:
+    for name in settings.worker.group_names:
         other = tuple((n, "G2" if n == name else "G1") for n, _ in group)
         variants[f"group field {name}"] = (_sample_key(settings, "topic", 0, first, other), 0)
     try:

@@ -483,3 +483,44 @@ def test_window_scope_pressure_moves_windows_to_disk_and_never_changes_a_file(tm
     assert written == reference and spilled > 1000
     assert "pressure" not in {e["reason"] for e in publisher.events if e["event_type"] == "created"}
     assert spill.is_dir() and not list(spill.rglob("*.spill"))
+
+
+DIRECTION = {"name": "direction", "expr": "if_(is_in(transaction_type, 'REFUND', 'REVERSAL'), 'DEBIT', 'CREDIT')"}
+BY_DIRECTION = {
+    "groupBy": [DIRECTION],
+    "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ group.direction }}_{{ part }}.txt",
+    "recordTemplate": "D|{{ record.record_id }}|{{ record.transaction_type }}|{{ record.amount | money }}\n",
+}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_group_by_expression_gives_credit_only_and_debit_only_files(tmp_path, streaming):
+    """``groupBy`` with a mapping expression: credit and debit files from the transaction type,
+    with no code; every record in the file of its direction, the same bytes whatever the
+    interleaving."""
+    parts = partitioned(600, 3)
+    files, pub = run(tmp_path / "ref", [r for p in parts for r in p], 3, streamingAppendEnabled=streaming,
+                     **BY_DIRECTION)
+    directions = {"CREDIT": set(), "DEBIT": set()}
+    for name, body in files.items():
+        direction = name.split("_")[2]
+        types = {line.split("|")[2] for line in body.decode().splitlines() if line.startswith("D|")}
+        directions[direction] |= types
+    assert directions == {"CREDIT": {"PURCHASE", "CASH_ADVANCE"}, "DEBIT": {"REFUND", "REVERSAL"}}
+    late = [reason for _, reason, _ in pub.dead]
+    assert sum(b.count(b"\nD|") for b in files.values()) + len(late) == 600
+    again, _ = run(tmp_path / "again", interleave(parts, random.Random(4)), 3, streamingAppendEnabled=streaming,
+                   **BY_DIRECTION)
+    assert again == files
+
+
+def test_group_by_expressions_are_checked_when_the_config_loads(tmp_path):
+    from stream_app.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"worker.groupBy.0.*expr.*not a valid expression"):
+        settings_for(tmp_path, groupBy=[{"name": "direction", "expr": "if_(("}])
+    with pytest.raises(ConfigError, match="member names must be unique"):
+        settings_for(tmp_path, groupBy=["currency", {"name": "currency", "expr": "currency"}])
+    settings = settings_for(tmp_path, groupBy=["acquirer_id", DIRECTION])
+    assert settings.worker.group_names == ["acquirer_id", "direction"]
+    assert settings.worker.group_fields == ["acquirer_id", "transaction_type"]

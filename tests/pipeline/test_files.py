@@ -49,7 +49,7 @@ def pipeline(out: Path, sink=None, spool: Path | None = None, compression: str =
              **worker) -> tuple[FilePipeline, CollectingPublisher, MemoryStateStore]:
     settings = settings or settings_for(out, **worker)
     publisher, state = CollectingPublisher(), state or MemoryStateStore()
-    p = FilePipeline(window_policy(settings), settings.worker.groupBy, build_decoder(settings),
+    p = FilePipeline(window_policy(settings), settings.worker.group_specs, build_decoder(settings),
                      build_assembler(settings), sink or LocalSink(out), state, publisher, Journal("w1"),
                      retry_initial_ms=100, retry_max_ms=1000, spool_dir=spool, compression=compression,
                      spill_dir=spill, pressure_cut=pressure_cut)
