@@ -245,7 +245,7 @@ def locate_command(config: str | None, offsets: tuple[str, ...], key: str | None
     import orjson
 
     from stream_app.replay.cli import parse_time
-    from stream_app.tools.locate import locate, locate_by_key, parse_offset
+    from stream_app.tools.locate import describe, locate, locate_by_key, parse_offset
 
     if bool(offsets) == bool(key):
         raise click.UsageError("give --offset TOPIC:PARTITION:OFFSET, or --key FIELD=VALUE")
@@ -269,18 +269,7 @@ def locate_command(config: str | None, offsets: tuple[str, ...], key: str | None
         except ReplayError as exc:  # a part's recorded offsets are no longer readable (retention)
             fail("locate", str(exc), DATA)
     for row in found:
-        if as_json:
-            click.echo(orjson.dumps(row).decode())
-        elif row["status"] == "in a file":
-            where = (f", element {row['element']}" if "element" in row else
-                     f", line {row['line']}" if row.get("line") is not None else "")
-            click.echo(f"{row['record']}: {row['file']} (part {row['part']}, record {row['position']}{where}) at "
-                       f"{row['location']}; window {row['window_start']} .. {row['window_end']}; "
-                       f"delivery: {row['delivery']}")
-        elif row["status"] == "dead-lettered":
-            click.echo(f"{row['record']}: dead-lettered, {row['reason']}: {row['detail']}")
-        else:
-            click.echo(f"{row['record']}: {row['status']}")
+        click.echo(orjson.dumps(row).decode() if as_json else describe(row))
     if key is not None and not found:
         click.echo(f"no record with {key} in that range", err=True)
 
@@ -296,52 +285,17 @@ def locate_command(config: str | None, offsets: tuple[str, ...], key: str | None
 def deliveries_command(config: str | None, statuses: tuple[str, ...], destination: str | None, as_json: bool,
                        redeliver_file: str | None) -> None:
     """List pending, failed and delivered files per destination, from the journal; or re-deliver one."""
-    import time
-
-    import orjson
-
-    from stream_app.tools.deliveries import describe, read_statuses
+    from stream_app.tools.deliveries import RedeliveryError, list_deliveries, run_redelivery
 
     with reported("deliveries"):
         settings = settings_from(config)
-        if redeliver_file is not None:
-            _redeliver(settings, redeliver_file, destination)
-            return
-        rows = [s for s in read_statuses(settings) if (not statuses or s.status in statuses)
-                and (destination is None or s.destination == destination)]
-    now_ms = time.time_ns() // 1_000_000
-    for status in rows:
-        click.echo(orjson.dumps(status.row()).decode() if as_json else describe(status, now_ms))
-
-
-def _redeliver(settings: AppSettings, file_name: str, destination: str | None) -> None:
-    import asyncio
-
-    from stream_app.delivery.sftp import DeliveryError
-    from stream_app.live.events import EventPublisher
-    from stream_app.ops.metrics import Metrics
-    from stream_app.ops.problems import CREDENTIALS
-    from stream_app.pipeline.wiring import build_sink
-    from stream_app.tools.deliveries import RedeliveryError, redeliver
-
-    publisher = EventPublisher(settings, Metrics())
-    try:
-        outcomes = redeliver(settings, build_sink(settings), file_name, destination, publisher.journal)
-    except RedeliveryError as exc:
-        fail("deliveries", str(exc), USAGE)
-    asyncio.run(publisher.delivered())
-    worst = 0
-    for name, outcome in outcomes:
-        if isinstance(outcome, DeliveryError):
-            click.echo(f"{file_name} -> {name}: {outcome.error_class}: {outcome}", err=True)
-            code = (CREDENTIALS if outcome.error_class in ("AUTH", "HOST_KEY", "KEY_FILE") else
-                    DATA if outcome.terminal else UNREACHABLE)
-            worst = max(worst, code)
-        else:
-            click.echo(f"{file_name} -> {name}: {'already there' if outcome.already_there else 'delivered'} "
-                       f"at {outcome.remote_path}")
-    if worst:
-        sys.exit(worst)
+        try:
+            code = (list_deliveries(settings, statuses, destination, as_json, click.echo) if redeliver_file is None
+                    else run_redelivery(settings, redeliver_file, destination, click.echo))
+        except RedeliveryError as exc:
+            fail("deliveries", str(exc), USAGE)
+    if code:
+        sys.exit(code)
 
 
 @main.command("journal")

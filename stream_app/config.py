@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -347,6 +348,13 @@ class WorkerSettings(_Model):
     streamingWindowMs: int | None = Field(default=None, ge=1000)
     window: WindowSettings = WindowSettings()
     maxRecordsPerFile: int = Field(default=1000, ge=1)
+    # Further part limits, cut greedily in file order (core/limits.py; docs/configuration.md):
+    # the absolute amounts of one currency in a part (totals.amountField / currencyField) ...
+    maxAmountPerFile: Decimal | None = Field(default=None, gt=0)
+    # ... and the bytes of a file: its detail bytes stay within maxBytesPerFile less
+    # frameReserveBytes (for the header and trailer); a larger file is never written.
+    maxBytesPerFile: int | None = Field(default=None, ge=1024)
+    frameReserveBytes: int = Field(default=4096, ge=0)
     # Wall-clock flush of a part that has been open this long. Off by default because such
     # boundaries depend on timing: replay reproduces them only from the recorded offset ranges.
     flushIntervalMs: int | None = Field(default=None, ge=1)
@@ -392,6 +400,25 @@ class WorkerSettings(_Model):
                 raise ValueError("worker.streamingWindowMs applies only with worker.streamingAppendEnabled: true")
             if "sizeMs" in self.window.model_fields_set and self.window.sizeMs != self.streamingWindowMs:
                 raise ValueError("worker.streamingWindowMs and worker.window.sizeMs disagree; set one of them")
+        return self
+
+    @field_validator("maxAmountPerFile", mode="before")
+    @classmethod
+    def _exact_amount(cls, value: Any) -> Any:
+        if isinstance(value, float):  # YAML reads 1000000.50 as a binary float: not exact
+            raise ValueError("write the amount as a string (e.g. \"1000000.50\"), so it is exact")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> WorkerSettings:
+        limited = [k for k in ("maxAmountPerFile", "maxBytesPerFile") if getattr(self, k) is not None]
+        if limited and self.fileScope == "window" and self.streamingAppendEnabled:
+            raise ValueError(f"worker.{limited[0]}: not available with worker.streamingAppendEnabled in "
+                             "fileScope: window (streamed business files are cut by record count); set "
+                             "streamingAppendEnabled: false, or fileScope: partition")
+        if self.maxBytesPerFile is not None and self.maxBytesPerFile <= self.frameReserveBytes:
+            raise ValueError(f"worker.maxBytesPerFile ({self.maxBytesPerFile}) must be larger than "
+                             f"worker.frameReserveBytes ({self.frameReserveBytes})")
         return self
 
     @property

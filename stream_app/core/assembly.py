@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from stream_app.core.cycles import ClearingCycles
+from stream_app.core.limits import Weigher
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import Spool
 from stream_app.core.windows import FileCut, FileKey
@@ -58,6 +59,10 @@ class Assembler(Protocol):
     def open_part(self, key: FileKey, part: int, spool: Spool) -> PartWriter: ...
 
     def assemble(self, cut: FileCut) -> AssembledFile: ...
+
+    def detail_weigher(self) -> Weigher | None:
+        """Each record's rendered detail bytes (``maxBytesPerFile``); None: not per record."""
+        ...
 
 
 def _utc(ms: int) -> datetime:

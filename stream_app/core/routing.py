@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream_app.core.limits import LimitReason, split
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import RecordSpill
 from stream_app.core.windows import (
@@ -341,6 +342,7 @@ class WindowCollector(PartLedger, OffsetCursor):
         size = self._policy.max_records_per_file
         assert window.first_position is not None
         parts: list[tuple[list[SourceRecord], SourceRanges | None, int, tuple[int, int] | None]] = []
+        reasons: list[LimitReason] = []
         segments: tuple[Segment, ...] = ()
         if window.spooled:
             # Streaming: the parts are slices of the merged order of these spool segments,
@@ -356,11 +358,13 @@ class WindowCollector(PartLedger, OffsetCursor):
             # read back what waited on disk: the file order does not depend on where records waited
             held = self._read_back(window) + [r for records in window.by_source.values() for r in records]
             ordered = sorted(held, key=file_order)
-            parts = [(chunk, source_ranges(chunk), len(chunk), None)
-                     for chunk in (ordered[i:i + size] for i in range(0, len(ordered), size))]
+            chunks = split(ordered, self._policy.part_limits, window.key, window.part)
+            reasons = [limit for _, limit in chunks]
+            parts = [(chunk, source_ranges(chunk), len(chunk), None) for chunk, _ in chunks]
         for i, (chunk, ranges, count, merged) in enumerate(parts):
             last = i == len(parts) - 1
-            cut = FileCut(window.key, window.part, chunk, reason if last else "count", closes_window and last,
+            cut_reason: CutReason = reason if last else (reasons[i] if reasons else "count")
+            cut = FileCut(window.key, window.part, chunk, cut_reason, closes_window and last,
                           count, window.first_position, [], ranges, segments, merged)
             self._pending[(cut.key, cut.part)] = cut
             out.append(cut)

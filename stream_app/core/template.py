@@ -19,6 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
 from stream_app.core.decimals import EXACT, INEXACT, NotExact, exact_decimal, quantize
+from stream_app.core.limits import Weigher
 from stream_app.core.naming import check_file_name
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
@@ -316,6 +317,27 @@ class TemplateAssembler:
         totals = {self._amount_field, *((self._currency_field,) if self._currency_field else ()),
                   *((self._negative[0],) if self._negative else ())}
         return self._fields_read | totals
+
+    def detail_weigher(self) -> Weigher:
+        """The bytes each record's line renders to, for ``maxBytesPerFile`` (core/limits.py): the
+        record template in the context ``TemplatePart`` renders it in."""
+        render, variables, encoding = self._compiled["recordTemplate"].render, self.variables, self._encoding
+        contexts: dict[tuple[FileKey, int], dict[str, Any]] = {}
+
+        def weigh(key: FileKey, part: int, record: SourceRecord, seq: int) -> int:
+            context = contexts.get((key, part))
+            if context is None:
+                if len(contexts) > 64:
+                    contexts.clear()
+                context = contexts[(key, part)] = variables.context(key, part, 0)
+            context["record"], context["seq"] = record.value, seq
+            context["source"] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+            try:
+                return len(render(context).encode(encoding))
+            except Exception:
+                return 0  # the part's write stops on this record's template error and names it
+
+        return weigh
 
     def open_part(self, key: FileKey, part: int, spool: Spool,
                   records: list[Mapping[str, Any]] | None = None) -> TemplatePart:

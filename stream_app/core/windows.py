@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from stream_app.core.cycles import ClearingCycles
+from stream_app.core.limits import PartFill, PartLimits
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import RecordSpill
 
-CutReason = Literal["count", "watermark", "interval", "idle", "pressure"]
+CutReason = Literal["count", "amount", "size", "watermark", "interval", "idle", "pressure"]
 
 
 class MissingGroupField(ValueError):
@@ -85,6 +86,8 @@ class WindowPolicy:
     grace_ms: int
     max_records_per_file: int
     late_records: Literal["deadLetter", "currentWindow"] = "deadLetter"
+    # Limits beyond the record count (maxAmountPerFile, maxBytesPerFile; core/limits.py).
+    limits: PartLimits | None = None
     idle_timeout_ms: int = 30_000
     flush_interval_ms: int | None = None
     # Windows aligned to a cut-off in a time zone; None: UTC windows aligned to the epoch.
@@ -108,6 +111,10 @@ class WindowPolicy:
         if self.max_future_ms is not None and watermark_ms is not None and event_time_ms > watermark_ms + self.max_future_ms:
             return "event time more than input.maxFutureMs ahead of the partition's watermark"
         return None
+
+    @property
+    def part_limits(self) -> PartLimits:
+        return self.limits or PartLimits(self.max_records_per_file)
 
     def start_of(self, event_time_ms: int) -> int:
         if self.cycles is not None:
@@ -335,6 +342,7 @@ class _OpenWindow:
     ranges: list[tuple[int, int]] = field(default_factory=list)
     first_buffered_wall_ms: int | None = None
     spill: RecordSpill | None = None  # the part's first records, moved to disk under backpressure
+    fill: PartFill | None = None  # against the part limits (core/limits.py)
 
     @property
     def in_memory(self) -> int:
@@ -590,11 +598,16 @@ class PartitionWindower(PartLedger, OffsetCursor):
         window = self._open.get(key)
         if window is None:
             facts = self.facts_for(key)
-            window = _OpenWindow(key, facts.next_part if facts else 0)
+            part = facts.next_part if facts else 0
+            window = _OpenWindow(key, part, fill=PartFill(self._policy.part_limits, key, part))
             self._open[key] = window
             heapq.heappush(self._close_heap, (key.window_end_ms, key))
             if facts is None:
                 out.append(WindowOpened(key))
+        assert window.fill is not None
+        limit = window.fill.refuses(record)
+        if limit is not None:  # the record would take the part over a limit: it starts the next
+            out.append(self._cut(window, limit, closes_window=False))
         if not window.count:
             window.first_buffered_wall_ms = now_wall_ms
         window.add_offset(record.offset)
@@ -603,7 +616,7 @@ class PartitionWindower(PartLedger, OffsetCursor):
             self._buffered += 1
         else:
             self._on_append(key, window.part, record)
-        if window.count >= self._policy.max_records_per_file:
+        if window.fill.add(record):
             out.append(self._cut(window, "count", closes_window=False))
 
     def _advance_watermark(self, offset: int, event_time_ms: int, out: list[Output]) -> None:
@@ -629,6 +642,8 @@ class PartitionWindower(PartLedger, OffsetCursor):
         window.count = 0
         window.ranges = []
         window.first_buffered_wall_ms = None
+        if window.fill is not None:
+            window.fill.reset(window.part)
         return cut
 
     def _close(self, window: _OpenWindow, reason: CutReason, persist: bool, out: list[Output]) -> None:

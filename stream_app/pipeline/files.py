@@ -132,7 +132,7 @@ class FilePipeline:
         self._mode = mode
         self._windowers: dict[TP, Stage] = {}
         self._parts = PartStates(journal, publisher, metrics, retry_initial_ms, retry_max_ms)
-        self._writer = FileWriter(assembler, sink, mode, compression, schema_ref)
+        self._writer = FileWriter(assembler, sink, mode, compression, schema_ref, policy.part_limits.max_file_bytes)
         # Checkpoints written to the state store, and those confirmed durable (the commit gate).
         self._checkpoints = CheckpointLedger(state, lambda previous, new: new.offset > previous.offset)
         # Facts of finalized parts and idle closes, persisted only once their journal events are

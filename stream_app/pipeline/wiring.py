@@ -14,9 +14,10 @@ from stream_app.codecs.carried import CarriedDecoder, CarryingAvroDecoder
 from stream_app.codecs.decode_process import ProcessAvroDecoder
 from stream_app.codecs.json import JsonDecoder
 from stream_app.codecs.registry import client_conf
-from stream_app.config import AppSettings, S3SinkSettings
+from stream_app.config import AppSettings, ConfigError, S3SinkSettings
 from stream_app.core.assembly import FileVariables
 from stream_app.core.cycles import ClearingCycles
+from stream_app.core.limits import PartLimits
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import SchemaPack, load_pack, pack_path
 from stream_app.core.template import TemplateAssembler
@@ -41,6 +42,23 @@ def file_variables(settings: AppSettings) -> FileVariables:
                          {} if parties is None else {"sender_id": parties.senderId, "receiver_id": parties.receiverId})
 
 
+def part_limits(settings: AppSettings) -> PartLimits | None:
+    """maxAmountPerFile / maxBytesPerFile as the core's limits (None: parts are cut by count)."""
+    worker = settings.worker
+    if worker.maxAmountPerFile is None and worker.maxBytesPerFile is None:
+        return None
+    weigh = None
+    if worker.maxBytesPerFile is not None:
+        weigh = build_assembler(settings).detail_weigher()
+        if weigh is None:
+            raise ConfigError(f"worker.maxBytesPerFile: pack {worker.schema_.id if worker.schema_ else ''} groups "
+                              "its body lines, so a file's size is not a sum over its records; use maxRecordsPerFile")
+    return PartLimits(worker.maxRecordsPerFile, worker.maxAmountPerFile, worker.totals.amountField,
+                      worker.totals.currencyField,
+                      None if worker.maxBytesPerFile is None else worker.maxBytesPerFile - worker.frameReserveBytes,
+                      weigh, worker.maxBytesPerFile)
+
+
 def window_policy(settings: AppSettings) -> WindowPolicy:
     worker = settings.worker
     cycles = clearing_cycles(settings)
@@ -48,6 +66,7 @@ def window_policy(settings: AppSettings) -> WindowPolicy:
         size_ms=worker.window_size_ms,
         grace_ms=worker.window.graceMs,
         max_records_per_file=worker.maxRecordsPerFile,
+        limits=part_limits(settings),
         late_records=worker.lateRecords,
         idle_timeout_ms=worker.window.idleTimeoutMs,
         flush_interval_ms=worker.flushIntervalMs,

@@ -32,12 +32,13 @@ class WriteOutcome:
 
 class FileWriter:
     def __init__(self, assembler: Assembler, sink: FileStore, mode: str,
-                 compression: str, schema_ref: str | None) -> None:
+                 compression: str, schema_ref: str | None, max_file_bytes: int | None = None) -> None:
         self._assembler = assembler
         self.sink = sink
         self._mode = mode
         self._compression = compression
         self._schema_ref = schema_ref
+        self._max_file_bytes = max_file_bytes
 
     def write(self, cut: FileCut, writer: PartWriter | None, confirm_owner: Callable[[str], None] | None) -> WriteOutcome:
         """``writer``: the part's streamed writer (None: assemble the cut's records); ``confirm_owner``
@@ -54,6 +55,13 @@ class FileWriter:
             return WriteOutcome(error_class=exc.error_class, error_message=str(exc), assembly_failed=True,
                                 source=exc.source)
         chunks = gzipped(assembled.chunks) if self._compression == "gzip" else assembled.chunks
+        if self._max_file_bytes is not None:
+            size = sum(len(chunk) for chunk in chunks())
+            if size > self._max_file_bytes:
+                # the header and trailer took more than worker.frameReserveBytes: never a larger file
+                return WriteOutcome(name=assembled.name, error_class="FILE_TOO_LARGE", assembly_failed=True,
+                                    error_message=f"{assembled.name} would be {size} bytes, over worker.maxBytesPerFile "
+                                                  f"({self._max_file_bytes}); raise worker.frameReserveBytes")
         try:
             result = self.sink.write(assembled.name, chunks, None if confirm_owner is None else
                                      partial(confirm_owner, assembled.name))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,19 @@ def delivery_statuses(events: Iterable[dict]) -> list[DeliveryStatus]:
 
 def read_statuses(settings: AppSettings) -> list[DeliveryStatus]:
     return delivery_statuses(journal_events(settings, JournalFilter(DELIVERY_EVENTS[1:])))
+
+
+def list_deliveries(settings: AppSettings, statuses: Iterable[str], destination: str | None, as_json: bool,
+                    echo: Callable[..., Any]) -> int:
+    """``stream-app deliveries``: one line (or JSON object) per file and destination."""
+    import orjson
+
+    wanted = set(statuses)
+    now_ms = time.time_ns() // 1_000_000
+    for status in read_statuses(settings):
+        if (not wanted or status.status in wanted) and (destination is None or status.destination == destination):
+            echo(orjson.dumps(status.row()).decode() if as_json else describe(status, now_ms))
+    return 0
 
 
 def describe(status: DeliveryStatus, now_ms: int) -> str:
@@ -142,3 +155,28 @@ def redeliver(settings: AppSettings, sink: Audit, file_name: str, destination: s
         return outcomes
 
     return asyncio.run(run())
+
+
+def run_redelivery(settings: AppSettings, file_name: str, destination: str | None,
+                   echo: Callable[..., Any]) -> int:
+    """``stream-app deliveries --redeliver``: deliver, journal, say what happened; the exit code
+    of the worst outcome (0, or 75 unreachable, 77 credentials or host key, 65 terminal)."""
+    from stream_app.live.events import EventPublisher
+    from stream_app.ops.metrics import Metrics
+    from stream_app.ops.problems import CREDENTIALS, DATA, UNREACHABLE
+    from stream_app.pipeline.wiring import build_sink
+
+    publisher = EventPublisher(settings, Metrics())
+    outcomes = redeliver(settings, build_sink(settings), file_name, destination, publisher.journal)
+    asyncio.run(publisher.delivered())
+    worst = 0
+    for name, outcome in outcomes:
+        if isinstance(outcome, DeliveryError):
+            echo(f"{file_name} -> {name}: {outcome.error_class}: {outcome}", err=True)
+            code = (CREDENTIALS if outcome.error_class in ("AUTH", "HOST_KEY", "KEY_FILE") else
+                    DATA if outcome.terminal else UNREACHABLE)
+            worst = max(worst, code)
+        else:
+            echo(f"{file_name} -> {name}: {'already there' if outcome.already_there else 'delivered'} "
+                 f"at {outcome.remote_path}")
+    return worst

@@ -206,3 +206,15 @@ def locate_by_key(settings: AppSettings, field: str, value: str, from_ms: int, t
         locator.close()
 
 
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line for a person: where the record is, or why it is in no file."""
+    if row["status"] == "in a file":
+        where = (f", element {row['element']}" if "element" in row else
+                 f", line {row['line']}" if row.get("line") is not None else "")
+        return (f"{row['record']}: {row['file']} (part {row['part']}, record {row['position']}{where}) at "
+                f"{row['location']}; window {row['window_start']} .. {row['window_end']}; delivery: {row['delivery']}")
+    if row["status"] == "dead-lettered":
+        return f"{row['record']}: dead-lettered, {row['reason']}: {row['detail']}"
+    return f"{row['record']}: {row['status']}"

@@ -15,6 +15,7 @@ from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
 from stream_app.core.formats.text import FieldTextViolation, TextPolicy
 from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
+from stream_app.core.limits import Weigher
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
 from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
@@ -169,6 +170,23 @@ class StructuredAssembler:
 
     def file_name(self, key: FileKey, part: int, record_count: int) -> str:
         return self._namer.name(key, part, record_count)
+
+    def detail_weigher(self) -> Weigher | None:
+        """The bytes each record's detail line (or element) renders to, for ``maxBytesPerFile``;
+        None when the pack groups its body (its lines are per group, not per record)."""
+        if self.pack.spec.body:
+            return None
+        write = self.write_detail
+
+        def weigh(key: FileKey, part: int, record: SourceRecord, seq: int) -> int:
+            row = record.row
+            if not isinstance(row, dict):
+                return 0  # a violation: the part stops on it
+            try:
+                return len(write(row))
+            except FormatError:
+                return 0  # the part's write stops on it and names the record
+        return weigh
 
     def open_part(self, key: FileKey, part: int, spool: Spool) -> StructuredPart:
         return StructuredPart(self, key, part, spool)
