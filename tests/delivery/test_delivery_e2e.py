@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from stream_app.cli import main
 from tests.e2e.test_business_files_e2e import business_worker, interleaved
 from tests.harness import LiveWorker, avro_values
 from tests.helpers import AWS_ENV, moto_bucket, s3_sink, write_config
+from tests.pipeline.test_file_limits import check_parts
 from tests.sshd import Sshd, sshd_missing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(sshd_missing() is not None, reason=str(sshd_missing()))]
@@ -103,17 +105,18 @@ def cli(worker: LiveWorker, *args: str, code: int = 0) -> str:
 
 def test_two_replicas_sharing_a_bucket_deliver_what_their_partitions_have_pending(embedded_kafka, tmp_path,
                                                                                  monkeypatch):
-    """Business files in S3 (the system of record both replicas read); uploads are slow, so the
-    second replica takes over partitions whose deliveries are pending, recovers them from the
-    outbox and delivers them from the bucket."""
+    """Business files in S3 (the system of record both replicas read), cut by maxAmountPerFile as
+    replay cuts them; uploads are slow, so the second replica takes over partitions whose
+    deliveries are pending, recovers them from the outbox and delivers them from the bucket."""
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     server = Sshd(tmp_path / "sshd").start()
     with moto_bucket(monkeypatch) as (url, s3):
-        first = with_delivery(business_worker(embedded_kafka, tmp_path / "a", maxRecordsPerFile=400), server,
-                              maxParallel=1)
+        first = with_delivery(business_worker(embedded_kafka, tmp_path / "a", maxRecordsPerFile=400,
+                                              maxAmountPerFile="150000.00"), server, maxParallel=1)
         first.produce(interleaved(4000, seed=3, span_hours=4))
         reference = first.reference_files(tmp_path)
         assert len(reference) >= 10
+        check_parts(reference, Decimal("150000.00"))  # every part within the limit, with its own totals
         second = first.replica(tmp_path / "b")
         for worker in (first, second):
             worker.config_data["sink"] = s3_sink(url)
@@ -138,3 +141,4 @@ def test_two_replicas_sharing_a_bucket_deliver_what_their_partitions_have_pendin
     workers = {e["worker_id"] for e in journal if e["event_type"] == "delivered"}
     assert len(workers) == 2, f"the second replica delivered what its partitions had pending: {workers}"
     assert [e for e in journal if e["event_type"] == "delivery-failed"] == []
+    assert "amount" in {e["reason"] for e in journal if e["event_type"] == "created"}
