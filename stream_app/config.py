@@ -411,11 +411,6 @@ class WorkerSettings(_Model):
 
     @model_validator(mode="after")
     def _limits(self) -> WorkerSettings:
-        limited = [k for k in ("maxAmountPerFile", "maxBytesPerFile") if getattr(self, k) is not None]
-        if limited and self.fileScope == "window" and self.streamingAppendEnabled:
-            raise ValueError(f"worker.{limited[0]}: not available with worker.streamingAppendEnabled in "
-                             "fileScope: window (streamed business files are cut by record count); set "
-                             "streamingAppendEnabled: false, or fileScope: partition")
         if self.maxBytesPerFile is not None and self.maxBytesPerFile <= self.frameReserveBytes:
             raise ValueError(f"worker.maxBytesPerFile ({self.maxBytesPerFile}) must be larger than "
                              f"worker.frameReserveBytes ({self.frameReserveBytes})")

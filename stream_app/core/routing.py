@@ -176,6 +176,9 @@ class PartitionRouter(OffsetCursor):
 # spool of its (file key, source partition) instead of memory.
 RoutedEntry = tuple[int, int, "bytes | None"]
 SpoolHook = Callable[[FileKey, TP, RoutedEntry], None]
+# Streaming with limits beyond the count: the parts (first, end, reason) of the merged file
+# order of these segments, parts numbered from the int (the pipeline reads the spools for it).
+StreamPlanner = Callable[[FileKey, "tuple[Segment, ...]", int], "list[tuple[int, int, LimitReason]]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +231,7 @@ class WindowCollector(PartLedger, OffsetCursor):
 
     def __init__(self, topic: str, partition: int, policy: WindowPolicy, sources: Iterable[TP],
                  checkpoint: Checkpoint | None = None, facts_lookup: FactsLookup | None = None,
-                 on_spool: SpoolHook | None = None) -> None:
+                 on_spool: SpoolHook | None = None, plan_streamed: StreamPlanner | None = None) -> None:
         PartLedger.__init__(self, facts_lookup)
         OffsetCursor.__init__(self, checkpoint)
         self.topic = topic
@@ -241,6 +244,7 @@ class WindowCollector(PartLedger, OffsetCursor):
         self._marks: deque[tuple[int, TP, int]] = deque()  # (repartition offset, source, frontier)
         self._open: dict[FileKey, _CollectingWindow] = {}
         self._on_spool = on_spool
+        self._plan_streamed = plan_streamed if policy.part_limits.beyond_count else None
         self.duplicates = 0
         self.last_record_wall_ms: int | None = None
 
@@ -352,8 +356,13 @@ class WindowCollector(PartLedger, OffsetCursor):
             total = sum(seg.end - seg.first for seg in segments)
             for spooled in window.spooled.values():
                 spooled.cut = spooled.spooled
-            parts = [([], None, min(size, total - start), (start, min(total, start + size)))
-                     for start in range(0, total, size)]
+            if self._plan_streamed is not None:  # limits beyond the count: they need the records
+                planned = self._plan_streamed(window.key, segments, window.part)
+                parts = [([], None, end - start, (start, end)) for start, end, _ in planned]
+                reasons = [limit for _, _, limit in planned]
+            else:
+                parts = [([], None, min(size, total - start), (start, min(total, start + size)))
+                         for start in range(0, total, size)]
         else:
             # read back what waited on disk: the file order does not depend on where records waited
             held = self._read_back(window) + [r for records in window.by_source.values() for r in records]

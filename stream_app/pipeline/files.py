@@ -191,8 +191,10 @@ class FilePipeline:
             if self._spools is not None:
                 self._spools.reset(tp)
                 on_spool = self._spools.spool_routed
+            plan = None if self._spools is None else \
+                partial(self._spools.plan_streamed, self._policy.part_limits, self._decode_routed)
             windower = self._windowers[tp] = WindowCollector(tp[0], tp[1], self._policy, self._scope.sources,
-                                                             checkpoint, self._state.get_facts, on_spool)
+                                                             checkpoint, self._state.get_facts, on_spool, plan)
             self._checkpoints.restored(tp, checkpoint)
         if windower is None:
             checkpoint = self._state.get_checkpoint(tp)

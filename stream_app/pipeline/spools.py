@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from stream_app.core.assembly import Assembler, PartWriter
+from stream_app.core.limits import LimitReason, PartFill, PartLimits
 from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.routing import Segment
 from stream_app.core.spool import FileSpool, MergedSpool, RunSpool
 from stream_app.core.windows import TP, FileCut, FileKey
 from stream_app.ops.faults import failpoint
@@ -83,13 +85,7 @@ class PartSpools:
         memory); every part then reads its slice, and learns its offset ranges on the way.
         """
         assert cut.merged is not None
-        merged = self._merged.get((cut.key, cut.segments))
-        if merged is None:
-            sources = [segment.source for segment in cut.segments]
-            merged = MergedSpool(self._window_dir(cut.key) / f"merged-{cut.segments[0].first}",
-                                 [(i, self._runs[(cut.key, seg.source)], seg.first, seg.end)
-                                  for i, seg in enumerate(cut.segments)])
-            self._merged[(cut.key, cut.segments)] = merged
+        merged = self._merged_spool(cut.key, cut.segments)
         sources = [segment.source for segment in cut.segments]
         writer = self._assembler.open_part(cut.key, cut.part, FileSpool(self._window_dir(cut.key) / f"part-{cut.part}"))
         # which offsets of each source the part holds: a byte per offset of the source's segment
@@ -117,6 +113,52 @@ class PartSpools:
                 ranges[sources[index]] = found
         cut.sources = dict(sorted(ranges.items()))
         return writer
+
+    def _merged_spool(self, key: FileKey, segments: tuple[Segment, ...]) -> MergedSpool:
+        merged = self._merged.get((key, segments))
+        if merged is None:
+            merged = MergedSpool(self._window_dir(key) / f"merged-{segments[0].first}",
+                                 [(i, self._runs[(key, seg.source)], seg.first, seg.end)
+                                  for i, seg in enumerate(segments)])
+            self._merged[(key, segments)] = merged
+        return merged
+
+    def plan_streamed(self, limits: PartLimits, decode: Callable[[list[RawRecord]], Iterable[SourceRecord]],
+                      key: FileKey, segments: tuple[Segment, ...], first_part: int) -> list[tuple[int, int, LimitReason]]:
+        """Window scope, streaming, with limits beyond the count: the parts of the window's
+        merged file order, found by reading it once (decoded a chunk at a time, so memory stays
+        flat); the parts then read their slices of the same merged spool."""
+        merged = self._merged_spool(key, segments)
+        sources = [segment.source for segment in segments]
+        fill = PartFill(limits, key, first_part)
+        planned: list[tuple[int, int, LimitReason]] = []
+        start = position = 0
+        chunk: list[RawRecord] = []
+
+        def weigh(raws: list[RawRecord]) -> None:
+            nonlocal start, position
+            for record in decode(raws):
+                reason = fill.refuses(record)
+                if reason is not None:
+                    planned.append((start, position, reason))
+                    start = position
+                    fill.reset(first_part + len(planned))
+                position += 1
+                if fill.add(record):
+                    planned.append((start, position, "count"))
+                    start = position
+                    fill.reset(first_part + len(planned))
+
+        for _, index, offset, value in merged.read(0, merged.count):
+            topic, partition = sources[index]
+            chunk.append(RawRecord(topic, partition, offset, None, None, value))
+            if len(chunk) >= 2000:
+                weigh(chunk)
+                chunk = []
+        weigh(chunk)
+        if position > start:
+            planned.append((start, position, "count"))
+        return planned
 
     def drop_window(self, key: FileKey) -> None:
         for key_source in [ks for ks in self._runs if ks[0] == key]:

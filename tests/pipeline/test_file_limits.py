@@ -15,6 +15,7 @@ from stream_app.core.windows import Checkpoint
 from stream_app.pipeline.memory import MemoryStateStore
 from stream_app.pipeline.wiring import build_pipeline
 from stream_app.replay.run import commit_due, run_records
+from stream_app.sinks.base import SinkError
 from stream_app.sinks.local import LocalSink
 from tests.helpers import CollectingPublisher, settings_for
 from tests.pipeline.test_business_files import interleave, partitioned, run
@@ -74,10 +75,12 @@ def test_partition_scope_cuts_by_amount_and_a_restart_cuts_the_same(tmp_path, st
     assert {f.name: f.read_bytes() for f in (tmp_path / "crashed").glob("F_*")} == files
 
 
-def test_business_files_cut_by_amount_and_bytes_in_file_order_whatever_the_interleaving(tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_business_files_cut_by_amount_and_bytes_in_file_order_whatever_the_interleaving(tmp_path, streaming):
+    """Window scope; streamed, the parts are found by one read of the window's merged spool."""
     parts = partitioned(900, 3)
     limits = {**LINES, "maxAmountPerFile": "30000", "maxBytesPerFile": 2048, "frameReserveBytes": 200,
-              "headerTemplate": "H|{{ file_key }}|{{ record_count }}\n"}
+              "headerTemplate": "H|{{ file_key }}|{{ record_count }}\n", "streamingAppendEnabled": streaming}
     files, pub = run(tmp_path / "ref", [r for p in parts for r in p], 3, **limits)
     late = [reason for _, reason, _ in pub.dead]
     assert check_parts(files, Decimal("30000"), 2048) + len(late) == 900
@@ -85,6 +88,68 @@ def test_business_files_cut_by_amount_and_bytes_in_file_order_whatever_the_inter
     assert {"amount", "size"} <= reasons
     again, _ = run(tmp_path / "again", interleave(parts, random.Random(2)), 3, batch_size=37, **limits)
     assert again == files
+    if streaming:  # the same parts as held in memory
+        memory, _ = run(tmp_path / "memory", [r for p in parts for r in p], 3,
+                        **{**limits, "streamingAppendEnabled": False})
+        assert memory == files
+
+
+class StopsAfter(LocalSink):
+    """A sink that takes ``n`` files, then fails every write (the process then dies)."""
+
+    def __init__(self, target, n: int) -> None:
+        super().__init__(target)
+        self.left = n
+
+    def write(self, name, chunks, before_publish=None):
+        if self.left == 0:
+            raise SinkError(f"writing {name} failed: Input/output error", "EIO")
+        self.left -= 1
+        return super().write(name, chunks, before_publish)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_file_stage_restarted_mid_window_cuts_the_remaining_parts_as_the_first_run(tmp_path, streaming):
+    """A crash after some parts of a window are written: the new file stage reads on from its
+    checkpoint, skips what the facts say is written, and cuts the rest where the first run did."""
+    from stream_app.pipeline.wiring import build_routing
+    from stream_app.replay.run import LoopbackSender
+    from tests.pipeline.test_business_files import window_settings
+
+    limits = {**LINES, "maxAmountPerFile": "30000", "maxBytesPerFile": 2048, "frameReserveBytes": 200,
+              "streamingAppendEnabled": streaming, "window": {"sizeMs": 6 * 3_600_000}}
+    raws_in = interleave(partitioned(900, 3), random.Random(5))
+    reference, _ = run(tmp_path / "ref", raws_in, 3, **limits)
+    assert len(reference) >= 8
+    settings = window_settings(tmp_path, 3, **limits)
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    routing.assign(settings.input_partitions, 0)
+    log = []  # the repartition topic
+    for start in range(0, len(raws_in), 97):
+        routing.process(raws_in[start:start + 97], 0)
+        log.extend(sender.drain())
+    routing.announce(routing.close_idle(10**15, lambda tp: True))
+    log.extend(sender.drain())
+    out = tmp_path / "crashed"
+    out.mkdir()
+    state = MemoryStateStore()
+    first = build_pipeline(settings, state, publisher, sink=StopsAfter(out, 3))
+    for start in range(0, len(log), 7):  # the fourth write fails: the process dies with a window half written
+        first.process_routed(log[start:start + 7], 0)
+        commit_due(first, 0)
+    written = {p.name for p in out.glob("F_*")}
+    assert len(written) == 3
+    window = sorted(written)[-1].rsplit("_", 1)[0]
+    assert sum(n.startswith(window) for n in reference) > sum(n.startswith(window) for n in written), \
+        "a window is only partly written"
+    second = build_pipeline(settings, state, publisher, sink=LocalSink(out))
+    checkpoints = {tp: cp.offset for tp, cp in state.checkpoints.items()}
+    for start in range(0, len(log), 11):
+        batch = [r for r in log[start:start + 11] if r.offset >= checkpoints.get((r.topic, r.partition), 0)]
+        second.process_routed(batch, 0)
+        commit_due(second, 0)
+    assert {p.name: p.read_bytes() for p in out.glob("F_*")} == reference
 
 
 def test_structured_files_cut_by_bytes_keep_their_trailer_checks(tmp_path):
@@ -126,9 +191,6 @@ def test_limit_settings_are_checked_when_the_config_loads(tmp_path):
         settings_for(tmp_path, maxAmountPerFile=1000.5)
     with pytest.raises(ConfigError, match="maxAmountPerFile.*greater than 0"):
         settings_for(tmp_path, maxAmountPerFile="-1")
-    with pytest.raises(ConfigError, match="maxAmountPerFile: not available with worker.streamingAppendEnabled"):
-        settings_for(tmp_path, fileScope="window", streamingAppendEnabled=True, maxAmountPerFile="100",
-                     fileNameTemplate="F_{{ window_start | ts('%Y%m%d') }}_{{ part }}.txt")
     with pytest.raises(ConfigError, match="must be larger than worker.frameReserveBytes"):
         settings_for(tmp_path, maxBytesPerFile=2048, frameReserveBytes=4096)
     assert settings_for(tmp_path, maxAmountPerFile="1000000.50").worker.maxAmountPerFile == Decimal("1000000.50")
