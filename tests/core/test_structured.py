@@ -244,10 +244,30 @@ def test_a_trailer_that_disagrees_with_its_detail_lines_stops_the_file(tmp_path,
         err.value)
 
 
+def test_a_per_currency_trailer_line_is_recounted_per_currency(tmp_path):
+    """fixed-clearing 1.1.0's C lines (one per currency, forEach) check their count against the
+    detail lines of that currency: a mapping that miscounts one currency stops the file."""
+    values = list(matched_records(60, seed=3, span_hours=5))
+    shutil.copytree(SCHEMAS_DIR / "fixed-clearing", tmp_path / "fixed-clearing")
+    path = pack_path(tmp_path, "fixed-clearing", "1.1.0")
+    data = yaml.safe_load(path.read_text())
+    (line,) = [line for line in data["trailer"] if line.get("forEach") == "countByCurrency"]
+    (count,) = [spec for spec in line["fields"] if spec["name"] == "count"]
+    assert count.get("check") == "count"  # shipped
+    count["expr"] = "if_(eq(key, 'EUR'), 1, value)"  # EUR has more than one detail line
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    broken = StructuredAssembler(load_pack(path), "F_{{ part }}.out", PARTIES)
+    with pytest.raises(AssemblyError) as err:
+        broken.assemble(cut_of(broken, values))
+    assert err.value.error_class == "TRAILER_CHECK_FAILED"
+    assert "trailer[0] field count is not the count of the detail lines of EUR" in str(err.value)
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda d: d["header"][0]["fields"][0].update(check="count"), "header[0].sender: [check] checks belong to trailer"),
-    (lambda d: d["trailer"][0]["fields"][1].update(check="count"), "trailer[0].fields.count: [check] a check needs a "
-                                                                     "single trailer line"),
+    (lambda d: (d["aggregates"].append({"name": "byCredit", "fn": "count", "groupBy": ["creditMinor"]}),
+                d["trailer"][0].update(forEach="byCredit")),
+     "trailer[0].fields.count: [check] count per byCredit key: the group field 'creditMinor' is not an output field"),
     (lambda d: d["trailer"][1]["fields"][0].update(check="sum(merchant)"), "trailer[1].fields.count: [check] "
                                                                             "sum(merchant): 'merchant' is not a numeric"),
     (lambda d: d["trailer"][1]["fields"][0].update(check="avg(amountMinor)"), "trailer.1.fields.0.check: [schema]"),

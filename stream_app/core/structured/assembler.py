@@ -18,7 +18,7 @@ from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
 from stream_app.core.limits import Weigher
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
-from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
+from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack, TrailerCheck
 from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey
@@ -226,9 +226,12 @@ class StructuredPart:
         self._error: AssemblyError | None = None
         self.count = 0
         # trailer checks: the detail lines written so far, and the sums of the fields checked
-        self._summed = {summed for _, _, summed in self._pack.trailer_checks if summed is not None}
+        self._summed = {check.summed for check in self._pack.trailer_checks if check.summed is not None}
         self._detail_lines = 0
         self._sums: dict[str, Any] = dict.fromkeys(self._summed, 0)
+        # forEach checks: per group fields, per key, the lines and sums of the detail lines
+        self._keyed: dict[tuple[str, ...], dict[tuple, list]] = {
+            check.group_by: {} for check in self._pack.trailer_checks if check.group_by}
         self._framed: tuple[list[Line], dict[str, Any]] = ([], {})
 
     def append(self, record: SourceRecord) -> None:
@@ -285,28 +288,70 @@ class StructuredPart:
             value = row[name]
             if value is not None:
                 self._sums[name] += value
+        for group_by, per_key in self._keyed.items():
+            key = tuple(row[name] for name in group_by)
+            counted = per_key.get(key)
+            if counted is None:
+                counted = per_key[key] = [0, dict.fromkeys(self._summed, 0)]
+            counted[0] += 1
+            for name in self._summed:
+                if row[name] is not None:
+                    counted[1][name] += row[name]
 
     def check_trailer(self, name: str) -> None:
         """The trailer's checked fields equal what the detail lines written add up to (recounted
-        here, apart from the aggregates the trailer's expressions read)."""
+        here, apart from the aggregates the trailer's expressions read); a forEach line's, what
+        the detail lines of its key add up to."""
         if not self._pack.trailer_checks or self._error is not None:
             return
         group_lines, context = self._framed  # frame() ran just before (finish)
-        lines, sums = self._detail_lines, dict(self._sums)
         if self._groups is not None:  # a grouped body: its lines are the groups, rendered at the end
-            lines, sums = 0, dict.fromkeys(self._summed, 0)
+            self._detail_lines, self._sums = 0, dict.fromkeys(self._summed, 0)
+            self._keyed = {group_by: {} for group_by in self._keyed}
             for line in group_lines:
-                lines += 1
-                values = {spec.name: value for spec, value in line.values}
-                for field in self._summed:
-                    sums[field] += values[field] or 0
-        for index, field, summed in self._pack.trailer_checks:
-            written = self._assembler.evaluate(f"trailer[{index}]", self._pack.trailer[index], context)[field]
-            expected = lines if summed is None else sums[summed]
-            if written is None or Decimal(written) != Decimal(expected):
-                check = "count" if summed is None else f"sum({summed})"
-                raise AssemblyError(f"pack {self._pack.id}: {name}: trailer check failed: trailer[{index}] field "
-                                    f"{field} is not the {check} of the detail lines", "TRAILER_CHECK_FAILED")
+                self._count_detail({spec.name: value for spec, value in line.values})
+        for check in self._pack.trailer_checks:
+            if check.group_by:
+                self._check_per_key(name, check, context)
+                continue
+            written = self._assembler.evaluate(f"trailer[{check.line}]", self._pack.trailer[check.line],
+                                               context)[check.field]
+            expected = self._detail_lines if check.summed is None else self._sums[check.summed]
+            self._compare(name, check, written, expected, "")
+
+    def _check_per_key(self, name: str, check: TrailerCheck, context: Mapping[str, Any]) -> None:
+        spec, fields = self._pack.spec.trailer[check.line], self._pack.trailer[check.line]
+        assert spec.forEach is not None
+        counted = self._keyed[check.group_by]
+        keys = context[spec.forEach]
+        for key in sorted(set(counted) | set(keys), key=_sort_key):
+            if key not in keys:
+                raise AssemblyError(f"pack {self._pack.id}: {name}: trailer check failed: detail lines of "
+                                    f"{'/'.join(map(str, key))} have no trailer[{check.line}] line",
+                                    "TRAILER_CHECK_FAILED")
+            scope = self._key_scope(spec.forEach, key, context)
+            written = self._assembler.evaluate(f"trailer[{check.line}]", fields, scope)[check.field]
+            lines, sums = counted.get(key, [0, dict.fromkeys(self._summed, 0)])
+            self._compare(name, check, written, lines if check.summed is None else sums[check.summed],
+                          f" of {'/'.join(map(str, key))}")
+
+    def _compare(self, name: str, check: TrailerCheck, written: Any, expected: Any, of_key: str) -> None:
+        if written is None or Decimal(written) != Decimal(expected):
+            what = "count" if check.summed is None else f"sum({check.summed})"
+            raise AssemblyError(f"pack {self._pack.id}: {name}: trailer check failed: trailer[{check.line}] field "
+                                f"{check.field} is not the {what} of the detail lines{of_key}",
+                                "TRAILER_CHECK_FAILED")
+
+    def _key_scope(self, for_each: str, key: tuple, context: Mapping[str, Any]) -> ChainMap:
+        """What a forEach line's expressions read for one key of its aggregate."""
+        aggregates = {a.name: a for a in self._pack.spec.aggregates}
+        group_by = aggregates[for_each].groupBy
+        # aggregates grouped by the same fields read as their value for this line's key
+        siblings = [a.name for a in aggregates.values() if a.groupBy == group_by and a.name != for_each]
+        return ChainMap({"key": key[0] if len(key) == 1 else "/".join(map(str, key)),
+                         "value": context[for_each].get(key),
+                         **dict(zip(group_by, key)),
+                         **{name: context[name].get(key) for name in siblings}}, dict(context))
 
     def finish(self) -> AssembledFile:
         if self._error is not None:
@@ -332,19 +377,13 @@ class StructuredPart:
     def _fixed_lines(self, kind: str, context: Mapping[str, Any]) -> list[Line]:
         specs = self._pack.spec.header if kind == "header" else self._pack.spec.trailer
         compiled = self._pack.header if kind == "header" else self._pack.trailer
-        aggregates = {a.name: a for a in self._pack.spec.aggregates}
         lines = []
         for i, (spec, fields) in enumerate(zip(specs, compiled)):
             if spec.forEach is None:
                 lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, context)))
                 continue
-            group_by = aggregates[spec.forEach].groupBy
-            # aggregates grouped by the same fields read as their value for this line's key
-            siblings = [a.name for a in aggregates.values() if a.groupBy == group_by and a.name != spec.forEach]
-            for key, value in context[spec.forEach].items():
-                scope = ChainMap({"key": key[0] if len(key) == 1 else "/".join(map(str, key)), "value": value,
-                                  **dict(zip(group_by, key)),
-                                  **{name: context[name].get(key) for name in siblings}}, dict(context))
+            for key in context[spec.forEach]:
+                scope = self._key_scope(spec.forEach, key, context)
                 lines.append(_line(kind, spec, fields, self._assembler.evaluate(f"{kind}[{i}]", fields, scope)))
         return lines
 
