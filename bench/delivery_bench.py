@@ -29,26 +29,13 @@ from stream_app.core.records import SourceRecord  # noqa: E402
 from stream_app.core.windows import FileCut, FileKey  # noqa: E402
 from stream_app.delivery.deliverer import Deliverer  # noqa: E402
 from stream_app.pipeline.journal import Journal  # noqa: E402
+from stream_app.pipeline.memory import MemoryOutboxStore  # noqa: E402
 from stream_app.pipeline.outbox import Outbox  # noqa: E402
 from stream_app.sinks.local import LocalSink  # noqa: E402
 from tests.helpers import CollectingPublisher  # noqa: E402
 from tests.sshd import Sshd  # noqa: E402
 
 OWNER = ("in", 0)
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def put_delivery(self, owner: tuple[str, int], key: str, value: str | None) -> None:
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
-
-    def stored_deliveries(self) -> list[str]:
-        return list(self.data.values())
 
 
 def write_files(sink: LocalSink, count: int, size: int) -> list:
@@ -61,7 +48,7 @@ def write_files(sink: LocalSink, count: int, size: int) -> list:
 
 
 def run_deliverer(server: Sshd, sink: LocalSink, written: list, parallel: int, remote: Path) -> float:
-    store = DictStore()
+    store = MemoryOutboxStore()
     outbox = Outbox(store, ["bench"], CollectingPublisher(), Journal("bench"))
     for cut, result in written:
         outbox.queue(cut, result, OWNER, 0)

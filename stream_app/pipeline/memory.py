@@ -37,6 +37,22 @@ class MemoryStateStore:
         self.checkpoints[tp] = checkpoint
 
 
+class MemoryOutboxStore:
+    """The delivery outbox's store in memory (unit tests, the delivery benchmark)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def put_delivery(self, owner: TP, key: str, value: str | None) -> None:
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    def stored_deliveries(self) -> list[str]:
+        return list(self.data.values())
+
+
 class ImmediateDurability:
     """Replay's durability: its state lives in memory for the run, so every step is durable at
     once and nothing is committed (a replay never touches the group's offsets)."""

@@ -18,6 +18,7 @@ from stream_app.delivery.deliverer import Deliverer
 from stream_app.delivery.sftp import SftpDestination
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.journal import Journal
+from stream_app.pipeline.memory import MemoryOutboxStore
 from stream_app.pipeline.outbox import Delivery, Outbox
 from stream_app.sinks.local import LocalSink
 from tests.helpers import CollectingPublisher
@@ -26,20 +27,6 @@ from tests.sshd import Sshd, keygen, sshd_missing
 pytestmark = pytest.mark.skipif(sshd_missing() is not None, reason=str(sshd_missing()))
 
 OWNER = ("in", 0)
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def put_delivery(self, owner: tuple[str, int], key: str, value: str | None) -> None:
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
-
-    def stored_deliveries(self) -> list[str]:
-        return list(self.data.values())
 
 
 @pytest.fixture
@@ -66,7 +53,7 @@ class Rig:
         (tmp_path / "sink").mkdir(parents=True)
         self.sink = LocalSink(tmp_path / "sink", manifest=False)
         self.publisher = CollectingPublisher()
-        self.store = DictStore()
+        self.store = MemoryOutboxStore()
         names = [d["name"] for d in destinations]
         self.outbox = Outbox(self.store, names, self.publisher, Journal("w1", "app"))
         for cut, result in written_files(self.sink, files):

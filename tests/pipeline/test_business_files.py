@@ -194,6 +194,19 @@ def test_streaming_append_gives_the_same_bytes_as_memory(tmp_path):
     assert len(reference) > 5 and not [p for p in spool.rglob("*") if p.is_file()]  # spools gone
 
 
+def repartition_log(settings, raws: list[RawRecord]) -> list[RawRecord]:
+    """What the routing stage writes to the repartition topic for ``raws`` (then idle-closed)."""
+    sender = LoopbackSender(settings.repartition_topic)
+    routing = build_routing(settings, MemoryStateStore(), CollectingPublisher(), sender)
+    routing.assign(settings.input_partitions, 0)
+    log = []
+    for start in range(0, len(raws), 97):
+        routing.process(raws[start:start + 97], 0)
+        log.extend(sender.drain())
+    routing.announce(routing.close_idle(10**15, lambda tp: True))
+    return log + sender.drain()
+
+
 def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_path):
     """The file stage's checkpoint carries every input partition's frontier as of its offset: a
     new file stage that reads on from it (after a crash at any point) makes the same files."""
@@ -204,15 +217,8 @@ def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_pa
     reference, _ = run(tmp_path / "ref", raws, 3, maxRecordsPerFile=150)
     settings = settings_for(tmp_path, **{**WINDOW_SCOPE, "maxRecordsPerFile": 150})
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topicPartitions": 3})})
-    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
-    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
-    routing.assign(settings.input_partitions, 0)
-    log = []  # the repartition topic
-    for start in range(0, len(raws), 97):
-        routing.process(raws[start:start + 97], 0)
-        log.extend(sender.drain())
-    routing.announce(routing.close_idle(10**15, lambda tp: True))
-    log.extend(sender.drain())
+    publisher = CollectingPublisher()
+    log = repartition_log(settings, raws)
     for crash_at in (len(log) // 5, len(log) // 2, 4 * len(log) // 5):
         out = tmp_path / f"crash{crash_at}"
         out.mkdir()

@@ -112,9 +112,7 @@ class StopsAfter(LocalSink):
 def test_a_file_stage_restarted_mid_window_cuts_the_remaining_parts_as_the_first_run(tmp_path, streaming):
     """A crash after some parts of a window are written: the new file stage reads on from its
     checkpoint, skips what the facts say is written, and cuts the rest where the first run did."""
-    from stream_app.pipeline.wiring import build_routing
-    from stream_app.replay.run import LoopbackSender
-    from tests.pipeline.test_business_files import window_settings
+    from tests.pipeline.test_business_files import repartition_log, window_settings
 
     limits = {**LINES, "maxAmountPerFile": "30000", "maxBytesPerFile": 2048, "frameReserveBytes": 200,
               "streamingAppendEnabled": streaming, "window": {"sizeMs": 6 * 3_600_000}}
@@ -122,15 +120,8 @@ def test_a_file_stage_restarted_mid_window_cuts_the_remaining_parts_as_the_first
     reference, _ = run(tmp_path / "ref", raws_in, 3, **limits)
     assert len(reference) >= 8
     settings = window_settings(tmp_path, 3, **limits)
-    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic)
-    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
-    routing.assign(settings.input_partitions, 0)
-    log = []  # the repartition topic
-    for start in range(0, len(raws_in), 97):
-        routing.process(raws_in[start:start + 97], 0)
-        log.extend(sender.drain())
-    routing.announce(routing.close_idle(10**15, lambda tp: True))
-    log.extend(sender.drain())
+    publisher = CollectingPublisher()
+    log = repartition_log(settings, raws_in)
     out = tmp_path / "crashed"
     out.mkdir()
     state = MemoryStateStore()
