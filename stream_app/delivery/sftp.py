@@ -85,6 +85,31 @@ _CONNECTION_BROKEN = frozenset({"DISCONNECTED", "TIMEOUT", "CONNECT", "UNEXPECTE
 ChunkReader = Callable[[], AsyncIterator[bytes]]
 
 
+def check_credentials(settings: SftpDestinationSettings) -> tuple[str, str] | None:
+    """(config key, what is wrong) when the destination's key or known_hosts cannot be used;
+    preflight runs it, so a worker never starts with credentials it cannot read."""
+    passphrase = os.environ.get(settings.passphraseEnv) if settings.passphraseEnv else None
+    if settings.passphraseEnv and passphrase is None:
+        return "passphraseEnv", f"environment variable {settings.passphraseEnv} is not set"
+    try:
+        asyncssh.read_private_key(settings.privateKeyFile, passphrase)
+    except OSError as exc:
+        return "privateKeyFile", f"cannot read {settings.privateKeyFile}: {exc.strerror}"
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        return "privateKeyFile", f"{settings.privateKeyFile} is not a usable private key ({exc})"
+    try:
+        known = asyncssh.read_known_hosts(settings.knownHostsFile)
+    except OSError as exc:
+        return "knownHostsFile", f"cannot read {settings.knownHostsFile}: {exc.strerror}"
+    except ValueError as exc:
+        return "knownHostsFile", f"{settings.knownHostsFile} is not a known_hosts file ({exc})"
+    host = settings.host if settings.port == 22 else f"[{settings.host}]:{settings.port}"
+    trusted = known.match(settings.host, "", settings.port)[0]
+    if not trusted:
+        return "knownHostsFile", f"{settings.knownHostsFile} pins no key for {host}: add the server's host key"
+    return None
+
+
 class SftpDestination:
     """Uploads to one server over one SSH connection, opened on first use and again after it
     broke; uploads of different files share it (``maxParallel`` of them at once)."""

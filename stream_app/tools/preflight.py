@@ -257,4 +257,13 @@ def run_preflight(settings: AppSettings, require_samples: bool = True) -> list[s
     except SinkError as exc:
         raise ConfigError(f"sink.{'bucket' if settings.sink.type == 's3' else 'localTargetDir'}: {exc}") from None
     checked.append("sink is writable")
+    if settings.delivery.sftp:
+        from stream_app.delivery.sftp import check_credentials
+
+        for index, destination in enumerate(settings.delivery.sftp):
+            problem = check_credentials(destination)
+            if problem is not None:
+                key, message = problem
+                raise ConfigError(f"delivery.sftp.{index}.{key}: {message}")
+        checked.append("SFTP keys and pinned host keys load")
     return checked

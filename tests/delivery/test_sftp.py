@@ -254,3 +254,33 @@ def test_a_sink_copy_this_worker_cannot_read_waits_without_holding_the_others(tm
     assert {e["error_class"] for e in rig.events("delivery-failed")} == {"SINK_ENOENT"}
     assert rig.deliverer.halted() == {} and [Delivery.from_json(v).name for v in rig.store.data.values()] == ["FILE_001.csv"]
     assert sorted(p.name for p in sshd.remote_dir.iterdir()) == ["FILE_000.csv", "FILE_002.csv"]  # no empty upload
+
+
+def test_preflight_names_a_key_or_known_hosts_the_worker_could_not_use(tmp_path):
+    from stream_app.delivery.sftp import check_credentials
+
+    server = Sshd(tmp_path / "sshd")  # never started: only its files are read
+    assert check_credentials(SftpDestinationSettings(**server.destination())) is None
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    other_host = tmp_path / "other_known_hosts"
+    other_host.write_text(server.known_hosts.read_text().replace("127.0.0.1", "10.9.9.9"))
+    cases = [({"privateKeyFile": str(tmp_path / "missing")}, "privateKeyFile", "cannot read"),
+             ({"privateKeyFile": str(garbage)}, "privateKeyFile", "not a usable private key"),
+             ({"knownHostsFile": str(tmp_path / "missing")}, "knownHostsFile", "cannot read"),
+             ({"knownHostsFile": str(other_host)}, "knownHostsFile", "pins no key for [127.0.0.1]"),
+             ({"passphraseEnv": "STREAM_APP_NO_SUCH_VARIABLE"}, "passphraseEnv", "is not set")]
+    for overrides, key, says in cases:
+        problem = check_credentials(SftpDestinationSettings(**server.destination(**overrides)))
+        assert problem is not None and problem[0] == key and says in problem[1], (overrides, problem)
+    from stream_app.config import ConfigError, parse_config
+    from stream_app.tools.preflight import run_preflight
+    from tests.helpers import config_dict
+
+    (tmp_path / "out").mkdir()
+    data = config_dict(tmp_path / "out")
+    data["delivery"] = {"sftp": [server.destination(privateKeyFile=str(garbage))]}
+    with pytest.raises(ConfigError, match=r"delivery.sftp.0.privateKeyFile: .*garbage is not a usable private key"):
+        run_preflight(parse_config(data))
+    data["delivery"] = {"sftp": [server.destination()]}
+    assert "SFTP keys and pinned host keys load" in run_preflight(parse_config(data))
