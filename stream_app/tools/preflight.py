@@ -263,7 +263,6 @@ def run_preflight(settings: AppSettings, require_samples: bool = True) -> list[s
         for index, destination in enumerate(settings.delivery.sftp):
             problem = check_credentials(destination)
             if problem is not None:
-                key, message = problem
-                raise ConfigError(f"delivery.sftp.{index}.{key}: {message}")
+                raise ConfigError(f"delivery.sftp.{index}.{problem[0]}: {problem[1]}")
         checked.append("SFTP keys and pinned host keys load")
     return checked
