@@ -15,6 +15,10 @@ Two stages, both pure state machines here (the live worker and replay drive them
 Which records a file holds is therefore decided per input partition, in its own order, and the
 collector only waits and orders: records go into a file by (topic, partition, offset), an order
 that does not depend on how the partitions interleave, and count cuts follow it.
+
+(Longer than 400 lines on purpose: the router's close frontier and the collector's use of it are
+one protocol, and the proof that a window is complete when every frontier passed it reads best
+with both halves in one place.)
 """
 
 from __future__ import annotations
@@ -176,8 +180,7 @@ class PartitionRouter(OffsetCursor):
 # spool of its (file key, source partition) instead of memory.
 RoutedEntry = tuple[int, int, "bytes | None"]
 SpoolHook = Callable[[FileKey, TP, RoutedEntry], None]
-# Streaming with limits beyond the count: the parts (first, end, reason) of the merged file
-# order of these segments, parts numbered from the int (the pipeline reads the spools for it).
+# Streaming, limits beyond the count: parts (first, end, reason) of the segments' merged order.
 StreamPlanner = Callable[[FileKey, "tuple[Segment, ...]", int], "list[tuple[int, int, LimitReason]]"]
 
 
@@ -358,8 +361,8 @@ class WindowCollector(PartLedger, OffsetCursor):
                 spooled.cut = spooled.spooled
             if self._plan_streamed is not None:  # limits beyond the count: they need the records
                 planned = self._plan_streamed(window.key, segments, window.part)
-                parts = [([], None, end - start, (start, end)) for start, end, _ in planned]
-                reasons = [limit for _, _, limit in planned]
+                parts, reasons = [([], None, end - first, (first, end)) for first, end, _ in planned], \
+                    [limit for _, _, limit in planned]
             else:
                 parts = [([], None, min(size, total - start), (start, min(total, start + size)))
                          for start in range(0, total, size)]

@@ -18,7 +18,8 @@ from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
 from stream_app.core.limits import Weigher
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
-from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack, TrailerCheck
+from stream_app.core.structured.checks import TrailerCheck
+from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
 from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey

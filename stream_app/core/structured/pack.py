@@ -9,7 +9,6 @@ missing formatter settings are all errors naming the pack file, the field and th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream_app.core.formats.text import CONTROL, encodable
+from stream_app.core.structured.checks import trailer_checks
 from stream_app.core.structured.expressions import Evaluator, ExpressionError, compile_expression
 from stream_app.core.structured.xmlpaths import ELEMENT_PATH, XML_NAME, XmlPathError, build_tree, field_path
 
@@ -162,18 +162,6 @@ class CompiledField:
         self.max_length = spec.maxLength if spec.maxLength is not None else 1 << 62
 
 
-@dataclass(frozen=True, slots=True)
-class TrailerCheck:
-    """``trailer[line].field`` must equal the count of the detail lines as written (``summed``
-    None) or the sum of their ``summed`` field; per key of the line's forEach aggregate when
-    ``group_by`` names its group fields."""
-
-    line: int
-    field: str
-    summed: str | None
-    group_by: tuple[str, ...] = ()
-
-
 class SchemaPack:
     """A loaded, fully checked pack with every expression compiled."""
 
@@ -195,7 +183,7 @@ class SchemaPack:
                         for i, line in enumerate(spec.trailer)]
         self._check_lines()
         self._check_output()
-        self.trailer_checks = self._trailer_checks()
+        self.trailer_checks = trailer_checks(self)
 
     @property
     def id(self) -> str:
@@ -368,37 +356,6 @@ class SchemaPack:
         if not candidate.is_file():
             raise self.error("output.xml.xsd", "formatter-settings", f"XSD {xsd} is not a file ({candidate})")
         return candidate
-
-    def _trailer_checks(self) -> list[TrailerCheck]:
-        """Each trailer field's check against the detail lines as written."""
-        detail = {f.spec.name: f.spec for f in (self.body_fields if self.spec.body else self.fields) if f.spec.output}
-        aggregates = {a.name: a for a in self.spec.aggregates}
-        for where, fields in (*((f"header[{i}]", f) for i, f in enumerate(self.header)),
-                              ("fields", self.fields), ("body.fields", self.body_fields)):
-            for field in fields:
-                if field.spec.check is not None:
-                    raise self.error(f"{where}.{field.spec.name}", "check", "checks belong to trailer fields")
-        checks = []
-        for i, (line, fields) in enumerate(zip(self.spec.trailer, self.trailer)):
-            for field in fields:
-                check = field.spec.check
-                if check is None:
-                    continue
-                where = f"trailer[{i}].fields.{field.spec.name}"
-                group_by: tuple[str, ...] = ()
-                if line.forEach is not None:
-                    # one line per key: recounted over the detail lines whose group fields read that key
-                    group_by = tuple(aggregates[line.forEach].groupBy)
-                    hidden = [name for name in group_by if name not in detail]
-                    if hidden:
-                        raise self.error(where, "check", f"{check} per {line.forEach} key: the group field "
-                                                         f"{hidden[0]!r} is not an output field of the detail lines")
-                summed = None if check == "count" else check[4:-1]
-                if summed is not None and (summed not in detail or detail[summed].type not in ("int", "decimal")):
-                    raise self.error(where, "check", f"{check}: {summed!r} is not a numeric output field of the "
-                                                     "detail lines")
-                checks.append(TrailerCheck(i, field.spec.name, summed, group_by))
-        return checks
 
     def _check_schematron(self, name: str | None) -> Path | None:
         if name is None:
