@@ -121,7 +121,7 @@ def test_two_replicas_sharing_a_bucket_deliver_what_their_partitions_have_pendin
         for worker in (first, second):
             worker.config_data["sink"] = s3_sink(url)
             write_config(worker.config_path, worker.config_data)
-        first.start(env={**AWS_ENV, "STREAM_APP_FAILPOINTS": "delivery.before-rename=delay@1000"})
+        first.start(env={**AWS_ENV, "STREAM_APP_FAILPOINTS": "delivery.before-rename=delay@2000"})
         try:
             first.wait_for(lambda: len(delivered(first)) >= 1, 120, what="the first delivery")
             second.start(env=AWS_ENV)
