@@ -6,7 +6,7 @@ for business files, both stages in one process through ``LoopbackSender``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from stream_app.core.records import RawRecord
 from stream_app.pipeline.committer import CommitRound, Committer
@@ -29,21 +29,36 @@ def _done(round_: CommitRound) -> FlushSummary:
     return round_.summary
 
 
+def batches_ahead(raws: Iterable[RawRecord], batch_size: int,
+                  prefetch: Callable[[Sequence[RawRecord]], None]) -> Iterator[list[RawRecord]]:
+    """``raws`` in batches, each handed to ``prefetch`` one batch before it is yielded: the decode
+    helper (``input.decodeProcess``) reads the next batch on the second core while this one is
+    windowed, as the live worker's held batch does.  The last batch may be empty."""
+    held: list[RawRecord] | None = None
+    batch: list[RawRecord] = []
+    for raw in raws:
+        batch.append(raw)
+        if len(batch) >= batch_size:
+            prefetch(batch)
+            if held is not None:
+                yield held
+            held, batch = batch, []
+    if batch:
+        prefetch(batch)
+    if held is not None:
+        yield held
+    yield batch
+
+
 def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000,
                 durability: Durability | None = None) -> FlushSummary:
     """Partition scope over a bounded input: every window closes at the end of it."""
     committer = Committer(pipeline, None, durability or ImmediateDurability())
     total = FlushSummary()
     add = total.add
-    batch: list[RawRecord] = []
-    for raw in raws:
-        batch.append(raw)
-        if len(batch) >= batch_size:
-            pipeline.process(batch, 0)
-            add(_done(run_now(committer.commit(0))))
-            batch = []
-    pipeline.process(batch, 0)
-    add(_done(run_now(committer.commit(0))))
+    for batch in batches_ahead(raws, batch_size, pipeline.prefetch):
+        pipeline.process(batch, 0)
+        add(_done(run_now(committer.commit(0))))
     pipeline.tick(END_OF_INPUT_MS)
     add(_done(run_now(committer.commit(END_OF_INPUT_MS))))
     return total
@@ -81,13 +96,8 @@ def run_window_records(routing: RoutingStage, files: FilePipeline, sender: Loopb
         total.add(_done(run_now(committer.commit(now_wall_ms))))
 
     routing.assign(sources, 0)
-    batch: list[RawRecord] = []
-    for raw in raws:
-        batch.append(raw)
-        if len(batch) >= batch_size:
-            step(batch, 0)
-            batch = []
-    step(batch, 0)
+    for batch in batches_ahead(raws, batch_size, routing.prefetch):
+        step(batch, 0)
     committer.idle_closed(routing.close_idle(END_OF_INPUT_MS, lambda tp: True))
     step([], END_OF_INPUT_MS)  # the routing checkpoints are durable: the idle closes are announced
     step([], END_OF_INPUT_MS)  # the file stage reads the announcements and writes what they closed
