@@ -18,6 +18,7 @@ path's processes and of the broker, with the ratio to a that this CPU allows on 
 cores at best) and writes pipeline.json to bench/results/ (or --results DIR).
 
     python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss] [--paths bcd] [--streaming]
+                                   [--workers 2]  (f and g with two workers in one group)
                                     [--decode-in-worker] [--broker embedded|apache]
 
 --broker apache runs every path against Apache Kafka (tests/apache_kafka.py: a KRaft broker from
@@ -116,10 +117,12 @@ def _names(scope: str, extension: str) -> str:
 
 def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
                 work: Path, clock: CpuClock, streaming: bool = False, decode_process: bool = True,
-                scope: str = "partition", max_buffered: int = 400_000) -> dict:
+                scope: str = "partition", max_buffered: int = 400_000, workers: int = 1) -> dict:
+    """``workers``: replicas of the app in one group on this machine (window scope), each with its
+    own output directory, as the chart runs them."""
     import yaml
 
-    out = work / f"out-{'structured' if structured else 'template'}-{scope}-{max_buffered}"
+    out = work / f"out-{'structured' if structured else 'template'}-{scope}-{max_buffered}-{workers}"
     out.mkdir()
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     # the worker expects its journal and dead-letter topics (a cluster may not create topics on first use)
@@ -144,11 +147,17 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
               "worker": worker, "input": {"decodeProcess": decode_process},
               "sink": {"type": "local", "localTargetDir": str(out)}, "logLevel": "WARNING",
               "dataDir": str(work / f"{app_id}-data")}
-    path = work / f"{app_id}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    outs = [out] + [out.with_name(f"{out.name}-r{i}") for i in range(1, workers)]
+    paths = []
+    for i, replica_out in enumerate(outs):
+        replica_out.mkdir(exist_ok=True)
+        replica = {**config, "workerId": f"{app_id}-{i}", "sink": {"type": "local", "localTargetDir": str(replica_out)},
+                   "dataDir": str(work / f"{app_id}-data-{i}")}
+        paths.append(work / f"{app_id}-{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(replica))
     spawned = time.time()
-    proc = spawn_worker(str(path), str(work / f"{app_id}.log"))
-    peak = 0.0
+    procs = [spawn_worker(str(path), str(work / f"{app_id}-{i}.log")) for i, path in enumerate(paths)]
+    peaks = [0.0] * workers
     # One long-lived client asks for the group's commits: a new client per poll costs CPU the
     # worker would otherwise have on this 2-core machine.
     from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -160,13 +169,12 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     last = [0]
 
-    manifest = out / "manifest.jsonl"
+    manifests = [replica_out / "manifest.jsonl" for replica_out in outs]
 
     def committed() -> int:
         if scope == "window":  # input commits say routed; the files are what counts
-            if not manifest.exists():
-                return 0
-            return sum(json.loads(line)["records"] for line in manifest.read_text().splitlines())
+            return sum(json.loads(line)["records"] for manifest in manifests if manifest.exists()
+                       for line in manifest.read_text().splitlines())
         nonlocal watcher
         try:
             last[0] = sum(tp.offset for tp in watcher.committed(tps, timeout=10) if tp.offset > 0)
@@ -181,21 +189,29 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     samples: list[tuple[float, float, float, float | None]] = []
 
     def sample() -> None:
-        samples.append((time.time(), cpu_seconds(proc.pid), cpu_seconds(proc.pid, children=False), clock.broker()))
+        samples.append((time.time(), sum(cpu_seconds(p.pid) for p in procs),
+                        sum(cpu_seconds(p.pid, children=False) for p in procs), clock.broker()))
+
+    def measure_peaks() -> None:
+        for i, p in enumerate(procs):
+            peaks[i] = max(peaks[i], peak_rss_mb(p.pid))
 
     try:
         while committed() < total:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited; see {work / f'{app_id}.log'}")
-            peak = max(peak, peak_rss_mb(proc.pid))
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker exited; see {work / f'{app_id}-{i}.log'}")
+            measure_peaks()
             sample()
             time.sleep(0.2)
         done = time.time()
         sample()
-        peak = max(peak, peak_rss_mb(proc.pid))
+        measure_peaks()
     finally:
         watcher.close()
-        stop_worker(proc)
+        for p in procs:
+            stop_worker(p)
+    peak = max(peaks)
     # The clock starts at the first record processed: the journal's first event (a window
     # opening) carries its wall time.  Start-up and group join are reported apart.
     first = min(e["occurred_at"] for e in read_journal(bootstrap, f"{app_id}-journal")).timestamp()
@@ -203,6 +219,8 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
         name = "c live worker, structured (XML)" if structured else "b live worker, template"
     else:
         name = "g business files, structured" if structured else "f business files, template"
+        if workers > 1:
+            name = f"{name}, {workers} workers"
     # CPU from the first record on: the samples around it, interpolated (start-up is not counted).
     tree_cpu, own_cpu = (samples[-1][i] - _at(samples, first, i) for i in (1, 2))
     broker_cpu = None if samples[-1][3] is None else samples[-1][3] - _at(samples, first, 3)
@@ -210,6 +228,8 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     # How busy each process was on average, in cores: the worker (GIL-bound but for C code
     # outside the GIL) and its decode helper.
     busy = {"worker_cores": round(own_cpu / seconds, 2), "helper_cores": round((tree_cpu - own_cpu) / seconds, 2)}
+    if workers > 1:
+        busy["peak_rss_mb_each"] = [round(p, 1) for p in peaks]  # type: ignore[assignment]
     return {"path": name, "records": total, "seconds": seconds, "bytes": size, "peak_rss_mb": peak,
             "startup_seconds": round(first - spawned, 1), **_cpu_fields(total, tree_cpu, broker_cpu), **busy}
 
@@ -267,6 +287,8 @@ def main() -> None:
     parser.add_argument("--paths", default="abcdfgh",
                         help="which paths to run (a, the ceiling, always runs): b c d partition scope, "
                              "f g h the same in window scope (business files), i f under backpressure")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="f and g with this many workers in one group on this machine (scale)")
     parser.add_argument("--decode-in-worker", action="store_true",
                         help="b and c with input.decodeProcess: false (no helper process)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where pipeline.json goes")
@@ -312,7 +334,7 @@ def main() -> None:
             else:
                 row = live_worker(bootstrap, topic, args.partitions, args.records, size, path in "cg", work,
                                   clock, args.streaming, not args.decode_in_worker, scope,
-                                  20_000 if path == "i" else 400_000)
+                                  20_000 if path == "i" else 400_000, args.workers if path in "fg" else 1)
                 if path == "i":
                     row["path"] = "i business files, backlog > buffer"
             raws.append(raw_read(bootstrap, topic, args.partitions, args.records, clock))
@@ -347,8 +369,10 @@ def main() -> None:
           f"CPU-bound x: {CORES} cores / (both) as a ratio to the raw rate, the most the path could reach here.")
     for row in rows:
         if "worker_cores" in row:
+            each = f"; peak RSS of each worker (with its helper) {row['peak_rss_mb_each']} MB" \
+                if "peak_rss_mb_each" in row else ""
             print(f"{row['path']}: worker process busy {row['worker_cores']:.2f} cores, decode helper "
-                  f"{row['helper_cores']:.2f}")
+                  f"{row['helper_cores']:.2f}{each}")
     result = {"records": args.records, "partitions": args.partitions, "cores": CORES, "broker": broker_name,
               "rows": rows}
     if not args.skip_rss:
