@@ -214,7 +214,8 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     peak = max(peaks)
     # The clock starts at the first record processed: the journal's first event (a window
     # opening) carries its wall time.  Start-up and group join are reported apart.
-    first = min(e["occurred_at"] for e in read_journal(bootstrap, f"{app_id}-journal")).timestamp()
+    events = read_journal(bootstrap, f"{app_id}-journal")
+    first = min(e["occurred_at"] for e in events).timestamp()
     if scope == "partition":
         name = "c live worker, structured (XML)" if structured else "b live worker, template"
     else:
@@ -230,8 +231,23 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     busy = {"worker_cores": round(own_cpu / seconds, 2), "helper_cores": round((tree_cpu - own_cpu) / seconds, 2)}
     if workers > 1:
         busy["peak_rss_mb_each"] = [round(p, 1) for p in peaks]  # type: ignore[assignment]
+    busy.update(close_to_file(events))  # type: ignore[arg-type]
     return {"path": name, "records": total, "seconds": seconds, "bytes": size, "peak_rss_mb": peak,
             "startup_seconds": round(first - spawned, 1), **_cpu_fields(total, tree_cpu, broker_cpu), **busy}
+
+
+def close_to_file(events: list[dict]) -> dict:
+    """Seconds from a window's `closed` event to the `created` event of its last file: the time
+    from a window's close to its file being written and journaled (median and worst)."""
+    closed = {e["file_key"]: e["occurred_at"] for e in events if e["event_type"] == "closed"}
+    written: dict[str, Any] = {}
+    for e in events:
+        if e["event_type"] == "created" and (e["file_key"] not in written or e["occurred_at"] > written[e["file_key"]]):
+            written[e["file_key"]] = e["occurred_at"]
+    delays = sorted((written[key] - at).total_seconds() for key, at in closed.items() if key in written)
+    if not delays:
+        return {}
+    return {"close_to_file_median_s": round(delays[len(delays) // 2], 2), "close_to_file_max_s": round(delays[-1], 2)}
 
 
 def _at(samples: list[tuple], wall: float, column: int) -> float:
@@ -371,6 +387,9 @@ def main() -> None:
         if "worker_cores" in row:
             each = f"; peak RSS of each worker (with its helper) {row['peak_rss_mb_each']} MB" \
                 if "peak_rss_mb_each" in row else ""
+            if "close_to_file_median_s" in row:
+                each += (f"; a window's close to its file written: median {row['close_to_file_median_s']} s, "
+                         f"worst {row['close_to_file_max_s']} s")
             print(f"{row['path']}: worker process busy {row['worker_cores']:.2f} cores, decode helper "
                   f"{row['helper_cores']:.2f}{each}")
     result = {"records": args.records, "partitions": args.partitions, "cores": CORES, "broker": broker_name,
