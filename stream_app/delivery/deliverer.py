@@ -112,7 +112,7 @@ class Deliverer:
     async def _deliver(self, state: DestinationState, d: Delivery) -> None:
         try:
             tidy = d.attempts > 0 or d.key not in self.outbox.queued_here
-            receipt = await state.client.deliver(d, partial(self._read, d), tidy)
+            receipt = await state.client.deliver(d, partial(read_sink_copy, self._sink, d.name), tidy)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -163,20 +163,6 @@ class Deliverer:
             log.warning("delivery to %s failed (%s: %s); trying again in %.1f s", d.destination, error.error_class,
                         error, state.backoff_s)
 
-    async def _read(self, d: Delivery) -> AsyncIterator[bytes]:
-        """The sink copy's bytes, read in a thread a chunk at a time."""
-        try:
-            source = await asyncio.to_thread(self._sink.open_stored, d.name)
-        except SinkError as exc:
-            # not the destination's fault: never halts it (see _failed)
-            raise DeliveryError(f"reading the sink copy of {d.name}: {exc}", f"SINK_{exc.error_class}",
-                                False) from None
-        try:
-            while chunk := await asyncio.to_thread(source.read, READ_CHUNK):
-                yield chunk
-        finally:
-            await asyncio.to_thread(source.close)
-
     def revoke(self, tps: Iterable[TP]) -> None:
         """Stop the uploads of partitions this worker no longer owns: their new owner delivers."""
         gone = set(tps)
@@ -196,3 +182,17 @@ class Deliverer:
         for state in self.destinations.values():
             await state.client.close()
 
+
+async def read_sink_copy(sink: Audit, name: str) -> AsyncIterator[bytes]:
+    """The sink copy's bytes, read in a thread a chunk at a time (the worker's deliveries and
+    ``stream-app deliveries --redeliver`` alike); a sink that cannot give them is a
+    ``DeliveryError`` that never halts the destination (``Deliverer._failed``)."""
+    try:
+        source = await asyncio.to_thread(sink.open_stored, name)
+    except SinkError as exc:
+        raise DeliveryError(f"reading the sink copy of {name}: {exc}", f"SINK_{exc.error_class}", False) from None
+    try:
+        while chunk := await asyncio.to_thread(source.read, READ_CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(source.close)

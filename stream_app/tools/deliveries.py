@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from stream_app.config import AppSettings
+from stream_app.delivery.deliverer import read_sink_copy
 from stream_app.delivery.sftp import DeliveryError, SftpDestination
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.outbox import Delivery, Receipt
@@ -132,16 +134,8 @@ def redeliver(settings: AppSettings, sink: Audit, file_name: str, destination: s
                          time.time_ns() // 1_000_000)
             client = SftpDestination(target, f"{settings.workerId}-cli")
 
-            async def read(d: Delivery = d) -> AsyncIterator[bytes]:
-                source = await asyncio.to_thread(sink.open_stored, d.name)
-                try:
-                    while chunk := await asyncio.to_thread(source.read, 1024 * 1024):
-                        yield chunk
-                finally:
-                    source.close()
-
             try:
-                receipt = await client.deliver(d, read)
+                receipt = await client.deliver(d, partial(read_sink_copy, sink, d.name))
             except DeliveryError as exc:
                 publish(journal.delivery_failed(d, exc.error_class, str(exc), 1, exc.terminal,
                                                 request=f"redeliver-{d.queued_at_ms}"), d.file_key)
