@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ class RangeRequestError(ReplayError):
 
 
 BEGINNING = -2  # confluent-kafka's OFFSET_BEGINNING
+READ_AHEAD = 2  # batches a reader holds ready beyond the one being processed
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,43 @@ class RangeReader:
         return ends
 
     def read(self, ranges: list[PartitionRange]) -> Iterator[list[RawRecord]]:
+        """The ranges' records in batches, read ahead by a thread: while the caller processes a
+        batch, the thread waits on the broker and builds the next ones (``READ_AHEAD`` at most),
+        which a profile of replay found the main thread doing for a quarter of its time."""
+        batches: queue.Queue[list[RawRecord] | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+        stop = threading.Event()
+
+        def put(item: list[RawRecord] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read_ahead() -> None:
+            try:
+                for batch in self._batches(ranges):
+                    if not put(batch):
+                        return
+                put(None)
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                put(exc)
+
+        # The consumer is used by this thread alone until it ends: the caller waits for it below.
+        reader = threading.Thread(target=read_ahead, name="replay-read-ahead", daemon=True)
+        reader.start()
+        try:
+            while (item := batches.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            reader.join()
+
+    def _batches(self, ranges: list[PartitionRange]) -> Iterator[list[RawRecord]]:
         from confluent_kafka import KafkaError, TopicPartition
 
         todo = {(r.topic, r.partition): r for r in ranges if r.size != 0}

@@ -252,3 +252,46 @@ def test_replay_and_verify_follow_the_cuts_the_clock_and_the_buffer_made(kafka_b
     code, output = replay(worker, "--out", str(tmp_path / "replayed"))
     assert code == 0, output
     assert _files(tmp_path / "replayed") == _files(worker.out)
+
+
+def test_the_reader_reads_ahead_in_order_and_stops_with_its_caller(kafka_bootstrap, monkeypatch):
+    """The read-ahead thread hands batches over in the broker's order, ends when the caller
+    stops early (the consumer is then free for the next read), and raises in the caller what
+    it met."""
+    import threading
+    import uuid
+
+    from confluent_kafka import Producer
+
+    from stream_app.replay.reader import PartitionRange, RangeReader
+    from stream_app.tools.broker import create_topics
+
+    topic = f"ahead-{uuid.uuid4().hex[:6]}"
+    create_topics(kafka_bootstrap, {topic: 2})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(3000):
+        producer.produce(topic, b"%d" % i, partition=i % 2)
+    producer.flush(30)
+    reader = RangeReader({"bootstrap.servers": kafka_bootstrap}, batch_size=100)
+    ranges = [PartitionRange(topic, 0, 0, 1500), PartitionRange(topic, 1, 0, 1500)]
+    try:
+        seen = [(raw.partition, raw.offset, raw.value) for batch in reader.read(ranges) for raw in batch]
+        for partition in (0, 1):
+            mine = [(offset, value) for p, offset, value in seen if p == partition]
+            assert mine == [(o, b"%d" % (2 * o + partition)) for o in range(1500)]
+
+        early = reader.read(ranges)
+        next(early)
+        early.close()  # the caller stops after one batch: the thread ends with it
+        assert not [t for t in threading.enumerate() if t.name == "replay-read-ahead"]
+        assert sum(len(batch) for batch in reader.read(ranges)) == 3000  # the consumer is free again
+
+        def broken(ranges):
+            yield from ()
+            raise RuntimeError("fetch failed")
+
+        monkeypatch.setattr(reader, "_batches", broken)
+        with pytest.raises(RuntimeError, match="fetch failed"):
+            list(reader.read(ranges))
+    finally:
+        reader.close()
