@@ -19,7 +19,7 @@ cores at best) and writes pipeline.json to bench/results/ (or --results DIR).
 
     python bench/pipeline_bench.py [--records 1000000] [--partitions 4] [--skip-rss] [--paths bcd] [--streaming]
                                    [--workers 2]  (f and g with two workers in one group)
-                                    [--decode-in-worker] [--broker embedded|apache]
+                                    [--decode-in-worker] [--xsd-in-worker] [--broker embedded|apache]
 
 --broker apache runs every path against Apache Kafka (tests/apache_kafka.py: a KRaft broker from
 the Maven Central jars, needs java and mvn) instead of the embedded broker; its JVM's CPU is
@@ -115,6 +115,9 @@ def _names(scope: str, extension: str) -> str:
     return "F_{{ window_start | ts('%Y%m%d%H') }}" + partition + "_{{ part }}." + extension
 
 
+XSD_PROCESS = [True]  # --xsd-in-worker sets it false
+
+
 def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: int, structured: bool,
                 work: Path, clock: CpuClock, streaming: bool = False, decode_process: bool = True,
                 scope: str = "partition", max_buffered: int = 400_000, workers: int = 1) -> dict:
@@ -134,7 +137,7 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
         # the pack's header names the partition; business files use the version without it
         pack = "1.0.0" if scope == "partition" else "1.1.0"
         worker.update(mode="structured", schema={"id": "pcs-clearing", "version": pack},
-                      fileNameTemplate=_names(scope, "xml"))
+                      fileNameTemplate=_names(scope, "xml"), xsdProcess=XSD_PROCESS[0])
     else:
         worker.update(fileNameTemplate=_names(scope, "txt"),
                       headerTemplate="HDR|{{ window_start | ts }}\n", footerTemplate="TRL|{{ totals.count }}\n",
@@ -305,12 +308,15 @@ def main() -> None:
                              "f g h the same in window scope (business files), i f under backpressure")
     parser.add_argument("--workers", type=int, default=1,
                         help="f and g with this many workers in one group on this machine (scale)")
+    parser.add_argument("--xsd-in-worker", action="store_true",
+                        help="c and g with worker.xsdProcess: false (the XSD check in the worker process)")
     parser.add_argument("--decode-in-worker", action="store_true",
                         help="b and c with input.decodeProcess: false (no helper process)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where pipeline.json goes")
     parser.add_argument("--broker", choices=["embedded", "apache"], default="embedded",
                         help="the broker started for the run (KAFKA_BOOTSTRAP_SERVERS: an external one)")
     args = parser.parse_args()
+    XSD_PROCESS[0] = not args.xsd_in_worker
     work = Path(tempfile.mkdtemp(prefix="stream-app-bench-"))
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

@@ -341,6 +341,9 @@ class WorkerSettings(_Model):
     parties: Parties | None = None
     # Structured mode: the schema pack schemas/<id>/<version>/pack.yaml.
     schema_: SchemaRef | None = Field(default=None, alias="schema")
+    # Structured mode: XML documents of 1 MiB and more are checked against the pack's XSD in a
+    # helper process (a second core); false checks them in the worker process.
+    xsdProcess: bool = True
     # Streaming append (seed V1): records go to an on-disk spool as they arrive, so memory does
     # not grow with the window.  A start-time setting: spools are rebuilt from committed offsets.
     streamingAppendEnabled: bool = False

@@ -120,7 +120,8 @@ def load_worker_pack(settings: AppSettings) -> SchemaPack:
 def build_assembler(settings: AppSettings) -> TemplateAssembler | StructuredAssembler:
     worker = settings.worker
     if worker.mode == "structured":
-        return StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate, file_variables(settings))
+        return StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate, file_variables(settings),
+                                   worker.xsdProcess)
     assert worker.recordTemplate is not None
     return TemplateAssembler(
         worker.headerTemplate,

@@ -6,7 +6,7 @@ streamed.  Elements are serialized by string building, with exactly the escaping
 indentation lxml's ``tostring`` would give (a test holds the two equal), at a tenth of the cost
 of building an element tree per record; they inherit the root's default namespace textually.
 The pack's XSD is checked with lxml's incremental parser over the finished bytes, so
-validation also runs in bounded memory.
+validation also runs in bounded memory; large documents in a helper process (``XsdHelper``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree, isoschematron
 
 from stream_app.core.formats.base import DetailWriter, FormatError, Line, render_text, text_converter
+from stream_app.core.formats.xsd_helper import XsdHelper
 from stream_app.core.structured.pack import FieldSpec, XmlSpec
 from stream_app.core.structured.xmlpaths import XmlNode, build_tree, field_path, kept_slots, slot_order
 
@@ -94,10 +95,14 @@ class _ChunkReader:
 
 class XmlFormatter:
     def __init__(self, spec: XmlSpec, encoding: str, xsd_path: Path | None,
-                 schematron_path: Path | None = None) -> None:
+                 schematron_path: Path | None = None, xsd_process: bool = False) -> None:
         self._spec = spec
         self._encoding = encoding
         self._schema = etree.XMLSchema(etree.parse(str(xsd_path))) if xsd_path else None
+        self._record_tag = f"{{{spec.namespace}}}{spec.recordElement}" if spec.namespace else spec.recordElement
+        # Large documents are checked in a helper process (a second core; the worker's writer
+        # thread waits for the verdict without the GIL); lxml holds the GIL while it parses.
+        self._xsd_helper = XsdHelper(xsd_path, self._record_tag) if xsd_path and xsd_process else None
         self._rules = compile_schematron(schematron_path) if schematron_path else None
         self._nl = "\n" if spec.indent else ""
         self._roots = spec.rootElement.split("/")  # the outermost carries namespace and root attributes
@@ -236,28 +241,66 @@ class XmlFormatter:
         """The XSD (streaming, in bounded memory), then the pack's Schematron rules (which read
         the whole document: XPath needs it)."""
         if self._schema is not None:
-            self._validate_xsd(chunks())
+            self._validate_xsd(chunks)
         if self._rules is not None:
             check_rules(self._rules, etree.parse(_ChunkReader(chunks())))
 
-    def _validate_xsd(self, chunks: Iterator[bytes]) -> None:
-        spec = self._spec
-        record_tag = f"{{{spec.namespace}}}{spec.recordElement}" if spec.namespace else spec.recordElement
+    def _validate_xsd(self, chunks: Callable[[], Iterator[bytes]]) -> None:
+        if self._xsd_helper is not None:
+            self._xsd_helper.check(chunks)
+            return
+        assert self._schema is not None
+        stream = XsdStream(self._schema, self._record_tag)
+        for chunk in chunks():
+            stream.feed(chunk)
+        stream.close()
+
+
+FEED_BYTES = 1 << 16
+
+
+class XsdStream:
+    """One document checked against an XSD as its bytes come (lxml's pull parser with the
+    schema): ``feed`` the chunks, then ``close``, which raises ``FormatError`` (XSD_INVALID) if
+    the document is not valid.  Events come only for record elements (the XSD still checks
+    everything): each finished record and its earlier siblings are dropped, so memory stays
+    bounded.  The worker and the XSD helper process (core/formats/xsd_helper.py) both use it."""
+
+    def __init__(self, schema: etree.XMLSchema, record_tag: str) -> None:
+        self._parser = etree.XMLPullParser(events=("end",), tag=record_tag, schema=schema)
+
+    def feed(self, chunk: bytes) -> None:
+        # In slices: libxml2 refuses a buffer of more than 10 MB at once (XML_PARSE_HUGE, which
+        # lifts its other limits too, stays off), and each slice's records are dropped after it.
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), FEED_BYTES):
+            try:
+                self._parser.feed(bytes(view[start:start + FEED_BYTES]))
+            except etree.XMLSyntaxError as exc:
+                raise xsd_error(exc) from None
+            self._drop_finished()
+
+    def close(self) -> None:
         try:
-            # Events only for record elements (the XSD still checks everything): each finished
-            # record and its earlier siblings are dropped, so memory stays bounded.
-            for _, element in etree.iterparse(_ChunkReader(chunks), events=("end",),
-                                              tag=record_tag, schema=self._schema):
-                element.clear(keep_tail=True)
-                while element.getprevious() is not None:
-                    del element.getparent()[0]
+            self._parser.close()
         except etree.XMLSyntaxError as exc:
-            # lxml's message quotes the offending value: report only element, facet and line.
-            message = str(exc)
-            element_match, facet = _ELEMENT.search(message), _FACET.search(message)
-            where = element_match.group(1).rsplit("}", 1)[-1] if element_match else "?"
-            raise FormatError(f"XSD validation failed at line {exc.lineno}: element {where}"
-                              + (f", facet {facet.group(1)}" if facet else ""), "XSD_INVALID") from None
+            raise xsd_error(exc) from None
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        for _, element in self._parser.read_events():
+            element.clear(keep_tail=True)
+            while element.getprevious() is not None:
+                del element.getparent()[0]
+
+
+def xsd_error(exc: etree.XMLSyntaxError) -> FormatError:
+    """lxml's message quotes the offending value: report only element, facet and line."""
+    message = str(exc)
+    element_match, facet = _ELEMENT.search(message), _FACET.search(message)
+    where = element_match.group(1).rsplit("}", 1)[-1] if element_match else "?"
+    return FormatError(f"XSD validation failed at line {exc.lineno}: element {where}"
+                       + (f", facet {facet.group(1)}" if facet else ""), "XSD_INVALID")
 
 
 SVRL = {"svrl": "http://purl.oclc.org/dsdl/svrl"}

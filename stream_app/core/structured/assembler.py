@@ -104,11 +104,11 @@ def aggregate(spec: AggregateSpec, rows: Sequence[Mapping[str, Any]]) -> Any:
     return acc.result()
 
 
-def build_formatter(pack: SchemaPack) -> Formatter:
+def build_formatter(pack: SchemaPack, xsd_process: bool = False) -> Formatter:
     out = pack.spec.output
     if out.format == "xml":
         assert out.xml is not None
-        return XmlFormatter(out.xml, out.encoding, pack.xsd_path, pack.schematron_path)
+        return XmlFormatter(out.xml, out.encoding, pack.xsd_path, pack.schematron_path, xsd_process)
     text = text_policy(pack)
     if out.format == "csv":
         assert out.csv is not None
@@ -130,11 +130,13 @@ def _line(kind: str, spec: LineSpec | None, fields: list[CompiledField], row: Ma
 
 
 class StructuredAssembler:
-    def __init__(self, pack: SchemaPack, file_name_template: str, variables: FileVariables = DEFAULT_VARIABLES) -> None:
+    def __init__(self, pack: SchemaPack, file_name_template: str, variables: FileVariables = DEFAULT_VARIABLES,
+                 xsd_process: bool = False) -> None:
+        """``xsd_process``: check large XML documents against the XSD in a helper process."""
         self.pack = pack
         self.variables = variables
         self._namer = FileNamer(file_name_template, variables)
-        self.formatter = build_formatter(pack)
+        self.formatter = build_formatter(pack, xsd_process)
         # Text the format cannot hold is the record's fault: projection says so, naming the field
         # (or repairs it, where the pack says how), so onInvalidRecord decides, not the window.
         output_names = [f.spec.name for f in pack.fields if f.spec.output]
