@@ -6,6 +6,7 @@ for business files, both stages in one process through ``LoopbackSender``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from stream_app.core.records import RawRecord
@@ -16,6 +17,7 @@ from stream_app.pipeline.ports import Durability
 from stream_app.pipeline.routing import RoutingStage
 
 END_OF_INPUT_MS = 2**62  # a wall-clock "now" after every window end: closes everything
+PREFETCH_DEPTH = 2  # batches the decode helper holds beyond the one being windowed
 
 
 def commit_due(files: FilePipeline, now_wall_ms: int, durability: Durability | None = None) -> FlushSummary:
@@ -30,23 +32,23 @@ def _done(round_: CommitRound) -> FlushSummary:
 
 
 def batches_ahead(raws: Iterable[RawRecord], batch_size: int,
-                  prefetch: Callable[[Sequence[RawRecord]], None]) -> Iterator[list[RawRecord]]:
-    """``raws`` in batches, each handed to ``prefetch`` one batch before it is yielded: the decode
-    helper (``input.decodeProcess``) reads the next batch on the second core while this one is
-    windowed, as the live worker's held batch does.  The last batch may be empty."""
-    held: list[RawRecord] | None = None
+                  prefetch: Callable[[Sequence[RawRecord]], None], depth: int = PREFETCH_DEPTH) -> Iterator[list[RawRecord]]:
+    """``raws`` in batches, each handed to ``prefetch`` ``depth`` batches before it is yielded:
+    the decode helper (``input.decodeProcess``) reads the next batches on the second core while
+    this one is windowed, as the live worker's held batch does.  The last batch may be empty."""
+    held: deque[list[RawRecord]] = deque()
     batch: list[RawRecord] = []
     for raw in raws:
         batch.append(raw)
         if len(batch) >= batch_size:
             prefetch(batch)
-            if held is not None:
-                yield held
-            held, batch = batch, []
+            held.append(batch)
+            if len(held) > depth:
+                yield held.popleft()
+            batch = []
     if batch:
         prefetch(batch)
-    if held is not None:
-        yield held
+    yield from held
     yield batch
 
 

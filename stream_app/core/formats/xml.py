@@ -102,7 +102,7 @@ class XmlFormatter:
         self._record_tag = f"{{{spec.namespace}}}{spec.recordElement}" if spec.namespace else spec.recordElement
         # Large documents are checked in a helper process (a second core; the worker's writer
         # thread waits for the verdict without the GIL); lxml holds the GIL while it parses.
-        self._xsd_helper = XsdHelper(xsd_path, self._record_tag) if xsd_path and xsd_process else None
+        self._xsd_helper = XsdHelper(xsd_path, self._schema, self._record_tag) if xsd_path and xsd_process else None
         self._rules = compile_schematron(schematron_path) if schematron_path else None
         self._nl = "\n" if spec.indent else ""
         self._roots = spec.rootElement.split("/")  # the outermost carries namespace and root attributes

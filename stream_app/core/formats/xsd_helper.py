@@ -37,9 +37,12 @@ AHEAD = 2
 
 
 class XsdHelper:
-    def __init__(self, xsd_path: Path, record_tag: str, min_bytes: int = MIN_BYTES,
+    def __init__(self, xsd_path: Path, schema: Any, record_tag: str, min_bytes: int = MIN_BYTES,
                  restart_after_s: float = 60.0) -> None:
+        """``schema``: the XSD as the worker loaded it (lxml ``XMLSchema``), for the documents
+        checked here; the helper loads its own from ``xsd_path``."""
         self._xsd_path = str(xsd_path)
+        self._local_schema = schema
         self._record_tag = record_tag
         self._min_bytes = min_bytes
         self._restart_after_s = restart_after_s
@@ -53,7 +56,7 @@ class XsdHelper:
         """Raise ``FormatError`` (XSD_INVALID) if the document ``chunks()`` gives is not valid."""
         from stream_app.core.formats.xml import XsdStream
 
-        local = XsdStream(self._schema(), self._record_tag)
+        local = XsdStream(self._local_schema, self._record_tag)
         source = chunks()
         head: list[bytes] = []
         size = 0
@@ -77,14 +80,6 @@ class XsdHelper:
         for chunk in chunks():  # from the start: ``source`` is partly consumed
             local.feed(chunk)
         local.close()
-
-    def _schema(self) -> Any:
-        schema = getattr(self, "_loaded", None)
-        if schema is None:
-            from lxml import etree
-
-            schema = self._loaded = etree.XMLSchema(etree.parse(self._xsd_path))
-        return schema
 
     def _check_in(self, pool: ProcessPoolExecutor, head: list[bytes], rest: Iterator[bytes]) -> None:
         doc = next(self._ids)
