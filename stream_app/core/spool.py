@@ -59,11 +59,7 @@ class FileSpool:
                 yield block
 
     def discard(self) -> None:
-        self._fh.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        _remove(self._fh, self.path)
 
 
 class RunSpool:
@@ -105,11 +101,7 @@ class RunSpool:
                 yield batch
 
     def discard(self) -> None:
-        self._fh.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        _remove(self._fh, self.path)
 
 
 # An entry in file order: (event time ms, source index, offset, value bytes).
@@ -218,3 +210,12 @@ class RecordSpill:
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _remove(fh: BinaryIO, path: Path) -> None:
+    """Close a spool file and delete it (it may be gone already)."""
+    fh.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from stream_app.config import AppSettings
-from stream_app.ops.problems import CONFIG, CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify, retried
+from stream_app.ops.problems import CONFIG, CREDENTIALS, MISSING_TOPIC, BrokerProblem, classify, group_committed
 from stream_app.ops.security import confluent_security
 
 log = logging.getLogger(__name__)
@@ -166,17 +166,7 @@ def wait_for_broker(settings: AppSettings, max_delay_s: float = 30.0) -> None:
 def group_committed_offsets(settings: AppSettings, tps: list[tuple[str, int]], timeout_s: float = 10.0
                             ) -> dict[tuple[str, int], int]:
     """The group's committed offset per partition, as the cluster holds it (only those with one)."""
-    from confluent_kafka import Consumer, TopicPartition
-
     conf = {"bootstrap.servers": settings.kafka.bootstrapServers, "group.id": settings.appId,
-            "enable.auto.commit": False, "log_level": 0, **confluent_security(settings.kafka.security)}
-
-    def ask() -> list[TopicPartition]:  # a new client per attempt: see kafka_tools.committed_offsets
-        consumer = Consumer(conf)
-        try:  # reads the offsets without joining the group
-            return consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s)
-        finally:
-            consumer.close()
-
-    found = retried(ask)
+            "log_level": 0, **confluent_security(settings.kafka.security)}
+    found = group_committed(conf, tps, timeout_s)
     return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}

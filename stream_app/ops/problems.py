@@ -116,3 +116,20 @@ def retried(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.2
             time.sleep(delay)
             delay = min(delay * 2, 4.0)
     raise AssertionError("unreachable")
+
+
+def group_committed(config: dict[str, Any], tps: list[tuple[str, int]], timeout_s: float = 10.0) -> list[Any]:
+    """The committed offsets (confluent-kafka ``TopicPartition``s; -1001 where none) of the
+    group ``config["group.id"]``, read without joining it.  A retriable answer (NOT_COORDINATOR
+    while a fresh broker's offsets topic loads) is asked again by a new client: librdkafka can
+    keep asking the coordinator it was first told."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    def ask() -> list[TopicPartition]:
+        consumer = Consumer({**config, "enable.auto.commit": False})
+        try:
+            return consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout_s)
+        finally:
+            consumer.close()
+
+    return retried(ask)

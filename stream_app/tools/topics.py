@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_app.codecs.event_schemas import dead_letter_reader, journal_reader
-from stream_app.ops.problems import retried
+from stream_app.ops.problems import group_committed
 
 _JOURNAL, _DEAD_LETTERS = journal_reader(), dead_letter_reader()
 
@@ -98,15 +98,6 @@ def read_dead_letters(bootstrap: str, topic: str, **kwargs: Any) -> list[dict]:
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """Committed offset per partition of a consumer group (-1001 when none).  A retriable answer
-    (NOT_COORDINATOR while a fresh broker's offsets topic loads) is asked again, by a new
-    client: librdkafka can keep asking the coordinator it was first told."""
-
-    def ask() -> list[TopicPartition]:
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-        try:
-            return consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        finally:
-            consumer.close()
-
-    return {tp.partition: tp.offset for tp in retried(ask)}
+    """Committed offset per partition of a consumer group (-1001 when none)."""
+    found = group_committed({"bootstrap.servers": bootstrap, "group.id": group}, [(topic, p) for p in range(partitions)])
+    return {tp.partition: tp.offset for tp in found}
