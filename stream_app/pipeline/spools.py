@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from stream_app.core.assembly import Assembler, PartWriter
@@ -21,6 +21,8 @@ from stream_app.core.routing import Segment
 from stream_app.core.spool import FileSpool, MergedSpool, RunSpool
 from stream_app.core.windows import TP, FileCut, FileKey
 from stream_app.ops.faults import failpoint
+
+DECODE_CHUNK = 2000  # records of a merged spool decoded at a time
 
 
 def _marked_runs(marks: bytearray, base: int) -> list[tuple[int, int]]:
@@ -91,20 +93,8 @@ class PartSpools:
         # which offsets of each source the part holds: a byte per offset of the source's segment
         # (they come in file order, not offset order), so memory stays flat per record
         seen = {index: bytearray(high - low + 1) for index, (low, high) in merged.bounds.items()}
-        chunk: list[RawRecord] = []
-
-        def render(raws: list[RawRecord]) -> None:
-            for record in decode(raws):
-                writer.append(record)
-
-        for _, index, offset, value in merged.read(*cut.merged):
-            topic, partition = sources[index]
-            seen[index][offset - merged.bounds[index][0]] = 1
-            chunk.append(RawRecord(topic, partition, offset, None, None, value))
-            if len(chunk) >= 2000:
-                render(chunk)
-                chunk = []
-        render(chunk)
+        for record in _merged_records(merged, sources, *cut.merged, decode, seen):
+            writer.append(record)
         ranges = {}
         for index, marks in seen.items():
             low = merged.bounds[index][0]
@@ -133,29 +123,17 @@ class PartSpools:
         fill = PartFill(limits, key, first_part)
         planned: list[tuple[int, int, LimitReason]] = []
         start = position = 0
-        chunk: list[RawRecord] = []
-
-        def weigh(raws: list[RawRecord]) -> None:
-            nonlocal start, position
-            for record in decode(raws):
-                reason = fill.refuses(record)
-                if reason is not None:
-                    planned.append((start, position, reason))
-                    start = position
-                    fill.reset(first_part + len(planned))
-                position += 1
-                if fill.add(record):
-                    planned.append((start, position, "count"))
-                    start = position
-                    fill.reset(first_part + len(planned))
-
-        for _, index, offset, value in merged.read(0, merged.count):
-            topic, partition = sources[index]
-            chunk.append(RawRecord(topic, partition, offset, None, None, value))
-            if len(chunk) >= 2000:
-                weigh(chunk)
-                chunk = []
-        weigh(chunk)
+        for record in _merged_records(merged, sources, 0, merged.count, decode):
+            reason = fill.refuses(record)
+            if reason is not None:
+                planned.append((start, position, reason))
+                start = position
+                fill.reset(first_part + len(planned))
+            position += 1
+            if fill.add(record):
+                planned.append((start, position, "count"))
+                start = position
+                fill.reset(first_part + len(planned))
         if position > start:
             planned.append((start, position, "count"))
         return planned
@@ -175,3 +153,20 @@ class PartSpools:
             writer = self.parts[(key, part)] = self._assembler.open_part(key, part, spool)
         writer.append(record)
         failpoint("pipeline.append")
+
+
+def _merged_records(merged: MergedSpool, sources: list[TP], first: int, end: int,
+                    decode: Callable[[list[RawRecord]], Iterable[SourceRecord]],
+                    seen: dict[int, bytearray] | None = None) -> Iterator[SourceRecord]:
+    """Positions ``[first, end)`` of a window's merged spool as decoded records, in file order,
+    decoded a chunk at a time (memory stays flat); ``seen`` marks each record's offset."""
+    chunk: list[RawRecord] = []
+    for _, index, offset, value in merged.read(first, end):
+        topic, partition = sources[index]
+        if seen is not None:
+            seen[index][offset - merged.bounds[index][0]] = 1
+        chunk.append(RawRecord(topic, partition, offset, None, None, value))
+        if len(chunk) >= DECODE_CHUNK:
+            yield from decode(chunk)
+            chunk = []
+    yield from decode(chunk)
