@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import count
 from pathlib import Path
@@ -75,7 +75,8 @@ class XsdHelper:
             try:
                 self._check_in(pool, head, source)
                 return
-            except (BrokenProcessPool, OSError, RuntimeError) as exc:  # RuntimeError: the pool was shut down
+            except (BrokenProcessPool, CancelledError, OSError, RuntimeError) as exc:
+                # RuntimeError, CancelledError: another document's failure shut the pool down
                 self._failed(pool, exc)
         for chunk in chunks():  # from the start: ``source`` is partly consumed
             local.feed(chunk)
