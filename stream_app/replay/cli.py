@@ -16,6 +16,7 @@ from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
 from stream_app.ops.gc import tune_for_throughput
 from stream_app.ops.security import confluent_security
+from stream_app.pipeline.files import FlushSummary
 from stream_app.pipeline.memory import MemoryStateStore
 from stream_app.pipeline.wiring import build_pipeline, build_routing, build_sink, window_policy
 from stream_app.replay.reader import (
@@ -75,12 +76,14 @@ def parse_offsets(values: Iterable[str], option: str) -> dict[int, int]:
 
 
 class Progress:
-    """A progress bar on a terminal; a log line every few seconds otherwise."""
+    """Records read of the total, files written and the ETA: a tqdm bar on a terminal, a log
+    line every few seconds otherwise."""
 
     def __init__(self, total: int | None) -> None:
         self._total = total
         self._count = 0
         self._bytes = 0
+        self._files = 0
         self._started = time.monotonic()
         self._last_log = self._started
         self._bar = None
@@ -94,18 +97,30 @@ class Progress:
         self._bytes += sum(len(r.value or b"") for r in batch)
         if self._bar is not None:
             self._bar.update(len(batch))
-            self._bar.set_postfix_str(f"{self._bytes / 1e6:.1f} MB")
+            self._show()
             return
         now = time.monotonic()
         if now - self._last_log >= 5:
             rate = self._count / (now - self._started)
             if self._total:
                 eta = (self._total - self._count) / rate if rate else 0
-                log.info("replayed %d/%d records (%.0f rec/s, %.1f MB, ETA %.0f s)", self._count, self._total,
-                         rate, self._bytes / 1e6, eta)
+                log.info("replayed %d/%d records (%.0f rec/s, %.1f MB, %d files written, ETA %.0f s)", self._count,
+                         self._total, rate, self._bytes / 1e6, self._files, eta)
             else:
-                log.info("replayed %d records (%.0f rec/s, %.1f MB)", self._count, rate, self._bytes / 1e6)
+                log.info("replayed %d records (%.0f rec/s, %.1f MB, %d files written)", self._count, rate,
+                         self._bytes / 1e6, self._files)
             self._last_log = now
+
+    def written(self, summary: FlushSummary) -> None:
+        """A commit round's files (replay's driver reports every round)."""
+        if summary.files:
+            self._files += summary.files
+            if self._bar is not None:
+                self._show()
+
+    def _show(self) -> None:
+        assert self._bar is not None
+        self._bar.set_postfix_str(f"{self._files} files, {self._bytes / 1e6:.1f} MB")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -273,10 +288,10 @@ def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeRe
                                           sources=sources)
                 sender = LoopbackSender(settings.repartition_topic)
                 routing = build_routing(settings, MemoryStateStore(), publisher, sender)
-                run_window_records(routing, pipeline, sender, sources, raws())
+                run_window_records(routing, pipeline, sender, sources, raws(), on_round=progress.written)
             else:
                 pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=scratch, spool_dir=spool)
-                run_records(pipeline, raws())
+                run_records(pipeline, raws(), on_round=progress.written)
         finally:
             progress.close()
         if pipeline.pending_cuts():

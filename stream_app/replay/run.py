@@ -53,11 +53,17 @@ def batches_ahead(raws: Iterable[RawRecord], batch_size: int,
 
 
 def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: int = 10_000,
-                durability: Durability | None = None) -> FlushSummary:
-    """Partition scope over a bounded input: every window closes at the end of it."""
+                durability: Durability | None = None, on_round: Callable[[FlushSummary], None] | None = None
+                ) -> FlushSummary:
+    """Partition scope over a bounded input: every window closes at the end of it.  ``on_round``
+    gets each commit round's summary (the progress bar's files written)."""
     committer = Committer(pipeline, None, durability or ImmediateDurability())
     total = FlushSummary()
-    add = total.add
+
+    def add(summary: FlushSummary) -> None:
+        total.add(summary)
+        if on_round is not None:
+            on_round(summary)
     for batch in batches_ahead(raws, batch_size, pipeline.prefetch):
         pipeline.process(batch, 0)
         add(_done(run_now(committer.commit(0))))
@@ -87,15 +93,20 @@ class LoopbackSender:
 
 def run_window_records(routing: RoutingStage, files: FilePipeline, sender: LoopbackSender,
                        sources: Iterable[tuple[str, int]], raws: Iterable[RawRecord],
-                       batch_size: int = 10_000, durability: Durability | None = None) -> FlushSummary:
-    """Business files over a bounded input: route, collect, and close every window at the end."""
+                       batch_size: int = 10_000, durability: Durability | None = None,
+                       on_round: Callable[[FlushSummary], None] | None = None) -> FlushSummary:
+    """Business files over a bounded input: route, collect, and close every window at the end.
+    ``on_round`` gets each commit round's summary."""
     committer = Committer(files, routing, durability or ImmediateDurability())
     total = FlushSummary()
 
     def step(batch: list[RawRecord], now_wall_ms: int) -> None:
         routing.process(batch, now_wall_ms)
         files.process_routed(sender.drain(), now_wall_ms)
-        total.add(_done(run_now(committer.commit(now_wall_ms))))
+        summary = _done(run_now(committer.commit(now_wall_ms)))
+        total.add(summary)
+        if on_round is not None:
+            on_round(summary)
 
     routing.assign(sources, 0)
     for batch in batches_ahead(raws, batch_size, routing.prefetch):

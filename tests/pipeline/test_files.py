@@ -277,10 +277,25 @@ def test_replay_progress_logs_rate_and_eta_when_not_on_a_terminal(caplog, monkey
     monkeypatch.setattr(replay_cli.time, "monotonic", lambda: next(clock))
     caplog.set_level(logging.INFO, logger="stream_app.replay.cli")
     progress = replay_cli.Progress(total=200)
+    progress.written(FlushSummary(files=3))
     progress.update([RawRecord("t", 0, i, None, None, b"x" * 10) for i in range(100)])
     progress.close()
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith("replayed 100/200 records (17 rec/s") and "ETA 6 s" in line
+    assert line.startswith("replayed 100/200 records (17 rec/s") and "3 files written, ETA 6 s" in line
+
+
+def test_replay_progress_on_a_terminal_shows_records_of_the_total_files_and_eta(capsys, monkeypatch):
+    import stream_app.replay.cli as replay_cli
+    from stream_app.core.records import RawRecord
+
+    monkeypatch.setattr(replay_cli.sys.stderr, "isatty", lambda: True)
+    progress = replay_cli.Progress(total=200)
+    progress.update([RawRecord("t", 0, i, None, None, b"x" * 10) for i in range(100)])
+    progress.written(FlushSummary(files=2))
+    progress.written(FlushSummary(files=1))
+    progress.close()
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "100/200" in bar and "3 files" in bar and "<" in bar  # tqdm's "elapsed<remaining"
 
 
 def test_the_commit_gate_moves_only_once_facts_and_checkpoint_are_confirmed(tmp_path):
