@@ -59,17 +59,21 @@ def run_records(pipeline: FilePipeline, raws: Iterable[RawRecord], batch_size: i
     gets each commit round's summary (the progress bar's files written)."""
     committer = Committer(pipeline, None, durability or ImmediateDurability())
     total = FlushSummary()
-
-    def add(summary: FlushSummary) -> None:
-        total.add(summary)
-        if on_round is not None:
-            on_round(summary)
     for batch in batches_ahead(raws, batch_size, pipeline.prefetch):
         pipeline.process(batch, 0)
-        add(_done(run_now(committer.commit(0))))
+        _round(committer, 0, total, on_round)
     pipeline.tick(END_OF_INPUT_MS)
-    add(_done(run_now(committer.commit(END_OF_INPUT_MS))))
+    _round(committer, END_OF_INPUT_MS, total, on_round)
     return total
+
+
+def _round(committer: Committer, now_wall_ms: int, total: FlushSummary,
+           on_round: Callable[[FlushSummary], None] | None) -> None:
+    """One commit round of a replay driver: its summary is added to ``total`` and reported."""
+    summary = _done(run_now(committer.commit(now_wall_ms)))
+    total.add(summary)
+    if on_round is not None:
+        on_round(summary)
 
 
 class LoopbackSender:
@@ -103,10 +107,7 @@ def run_window_records(routing: RoutingStage, files: FilePipeline, sender: Loopb
     def step(batch: list[RawRecord], now_wall_ms: int) -> None:
         routing.process(batch, now_wall_ms)
         files.process_routed(sender.drain(), now_wall_ms)
-        summary = _done(run_now(committer.commit(now_wall_ms)))
-        total.add(summary)
-        if on_round is not None:
-            on_round(summary)
+        _round(committer, now_wall_ms, total, on_round)
 
     routing.assign(sources, 0)
     for batch in batches_ahead(raws, batch_size, routing.prefetch):

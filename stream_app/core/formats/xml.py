@@ -12,7 +12,7 @@ validation also runs in bounded memory; large documents in a helper process (``X
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -250,10 +250,7 @@ class XmlFormatter:
             self._xsd_helper.check(chunks)
             return
         assert self._schema is not None
-        stream = XsdStream(self._schema, self._record_tag)
-        for chunk in chunks():
-            stream.feed(chunk)
-        stream.close()
+        XsdStream(self._schema, self._record_tag).check(chunks())
 
 
 FEED_BYTES = 1 << 16
@@ -279,6 +276,12 @@ class XsdStream:
             except etree.XMLSyntaxError as exc:
                 raise xsd_error(exc) from None
             self._drop_finished()
+
+    def check(self, chunks: Iterable[bytes]) -> None:
+        """The whole document at once: ``feed`` each chunk, then ``close``."""
+        for chunk in chunks:
+            self.feed(chunk)
+        self.close()
 
     def close(self) -> None:
         try:

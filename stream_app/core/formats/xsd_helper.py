@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from itertools import count
+from itertools import chain, count
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class XsdHelper:
         """Raise ``FormatError`` (XSD_INVALID) if the document ``chunks()`` gives is not valid."""
         from stream_app.core.formats.xml import XsdStream
 
-        local = XsdStream(self._local_schema, self._record_tag)
         source = chunks()
         head: list[bytes] = []
         size = 0
@@ -66,9 +65,7 @@ class XsdHelper:
             if size >= self._min_bytes:
                 break
         else:  # a small document: checked here
-            for chunk in head:
-                local.feed(chunk)
-            local.close()
+            XsdStream(self._local_schema, self._record_tag).check(head)
             return
         pool = self._started()
         if pool is not None:
@@ -78,16 +75,15 @@ class XsdHelper:
             except (BrokenProcessPool, CancelledError, OSError, RuntimeError) as exc:
                 # RuntimeError, CancelledError: another document's failure shut the pool down
                 self._failed(pool, exc)
-        for chunk in chunks():  # from the start: ``source`` is partly consumed
-            local.feed(chunk)
-        local.close()
+        # here, from the start (``source`` is partly read)
+        XsdStream(self._local_schema, self._record_tag).check(chunks())
 
     def _check_in(self, pool: ProcessPoolExecutor, head: list[bytes], rest: Iterator[bytes]) -> None:
         doc = next(self._ids)
         in_flight: deque[Future] = deque()
         group: list[bytes] = []
         size = 0
-        for chunk in _chain(head, rest):
+        for chunk in chain(head, rest):
             group.append(chunk)
             size += len(chunk)
             if size >= GROUP_BYTES:
@@ -138,11 +134,6 @@ class XsdHelper:
     def helper_pids(self) -> list[int]:
         pool = self._pool
         return [] if pool is None else [p.pid for p in getattr(pool, "_processes", {}).values() if p.pid]
-
-
-def _chain(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield from head
-    yield from rest
 
 
 # -- in the helper process ----------------------------------------------------------------------
