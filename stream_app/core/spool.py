@@ -59,7 +59,8 @@ class FileSpool:
                 yield block
 
     def discard(self) -> None:
-        _remove(self._fh, self.path)
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
 
 
 class RunSpool:
@@ -101,7 +102,8 @@ class RunSpool:
                 yield batch
 
     def discard(self) -> None:
-        _remove(self._fh, self.path)
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
 
 
 # An entry in file order: (event time ms, source index, offset, value bytes).
@@ -177,10 +179,7 @@ class MergedSpool:
             yield entry
 
     def discard(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)
 
 
 class RecordSpill:
@@ -210,12 +209,3 @@ class RecordSpill:
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _remove(fh: BinaryIO, path: Path) -> None:
-    """Close a spool file and delete it (it may be gone already)."""
-    fh.close()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
