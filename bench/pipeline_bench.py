@@ -89,8 +89,14 @@ def raw_read(bootstrap: str, topic: str, partitions: int, total: int, clock: Cpu
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     count = size = 0
     started = None
+    progressed = time.monotonic()
     while count < total:
         batch = consumer.consume(10000, timeout=1.0)
+        if batch:
+            progressed = time.monotonic()
+        elif time.monotonic() - progressed > RAW_STALL_S:
+            consumer.close()
+            raise RuntimeError(f"raw read stalled at {count} of {total} records for {RAW_STALL_S} s")
         if started is None and batch:
             started = time.perf_counter()
             cpu_started, broker_started = time.process_time(), clock.broker()
@@ -115,6 +121,7 @@ def _names(scope: str, extension: str) -> str:
     return "F_{{ window_start | ts('%Y%m%d%H') }}" + partition + "_{{ part }}." + extension
 
 
+RAW_STALL_S = 60  # the raw read fetched nothing for this long: the broker lost its way
 XSD_PROCESS = [True]  # --xsd-in-worker sets it false
 
 

@@ -187,14 +187,26 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
                         sender, settings.kafka.repartition_partitions, settings.input.maxRecordBytes)
 
 
+def files_read(settings: AppSettings, assembler: TemplateAssembler | StructuredAssembler) -> frozenset[str] | None:
+    """The record fields the file stage builds from a routed value (None: all): what the
+    templates read, or the input fields the pack's mapping reads, with the groupBy fields and
+    the fields the part limits weigh."""
+    worker = settings.worker
+    if isinstance(assembler, TemplateAssembler):
+        read = assembler.fields_read()
+        return None if read is None else read | set(worker.group_fields)
+    totals = worker.totals
+    return frozenset(assembler.pack.input_names | set(worker.group_fields)
+                     | {totals.amountField, *((totals.currencyField,) if totals.currencyField else ())})
+
+
 def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publisher, sink: FileStore | None = None,
                    spool_dir: Path | None = None, metrics: Metrics | None = None,
                    sources: tuple[tuple[str, int], ...] | None = None) -> FilePipeline:
     """Partition scope: the whole pipeline; window scope: the file stage."""
     worker = settings.worker
     assembler = build_assembler(settings)
-    read = assembler.fields_read() if isinstance(assembler, TemplateAssembler) else None
-    scope = window_scope(settings, sources, None if read is None else read | set(worker.group_fields))
+    scope = window_scope(settings, sources, files_read(settings, assembler))
     decoder = build_decoder(settings)  # partition scope (window scope: the scope's decoder)
     return FilePipeline(
         window_policy(settings),

@@ -281,3 +281,26 @@ def test_a_trailer_check_the_pack_cannot_keep_is_a_pack_error(tmp_path, edit, ex
     with pytest.raises(PackError) as err:
         load_pack(path)
     assert expected in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("pack_dir", sorted(p.relative_to(SCHEMAS_DIR) for p in SCHEMAS_DIR.glob("*/*") if p.is_dir()),
+                         ids=str)
+def test_records_built_with_only_the_fields_the_pack_reads_project_the_same(pack_dir):
+    """What the file stage's CarriedDecoder builds (pipeline/wiring.py files_read: the pack's
+    input names) projects to the rows, and the violations, of the whole records."""
+    pack = load_pack(pack_path(SCHEMAS_DIR, *pack_dir.parts))
+    asm = StructuredAssembler(pack, "F_{{ part }}.out",
+                              FileVariables(None, {"sender_id": "BARCGB22", "receiver_id": "ECBFDEFF"}))
+    values = list(matched_records(300, seed=11))
+    values += [{**v, "amount": None} for v in values[:20]] + [{**v, "currency": "X"} for v in values[20:40]]
+
+    def outcome(value: dict) -> object:
+        try:
+            return asm.project(value)
+        except InvalidRecord as exc:
+            return exc.violation
+
+    read = pack.input_names
+    assert read, "the pack reads some input fields"
+    for value in values:
+        assert outcome({k: v for k, v in value.items() if k in read}) == outcome(value)
