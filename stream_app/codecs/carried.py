@@ -104,21 +104,27 @@ def _picker(names: tuple[str, ...], fields: frozenset[str] | None) -> Picker:
 class CarriedDecoder:
     """The file stage's decoder: routed values in their carried form -> the input codec's records.
 
-    ``fields``: the top-level fields to build (None: all); the event-time field always is."""
+    ``fields``: the top-level fields to build (None: all).  ``decode`` builds the event-time
+    field too, to find the record's event time; ``decode_run`` takes it from the routed entry
+    (the routing stage's reading of the same value), so it builds and converts that field only
+    when the files read it."""
 
     def __init__(self, input_decoder: Decoder, resolver: SchemaResolver | None, event_time_field: str,
                  fields: frozenset[str] | None = None) -> None:
         self._input = input_decoder
         self._resolver = resolver
         self._time_field = event_time_field
-        self._fields = None if fields is None else fields | {event_time_field}
-        self._pickers: dict[int, Picker] = {}  # by schema id
+        self._fields = fields
+        self._pickers: dict[tuple[int, bool], Picker] = {}  # by schema id, and with the event-time field
 
-    def _pick(self, schema_id: int, reader: RecordReader) -> Picker:
-        picker = self._pickers.get(schema_id)
+    def _pick(self, schema_id: int, reader: RecordReader, with_time: bool = True) -> Picker:
+        picker = self._pickers.get((schema_id, with_time))
         if picker is None:
             assert reader.names is not None
-            picker = self._pickers[schema_id] = _picker(reader.names, self._fields)
+            fields = self._fields
+            if fields is not None and with_time:
+                fields = fields | {self._time_field}
+            picker = self._pickers[(schema_id, with_time)] = _picker(reader.names, fields)
         return picker
 
     def decode(self, raw: RawRecord) -> SourceRecord:
@@ -151,12 +157,13 @@ class CarriedDecoder:
 
     def decode_run(self, source: tuple[str, int], entries: Sequence[tuple[int, int, bytes | None]]) -> list[SourceRecord]:
         """The records of a routed run (raises ``DecodeError``): ``decode`` per entry, with the
-        packed form's path inlined and its reader looked up once per schema id (the hot path)."""
+        packed form's path inlined and its reader looked up once per schema id (the hot path).
+        A record's event time is its entry's: what the routing stage read from the same value."""
         topic, partition = source
         records: list[SourceRecord] = []
         readers: dict[int, tuple[RecordReader, Picker]] = {}
-        unpackb, time_field = msgpack.unpackb, self._time_field
-        for offset, _, carried in entries:
+        unpackb = msgpack.unpackb
+        for offset, event_time, carried in entries:
             if carried and carried[0] == PACKED and self._resolver is not None:
                 schema_id = _PACKED_HEAD.unpack_from(carried)[1]
                 known = readers.get(schema_id)
@@ -164,15 +171,14 @@ class CarriedDecoder:
                     found = self._resolver.get(schema_id)
                     if found is None or found.names is None:
                         raise DecodeError("UNKNOWN_SCHEMA_ID", f"schema id {schema_id} is not known")
-                    known = readers[schema_id] = (found, self._pick(schema_id, found))
+                    known = readers[schema_id] = (found, self._pick(schema_id, found, with_time=False))
                 reader, pick = known
                 try:
                     value = pick(unpackb(memoryview(carried)[_PACKED_HEAD.size:]))
                 except (ValueError, TypeError) as exc:
                     raise DecodeError("BAD_ROUTED_VALUE", f"packed value does not unpack ({type(exc).__name__})") from None
-                millis = convert_plain(schema_id, reader, value, time_field)
-                records.append(SourceRecord(topic, partition, offset,
-                                            millis if millis is not None else event_time_ms(value, time_field), value))
+                convert_plain(schema_id, reader, value, None)
+                records.append(SourceRecord(topic, partition, offset, event_time, value))
             else:
                 records.append(self.decode(RawRecord(topic, partition, offset, None, None, carried)))
         return records

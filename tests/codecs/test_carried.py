@@ -206,20 +206,25 @@ def test_version_1_runs_are_read_as_values_as_read():
 
 @pytest.mark.parametrize("fields", [frozenset({"record_id", "amount", "currency"}), frozenset({"amount"})])
 def test_the_file_stage_builds_only_the_fields_its_files_read(demo_raws, fields):
-    """Projected, a record holds exactly ``fields`` and the event-time field, each equal to the
-    full decode's (logical types converted), through ``decode`` and ``decode_run`` alike."""
+    """Projected, a record holds exactly ``fields``, each equal to the full decode's (logical
+    types converted), through ``decode`` (with the event-time field, which gives it its time)
+    and ``decode_run`` (whose entries carry the time the routing stage read)."""
     resolver = SchemaResolver({1: SCHEMA_PATH})
     direct = AvroDecoder(resolver, "matched_at", 1_000_000)
     routing = CarryingAvroDecoder(resolver, "matched_at", 1_000_000)
     files = CarriedDecoder(direct, resolver, "matched_at", fields)
     entries = []
     for raw in demo_raws[:50]:
-        carried = routing.decode(raw).carried
+        routed_record = routing.decode(raw)
+        carried = routed_record.carried
         assert carried is not None
         full = direct.decode(raw)
-        wanted = {name: full.value[name] for name in full.value if name in fields | {"matched_at"}}
-        assert typed(files.decode(routed(raw, carried)).value) == typed(wanted)
-        entries.append((raw.offset, full.event_time_ms, carried, wanted, full.event_time_ms))
+        wanted = {name: full.value[name] for name in full.value if name in fields}
+        single = files.decode(routed(raw, carried))
+        assert typed(single.value) == typed({name: value for name, value in full.value.items()
+                                             if name in fields | {"matched_at"}})
+        assert single.event_time_ms == routed_record.event_time_ms == full.event_time_ms
+        entries.append((raw.offset, routed_record.event_time_ms, carried, wanted, full.event_time_ms))
     run = files.decode_run(("t", 0), [(offset, millis, carried) for offset, millis, carried, _, _ in entries])
     assert [typed(r.value) for r in run] == [typed(e[3]) for e in entries]
     assert [r.event_time_ms for r in run] == [e[4] for e in entries]
