@@ -276,7 +276,7 @@ def replay(bootstrap: str, topic: str, partitions: int, total: int, size: int, w
     script = f"""
 import json, os, sys
 from pathlib import Path
-sys.path.insert(0, "bench")
+sys.path.insert(0, {str(ROOT / "bench")!r})
 from procstats import cpu_seconds, peak_rss_mb
 from stream_app.config import parse_config
 from stream_app.replay.cli import ReplayRequest, run_replay
@@ -294,7 +294,10 @@ print(json.dumps({{"records": report.records, "seconds": report.seconds, "cpu": 
                    "peak_rss_mb": peak_rss_mb(os.getpid())}}))
 """
     broker_started = clock.broker()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    # from a file, not ``-c``: a profiler (py-spy --subprocesses) then names the process in one line
+    script_path = work / f"replay-{scope}.py"
+    script_path.write_text(script)
+    proc = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
     broker = clock.broker()

@@ -57,7 +57,7 @@ from stream_app.pipeline.checkpoints import CheckpointLedger
 from stream_app.pipeline.intake import Projection, take_batch
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.parts import PartStates
-from stream_app.pipeline.ports import Publisher, StateStore
+from stream_app.pipeline.ports import HandedOverRun, Publisher, StateStore
 from stream_app.pipeline.spools import PartSpools
 from stream_app.pipeline.writer import FileWriter, WriteOutcome
 from stream_app.sinks.base import FileStore
@@ -250,8 +250,9 @@ class FilePipeline:
         take_batch(raws, self._decoder.decode_many(raws), self._policy, self.windower, window,
                    self._publisher.dead_letter)
 
-    def process_routed(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
-        """Window scope: a batch of the repartition topic (routed runs and close frontiers)."""
+    def process_routed(self, raws: Sequence[RawRecord | HandedOverRun], now_wall_ms: int) -> None:
+        """Window scope: a batch of the repartition topic (routed runs and close frontiers), or
+        of a replay's loopback, whose runs may come as records (``HandedOverRun``)."""
         assert self._scope is not None
         decoder = self._scope.decoder
         streaming = self._spools is not None
@@ -263,6 +264,14 @@ class FilePipeline:
             position = raw.offset
             if collector.already_processed(position):
                 continue
+            if type(raw) is HandedOverRun:
+                assert not streaming  # the spools store encoded entries (replay/run.py LoopbackSender)
+                run = raw.records
+                if self._projection is not None:
+                    run = [self._projection.carried(record) for record in run]
+                self._handle_outputs(collector.add_records(position, raw.key, raw.source, run, now_wall_ms))
+                continue
+            assert type(raw) is RawRecord
             try:
                 # the routing stage read (and validated) these values: a DecodeError is a damaged topic
                 message = decode_repartition(raw.value if raw.value is not None else b"")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
 
-from stream_app.core.records import RawRecord
+from stream_app.core.records import RawRecord, SourceRecord
 from stream_app.core.windows import TP, Checkpoint, FileKey, WindowFacts
 
 T = TypeVar("T")
@@ -39,6 +40,30 @@ class RepartitionSender(Protocol):
     def send(self, partition: int, key: bytes, value: bytes) -> None:
         """Queue one repartition record; records to one partition keep their order."""
         ...
+
+
+@dataclass(slots=True)
+class HandedOverRun:
+    """A run of routed records handed from the routing stage to the file stage in one process
+    (replay), decoded: what the file stage would read from the repartition record at ``offset``
+    of ``partition`` of ``topic``."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: FileKey
+    source: TP
+    records: list[SourceRecord]
+
+
+@runtime_checkable
+class RecordHandOver(Protocol):
+    """A sender whose file stage runs in this process and takes routed runs as records, sparing
+    both stages the carried form's encoding and decoding (``hands_over``: it does so now)."""
+
+    hands_over: bool
+
+    def send_records(self, partition: int, key: FileKey, source: TP, records: list[SourceRecord]) -> None: ...
 
 
 class RoutedRecordsLost(RuntimeError):

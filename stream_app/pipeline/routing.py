@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import as_read
@@ -32,7 +32,7 @@ from stream_app.core.windows import TP, Checkpoint, FileKey, WindowAssigner, Win
 from stream_app.ops.faults import failpoint
 from stream_app.pipeline.checkpoints import CheckpointLedger
 from stream_app.pipeline.intake import take_batch
-from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore
+from stream_app.pipeline.ports import Publisher, RecordHandOver, RepartitionSender, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class RoutingStage:
         self._state = state
         self._publisher = publisher
         self._sender = sender
+        # Replay: the file stage in this process takes the routed records themselves.
+        self._hand_over = sender if isinstance(sender, RecordHandOver) and sender.hands_over else None
         self._partitions = repartition_partitions
         self._routers: dict[TP, PartitionRouter] = {}
         # a routing checkpoint also moves without a new offset (watermark, close frontier)
@@ -124,7 +126,9 @@ class RoutingStage:
 
     def process(self, raws: Sequence[RawRecord], now_wall_ms: int) -> None:
         """Route a batch; its repartition records and frontiers are queued on the sender."""
-        runs: dict[tuple[FileKey, TP], list[tuple[int, int, bytes | None]]] = {}
+        # per (file key, source): the entries to encode, or the records to hand over
+        runs: dict[tuple[FileKey, TP], list[Any]] = {}
+        hand_over = self._hand_over
         touched: dict[TP, tuple[PartitionRouter, int]] = {}
 
         def router_of(tp: TP) -> PartitionRouter:
@@ -147,6 +151,10 @@ class RoutingStage:
                 self._publish_dead_letter(raw, "LATE_RECORD",
                                           f"window {outcome.key.id} was already closed for {raw.topic}/{raw.partition}")
                 return
+            if hand_over is not None:
+                record.carried = None  # held in a window until its file is written: not twice
+                runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(record)
+                return
             runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(
                 (record.offset, record.event_time_ms, carried))
 
@@ -154,6 +162,9 @@ class RoutingStage:
                    self._is_stale if self._stale_above else None)
         for (key, source), records in runs.items():
             partition = repartition_partition(key, self._partitions)
+            if hand_over is not None:
+                hand_over.send_records(partition, key, source, records)
+                continue
             for payload in encode_runs(key, source, records):
                 self._sender.send(partition, key.id.encode(), payload)
         # Frontiers go after the records that moved them, to every repartition partition.

@@ -286,7 +286,7 @@ def _replay_range(settings: AppSettings, request: ReplayRequest, reader: RangeRe
                 sources = tuple(sorted({(r.topic, r.partition) for r in ranges}))
                 pipeline = build_pipeline(settings, MemoryStateStore(), publisher, sink=scratch, spool_dir=spool,
                                           sources=sources)
-                sender = LoopbackSender(settings.repartition_topic)
+                sender = LoopbackSender(settings.repartition_topic, hands_over=spool is None)
                 routing = build_routing(settings, MemoryStateStore(), publisher, sender)
                 run_window_records(routing, pipeline, sender, sources, raws(), on_round=progress.written)
             else:

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from stream_app.core.records import RawRecord
+from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.core.windows import TP, FileKey
 from stream_app.pipeline.committer import CommitRound, Committer
 from stream_app.pipeline.files import FilePipeline, FlushSummary
 from stream_app.pipeline.memory import ImmediateDurability, run_now
-from stream_app.pipeline.ports import Durability
+from stream_app.pipeline.ports import Durability, HandedOverRun
 from stream_app.pipeline.routing import RoutingStage
 
 END_OF_INPUT_MS = 2**62  # a wall-clock "now" after every window end: closes everything
-PREFETCH_DEPTH = 2  # batches the decode helper holds beyond the one being windowed
+PREFETCH_DEPTH = 8  # batches the decode helper holds beyond the one being windowed
 
 
 def commit_due(files: FilePipeline, now_wall_ms: int, durability: Durability | None = None) -> FlushSummary:
@@ -78,19 +79,32 @@ def _round(committer: Committer, now_wall_ms: int, total: FlushSummary,
 
 class LoopbackSender:
     """Both stages in one process: the file stage reads what the routing stage sends, in order,
-    without a repartition topic (the bytes do not depend on where the records travel)."""
+    without a repartition topic (the bytes do not depend on where the records travel).
 
-    def __init__(self, topic: str) -> None:
+    ``hands_over``: routed runs reach the file stage as the routing stage's records, not encoded
+    into a repartition record and decoded again (a fifth of replay's CPU in window scope).  The
+    routing stage then reads the fields the files read too (``build_routing``), so the records are
+    those the file stage would decode; streaming append (a spool directory) keeps the encoded
+    entries, which its spools store."""
+
+    def __init__(self, topic: str, hands_over: bool = False) -> None:
         self._topic = topic
+        self.hands_over = hands_over
         self._next: dict[int, int] = {}
-        self._queued: list[RawRecord] = []
+        self._queued: list[RawRecord | HandedOverRun] = []
 
-    def send(self, partition: int, key: bytes, value: bytes) -> None:
+    def _offset(self, partition: int) -> int:
         offset = self._next.get(partition, 0)
         self._next[partition] = offset + 1
-        self._queued.append(RawRecord(self._topic, partition, offset, None, key, value))
+        return offset
 
-    def drain(self) -> list[RawRecord]:
+    def send(self, partition: int, key: bytes, value: bytes) -> None:
+        self._queued.append(RawRecord(self._topic, partition, self._offset(partition), None, key, value))
+
+    def send_records(self, partition: int, key: FileKey, source: TP, records: list[SourceRecord]) -> None:
+        self._queued.append(HandedOverRun(self._topic, partition, self._offset(partition), key, source, records))
+
+    def drain(self) -> list[RawRecord | HandedOverRun]:
         queued, self._queued = self._queued, []
         return queued
 

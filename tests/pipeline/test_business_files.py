@@ -530,3 +530,45 @@ def test_group_by_expressions_are_checked_when_the_config_loads(tmp_path):
     settings = settings_for(tmp_path, groupBy=["acquirer_id", DIRECTION])
     assert settings.worker.group_names == ["acquirer_id", "direction"]
     assert settings.worker.group_fields == ["acquirer_id", "transaction_type"]
+
+
+NO_TEMPLATES = {"headerTemplate": "", "recordTemplate": None, "footerTemplate": ""}
+XML = {**NO_TEMPLATES, "mode": "structured", "schema": {"id": "pcs-clearing", "version": "1.1.0"},
+       "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ part }}.xml", "maxRecordsPerFile": 60}
+CSV_DEAD_LETTERS = {**NO_TEMPLATES, "mode": "structured", "schema": {"id": "settlement-report", "version": "1.1.0"},
+                    "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ part }}.csv"}
+
+
+@pytest.mark.parametrize("decode_process", [True, False], ids=["helper", "in-process"])
+@pytest.mark.parametrize("worker", [TIMED, {"maxRecordsPerFile": 70}, XML, CSV_DEAD_LETTERS],
+                         ids=["template-reads-time", "template", "xml", "csv-dead-letters"])
+def test_routed_records_handed_over_give_what_the_encoded_repartition_records_give(tmp_path, worker, decode_process):
+    """Replay hands its routed records to the file stage instead of encoding them into repartition
+    records and decoding them again (replay/run.py, ``LoopbackSender.hands_over``): the same
+    files, dead letters and journal events as the encoded records the live worker reads."""
+    parts = partitioned(400, 3, span_hours=4)
+    broken = {**next(matched_records(1, 5)), "currency": "EURO"}
+    parts[1].insert(7, RawRecord("in", 1, 7, None, None, encode_confluent(1, SCHEMA, broken)))
+    parts[2].insert(3, RawRecord("in", 2, 3, None, None, b"\x00garbage"))
+    for p, part in enumerate(parts):
+        parts[p] = [RawRecord("in", p, i, None, None, r.value) for i, r in enumerate(part)]
+    raws = interleave(parts, random.Random(4))
+
+    def replay(hands_over: bool) -> tuple[dict[str, bytes], list, list]:
+        out = tmp_path / f"hands-over-{hands_over}"
+        out.mkdir()
+        settings = window_settings(out, 3, **worker)
+        settings = settings.model_copy(update={"input": settings.input.model_copy(update={"decodeProcess": decode_process})})
+        publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic, hands_over=hands_over)
+        routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+        files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
+        run_window_records(routing, files, sender, settings.input_partitions, raws, 90)
+        events = [{k: v for k, v in e.items() if k not in ("event_id", "occurred_at", "location", "url")}
+                  for e in publisher.events]
+        dead = [(r.partition, r.offset, reason, detail) for r, reason, detail in publisher.dead]
+        return {p.name: p.read_bytes() for p in out.glob("F_*")}, dead, events
+
+    encoded, handed = replay(False), replay(True)
+    assert encoded[0] and encoded == handed
+    assert {reason for _, _, reason, _ in handed[1]} >= {"UNKNOWN_SCHEMA_ID"} | (
+        {"VALIDATION_FAILED"} if worker is CSV_DEAD_LETTERS else set())
