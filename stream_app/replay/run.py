@@ -82,7 +82,7 @@ class LoopbackSender:
     without a repartition topic (the bytes do not depend on where the records travel).
 
     ``hands_over``: routed runs reach the file stage as the routing stage's records, not encoded
-    into a repartition record and decoded again (a fifth of replay's CPU in window scope).  The
+    into a repartition record and decoded again (a quarter of the replay process's CPU).  The
     routing stage then reads the fields the files read too (``build_routing``), so the records are
     those the file stage would decode; streaming append (a spool directory) keeps the encoded
     entries, which its spools store."""
