@@ -125,6 +125,27 @@ def test_a_helper_that_dies_costs_speed_never_a_verdict(document, helper_formatt
     assert helper.documents_checked == 2 and helper.helper_pids() not in ([], [pid])
 
 
+def test_a_document_whose_chunks_fail_raises_their_error_and_the_helper_goes_on(document, helper_formatter, caplog):
+    """A spool unreadable in the middle of a large document: the writer gets that error (it
+    retries the part), and the helper, not at fault, forgets the document and checks the next."""
+    helper = helper_formatter._xsd_helper
+    assert helper is not None
+    assert verdict(helper_formatter, in_chunks(document)) is None
+    (pid,) = helper.helper_pids()
+
+    def unreadable() -> Iterator[bytes]:
+        yield from in_chunks(document[:len(document) * 3 // 4])()  # past the first group sent
+        raise OSError("spool unreadable")
+
+    with caplog.at_level(logging.WARNING, logger="stream_app.core.formats.xsd_helper"):
+        with pytest.raises(OSError, match="spool unreadable"):
+            helper_formatter.validate(unreadable)
+    assert "XSD helper process failed" not in caplog.text
+    assert helper.helper_pids() == [pid]
+    assert verdict(helper_formatter, in_chunks(broken(document))) == verdict(formatter(False), in_chunks(broken(document)))
+    assert helper.documents_checked == 2
+
+
 def test_the_helper_is_off_by_setting(document):
     assert formatter(False)._xsd_helper is None
     made = formatter(True)

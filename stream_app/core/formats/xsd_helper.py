@@ -12,6 +12,8 @@ waits for the verdict without the GIL.
   streamed files.
 * A helper that dies or cannot start costs speed, never a verdict: the document is checked in
   the calling process, and the helper is started again ``restart_after_s`` later.
+* A document whose own chunks fail (its spool unreadable) raises that error to the caller; the
+  helper forgets the document and goes on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ log = logging.getLogger(__name__)
 MIN_BYTES = 1 << 20
 GROUP_BYTES = 1 << 20
 AHEAD = 2
+
+
+class _SourceFailed(Exception):
+    """The document's own chunks failed (its spool unreadable, say): the helper is not at fault."""
+
+
+def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except Exception as exc:
+        raise _SourceFailed() from exc
 
 
 class XsdHelper:
@@ -70,8 +83,11 @@ class XsdHelper:
         pool = self._started()
         if pool is not None:
             try:
-                self._check_in(pool, head, source)
+                self._check_in(pool, head, _guarded(source))
                 return
+            except _SourceFailed as failed:  # the caller's error, raised as it was; the helper goes on
+                assert failed.__cause__ is not None
+                raise failed.__cause__ from None
             except (BrokenProcessPool, CancelledError, OSError, RuntimeError) as exc:
                 # RuntimeError, CancelledError: another document's failure shut the pool down
                 self._failed(pool, exc)
@@ -83,14 +99,18 @@ class XsdHelper:
         in_flight: deque[Future] = deque()
         group: list[bytes] = []
         size = 0
-        for chunk in chain(head, rest):
-            group.append(chunk)
-            size += len(chunk)
-            if size >= GROUP_BYTES:
-                if len(in_flight) >= AHEAD:
-                    in_flight.popleft().result()  # a broken pool raises here, or below
-                in_flight.append(pool.submit(_feed, doc, b"".join(group)))
-                group, size = [], 0
+        try:
+            for chunk in chain(head, rest):
+                group.append(chunk)
+                size += len(chunk)
+                if size >= GROUP_BYTES:
+                    if len(in_flight) >= AHEAD:
+                        in_flight.popleft().result()  # a broken pool raises here, or below
+                    in_flight.append(pool.submit(_feed, doc, b"".join(group)))
+                    group, size = [], 0
+        except _SourceFailed:
+            pool.submit(_close, doc)  # the helper forgets the abandoned document
+            raise
         if group:
             in_flight.append(pool.submit(_feed, doc, b"".join(group)))
         verdict = pool.submit(_close, doc).result()
