@@ -66,6 +66,11 @@ class RecordHandOver(Protocol):
     def send_records(self, partition: int, key: FileKey, source: TP, records: list[SourceRecord]) -> None: ...
 
 
+def handing_over(sender: object) -> RecordHandOver | None:
+    """``sender`` when it hands routed records over now (replay's loopback), else None."""
+    return sender if isinstance(sender, RecordHandOver) and sender.hands_over else None
+
+
 class RoutedRecordsLost(RuntimeError):
     """Some repartition records were not delivered and never will be (a fenced producer): the
     routing stage routes again from its persisted checkpoints (``RoutingStage.rewind``)."""

@@ -32,7 +32,7 @@ from stream_app.core.windows import TP, Checkpoint, FileKey, WindowAssigner, Win
 from stream_app.ops.faults import failpoint
 from stream_app.pipeline.checkpoints import CheckpointLedger
 from stream_app.pipeline.intake import take_batch
-from stream_app.pipeline.ports import Publisher, RecordHandOver, RepartitionSender, StateStore
+from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore, handing_over
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RoutingStage:
         self._publisher = publisher
         self._sender = sender
         # Replay: the file stage in this process takes the routed records themselves.
-        self._hand_over = sender if isinstance(sender, RecordHandOver) and sender.hands_over else None
+        self._hand_over = handing_over(sender)
         self._partitions = repartition_partitions
         self._routers: dict[TP, PartitionRouter] = {}
         # a routing checkpoint also moves without a new offset (watermark, close frontier)

@@ -25,7 +25,7 @@ from stream_app.core.windows import WindowPolicy
 from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.files import FilePipeline, WindowScope
 from stream_app.pipeline.journal import Journal
-from stream_app.pipeline.ports import Publisher, RecordHandOver, RepartitionSender, StateStore
+from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore, handing_over
 from stream_app.pipeline.routing import RoutingStage
 from stream_app.sinks.base import FileStore
 from stream_app.sinks.local import LocalSink
@@ -183,7 +183,7 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
     # handing its records over to the file stage (replay), the fields the files read too.
     validates = isinstance(assembler, StructuredAssembler) and assembler.on_invalid_record == "deadLetter"
     reads: list[str] | None = None if validates else [settings.input.eventTimeField, *worker.group_fields]
-    if reads is not None and isinstance(sender, RecordHandOver) and sender.hands_over:
+    if reads is not None and handing_over(sender) is not None:
         files = files_read(settings, assembler)
         # a name that is a dict's attribute (``record.get(...)``) needs the whole record (codecs/carried.py)
         reads = None if files is None or any(hasattr(dict, name) for name in files) \
