@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from stream_app.codecs.registry import event_schema_ids
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
+from stream_app.live.producer_calls import serve
 from stream_app.ops.metrics import Metrics
 from stream_app.ops.security import confluent_security
 from stream_app.pipeline.deadletter import dead_letter
@@ -57,33 +61,53 @@ class KafkaEventProducer:
         self._make = lambda: Producer(conf)
         self._producer = self._make()
         self._fatal = False
-        self._failed: list[tuple[str, str, bytes | None, bytes]] = []
+        # The events produced and not yet confirmed, by sequence number: after a fatal error the
+        # delivery reports can no longer be counted on (live/producer_calls.py), so what is
+        # unconfirmed then is produced again rather than lost.
+        self._unconfirmed: dict[int, tuple[str, bytes | None, bytes]] = {}
+        self._sequence = 0
+        self._failed: dict[int, tuple[str, str, bytes | None, bytes]] = {}  # by sequence: why, the event
         self._retry_initial_s = retry_initial_s
         self.undeliverable: str | None = None
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:  # in the thread that polls or flushes
-        if err is not None:
-            self._failed.append((str(err), msg.topic(), msg.key(), msg.value()))
+    def _on_delivery(self, sequence: int, err: Any, msg: Any) -> None:  # in the thread that polls or flushes
+        event = self._unconfirmed.pop(sequence, None)
+        if err is not None and event is not None:
+            self._failed[sequence] = (str(err), *event)
             # e.g. PRODUCER_FENCED when the idempotent producer re-initialises against a broker
             # that lost its producer state: this producer can send nothing more
             self._fatal = self._fatal or bool(err.fatal()) or err.name() in _PRODUCER_STATE_LOST
 
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
+        self._sequence += 1
+        sequence = self._sequence
+        self._unconfirmed[sequence] = (topic, key, value)
+        while not self._fatal:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, on_delivery=partial(self._on_delivery, sequence))
                 break
             except BufferError:  # librdkafka's queue is full: let it send some first
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+                if serve(self._producer, 0.05) is not None:
+                    self._fatal = True
+            except KafkaException as exc:  # the producer is in a fatal state: delivered() replaces it
+                log.warning("the event producer refused an event: %s", exc)
+                self._fatal = True
+        if serve(self._producer) is not None:  # (a delivery report it serves may set _fatal too)
+            self._fatal = True
 
     async def delivered(self) -> None:
         """Every event produced so far is acknowledged; failures are produced again until they are."""
         backoff = self._retry_initial_s
         while True:
             while len(self._producer):  # queued or in flight; in steps, so a stop never blocks in flush()
-                await asyncio.to_thread(self._producer.flush, 2.0)
-            failed, self._failed = self._failed, []
+                if await asyncio.to_thread(serve, self._producer, 2.0) is not None:
+                    self._fatal = True
+            if self._fatal:  # reports lost or never to come: whatever is unconfirmed failed
+                self._failed.update((sequence, ("the event producer failed", *event))
+                                    for sequence, event in list(self._unconfirmed.items()))
+                self._unconfirmed.clear()
+            failed = [self._failed[sequence] for sequence in sorted(self._failed)]  # in the order produced
+            self._failed = {}
             if not failed:
                 self.undeliverable = None
                 return
@@ -96,7 +120,7 @@ class KafkaEventProducer:
                 self.produce(topic, key, value)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        self._producer.flush(timeout_s)
+        serve(self._producer, timeout_s)
 
 
 class EventPublisher:

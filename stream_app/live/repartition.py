@@ -18,6 +18,7 @@ from confluent_kafka import KafkaException
 
 from stream_app.codecs.repartition import repartition_message_bytes
 from stream_app.config import AppSettings
+from stream_app.live.producer_calls import serve
 from stream_app.ops.faults import failpoint
 from stream_app.ops.security import confluent_security
 from stream_app.pipeline.ports import RoutedRecordsLost
@@ -160,11 +161,13 @@ class KafkaRepartitionSender:
                 self._producer.produce(self.topic, value, key, partition=partition, on_delivery=self._on_delivery)
                 break
             except BufferError:  # librdkafka's queue is full: let it send some first
-                self._producer.poll(0.05)
+                if failed := serve(self._producer, 0.05):
+                    self._broken = failed
+                    return
             except KafkaException as exc:  # a fatal producer error, not yet seen by a delivery report
                 self._broken = f"send refused ({exc.args[0] if exc.args else exc})"
                 return
-        self._producer.poll(0)
+        self._broken = serve(self._producer)
 
     @property
     def undeliverable(self) -> str | None:
@@ -181,7 +184,8 @@ class KafkaRepartitionSender:
         self._waiting_since = time.monotonic()
         try:
             while len(self._producer):  # queued or in flight
-                await asyncio.to_thread(self._producer.flush, 2.0)
+                if failed := await asyncio.to_thread(serve, self._producer, 2.0):
+                    self._broken = self._broken or failed
         finally:
             self._waiting_since = None
         if self._errors or self._broken:
@@ -194,4 +198,4 @@ class KafkaRepartitionSender:
         self._errors, self._broken = [], None
 
     def close(self) -> None:
-        self._producer.flush(10)
+        serve(self._producer, 10.0)
