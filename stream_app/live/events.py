@@ -20,8 +20,8 @@ from confluent_kafka import KafkaException
 from stream_app.codecs.registry import event_schema_ids
 from stream_app.config import AppSettings
 from stream_app.core.records import RawRecord
-from stream_app.live.producer_calls import serve
 from stream_app.ops.metrics import Metrics
+from stream_app.ops.producer_calls import serve
 from stream_app.ops.security import confluent_security
 from stream_app.pipeline.deadletter import dead_letter
 from stream_app.pipeline.journal import encode_events
@@ -62,7 +62,7 @@ class KafkaEventProducer:
         self._producer = self._make()
         self._fatal = False
         # The events produced and not yet confirmed, by sequence number: after a fatal error the
-        # delivery reports can no longer be counted on (live/producer_calls.py), so what is
+        # delivery reports can no longer be counted on (ops/producer_calls.py), so what is
         # unconfirmed then is produced again rather than lost.
         self._unconfirmed: dict[int, tuple[str, bytes | None, bytes]] = {}
         self._sequence = 0

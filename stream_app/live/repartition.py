@@ -18,8 +18,8 @@ from confluent_kafka import KafkaException
 
 from stream_app.codecs.repartition import repartition_message_bytes
 from stream_app.config import AppSettings
-from stream_app.live.producer_calls import serve
 from stream_app.ops.faults import failpoint
+from stream_app.ops.producer_calls import serve
 from stream_app.ops.security import confluent_security
 from stream_app.pipeline.ports import RoutedRecordsLost
 

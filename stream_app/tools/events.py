@@ -31,6 +31,7 @@ from stream_app.codecs.event_schemas import EventDecodeError, EventReader, dead_
 from stream_app.config import AppSettings
 from stream_app.core.records import REDRIVE_HEADER
 from stream_app.ops.problems import retried, topic_partitions
+from stream_app.ops.producer_calls import serve
 from stream_app.ops.security import confluent_security
 
 
@@ -256,6 +257,7 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
         targets = {to_topic or source[0] for source in selected}
         already = set().union(*(redriven_sources(settings, target, since) for target in targets)) if selected else set()
         produced = 0
+        failed: str | None = None  # the producer's fatal error (ops/producer_calls.py)
         for source, envelope in selected.items():
             marker = "/".join(str(part) for part in source)
             if marker in already:
@@ -268,10 +270,11 @@ def redrive(settings: AppSettings, reasons: tuple[str, ...], to_topic: str | Non
                              key=envelope.get("original_key"), headers=headers,
                              on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
             produced += 1
-            producer.poll(0)
-        producer.flush(30)
-        if errors or len(producer):
-            raise RuntimeError(f"re-drive not acknowledged ({errors[0] if errors else 'timed out'}); "
+            if failed := serve(producer):
+                break
+        failed = failed or serve(producer, 30.0)
+        if failed or errors or len(producer):
+            raise RuntimeError(f"re-drive not acknowledged ({failed or (errors[0] if errors else 'timed out')}); "
                                "nothing committed: run it again")
         if positions:  # only after every produce is acknowledged
             consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in positions.items()], asynchronous=False)

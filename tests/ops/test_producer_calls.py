@@ -1,5 +1,5 @@
 """A producer's fatal error, raised by librdkafka itself: it ends the producer's session, never
-the worker, and loses no journal or dead-letter event (stream_app/live/producer_calls.py).
+the worker, and loses no journal or dead-letter event (stream_app/ops/producer_calls.py).
 
 librdkafka's own test hook, ``rd_kafka_test_fatal_error``, raises the fatal error on the
 client's handle; confluent-kafka keeps that handle first in its Python object, after the object
@@ -23,8 +23,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream_app.config import parse_config
 from stream_app.live.events import KafkaEventProducer
-from stream_app.live.producer_calls import serve
 from stream_app.live.repartition import KafkaRepartitionSender, RepartitionSendError
+from stream_app.ops.producer_calls import serve
 from tests.helpers import config_dict
 
 INVALID_PRODUCER_EPOCH = 47  # as a broker that fenced the producer would answer

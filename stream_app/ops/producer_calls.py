@@ -7,7 +7,7 @@ that serves it, as a ``KafkaException``, but leaves it pending while the same ca
 serving callbacks: the purged messages' delivery reports and log lines.  Any of them then fails
 inside CPython with ``SystemError: <class 'str'> returned a result with an exception set``,
 which is what the call raises, and the delivery report that failed is lost (measured:
-tests/live/test_producer_calls.py).  So an exception from serving means exactly one thing, this
+tests/ops/test_producer_calls.py).  So an exception from serving means exactly one thing, this
 producer can deliver nothing more, and its delivery reports can no longer be counted on: the
 caller accounts for what it had sent by its own books and starts a new producer.
 """
@@ -29,6 +29,6 @@ def serve(producer: Any, flush_s: float = 0.0) -> str | None:
         else:
             producer.poll(0)
     except Exception as exc:  # a KafkaException, or the SystemError it became (see above)
-        log.warning("a Kafka producer hit a fatal error; a new one takes over: %s", exc)
+        log.warning("a Kafka producer hit a fatal error and can send nothing more: %s", exc)
         return f"producer failed ({exc})"
     return None
