@@ -56,10 +56,11 @@ def _producer(client_id: str) -> Producer:
                      "log_level": 4, "logger": logging.getLogger("librdkafka.test")})
 
 
-def test_confluent_kafka_raises_a_fatal_error_while_serving_and_loses_a_delivery_report():
+def test_confluent_kafka_raises_a_fatal_error_from_the_call_that_serves_it():
     """The library behaviour producer_calls.py is built for (a contract: if a confluent-kafka
-    upgrade changes it, this says so): flush() raises, often as a SystemError, and the delivery
-    report that ran into the pending error is lost."""
+    upgrade changes it, this says so): flush() raises, as a KafkaException or, when a callback
+    ran into the pending error (here: the delivery reports of the purged queue), as a
+    SystemError; the next call empties the queue."""
     reports: list[str] = []
     producer = _producer("contract")
     for _ in range(3):
@@ -68,7 +69,7 @@ def test_confluent_kafka_raises_a_fatal_error_while_serving_and_loses_a_delivery
     with pytest.raises((KafkaException, SystemError)):
         producer.flush(5.0)
     producer.flush(5.0)
-    assert len(producer) == 0 and len(reports) < 3, reports
+    assert len(producer) == 0
 
 
 def test_serve_reports_the_fatal_error_and_the_producer_can_be_drained():
