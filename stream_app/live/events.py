@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from functools import partial
 from typing import Any
 
@@ -67,13 +68,18 @@ class KafkaEventProducer:
         self._unconfirmed: dict[int, tuple[str, bytes | None, bytes]] = {}
         self._sequence = 0
         self._failed: dict[int, tuple[str, str, bytes | None, bytes]] = {}  # by sequence: why, the event
+        # Delivery reports come in the thread that flushes, maybe while another commit round's
+        # delivered() reads the books: an event is in one of the two, never lost between them.
+        self._books = threading.Lock()
         self._retry_initial_s = retry_initial_s
         self.undeliverable: str | None = None
 
     def _on_delivery(self, sequence: int, err: Any, msg: Any) -> None:  # in the thread that polls or flushes
-        event = self._unconfirmed.pop(sequence, None)
-        if err is not None and event is not None:
-            self._failed[sequence] = (str(err), *event)
+        with self._books:
+            event = self._unconfirmed.pop(sequence, None)
+            if err is not None and event is not None:
+                self._failed[sequence] = (str(err), *event)
+        if err is not None:
             # e.g. PRODUCER_FENCED when the idempotent producer re-initialises against a broker
             # that lost its producer state: this producer can send nothing more
             self._fatal = self._fatal or bool(err.fatal()) or err.name() in _PRODUCER_STATE_LOST
@@ -81,7 +87,8 @@ class KafkaEventProducer:
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         self._sequence += 1
         sequence = self._sequence
-        self._unconfirmed[sequence] = (topic, key, value)
+        with self._books:
+            self._unconfirmed[sequence] = (topic, key, value)
         while not self._fatal:
             try:
                 self._producer.produce(topic, value, key, on_delivery=partial(self._on_delivery, sequence))
@@ -102,12 +109,13 @@ class KafkaEventProducer:
             while len(self._producer):  # queued or in flight; in steps, so a stop never blocks in flush()
                 if await asyncio.to_thread(serve, self._producer, 2.0) is not None:
                     self._fatal = True
-            if self._fatal:  # reports lost or never to come: whatever is unconfirmed failed
-                self._failed.update((sequence, ("the event producer failed", *event))
-                                    for sequence, event in list(self._unconfirmed.items()))
-                self._unconfirmed.clear()
-            failed = [self._failed[sequence] for sequence in sorted(self._failed)]  # in the order produced
-            self._failed = {}
+            with self._books:
+                if self._fatal:  # reports lost or never to come: whatever is unconfirmed failed
+                    self._failed.update((sequence, ("the event producer failed", *event))
+                                        for sequence, event in self._unconfirmed.items())
+                    self._unconfirmed.clear()
+                failed = [self._failed[sequence] for sequence in sorted(self._failed)]  # in the order produced
+                self._failed.clear()
             if not failed:
                 self.undeliverable = None
                 return
