@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from stream_app.codecs import DecodeError
@@ -176,7 +176,7 @@ class ProcessAvroDecoder:
 
     def __init__(self, local_schemas: dict[int, str], registry: dict[str, Any] | None, event_time_field: str,
                  max_record_bytes: int, restart_after_s: float = 60.0, carry: bool = False,
-                 reads: Sequence[str] | None = None) -> None:
+                 reads: Sequence[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         # carry: the routing stage's decoder.  Records come with their carried form, which the
         # helper packs (codecs/carried.py); their value then holds only the fields in ``reads``
         # (event time, groupBy: all the routing stage looks at; None: every field), so the worker
@@ -195,6 +195,7 @@ class ProcessAvroDecoder:
         # start would otherwise cost a process start (and a warning) per batch.
         self._restart_after_s = restart_after_s
         self._restart_at = 0.0
+        self._clock = clock
         # Prefetched batches (all their chunks sent), in the order their answers come back, with
         # their number of chunks.  Any other answer in flight comes before theirs and is read by
         # nobody any more: the rest of a batch whose reader stopped early, or a dropped batch.
@@ -207,7 +208,7 @@ class ProcessAvroDecoder:
     def _helper(self) -> subprocess.Popen | None:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        if time.monotonic() < self._restart_at:
+        if self._clock() < self._restart_at:
             return None
         self.close()  # a helper that exited: its sender thread ends, its pipes are closed
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -272,7 +273,7 @@ class ProcessAvroDecoder:
         if self._proc is not None:
             log.warning("decode helper process failed (%s); decoding in the worker process for %.0f s",
                         exc, self._restart_after_s)
-            self._restart_at = time.monotonic() + self._restart_after_s
+            self._restart_at = self._clock() + self._restart_after_s
             self.close()
 
     def prefetch(self, raws: Sequence[RawRecord]) -> None:

@@ -317,9 +317,11 @@ def test_closing_with_a_stopped_helper_and_unsent_frames_does_not_hang():
 
 
 def test_a_dead_helper_costs_nothing_but_speed():
-    # the restart delay is long enough that a loaded machine (four test workers on two cores)
-    # does not reach it between the kill and the next batch (it did once with 0.5 s)
-    helper_decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000, restart_after_s=3.0)
+    # the decoder's clock is the test's: on a loaded machine the in-worker decoding after the
+    # kill once outlasted a wall-clock restart delay (0.5 s, later 3 s)
+    now = [1000.0]
+    helper_decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000, restart_after_s=3.0,
+                                        clock=lambda: now[0])
     raws = _mixed_batch(1_700)
     expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
     results = helper_decoder.decode_many(raws)
@@ -331,7 +333,9 @@ def test_a_dead_helper_costs_nothing_but_speed():
     assert _outcomes(got) == expected
     assert _outcomes(helper_decoder.decode_many(raws)) == expected  # in the worker: no restart yet
     assert helper_decoder._proc is None
-    time.sleep(3.1)
+    now[0] += 2.9
+    assert _outcomes(helper_decoder.decode_many(raws)) == expected and helper_decoder._proc is None
+    now[0] += 0.2  # the restart delay has passed
     assert _outcomes(helper_decoder.decode_many(raws)) == expected
     assert helper_decoder._proc is not None and helper_decoder._proc.pid != first.pid  # a new helper
     helper_decoder.close()
