@@ -119,16 +119,21 @@ class RecordReader:
         """The value with the top-level logical fields still plain (see ``convert``)."""
         return fastavro.schemaless_reader(buf, self._plain, None)
 
-    def convert(self, value: dict, time_field: str | None = None) -> int | None:
+    def convert(self, value: dict, time_field: str | None = None, time_as_millis: bool = False) -> int | None:
         """Converts the plain logical fields in place; returns ``time_field`` as epoch ms when it
         is a timestamp-millis field (which spares the caller converting the datetime back).
-        ``value`` may hold only some of the fields (the routing stage's, see decode_process.py)."""
+        ``value`` may hold only some of the fields (the routing stage's, see decode_process.py).
+        ``time_as_millis``: the caller reads that field only as those ms; it is left out of
+        ``value`` rather than built as a datetime nobody reads."""
         millis = None
         for name, convert in self._converters:
             field = value.get(name)
             if field is not None:
                 if name == time_field and convert is _timestamp_millis:
                     millis = field
+                    if time_as_millis:
+                        del value[name]
+                        continue
                 try:
                     value[name] = convert(field)
                 except DecimalException:
@@ -203,10 +208,11 @@ def read_confluent(payload: bytes, resolver: SchemaResolver) -> tuple[int, Recor
     return schema_id, reader, value
 
 
-def convert_plain(schema_id: int, reader: RecordReader, value: dict, time_field: str | None) -> int | None:
+def convert_plain(schema_id: int, reader: RecordReader, value: dict, time_field: str | None,
+                  time_as_millis: bool = False) -> int | None:
     """``RecordReader.convert`` with its failures (a timestamp beyond year 9999) as decode errors."""
     try:
-        return reader.convert(value, time_field)
+        return reader.convert(value, time_field, time_as_millis)
     except NotExact as exc:
         raise DecodeError("BAD_DECIMAL", str(exc)) from None
     except Exception as exc:  # OverflowError of a timestamp beyond year 9999, ...

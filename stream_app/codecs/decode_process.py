@@ -176,17 +176,21 @@ class ProcessAvroDecoder:
 
     def __init__(self, local_schemas: dict[int, str], registry: dict[str, Any] | None, event_time_field: str,
                  max_record_bytes: int, restart_after_s: float = 60.0, carry: bool = False,
-                 reads: Sequence[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 reads: Sequence[str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 time_as_millis: bool = False) -> None:
         # carry: the routing stage's decoder.  Records come with their carried form, which the
         # helper packs (codecs/carried.py); their value then holds only the fields in ``reads``
         # (event time, groupBy: all the routing stage looks at; None: every field), so the worker
-        # neither unpacks nor converts the rest.
+        # neither unpacks nor converts the rest.  time_as_millis: the event time is read only as
+        # the record's epoch ms, so with ``reads`` its field is left out of the value (a timestamp-
+        # millis field: not built as a datetime that nobody reads).
         self._settings = {"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry,
                           "max": max_record_bytes, "carry": carry, "reads": None if reads is None else list(reads)}
         self._resolver = SchemaResolver(local_schemas, registry)
         self._local: AvroDecoder = (CarryingAvroDecoder if carry else AvroDecoder)(
             self._resolver, event_time_field, max_record_bytes)
         self._time_field = event_time_field
+        self._time_as_millis = time_as_millis
         self._proc: subprocess.Popen | None = None
         self._sender: _FrameSender | None = None
         self._receiver: _FrameReceiver | None = None
@@ -344,7 +348,7 @@ class ProcessAvroDecoder:
             if len(item) == 4:  # carry: the packed form and the fields read, or None for all
                 carried, value = value, item[3] if item[3] is not None else unpack(reader, value)
             try:
-                millis = convert_plain(schema_id, reader, value, self._time_field)
+                millis = convert_plain(schema_id, reader, value, self._time_field, self._time_as_millis)
                 return self._local.source_record(raw, value, millis, carried)
             except DecodeError as exc:
                 return exc

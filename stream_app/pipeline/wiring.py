@@ -87,15 +87,17 @@ def json_decoder(settings: AppSettings) -> JsonDecoder:
     return JsonDecoder(inp.eventTimeField, inp.decimalFields, inp.maxRecordBytes, inp.duplicateKeys, inp.jsonNumberAmounts)
 
 
-def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[str] | None = None) -> Decoder:
+def build_decoder(settings: AppSettings, carry: bool = False, reads: Sequence[str] | None = None,
+                  time_as_millis: bool = False) -> Decoder:
     """The input codec; ``carry``: the routing stage's, whose records come with their carried form
-    and may hold only the fields in ``reads`` (None: all)."""
+    and may hold only the fields in ``reads`` (None: all), without the event-time field when
+    ``time_as_millis`` (nothing reads it but as the record's epoch ms)."""
     inp = settings.input
     if inp.format == "json":
         return json_decoder(settings)
     if inp.decodeProcess:
         return ProcessAvroDecoder(inp.avroSchemas, registry_conf(settings), inp.eventTimeField, inp.maxRecordBytes,
-                                  carry=carry, reads=reads)
+                                  carry=carry, reads=reads, time_as_millis=time_as_millis)
     resolver = SchemaResolver(inp.avroSchemas, registry_conf(settings))
     return (CarryingAvroDecoder if carry else AvroDecoder)(resolver, inp.eventTimeField, inp.maxRecordBytes)
 
@@ -182,13 +184,18 @@ def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher
     # Routing reads the event time and the groupBy fields, and all of a record it validates;
     # handing its records over to the file stage (replay), the fields the files read too.
     validates = isinstance(assembler, StructuredAssembler) and assembler.on_invalid_record == "deadLetter"
-    reads: list[str] | None = None if validates else [settings.input.eventTimeField, *worker.group_fields]
+    time_field = settings.input.eventTimeField
+    reads: list[str] | None = None if validates else [time_field, *worker.group_fields]
+    read_whole = set(worker.group_fields)  # fields read as values, not only for the record's epoch ms
     if reads is not None and handing_over(sender) is not None:
         files = files_read(settings, assembler)
         # a name that is a dict's attribute (``record.get(...)``) needs the whole record (codecs/carried.py)
         reads = None if files is None or any(hasattr(dict, name) for name in files) \
             else list(dict.fromkeys([*reads, *sorted(files)]))
-    return RoutingStage(window_policy(settings), worker.group_specs, build_decoder(settings, carry=True, reads=reads),
+        read_whole |= files or set()
+    decoder = build_decoder(settings, carry=True, reads=reads,
+                            time_as_millis=reads is not None and time_field not in read_whole)
+    return RoutingStage(window_policy(settings), worker.group_specs, decoder,
                         assembler if isinstance(assembler, StructuredAssembler) else None, state, publisher,
                         sender, settings.kafka.repartition_partitions, settings.input.maxRecordBytes)
 

@@ -520,6 +520,25 @@ def test_a_group_by_expression_gives_credit_only_and_debit_only_files(tmp_path, 
     assert again == files
 
 
+BY_HALF_DAY = {"groupBy": [{"name": "half", "expr": "format_datetime(matched_at, '%p')"}],
+               "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ group.half }}_{{ part }}.txt"}
+
+
+@pytest.mark.parametrize("worker", [BY_HALF_DAY, TIMED, {"maxRecordsPerFile": 70}],
+                         ids=["grouped-by-time", "template-reads-time", "template"])
+def test_the_routing_helper_builds_the_event_time_field_only_where_it_is_read(tmp_path, worker):
+    """The routing stage's decode helper leaves the event-time field out of a record's value when
+    nothing reads it but as the record's epoch ms (codecs/avro.py, ``time_as_millis``); a groupBy
+    or a template that reads it gets it.  Either way the files, dead letters and journal events
+    are those of decoding in the worker, whether the routed records are encoded or handed over."""
+    raws = _with_bad_records(partitioned(400, 3, span_hours=30))
+    reference = _loopback_outputs(tmp_path / "in-worker", raws, worker, decode_process=False, hands_over=False)
+    assert reference[0] and len({name.split("_")[2] for name in reference[0]}) == (2 if worker is BY_HALF_DAY else 1)
+    for hands_over in (False, True):
+        assert _loopback_outputs(tmp_path / f"helper-{hands_over}", raws, worker, decode_process=True,
+                                 hands_over=hands_over) == reference
+
+
 def test_group_by_expressions_are_checked_when_the_config_loads(tmp_path):
     from stream_app.config import ConfigError
 
@@ -539,6 +558,32 @@ CSV_DEAD_LETTERS = {**NO_TEMPLATES, "mode": "structured", "schema": {"id": "sett
                     "fileNameTemplate": "F_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ part }}.csv"}
 
 
+def _with_bad_records(parts: list[list[RawRecord]]) -> list[RawRecord]:
+    """The partitions' records interleaved, with an invalid record and a damaged one among them."""
+    broken = {**next(matched_records(1, 5)), "currency": "EURO"}
+    parts[1].insert(7, RawRecord("in", 1, 7, None, None, encode_confluent(1, SCHEMA, broken)))
+    parts[2].insert(3, RawRecord("in", 2, 3, None, None, b"\x00garbage"))
+    for p, part in enumerate(parts):
+        parts[p] = [RawRecord("in", p, i, None, None, r.value) for i, r in enumerate(part)]
+    return interleave(parts, random.Random(4))
+
+
+def _loopback_outputs(out: Path, raws: list[RawRecord], worker: dict, decode_process: bool,
+                      hands_over: bool) -> tuple[dict[str, bytes], list, list]:
+    """Files, dead letters and journal events of one window-scope run through replay's loopback."""
+    out.mkdir()
+    settings = window_settings(out, 3, **worker)
+    settings = settings.model_copy(update={"input": settings.input.model_copy(update={"decodeProcess": decode_process})})
+    publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic, hands_over=hands_over)
+    routing = build_routing(settings, MemoryStateStore(), publisher, sender)
+    files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
+    run_window_records(routing, files, sender, settings.input_partitions, raws, 90)
+    events = [{k: v for k, v in e.items() if k not in ("event_id", "occurred_at", "location", "url")}
+              for e in publisher.events]
+    dead = [(r.partition, r.offset, reason, detail) for r, reason, detail in publisher.dead]
+    return {p.name: p.read_bytes() for p in out.glob("F_*")}, dead, events
+
+
 @pytest.mark.parametrize("decode_process", [True, False], ids=["helper", "in-process"])
 @pytest.mark.parametrize("worker", [TIMED, {"maxRecordsPerFile": 70}, XML, CSV_DEAD_LETTERS],
                          ids=["template-reads-time", "template", "xml", "csv-dead-letters"])
@@ -546,29 +591,9 @@ def test_routed_records_handed_over_give_what_the_encoded_repartition_records_gi
     """Replay hands its routed records to the file stage instead of encoding them into repartition
     records and decoding them again (replay/run.py, ``LoopbackSender.hands_over``): the same
     files, dead letters and journal events as the encoded records the live worker reads."""
-    parts = partitioned(400, 3, span_hours=4)
-    broken = {**next(matched_records(1, 5)), "currency": "EURO"}
-    parts[1].insert(7, RawRecord("in", 1, 7, None, None, encode_confluent(1, SCHEMA, broken)))
-    parts[2].insert(3, RawRecord("in", 2, 3, None, None, b"\x00garbage"))
-    for p, part in enumerate(parts):
-        parts[p] = [RawRecord("in", p, i, None, None, r.value) for i, r in enumerate(part)]
-    raws = interleave(parts, random.Random(4))
-
-    def replay(hands_over: bool) -> tuple[dict[str, bytes], list, list]:
-        out = tmp_path / f"hands-over-{hands_over}"
-        out.mkdir()
-        settings = window_settings(out, 3, **worker)
-        settings = settings.model_copy(update={"input": settings.input.model_copy(update={"decodeProcess": decode_process})})
-        publisher, sender = CollectingPublisher(), LoopbackSender(settings.repartition_topic, hands_over=hands_over)
-        routing = build_routing(settings, MemoryStateStore(), publisher, sender)
-        files = build_pipeline(settings, MemoryStateStore(), publisher, sink=LocalSink(out))
-        run_window_records(routing, files, sender, settings.input_partitions, raws, 90)
-        events = [{k: v for k, v in e.items() if k not in ("event_id", "occurred_at", "location", "url")}
-                  for e in publisher.events]
-        dead = [(r.partition, r.offset, reason, detail) for r, reason, detail in publisher.dead]
-        return {p.name: p.read_bytes() for p in out.glob("F_*")}, dead, events
-
-    encoded, handed = replay(False), replay(True)
+    raws = _with_bad_records(partitioned(400, 3, span_hours=4))
+    encoded = _loopback_outputs(tmp_path / "encoded", raws, worker, decode_process, hands_over=False)
+    handed = _loopback_outputs(tmp_path / "handed", raws, worker, decode_process, hands_over=True)
     assert encoded[0] and encoded == handed
     assert {reason for _, _, reason, _ in handed[1]} >= {"UNKNOWN_SCHEMA_ID"} | (
         {"VALIDATION_FAILED"} if worker is CSV_DEAD_LETTERS else set())
