@@ -201,14 +201,15 @@ class LiveWorker:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def produce(self, values: Iterable[bytes | tuple[int, bytes]], headers: Any = None) -> None:
+    def produce(self, values: Iterable[bytes | tuple[int, bytes]], headers: Any = None,
+                compression: str = "none") -> None:
         batch = []
         for i, item in enumerate(values):
             partition, value = item if isinstance(item, tuple) else (i % self.partitions, item)
             batch.append((partition, None, value))
             self.produced.append(RawRecord(self.topic, partition, self._next_offset[partition], None, None, value))
             self._next_offset[partition] += 1
-        produce(self.bootstrap, self.topic, batch)
+        produce(self.bootstrap, self.topic, batch, compression)
 
     def journal(self) -> list[dict]:
         return read_journal(self.bootstrap, self.journal_topic, timeout_s=15)

@@ -15,10 +15,13 @@ from stream_app.ops.problems import group_committed
 _JOURNAL, _DEAD_LETTERS = journal_reader(), dead_letter_reader()
 
 
-def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]]) -> int:
-    """Produce (partition, key, value) in order; returns how many were acknowledged."""
+def produce(bootstrap: str, topic: str, values: Iterable[tuple[int, bytes | None, bytes]],
+            compression: str = "none") -> int:
+    """Produce (partition, key, value) in order, in batches compressed with ``compression``
+    (librdkafka's ``compression.type``); returns how many were acknowledged."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False,
-                         "max.in.flight.requests.per.connection": 1, "acks": "all", "message.max.bytes": 8_000_000})
+                         "max.in.flight.requests.per.connection": 1, "acks": "all", "message.max.bytes": 8_000_000,
+                         "compression.type": compression})
     errors: list[str] = []
     count = 0
 

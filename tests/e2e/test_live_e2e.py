@@ -49,6 +49,25 @@ def test_files_match_the_core_and_offsets_commit_after_finalize(kafka_bootstrap,
     assert len(manifest) == len(files)
 
 
+@pytest.mark.both_brokers
+def test_an_input_topic_compressed_by_its_producers_gives_the_same_files(kafka_bootstrap, tmp_path):
+    """Producers compress their batches (lz4 and zstd are common): every codec Kafka has, mixed
+    in one topic, is read by the worker's client (aiokafka needs cramjam for all but gzip)."""
+    worker = LiveWorker(kafka_bootstrap, tmp_path, partitions=2, maxRecordsPerFile=25)
+    values = avro_values(160, seed=23, span_hours=3.5)
+    for i, codec in enumerate(["lz4", "zstd", "snappy", "gzip"]):
+        worker.produce(values[i * 40:(i + 1) * 40], compression=codec)
+    worker.start()
+    try:
+        wait_for(lambda: _records_in(worker.created()) + len(worker.dead_letters()) >= 160, 90,
+                 what="all records in files")
+        wait_for(lambda: worker.committed() == {0: 80, 1: 80}, 30, what="commits at the end")
+    finally:
+        assert worker.stop() == 0
+    worker.assert_reference_files(tmp_path)  # the bytes the pure core gives for the same records
+    assert all(d["reason"] == "LATE_RECORD" for d in worker.dead_letters())
+
+
 def test_commit_never_passes_unfinalized_records_of_interleaved_windows(kafka_bootstrap, tmp_path):
     worker = LiveWorker(kafka_bootstrap, tmp_path, maxRecordsPerFile=5,
                         window={"sizeMs": H, "graceMs": 100 * H, "idleTimeoutMs": 600_000})
