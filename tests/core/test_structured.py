@@ -13,6 +13,7 @@ import yaml
 from stream_app.config import ConfigError, parse_config
 from stream_app.core.assembly import FileVariables
 from stream_app.core.records import SourceRecord
+from stream_app.core.spool import MemorySpool
 from stream_app.core.structured.assembler import StructuredAssembler
 from stream_app.core.structured.pack import PackError, load_pack, pack_path
 from stream_app.core.structured.project import InvalidRecord
@@ -304,3 +305,116 @@ def test_records_built_with_only_the_fields_the_pack_reads_project_the_same(pack
     assert read, "the pack reads some input fields"
     for value in values:
         assert outcome({k: v for k, v in value.items() if k in read}) == outcome(value)
+
+
+# -- deferred detail lines (StructuredAssembler.assemble renders them while the XSD check reads) --
+
+def _eager(assembler: StructuredAssembler, cut: FileCut):
+    """The part as written before deferral: each detail line rendered on append."""
+    part = assembler.open_part(cut.key, cut.part, MemorySpool())
+    for record in cut.records:
+        part.append(record)
+    return part.finish()
+
+
+def _outcome(make) -> tuple:
+    try:
+        made = make()
+    except AssemblyError as exc:
+        return ("error", exc.error_class, str(exc), exc.source)
+    return ("file", made.name, made.body)
+
+
+def _helper_assembler(min_bytes: int = 64 * 1024) -> StructuredAssembler:
+    """pcs-clearing 1.1.0 with its XSD checked in the helper process from ``min_bytes`` on."""
+    pack = load_pack(pack_path(SCHEMAS_DIR, "pcs-clearing", "1.1.0"))
+    assembler = StructuredAssembler(pack, "F_{{ part }}.xml", PARTIES, xsd_process=True)
+    helper = assembler.formatter._xsd_helper  # type: ignore[attr-defined]
+    helper._min_bytes = min_bytes
+    return assembler
+
+
+def _close(assembler: StructuredAssembler) -> None:
+    helper = getattr(assembler.formatter, "_xsd_helper", None)
+    if helper is not None:
+        helper.close()
+
+
+@pytest.mark.parametrize("schema_id", [*sorted(PACKS), "pcs-clearing 1.1.0 (XSD helper)"])
+def test_deferred_detail_lines_are_the_bytes_of_lines_rendered_on_append(schema_id):
+    assembler = _helper_assembler() if "helper" in schema_id else assembler_for(schema_id)
+    try:
+        cut = cut_of(assembler, list(matched_records(4000, seed=5, span_hours=5)))
+        deferred, eager = _outcome(lambda: assembler.assemble(cut)), _outcome(lambda: _eager(assembler, cut))
+        assert deferred[0] == "file" and deferred == eager
+    finally:
+        _close(assembler)
+
+
+def test_deferred_detail_lines_are_rendered_while_the_xsd_check_reads_the_document():
+    assembler = _helper_assembler()
+    rendered = [0]
+    write = assembler.write_detail
+
+    def counted(row):
+        rendered[0] += 1
+        return write(row)
+
+    assembler.write_detail = counted
+    validate = assembler.formatter.validate
+    seen: list[int] = []
+
+    def spy(chunks):
+        def read():
+            for chunk in chunks():
+                seen.append(rendered[0])
+                yield chunk
+        return validate(read)
+
+    assembler.formatter.validate = spy  # type: ignore[method-assign]
+    try:
+        cut = cut_of(assembler, list(matched_records(6000, seed=5, span_hours=5)))
+        assembler.assemble(cut)
+    finally:
+        _close(assembler)
+    # the header comes before any line is rendered; then the lines arrive in groups as they are read
+    assert seen[0] == 0 and 0 < seen[1] < 6000 and seen[-1] == 6000 and len(set(seen)) >= 3
+    assert assembler.formatter._xsd_helper.documents_checked == 1  # type: ignore[attr-defined]
+
+
+def _broken_rows(assembler: StructuredAssembler, faults: dict[int, str]) -> FileCut:
+    """30 EUR records; per index one fault: a line that cannot be rendered, a record that broke a
+    rule (the fail policy carries it), a value the XSD refuses, a total beyond exact digits."""
+    from stream_app.core.structured.project import Violation
+
+    values = [{**v, "currency": "EUR"} for v in matched_records(30, seed=3, span_hours=1)]
+    cut = cut_of(assembler, values)
+    records = list(cut.records)
+    for i, fault in faults.items():
+        row = dict(records[i].row)
+        if fault == "line":
+            row["MerchantName"] = "ACME\x01STORE"
+        elif fault == "xsd":
+            row["Currency"] = "EURO"
+        elif fault == "total":
+            row["signed"] = Decimal("1E+70")
+        records[i] = SourceRecord(records[i].topic, 0, i, START_MS, records[i].value,
+                                  Violation("Amount", "min") if fault == "violation" else row)
+    return FileCut.of(cut.key, 0, records, "watermark", True)
+
+
+@pytest.mark.parametrize("faults", [
+    {5: "line", 9: "violation"}, {5: "violation", 9: "line"}, {3: "xsd", 9: "line"}, {3: "xsd"},
+    {2: "line", 6: "total"}, {2: "total", 6: "line"}, {4: "line"}, {4: "total", 8: "xsd"},
+], ids=str)
+@pytest.mark.parametrize("helper", [False, True], ids=["in worker", "XSD helper"])
+def test_a_broken_deferred_part_reports_what_rendering_on_append_reports(faults, helper):
+    assembler = _helper_assembler(min_bytes=1024) if helper else \
+        StructuredAssembler(load_pack(pack_path(SCHEMAS_DIR, "pcs-clearing", "1.1.0")), "F_{{ part }}.xml",
+                            PARTIES)
+    try:
+        cut = _broken_rows(assembler, faults)
+        deferred, eager = _outcome(lambda: assembler.assemble(cut)), _outcome(lambda: _eager(assembler, cut))
+    finally:
+        _close(assembler)
+    assert deferred[0] == "error" and deferred == eager

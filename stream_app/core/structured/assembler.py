@@ -24,6 +24,10 @@ from stream_app.core.structured.project import InvalidRecord, RowProjector, Viol
 from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey
 
+# Deferred detail lines go to the XSD check in groups of this size: its helper process checks one
+# while the writer renders the next (core/formats/xsd_helper.py sends groups of 1 MiB).
+RENDER_GROUP_BYTES = 1 << 20
+
 
 def _sort_key(key: tuple) -> tuple:
     return tuple((value is not None, value) for value in key)
@@ -195,7 +199,9 @@ class StructuredAssembler:
         return StructuredPart(self, key, part, spool)
 
     def assemble(self, cut: FileCut) -> AssembledFile:
-        part = self.open_part(cut.key, cut.part, MemorySpool())
+        # The cut's records are in memory: their detail lines are rendered as the document is
+        # checked (see StructuredPart, deferred), not before.
+        part = StructuredPart(self, cut.key, cut.part, MemorySpool(), deferred=True)
         for record in cut.records:
             part.append(record)
         return part.finish()
@@ -212,9 +218,19 @@ class StructuredPart:
 
     A grouped body (e.g. net positions) folds its groups instead of writing lines: memory grows
     with the number of groups, never with the number of records.
+
+    ``deferred`` (a cut whose records are all in memory): the detail lines are rendered at
+    ``finish``, while the document is checked against its XSD, so that the XSD helper process
+    checks each group of lines while this thread renders the next (rendering first, then
+    checking, kept the writer waiting for the helper for half of each write).  The header,
+    which needs the aggregates, is ready first because the rows are folded on ``append``.  The
+    bytes, and which error a broken part reports, are those of rendering on ``append``: a
+    detail line that cannot be rendered is reported before anything found later (a record
+    after it, the aggregates, the trailer checks, the XSD).
     """
 
-    def __init__(self, assembler: StructuredAssembler, key: FileKey, part: int, spool: Spool) -> None:
+    def __init__(self, assembler: StructuredAssembler, key: FileKey, part: int, spool: Spool,
+                 deferred: bool = False) -> None:
         self._assembler = assembler
         self._pack = assembler.pack
         self._key = key
@@ -236,6 +252,9 @@ class StructuredPart:
         self._keyed: dict[tuple[str, ...], dict[tuple, list]] = {
             check.group_by: {} for check in self._pack.trailer_checks if check.group_by}
         self._framed: tuple[list[Line], dict[str, Any]] = ([], {})
+        # deferred: the records appended, and how many of their detail lines are in the spool
+        self._deferred: list[SourceRecord] | None = [] if deferred and self._groups is None else None
+        self._rendered = 0
 
     def append(self, record: SourceRecord) -> None:
         if self._error is not None:
@@ -246,6 +265,17 @@ class StructuredPart:
             self._error = AssemblyError(f"pack {self._pack.id}: {record.topic}/{record.partition}@{record.offset}: "
                                         f"{row.describe()}",
                                         "VALIDATION_FAILED", source=(record.topic, record.partition, record.offset))
+            return
+        if self._deferred is not None:
+            try:
+                for acc in self._aggregates:
+                    acc.add(row)
+            except AssemblyError as exc:
+                self._error = exc  # raised at finish, after the lines of the records before this one
+                return
+            self._deferred.append(record)
+            if self._pack.trailer_checks:
+                self._count_detail(row)
             return
         for acc in self._aggregates:
             acc.add(row)
@@ -264,9 +294,53 @@ class StructuredPart:
             if self._pack.trailer_checks:
                 self._count_detail(row)
         except FormatError as exc:
-            self._error = AssemblyError(f"pack {self._pack.id}: {record.topic}/{record.partition}@{record.offset}: {exc}",
-                                        exc.error_class,
-                                        source=(record.topic, record.partition, record.offset))
+            self._error = self._line_error(record, exc)
+
+    def _line_error(self, record: SourceRecord, exc: FormatError) -> AssemblyError:
+        return AssemblyError(f"pack {self._pack.id}: {record.topic}/{record.partition}@{record.offset}: {exc}",
+                             exc.error_class, source=(record.topic, record.partition, record.offset))
+
+    def _render(self) -> Iterator[bytes]:
+        """Deferred: the detail lines not yet in the spool, written to it and given in groups of
+        about ``RENDER_GROUP_BYTES``; raises the ``AssemblyError`` of a line that cannot be rendered."""
+        records = self._deferred
+        assert records is not None
+        write, spool = self._write_detail, self._spool
+        group: list[bytes] = []
+        size = 0
+        while self._rendered < len(records):
+            record = records[self._rendered]
+            try:
+                line = write(record.row)
+            except FormatError as exc:
+                raise self._line_error(record, exc) from None
+            group.append(line)
+            size += len(line)
+            self._rendered += 1
+            if size >= RENDER_GROUP_BYTES:
+                data = b"".join(group)
+                spool.write(data)
+                yield data
+                group, size = [], 0
+        if group:
+            data = b"".join(group)
+            spool.write(data)
+            yield data
+
+    def _body(self) -> Iterator[bytes]:
+        """The body as far as rendered (what the spool holds now), then the rest, rendered."""
+        if self._deferred is None or self._rendered == len(self._deferred):
+            yield from self._spool.chunks()
+            return
+        if self._rendered:
+            yield from list(self._spool.chunks())  # as it is now: _render appends to it
+        yield from self._render()
+
+    def _render_all(self) -> None:
+        """Deferred: every detail line in the spool (raises a line's ``AssemblyError``)."""
+        if self._deferred is not None:
+            for _ in self._render():
+                pass
 
     def frame(self) -> tuple[bytes, bytes, bytes]:
         """Header, grouped body and trailer bytes of the part as it is now (preflight renders
@@ -357,21 +431,29 @@ class StructuredPart:
                          **{name: context[name].get(key) for name in siblings}}, dict(context))
 
     def finish(self) -> AssembledFile:
+        try:
+            return self._finish()
+        except AssemblyError:
+            self._render_all()  # deferred: a detail line's error comes first, as if rendered on append
+            raise
+
+    def _finish(self) -> AssembledFile:
         if self._error is not None:
             raise self._error
         assembler, formatter = self._assembler, self._assembler.formatter
         head, groups, tail = self.frame()
-        spool = self._spool
+        body = self._body
 
         def chunks() -> Iterator[bytes]:
-            return chain((head,), spool.chunks(), (groups, tail))
+            return chain((head,), body(), (groups, tail))
 
         name = assembler.file_name(self._key, self._part, self.count)
         self.check_trailer(name)
         try:
-            formatter.validate(chunks)
+            formatter.validate(chunks)  # deferred: renders the detail lines as it reads them
         except FormatError as exc:
             raise AssemblyError(f"pack {self._pack.id}: {name}: {exc}", exc.error_class) from None
+        self._render_all()  # a formatter that checks nothing read none of them
         return AssembledFile(name, chunks, self.count)
 
     def discard(self) -> None:
