@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from itertools import chain
 from typing import Any
 
 from stream_app.core.assembly import DEFAULT_VARIABLES, AssembledFile, AssemblyError, FileVariables
-from stream_app.core.decimals import EXACT, INEXACT
 from stream_app.core.formats.base import FormatError, Formatter, Line
 from stream_app.core.formats.csv import CsvFormatter
 from stream_app.core.formats.fixedwidth import FixedWidthFormatter
@@ -18,8 +17,9 @@ from stream_app.core.formats.xml import XmlFormatter, unrepresentable_finder
 from stream_app.core.limits import Weigher
 from stream_app.core.records import SourceRecord
 from stream_app.core.spool import MemorySpool, Spool
+from stream_app.core.structured.aggregates import Aggregate, Fold, sort_key
 from stream_app.core.structured.checks import TrailerCheck
-from stream_app.core.structured.pack import AggregateSpec, CompiledField, LineSpec, SchemaPack
+from stream_app.core.structured.pack import CompiledField, LineSpec, SchemaPack
 from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey
@@ -27,85 +27,6 @@ from stream_app.core.windows import FileCut, FileKey
 # Deferred detail lines go to the XSD check in groups of this size: its helper process checks one
 # while the writer renders the next (core/formats/xsd_helper.py sends groups of 1 MiB).
 RENDER_GROUP_BYTES = 1 << 20
-
-
-def _sort_key(key: tuple) -> tuple:
-    return tuple((value is not None, value) for value in key)
-
-
-class _Fold:
-    """count / sum / min / max of one aggregate, one row at a time (Decimal stays Decimal)."""
-
-    __slots__ = ("fn", "field", "count", "value", "add", "zero")
-
-    def __init__(self, spec: AggregateSpec, zero: Any = Decimal(0)) -> None:
-        self.fn = spec.fn
-        self.field = spec.field
-        self.zero = zero  # the sum of no rows: 0 of the field's type
-        self.count = 0
-        self.value: Any = None
-        # Bound once: a count needs no field, and the per-row call skips a branch on fn.
-        self.add: Callable[[Mapping[str, Any]], None] = self._count if spec.fn == "count" else self._fold
-
-    def _count(self, row: Mapping[str, Any]) -> None:
-        self.count += 1
-
-    def _fold(self, row: Mapping[str, Any]) -> None:
-        self.count += 1
-        value = row[self.field]  # type: ignore[index]
-        if value is None:
-            return
-        if self.value is None:
-            self.value = value
-        elif self.fn == "sum":
-            try:
-                self.value = EXACT.add(self.value, value) if type(value) is Decimal else self.value + value
-            except INEXACT:
-                raise AssemblyError(f"aggregate sum of {self.field!r} is not exact within {EXACT.prec} digits",
-                                    "INEXACT_TOTAL") from None
-        elif self.fn == "min":
-            self.value = min(self.value, value)
-        else:
-            self.value = max(self.value, value)
-
-    def result(self) -> Any:
-        if self.fn == "count":
-            return self.count
-        if self.fn == "sum" and self.value is None:
-            return self.zero
-        return self.value
-
-
-class _Aggregate:
-    """One pack aggregate, grouped (dict of folds, sorted by key at the end) or not."""
-
-    def __init__(self, spec: AggregateSpec, zero: Any = Decimal(0)) -> None:
-        self.spec = spec
-        self.zero = zero
-        self._total = _Fold(spec, zero)
-        self._groups: dict[tuple, _Fold] = {}
-        self._group_by = tuple(spec.groupBy or ())
-        self.add: Callable[[Mapping[str, Any]], None] = self._add_grouped if self._group_by else self._total.add
-
-    def _add_grouped(self, row: Mapping[str, Any]) -> None:
-        key = tuple([row[name] for name in self._group_by])
-        fold = self._groups.get(key)
-        if fold is None:
-            fold = self._groups[key] = _Fold(self.spec, self.zero)
-        fold.add(row)
-
-    def result(self) -> Any:
-        if not self.spec.groupBy:
-            return self._total.result()
-        return {key: self._groups[key].result() for key in sorted(self._groups, key=_sort_key)}
-
-
-def aggregate(spec: AggregateSpec, rows: Sequence[Mapping[str, Any]]) -> Any:
-    """Decimal-exact count/sum/min/max, per group (sorted by key) when ``groupBy`` is set."""
-    acc = _Aggregate(spec)
-    for row in rows:
-        acc.add(row)
-    return acc.result()
 
 
 def build_formatter(pack: SchemaPack, xsd_process: bool = False) -> Formatter:
@@ -237,10 +158,10 @@ class StructuredPart:
         self._part = part
         self._spool = spool
         types = self._pack.field_types
-        self._aggregates = [_Aggregate(spec, 0 if types.get(spec.field or "") == "int" else Decimal(0))
+        self._aggregates = [Aggregate(spec, 0 if types.get(spec.field or "") == "int" else Decimal(0))
                             for spec in self._pack.spec.aggregates]
         body = self._pack.spec.body
-        self._groups: dict[tuple, list[_Fold]] | None = {} if body else None
+        self._groups: dict[tuple, list[Fold]] | None = {} if body else None
         self._write_detail = assembler.write_detail
         self._error: AssemblyError | None = None
         self.count = 0
@@ -285,7 +206,7 @@ class StructuredPart:
             key = tuple(row[name] for name in body.groupBy)
             folds = self._groups.get(key)
             if folds is None:
-                folds = self._groups[key] = [_Fold(col) for col in body.columns]
+                folds = self._groups[key] = [Fold(col) for col in body.columns]
             for fold in folds:
                 fold.add(row)
             return
@@ -401,7 +322,7 @@ class StructuredPart:
         assert spec.forEach is not None
         counted = self._keyed[check.group_by]
         keys = context[spec.forEach]
-        for key in sorted(set(counted) | set(keys), key=_sort_key):
+        for key in sorted(set(counted) | set(keys), key=sort_key):
             if key not in keys:
                 raise AssemblyError(f"pack {self._pack.id}: {name}: trailer check failed: detail lines of "
                                     f"{'/'.join(map(str, key))} have no trailer[{check.line}] line",
@@ -477,7 +398,7 @@ class StructuredPart:
         if body is None or self._groups is None:
             return []
         lines = []
-        for key in sorted(self._groups, key=_sort_key):
+        for key in sorted(self._groups, key=sort_key):
             scope: dict[str, Any] = dict(zip(body.groupBy, key))
             scope.update({col.name: fold.result() for col, fold in zip(body.columns, self._groups[key])})
             lines.append(_line("detail", None, self._pack.body_fields,
