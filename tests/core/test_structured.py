@@ -212,6 +212,49 @@ def test_epoch_millis_beyond_a_datetime_are_an_evaluation_error(millis):
             evaluate({"record": {"at": millis}})
 
 
+@pytest.mark.parametrize("source, context, expected", [
+    ("concat(a)", {"a": "x"}, "x"),
+    ("concat(a, b)", {"a": "x", "b": "y"}, "xy"),
+    ("concat(a, b, c)", {"a": "x", "b": "y", "c": "z"}, "xyz"),
+    ("concat(a, b, c, a)", {"a": "x", "b": "y", "c": "z"}, "xyzx"),
+    ("if_(is_in(t, 'REFUND', 'REVERSAL'), 0, a)", {"t": "REFUND", "a": Decimal("1.50")}, 0),
+    ("if_(is_in(t, 'REFUND', 'REVERSAL'), 0, a)", {"t": "PURCHASE", "a": Decimal("1.50")}, Decimal("1.50")),
+    ("pad_left(a, 5, 'ab')", {"a": "x"}, "pad_left() failed: TypeError"),
+    ("least(a, b, c)", {"a": 1, "b": "x", "c": 2}, "least() failed: TypeError"),
+    ("least(a, b, c, a)", {"a": 1, "b": "x", "c": 2}, "least() failed: TypeError"),
+], ids=str)
+def test_calls_of_any_arity_give_their_function_s_result_or_its_evaluation_error(source, context, expected):
+    from stream_app.core.structured.expressions import EvaluationError, compile_expression
+
+    evaluate, _ = compile_expression(source)
+    try:
+        got = evaluate(context)
+    except EvaluationError as exc:
+        got = str(exc)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("field", ["Amount", "debit"])
+def test_a_decimal_field_takes_an_int_as_the_full_rules_do(field):
+    """The checker's shortcut for ints (the 0 of if_(..., 0, Amount)) gives what check_value gives."""
+    from stream_app.core.structured.project import check_value, field_checker
+
+    pack = load_pack(pack_path(SCHEMAS_DIR, "pcs-clearing", "1.1.0"))
+    (compiled,) = [f for f in pack.fields if f.spec.name == field]
+    checker = field_checker(compiled)
+
+    def outcome(check, value):
+        try:
+            result = check(value)
+        except InvalidRecord as exc:
+            return ("violation", exc.violation.rule)
+        return (type(result).__name__, str(result))
+
+    for value in [0, 1, -1, 5, 999_999_999, 1_000_000_000, 10 ** 40, -(10 ** 40), True, False, Decimal("0.001")]:
+        assert outcome(checker, value) == outcome(lambda v: check_value(compiled, v), value), value
+    assert outcome(checker, 0) == (("Decimal", "0") if field == "debit" else ("violation", "min"))
+
+
 PARTIES = FileVariables(None, {"sender_id": "BARCGB22XXX", "receiver_id": "ECBFDEFFXXX"})
 
 

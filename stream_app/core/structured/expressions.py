@@ -203,7 +203,7 @@ def compile_expression(source: str, maps: Mapping[str, Mapping[str, Any]] | None
                     return EvaluationError(f"{name}(): the result is not exact within {EXACT.prec} digits")
                 return EvaluationError(f"{name}() failed: {type(exc).__name__}")
 
-            # One- and two-argument calls, the common ones, without building an argument tuple.
+            # Calls of one to three arguments, the common ones, without building an argument list.
             if len(args) == 1:
                 (only,) = args
 
@@ -218,6 +218,14 @@ def compile_expression(source: str, maps: Mapping[str, Mapping[str, Any]] | None
                 def call(ctx: Mapping[str, Any]) -> Any:
                     try:
                         return fn(first(ctx), second(ctx))
+                    except (TypeError, ValueError, ArithmeticError) as exc:
+                        raise failed(exc) from None
+            elif len(args) == 3:  # if_(cond, a, b), is_in(v, x, y): a fifth of a pack's projection
+                first, second, third = args
+
+                def call(ctx: Mapping[str, Any]) -> Any:
+                    try:
+                        return fn(first(ctx), second(ctx), third(ctx))
                     except (TypeError, ValueError, ArithmeticError) as exc:
                         raise failed(exc) from None
             else:

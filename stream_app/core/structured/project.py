@@ -115,6 +115,10 @@ def field_checker(field: CompiledField) -> Callable[[Any], Any]:
             if type(value) is Decimal and value.is_finite() and (low is None or value >= low) \
                     and (high is None or value <= high) and (scale is None or -int(value.as_tuple().exponent) <= scale):
                 return value
+            if type(value) is int:  # e.g. the 0 of if_(..., 0, Amount): exact, no decimal places
+                number = Decimal(value)
+                if (low is None or number >= low) and (high is None or number <= high):
+                    return number
             return check_value(field, value)
 
         return decimal_value
