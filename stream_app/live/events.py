@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -68,18 +68,26 @@ class KafkaEventProducer:
         self._unconfirmed: dict[int, tuple[str, bytes | None, bytes]] = {}
         self._sequence = 0
         self._failed: dict[int, tuple[str, str, bytes | None, bytes]] = {}  # by sequence: why, the event
-        # Delivery reports come in the thread that flushes, maybe while another commit round's
-        # delivered() reads the books: an event is in one of the two, never lost between them.
-        self._books = threading.Lock()
+        # Delivery reports as they come, in the thread that polls or flushes; the books above are
+        # kept by the event loop's thread alone (_settle).  A report only appends here, one call,
+        # and takes no lock: with the library's fatal error pending, a call can fail after it
+        # acted, so a lock taken in a report could stay taken for good (ops/producer_calls.py).
+        self._reports: deque[tuple[int, Any]] = deque()
         self._retry_initial_s = retry_initial_s
         self.undeliverable: str | None = None
 
     def _on_delivery(self, sequence: int, err: Any, msg: Any) -> None:  # in the thread that polls or flushes
-        with self._books:
+        self._reports.append((sequence, err))
+
+    def _settle(self) -> None:
+        """Take the delivery reports that came into the books (the event loop's thread)."""
+        while self._reports:
+            sequence, err = self._reports.popleft()
             event = self._unconfirmed.pop(sequence, None)
-            if err is not None and event is not None:
+            if err is None:
+                continue
+            if event is not None:
                 self._failed[sequence] = (str(err), *event)
-        if err is not None:
             # e.g. PRODUCER_FENCED when the idempotent producer re-initialises against a broker
             # that lost its producer state: this producer can send nothing more
             self._fatal = self._fatal or bool(err.fatal()) or err.name() in _PRODUCER_STATE_LOST
@@ -87,8 +95,7 @@ class KafkaEventProducer:
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         self._sequence += 1
         sequence = self._sequence
-        with self._books:
-            self._unconfirmed[sequence] = (topic, key, value)
+        self._unconfirmed[sequence] = (topic, key, value)
         while not self._fatal:
             try:
                 self._producer.produce(topic, value, key, on_delivery=partial(self._on_delivery, sequence))
@@ -96,26 +103,31 @@ class KafkaEventProducer:
             except BufferError:  # librdkafka's queue is full: let it send some first
                 if serve(self._producer, 0.05) is not None:
                     self._fatal = True
+                self._settle()
             except KafkaException as exc:  # the producer is in a fatal state: delivered() replaces it
                 log.warning("the event producer refused an event: %s", exc)
                 self._fatal = True
-        if serve(self._producer) is not None:  # (a delivery report it serves may set _fatal too)
+        if serve(self._producer) is not None:
             self._fatal = True
+        self._settle()  # a delivery report it served may say the producer is finished
 
     async def delivered(self) -> None:
         """Every event produced so far is acknowledged; failures are produced again until they are."""
         backoff = self._retry_initial_s
         while True:
-            while len(self._producer):  # queued or in flight; in steps, so a stop never blocks in flush()
+            # Queued or in flight; in steps, so a stop never blocks in flush().  A finished
+            # producer may keep its queue: what it holds is unconfirmed, and produced again.
+            while len(self._producer) and not self._fatal:
                 if await asyncio.to_thread(serve, self._producer, 2.0) is not None:
                     self._fatal = True
-            with self._books:
-                if self._fatal:  # reports lost or never to come: whatever is unconfirmed failed
-                    self._failed.update((sequence, ("the event producer failed", *event))
-                                        for sequence, event in self._unconfirmed.items())
-                    self._unconfirmed.clear()
-                failed = [self._failed[sequence] for sequence in sorted(self._failed)]  # in the order produced
-                self._failed.clear()
+                self._settle()
+            self._settle()
+            if self._fatal:  # reports lost or never to come: whatever is unconfirmed failed
+                self._failed.update((sequence, ("the event producer failed", *event))
+                                    for sequence, event in self._unconfirmed.items())
+                self._unconfirmed.clear()
+            failed = [self._failed[sequence] for sequence in sorted(self._failed)]  # in the order produced
+            self._failed.clear()
             if not failed:
                 self.undeliverable = None
                 return
@@ -124,6 +136,7 @@ class KafkaEventProducer:
             if self._fatal:
                 log.warning("the event producer is in a fatal state; starting a new one")
                 self._producer, self._fatal = self._make(), False
+                self._reports.clear()  # the old producer's: its events are all in failed
             for _, topic, key, value in failed:
                 self.produce(topic, key, value)
 

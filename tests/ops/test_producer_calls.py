@@ -9,6 +9,7 @@ header.  The hook is checked against the handle's name before any test relies on
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import glob
 import logging
@@ -145,3 +146,34 @@ def test_events_survive_a_fatal_producer_error_every_one_delivered(kafka_bootstr
         first = list(dict.fromkeys(values))
         queued = [v for v in first if v.startswith(b"queued-")]
         assert queued == sorted(queued, key=lambda v: int(v.split(b"-")[1])), (key, first)
+
+
+class _ReportsThatFailAfterActing(collections.deque):
+    """Each append takes the report, then raises, as any call does in a delivery report served
+    while the library's fatal error is pending (test_confluent_kafka_raises_...: SystemError)."""
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        raise SystemError("<class 'str'> returned a result with an exception set")
+
+
+@pytest.mark.e2e
+def test_delivery_reports_that_fail_after_acting_neither_block_nor_lose_events(kafka_bootstrap, tmp_path):
+    """The report takes no lock and makes one call (live/events.py): a lock taken in a report
+    that then failed stayed taken, and the next report blocked the commit round for good."""
+    from stream_app.tools.broker import create_topics
+
+    topic = f"events-reports-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, {topic: 1})
+    settings = parse_config(config_dict(tmp_path, bootstrap=kafka_bootstrap))
+    producer = KafkaEventProducer(settings, retry_initial_s=0.1)
+    producer._reports = _ReportsThatFailAfterActing()
+
+    async def scenario() -> None:
+        for i in range(20):
+            producer.produce(topic, b"k", f"event-{i}".encode())
+        await asyncio.wait_for(producer.delivered(), 30)
+
+    asyncio.run(scenario())
+    assert producer.undeliverable is None and not producer._unconfirmed and not producer._failed
+    producer.close()
