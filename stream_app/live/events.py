@@ -116,10 +116,11 @@ class KafkaEventProducer:
         backoff = self._retry_initial_s
         while True:
             # Queued or in flight; in steps, so a stop never blocks in flush().  A finished
-            # producer may keep its queue: what it holds is unconfirmed, and produced again.
-            while len(self._producer) and not self._fatal:
+            # producer delivers nothing more: what it holds is unconfirmed, and produced again.
+            while len(self._producer):
                 if await asyncio.to_thread(serve, self._producer, 2.0) is not None:
                     self._fatal = True
+                    break
                 self._settle()
             self._settle()
             if self._fatal:  # reports lost or never to come: whatever is unconfirmed failed

@@ -179,13 +179,15 @@ class KafkaRepartitionSender:
 
     async def delivered(self) -> None:
         """Every record sent is acknowledged; raises ``RepartitionSendError`` once the queue is
-        empty when some were not (then ``restart`` and route again from the checkpoints)."""
+        empty (or the producer finished) when some were not (then ``restart`` and route again
+        from the checkpoints)."""
         # In steps, so that a stop (or a broker outage) never leaves a thread blocked in flush().
         self._waiting_since = time.monotonic()
         try:
             while len(self._producer):  # queued or in flight
                 if failed := await asyncio.to_thread(serve, self._producer, 2.0):
                     self._broken = self._broken or failed
+                    break  # finished: it delivers nothing more (its queue may never empty)
         finally:
             self._waiting_since = None
         if self._errors or self._broken:
@@ -193,7 +195,8 @@ class KafkaRepartitionSender:
             raise RepartitionSendError(f"{len(errors)} repartition delivery error(s), the first: {errors[0]}")
 
     def restart(self) -> None:
-        """A new producer session (the old one's queue is empty: ``delivered`` raised)."""
+        """A new producer session (``delivered`` raised: the old one's queue is empty, or it is
+        finished and delivers nothing more)."""
         self._producer = self._make()
         self._errors, self._broken = [], None
 

@@ -177,3 +177,57 @@ def test_delivery_reports_that_fail_after_acting_neither_block_nor_lose_events(k
     asyncio.run(scenario())
     assert producer.undeliverable is None and not producer._unconfirmed and not producer._failed
     producer.close()
+
+
+class _Finished:
+    """A producer after its fatal error whose queue never empties (serving it fails every time)."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def flush(self, timeout: float = 0.0) -> int:
+        raise KafkaException("fatal error")
+
+    poll = flush
+
+
+class _Delivering:
+    """A producer that delivers what it is given when served."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self._reports: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._reports)
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None, **_: Any) -> None:
+        self.sent.append(value)
+        self._reports.append(on_delivery)
+
+    def flush(self, timeout: float = 0.0) -> int:
+        reports, self._reports = self._reports, []
+        for report in reports:
+            report(None, None)
+        return 0
+
+    poll = flush
+
+
+def test_a_finished_producer_whose_queue_never_empties_is_replaced_not_waited_for(tmp_path):
+    settings = parse_config(config_dict(tmp_path, bootstrap=NOWHERE))
+    events = KafkaEventProducer(settings, retry_initial_s=0.01)
+    events._producer, replacement = _Finished(), _Delivering()
+    events._make = lambda: replacement
+    events._unconfirmed[1] = ("journal", b"k", b"event")  # produced, never confirmed
+    asyncio.run(asyncio.wait_for(events.delivered(), 10))
+    assert replacement.sent == [b"event"] and events.undeliverable is None
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sender = KafkaRepartitionSender(parse_config(config_dict(out, bootstrap=NOWHERE, fileScope="window")))
+    real, sender._producer = sender._producer, _Finished()
+    with pytest.raises(RepartitionSendError, match="fatal error"):
+        asyncio.run(asyncio.wait_for(sender.delivered(), 10))
+    sender._producer = real
+    sender.close()
