@@ -187,19 +187,19 @@ class StructuredPart:
                                         f"{row.describe()}",
                                         "VALIDATION_FAILED", source=(record.topic, record.partition, record.offset))
             return
+        try:
+            for acc in self._aggregates:
+                acc.add(row)
+        except AssemblyError as exc:
+            if self._deferred is None:
+                raise
+            self._error = exc  # raised at finish, after the lines of the records before this one
+            return
         if self._deferred is not None:
-            try:
-                for acc in self._aggregates:
-                    acc.add(row)
-            except AssemblyError as exc:
-                self._error = exc  # raised at finish, after the lines of the records before this one
-                return
             self._deferred.append(record)
             if self._pack.trailer_checks:
                 self._count_detail(row)
             return
-        for acc in self._aggregates:
-            acc.add(row)
         if self._groups is not None:
             body = self._pack.spec.body
             assert body is not None
