@@ -256,8 +256,13 @@ def test_scaling_one_three_two_one_replicas_while_files_are_written(kafka_bootst
 
     def progress(more: int) -> None:
         target = len(union()) + more
-        first.wait_for(lambda: len(union()) >= target or set(union()) >= set(reference), 180, interval_s=0.5,
-                       what=f"{more} more files")
+        try:
+            first.wait_for(lambda: len(union()) >= target or set(union()) >= set(reference), 180, interval_s=0.5,
+                           what=f"{more} more files")
+        except AssertionError as exc:  # what every replica was doing, and which files are missing
+            others = [f"--- replica {i}: {worker.diagnosis()}" for i, worker in enumerate(workers) if i and worker.proc]
+            missing = sorted(set(reference) - set(union()))
+            raise AssertionError("\n".join([str(exc), *others, f"missing ({len(missing)}): {missing[:20]}"])) from None
 
     def alive(*replicas: LiveWorker) -> None:
         for worker in replicas:
