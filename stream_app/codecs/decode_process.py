@@ -15,8 +15,7 @@ thread, and read by a receiver thread, so the helper never waits for the main th
 (it would stop a pipe's worth ahead of it).  If the helper dies, the rest of the batch (and later batches, after a restart of the
 helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
 
-Protocol on the helper's stdin/stdout: one JSON line with the settings, then frames of a 4-byte
-big-endian length and a body.  A request body is ``marshal`` of a list of payloads (bytes or
+The process and its frames are ``ops/helper_process.py``'s.  A request body is ``marshal`` of a list of payloads (bytes or
 None); a response body is b"M" + ``marshal`` (or b"P" + ``pickle`` when a value holds objects
 marshal cannot carry, e.g. nested logical types) of one item per payload:
 ``(0, schema_id, plain value)``, or with ``carry`` when the value has a packed form
@@ -27,152 +26,36 @@ marshal cannot carry, e.g. nested logical types) of one item per payload:
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import marshal
-import os
 import pickle
-import queue
-import signal
-import struct
 import subprocess
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
 from stream_app.codecs import DecodeError
 from stream_app.codecs.avro import AvroDecoder, SchemaResolver, convert_plain, read_confluent
 from stream_app.codecs.carried import CarryingAvroDecoder, pack, unpack
 from stream_app.codecs.registry import RegistryUnavailable
 from stream_app.core.records import RawRecord, SourceRecord
+from stream_app.ops.helper_process import HelperClient, HelperGone, serve
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # records per request: small enough to pipeline a batch, large enough to amortize
 FIRST_CHUNK = 100
 AHEAD = 2  # chunks sent before their turn: the helper always has the next one at hand
-PIPE_BYTES = 1 << 20
-_LENGTH = struct.Struct(">I")
 _OK, _ERROR, _REGISTRY = 0, 1, 2
 
 
-def _widen(pipe: IO[bytes]) -> None:
-    """Room for a few chunks in the pipe (Linux): a write then never waits for the other side to
-    be scheduled, which under the helper's GIL can take a whole switch interval."""
-    try:
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    except (AttributeError, OSError):
-        pass  # another OS, or a lower pipe-max-size: smaller pipes, same results
-
-
-class HelperGone(Exception):
-    """The helper process exited or its pipe broke."""
-
-
-def _write_frame(stream: IO[bytes], body: bytes) -> None:
-    # Straight to the file descriptor, partial writes resumed here: through a BufferedWriter, a
-    # write into a full pipe that was interrupted (seen with py-spy attached to the helper) lost
-    # or repeated bytes mid-frame, and the reader got a corrupt answer.
-    stream.flush()
-    view = memoryview(_LENGTH.pack(len(body)) + body)
-    fd = stream.fileno()
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    data = stream.read(size)
-    if data is None or len(data) != size:
-        raise HelperGone("the decode helper closed its output")
-    return data
-
-
-def _read_frame(stream: IO[bytes]) -> bytes:
-    (size,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
-    return _read_exactly(stream, size)
-
-
-class _FrameSender:
-    """Writes request frames to the helper's stdin from a thread of its own.
-
-    A write into a full pipe blocks until the helper reads (which waits on the helper's GIL); in
-    a thread, that wait no longer holds up the worker's main thread, which windows the records of
-    the chunk before meanwhile.  One thread writes every frame, so frames keep their order.
-    """
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="decode-helper-sender", daemon=True)
-        self._thread.start()
-
-    def send(self, body: bytes) -> None:
-        if self._error is not None:
-            raise HelperGone(str(self._error))
-        self._queue.put(body)
-
-    def _run(self) -> None:
-        while (body := self._queue.get()) is not None:
-            try:
-                _write_frame(self._stream, body)
-            except (OSError, ValueError) as exc:  # the helper exited: its reader sees the end too
-                self._error = exc
-                return
-
-    def stop(self, timeout_s: float) -> bool:
-        """Drop the frames not yet written and end the thread; False if a write is still stuck."""
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-
-class _FrameReceiver:
-    """Reads the helper's answer frames from a thread of its own, as they come.
-
-    Without it the helper could run only a pipe's worth (about 2,000 records) ahead of the
-    worker's reading: while the main thread finalized, committed or ran the file stage, the
-    helper stood blocked on a full pipe and the decoding did not overlap that work.  The answers
-    queued here are those of the prefetched batches (at most the next fetched batch ahead).
-    """
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self._queue: queue.SimpleQueue[bytes | HelperGone] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="decode-helper-receiver", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._queue.put(_read_frame(self._stream))
-        except HelperGone as exc:  # the helper exited (or was stopped): its output ended
-            self._queue.put(exc)
-        except (OSError, ValueError) as exc:
-            self._queue.put(HelperGone(str(exc)))
-
-    def receive(self) -> bytes:
-        body = self._queue.get()
-        if isinstance(body, HelperGone):
-            self._queue.put(body)  # every later receive fails the same way
-            raise body
-        return body
-
-    def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
-
-
-class ProcessAvroDecoder:
+class ProcessAvroDecoder(HelperClient):
     """``AvroDecoder`` whose bulk path reads record bodies in a helper process."""
+
+    helper_module = __name__
+    helper_name = "decode helper"
+    fallback_work = "decoding"
 
     def __init__(self, local_schemas: dict[int, str], registry: dict[str, Any] | None, event_time_field: str,
                  max_record_bytes: int, restart_after_s: float = 60.0, carry: bool = False,
@@ -184,22 +67,14 @@ class ProcessAvroDecoder:
         # neither unpacks nor converts the rest.  time_as_millis: the event time is read only as
         # the record's epoch ms, so with ``reads`` its field is left out of the value (a timestamp-
         # millis field: not built as a datetime that nobody reads).
-        self._settings = {"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry,
-                          "max": max_record_bytes, "carry": carry, "reads": None if reads is None else list(reads)}
+        super().__init__({"local": {str(k): v for k, v in local_schemas.items()}, "registry": registry,
+                          "max": max_record_bytes, "carry": carry, "reads": None if reads is None else list(reads)},
+                         restart_after_s, clock)
         self._resolver = SchemaResolver(local_schemas, registry)
         self._local: AvroDecoder = (CarryingAvroDecoder if carry else AvroDecoder)(
             self._resolver, event_time_field, max_record_bytes)
         self._time_field = event_time_field
         self._time_as_millis = time_as_millis
-        self._proc: subprocess.Popen | None = None
-        self._sender: _FrameSender | None = None
-        self._receiver: _FrameReceiver | None = None
-        self._in_flight = 0  # requests whose responses were not read yet
-        # After a failure the helper is started again only this much later: a helper that cannot
-        # start would otherwise cost a process start (and a warning) per batch.
-        self._restart_after_s = restart_after_s
-        self._restart_at = 0.0
-        self._clock = clock
         # Prefetched batches (all their chunks sent), in the order their answers come back, with
         # their number of chunks.  Any other answer in flight comes before theirs and is read by
         # nobody any more: the rest of a batch whose reader stopped early, or a dropped batch.
@@ -208,62 +83,14 @@ class ProcessAvroDecoder:
     def decode(self, raw: RawRecord) -> SourceRecord:
         return self._local.decode(raw)
 
-    # -- helper lifecycle ---------------------------------------------------------------------
-    def _helper(self) -> subprocess.Popen | None:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
-        if self._clock() < self._restart_at:
-            return None
-        self.close()  # a helper that exited: its sender thread ends, its pipes are closed
-        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                bufsize=1 << 20)
-        assert proc.stdin is not None and proc.stdout is not None
-        for pipe in (proc.stdin, proc.stdout):
-            _widen(pipe)
-        self._proc = proc
-        try:
-            proc.stdin.write(json.dumps(self._settings).encode() + b"\n")
-            proc.stdin.flush()
-        except OSError as exc:  # it exited at once (BrokenPipeError)
-            raise HelperGone(str(exc)) from None
-        self._sender = _FrameSender(proc.stdin)
-        self._receiver = _FrameReceiver(proc.stdout)
-        return proc
-
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        sender, self._sender = self._sender, None
-        receiver, self._receiver = self._receiver, None
-        self._in_flight = 0  # no answer comes from a closed helper
+    def _closed(self) -> None:
         self._prefetched.clear()
-        if proc is None:
-            return
-        try:
-            if sender is not None and not sender.stop(timeout_s=2):
-                raise subprocess.TimeoutExpired("decode helper", 2)  # it stopped reading its input
-            assert proc.stdin is not None
-            proc.stdin.close()  # the helper exits at the end of its input
-            proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-            if sender is not None:
-                sender.stop(timeout_s=5)  # the kill broke the pipe its write waited on
-        if receiver is not None:
-            receiver.join(timeout_s=5)  # the helper exited: its output ends, and the thread with it
-        for stream in (proc.stdout,):
-            if stream is not None:
-                stream.close()
 
     def _send(self, chunk: Sequence[RawRecord]) -> None:
-        assert self._sender is not None
-        self._sender.send(marshal.dumps([raw.value for raw in chunk]))
-        self._in_flight += 1
+        self._send_body(marshal.dumps([raw.value for raw in chunk]))
 
     def _receive(self, proc: subprocess.Popen) -> list:
-        assert self._receiver is not None
-        body = self._receiver.receive()
-        self._in_flight -= 1
+        body = self._receive_body()
         return marshal.loads(body[1:]) if body[:1] == b"M" else pickle.loads(body[1:])
 
     # -- bulk decoding ------------------------------------------------------------------------
@@ -272,13 +99,6 @@ class ProcessAvroDecoder:
         # A small first chunk: the worker waits for it with nothing to do.
         bounds = [0, min(FIRST_CHUNK, len(raws)), *range(FIRST_CHUNK + CHUNK, len(raws), CHUNK), len(raws)]
         return [raws[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
-
-    def _failed(self, exc: HelperGone) -> None:
-        if self._proc is not None:
-            log.warning("decode helper process failed (%s); decoding in the worker process for %.0f s",
-                        exc, self._restart_after_s)
-            self._restart_at = self._clock() + self._restart_after_s
-            self.close()
 
     def prefetch(self, raws: Sequence[RawRecord]) -> None:
         """Send a batch ``decode_many`` gets later: the helper reads it while the worker still
@@ -377,37 +197,19 @@ def _decode_payload(payload: bytes | None, resolver: SchemaResolver, max_bytes: 
         return (_REGISTRY, str(exc))
 
 
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop (closing stdin)
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but frames on the frame stream
-    settings = json.loads(stdin.readline())
+def _answerer(settings: dict[str, Any]) -> Callable[[bytes], bytes]:
     resolver = SchemaResolver({int(k): v for k, v in settings["local"].items()}, settings["registry"])
     max_bytes, carry, reads = settings["max"], settings["carry"], settings["reads"]
-    # Requests are read by a thread as they come: the worker may send the next chunk before it
-    # reads this answer, and neither side may block on a full pipe while the other waits.
-    requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
-    def read_requests() -> None:
-        try:
-            while True:
-                requests.put(_read_frame(stdin))
-        except (HelperGone, OSError, ValueError):
-            requests.put(None)
-
-    threading.Thread(target=read_requests, daemon=True).start()
-    while (body := requests.get()) is not None:
+    def answer(body: bytes) -> bytes:
         items = [_decode_payload(p, resolver, max_bytes, carry, reads) for p in marshal.loads(body)]
         try:
-            answer = b"M" + marshal.dumps(items)
+            return b"M" + marshal.dumps(items)
         except ValueError:  # objects marshal cannot carry (nested logical types)
-            answer = b"P" + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            _write_frame(stdout, answer)
-        except OSError:
-            break
-    os._exit(0)
+            return b"P" + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return answer
 
 
 if __name__ == "__main__":
-    main()
+    serve(_answerer)

@@ -380,9 +380,9 @@ def test_an_unreachable_registry_holds_the_batch_back(sample):
 
 
 def test_a_helper_that_cannot_start_leaves_decoding_to_the_worker(monkeypatch, caplog):
-    from stream_app.codecs import decode_process
+    from stream_app.ops import helper_process
 
-    monkeypatch.setattr(decode_process.sys, "executable", "/bin/false")
+    monkeypatch.setattr(helper_process.sys, "executable", "/bin/false")
     decoder = ProcessAvroDecoder({1: SCHEMA_PATH}, None, "matched_at", 2000)
     raws = _mixed_batch(300)
     expected = _outcomes(AvroDecoder(SchemaResolver({1: SCHEMA_PATH}), "matched_at", 2000).decode_many(raws))
