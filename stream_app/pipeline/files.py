@@ -29,7 +29,7 @@ from typing import cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import CarriedDecoder
-from stream_app.codecs.repartition import FrontierMarker, RepartitionFormatError, RoutedRun
+from stream_app.codecs.repartition import FrontierMarker, RepartitionFormatError
 from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.assembly import Assembler
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
@@ -58,7 +58,6 @@ from stream_app.pipeline.intake import Projection, take_batch
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.parts import PartStates
 from stream_app.pipeline.ports import HandedOverRun, Publisher, StateStore
-from stream_app.pipeline.prepare_process import ProcessRunPreparer
 from stream_app.pipeline.spools import PartSpools
 from stream_app.pipeline.writer import FileWriter, WriteOutcome
 from stream_app.sinks.base import FileStore
@@ -89,8 +88,6 @@ class WindowScope:
     repartition_partitions: int
     sources: tuple[TP, ...]  # every input partition; a window closes once all have closed it
     decoder: CarriedDecoder  # routed values (in their carried form) -> records
-    # structured mode: routed runs prepared in a helper process (projected, lines rendered)
-    preparer: ProcessRunPreparer | None = None
 
     def owner_of(self, key: FileKey) -> TP:
         return (self.repartition_topic, repartition_partition(key, self.repartition_partitions))
@@ -259,13 +256,7 @@ class FilePipeline:
         assert self._scope is not None
         decoder = self._scope.decoder
         streaming = self._spools is not None
-        preparer = None if streaming else self._scope.preparer
-        messages = [_read_routed(raw) for raw in raws]
-        prepared: Iterator[list[SourceRecord] | DecodeError] = iter(())
-        if preparer is not None:  # each run's records, prepared ahead in the helper as this loop goes
-            prepared = preparer.prepare_many([(m.source, m.records) for m in messages if type(m) is RoutedRun])
-        for raw, message in zip(raws, messages):
-            run = next(prepared) if preparer is not None and type(message) is RoutedRun else None
+        for raw in raws:
             tp = (raw.topic, raw.partition)
             if tp in self.damaged:
                 continue
@@ -275,33 +266,32 @@ class FilePipeline:
                 continue
             if type(raw) is HandedOverRun:
                 assert not streaming  # the spools store encoded entries (replay/run.py LoopbackSender)
-                records = raw.records
+                run = raw.records
                 if self._projection is not None:
-                    records = [self._projection.carried(record) for record in records]
-                self._handle_outputs(collector.add_records(position, raw.key, raw.source, records, now_wall_ms))
+                    run = [self._projection.carried(record) for record in run]
+                self._handle_outputs(collector.add_records(position, raw.key, raw.source, run, now_wall_ms))
                 continue
             assert type(raw) is RawRecord
-            if isinstance(message, FrontierMarker):
-                self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
+            try:
+                # the routing stage read (and validated) these values: a DecodeError is a damaged topic
+                message = decode_repartition(raw.value if raw.value is not None else b"")
+                if isinstance(message, FrontierMarker):
+                    self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
+                    continue
+                if streaming:  # the entries go to the window's spools, decoded when the window is written
+                    self._handle_outputs(collector.add_records(position, message.key, message.source,
+                                                               message.records, now_wall_ms))
+                    continue
+                records = decoder.decode_run(message.source, message.records)
+            except DecodeError as exc:
+                self._halt_damaged(raw, f"{exc.reason}: {exc.detail}")
                 continue
-            if not isinstance(message, RoutedRun):  # the routing stage read (and validated) these
-                self._halt_damaged(raw, str(message))  # values: an error is a damaged topic
+            except RepartitionFormatError as exc:
+                self._halt_damaged(raw, str(exc))
                 continue
-            if streaming:  # the entries go to the window's spools, decoded when the window is written
-                self._handle_outputs(collector.add_records(position, message.key, message.source,
-                                                           message.records, now_wall_ms))
-                continue
-            if run is None:
-                try:
-                    run = decoder.decode_run(message.source, message.records)
-                except DecodeError as exc:
-                    run = exc
-                if self._projection is not None and not isinstance(run, DecodeError):
-                    run = [self._projection.carried(record) for record in run]
-            if isinstance(run, DecodeError):
-                self._halt_damaged(raw, f"{run.reason}: {run.detail}")
-                continue
-            self._handle_outputs(collector.add_records(position, message.key, message.source, run, now_wall_ms))
+            if self._projection is not None:
+                records = [self._projection.carried(record) for record in records]
+            self._handle_outputs(collector.add_records(position, message.key, message.source, records, now_wall_ms))
 
     def _halt_damaged(self, raw: RawRecord, why: str) -> None:
         reason = (f"repartition record {raw.topic}/{raw.partition}@{raw.offset} cannot be read "
@@ -523,15 +513,3 @@ class FilePipeline:
     def confirm_checkpoints(self) -> None:
         """Everything written by ``advance_checkpoints`` so far is durable."""
         self._checkpoints.confirm(self._windowers)
-
-
-def _read_routed(raw: RawRecord | HandedOverRun) -> RoutedRun | FrontierMarker | str | None:
-    """A repartition record's message, or why it cannot be read (None: a replay's handed-over run)."""
-    if not isinstance(raw, RawRecord):
-        return None
-    try:
-        return decode_repartition(raw.value if raw.value is not None else b"")
-    except RepartitionFormatError as exc:
-        return str(exc)
-    except DecodeError as exc:
-        return f"{exc.reason}: {exc.detail}"
