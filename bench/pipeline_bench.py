@@ -237,7 +237,7 @@ def live_worker(bootstrap: str, topic: str, partitions: int, total: int, size: i
     broker_cpu = None if samples[-1][3] is None else samples[-1][3] - _at(samples, first, 3)
     seconds = done - first
     # How busy each process was on average, in cores: the worker (GIL-bound but for C code
-    # outside the GIL) and its decode helper.
+    # outside the GIL) and its helper processes (decode; XSD in structured mode).
     busy = {"worker_cores": round(own_cpu / seconds, 2), "helper_cores": round((tree_cpu - own_cpu) / seconds, 2)}
     if workers > 1:
         busy["peak_rss_mb_each"] = [round(p, 1) for p in peaks]  # type: ignore[assignment]
@@ -397,7 +397,7 @@ def main() -> None:
         print(f"{row['path']:<38} {rate:>10.0f} {row['ratio_to_raw']:>7.3f} {row['mb_per_s']:>7.1f} "
               f"{row['seconds']:>8.1f} {row['peak_rss_mb']:>12.1f} {row.get('startup_seconds', ''):>10} "
               f"{row['cpu_us_per_record']:>10.1f} {broker_us:>9} {row['cpu_bound_ratio_to_raw']:>11.3f}")
-    print(f"\nCPU us/rec: the path's processes (worker + decode helper); broker us: the broker's ({broker_name}).\n"
+    print(f"\nCPU us/rec: the path's processes (worker + its helpers); broker us: the broker's ({broker_name}).\n"
           f"CPU-bound x: {CORES} cores / (both) as a ratio to the raw rate, the most the path could reach here.")
     for row in rows:
         if "worker_cores" in row:
@@ -406,7 +406,7 @@ def main() -> None:
             if "close_to_file_median_s" in row:
                 each += (f"; a window's close to its file written: median {row['close_to_file_median_s']} s, "
                          f"worst {row['close_to_file_max_s']} s")
-            print(f"{row['path']}: worker process busy {row['worker_cores']:.2f} cores, decode helper "
+            print(f"{row['path']}: worker process busy {row['worker_cores']:.2f} cores, its helper processes "
                   f"{row['helper_cores']:.2f}{each}")
     result = {"records": args.records, "partitions": args.partitions, "cores": CORES, "broker": broker_name,
               "rows": rows}

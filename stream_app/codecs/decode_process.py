@@ -31,7 +31,6 @@ import marshal
 import pickle
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -75,16 +74,9 @@ class ProcessAvroDecoder(HelperClient):
             self._resolver, event_time_field, max_record_bytes)
         self._time_field = event_time_field
         self._time_as_millis = time_as_millis
-        # Prefetched batches (all their chunks sent), in the order their answers come back, with
-        # their number of chunks.  Any other answer in flight comes before theirs and is read by
-        # nobody any more: the rest of a batch whose reader stopped early, or a dropped batch.
-        self._prefetched: deque[tuple[Sequence[RawRecord], int]] = deque()
 
     def decode(self, raw: RawRecord) -> SourceRecord:
         return self._local.decode(raw)
-
-    def _closed(self) -> None:
-        self._prefetched.clear()
 
     def _send(self, chunk: Sequence[RawRecord]) -> None:
         self._send_body(marshal.dumps([raw.value for raw in chunk]))
@@ -123,20 +115,7 @@ class ProcessAvroDecoder(HelperClient):
             proc = self._helper()
             if proc is None:
                 raise HelperGone("waiting before the next start")
-            # Counted, not remembered: every answer in flight ahead of this batch's is one that
-            # nobody reads any more.  Prefetched batches after this one stay queued; if it was not
-            # prefetched, its answers come after all others, which are then read and dropped.
-            position = next((i for i, (batch, _) in enumerate(self._prefetched) if batch is raws), None)
-            if position is None:
-                ahead, sent = self._in_flight, 0
-                self._prefetched.clear()
-            else:
-                ahead = self._in_flight - sum(count for _, count in list(self._prefetched)[position:])
-                for _ in range(position):
-                    self._prefetched.popleft()
-                sent = self._prefetched.popleft()[1]
-            for _ in range(ahead):
-                self._receive(proc)
+            sent = self._prefetched_requests(raws)
             chunks = self._chunks(raws)
             for index, chunk in enumerate(chunks):
                 # The helper always holds the next AHEAD chunks: it reads them while this one is windowed.

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -167,6 +168,10 @@ class HelperClient:
         self._restart_after_s = restart_after_s
         self._restart_at = 0.0
         self._clock = clock
+        # Prefetched batches (all their requests sent), in the order their answers come back, with
+        # their number of requests.  Any other answer in flight comes before theirs and is read by
+        # nobody any more: the rest of a batch whose reader stopped early, or a dropped batch.
+        self._prefetched: deque[tuple[object, int]] = deque()
 
     def _helper(self) -> subprocess.Popen | None:
         if self._proc is not None and self._proc.poll() is None:
@@ -195,7 +200,7 @@ class HelperClient:
         sender, self._sender = self._sender, None
         receiver, self._receiver = self._receiver, None
         self._in_flight = 0  # no answer comes from a closed helper
-        self._closed()
+        self._prefetched.clear()
         if proc is None:
             return
         try:
@@ -214,9 +219,6 @@ class HelperClient:
         if proc.stdout is not None:
             proc.stdout.close()
 
-    def _closed(self) -> None:
-        """What a subclass forgets when its helper closes (answers that will never come)."""
-
     def _send_body(self, body: bytes) -> None:
         assert self._sender is not None
         self._sender.send(body)
@@ -227,6 +229,26 @@ class HelperClient:
         body = self._receiver.receive()
         self._in_flight -= 1
         return body
+
+    def _prefetched_requests(self, batch: object) -> int:
+        """Before reading ``batch``'s answers: read and drop those in flight ahead of them, and
+        give how many of its requests were sent when it was prefetched (0 if it was not).
+
+        Counted, not remembered: every answer in flight ahead of this batch's is one that nobody
+        reads any more.  Prefetched batches after this one stay queued; if it was not prefetched,
+        its answers come after all others, which are then read and dropped."""
+        position = next((i for i, (sent, _) in enumerate(self._prefetched) if sent is batch), None)
+        if position is None:
+            ahead, sent_requests = self._in_flight, 0
+            self._prefetched.clear()
+        else:
+            ahead = self._in_flight - sum(count for _, count in list(self._prefetched)[position:])
+            for _ in range(position):
+                self._prefetched.popleft()
+            sent_requests = self._prefetched.popleft()[1]
+        for _ in range(ahead):
+            self._receive_body()
+        return sent_requests
 
     def _failed(self, exc: HelperGone) -> None:
         if self._proc is not None:
