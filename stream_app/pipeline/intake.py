@@ -87,9 +87,12 @@ class Projection:
     deadLetter``; under ``fail`` it carries its violation into its window, which then refuses to
     finalize (a terminal error that names the record)."""
 
-    def __init__(self, assembler: StructuredAssembler) -> None:
+    def __init__(self, assembler: StructuredAssembler, kept: Sequence[str] | None = None) -> None:
+        """``kept``: the value fields a routed record keeps beside its row (what the part limits
+        read); None keeps the whole value."""
         self._assembler = assembler
         self._dead_letters = assembler.on_invalid_record == "deadLetter"
+        self._kept = None if kept is None else tuple(kept)
 
     def attach(self, record: SourceRecord) -> SourceRecord:
         """The record with its row; raises ``InvalidRecord`` when the policy dead-letters it."""
@@ -103,12 +106,17 @@ class Projection:
 
     def carried(self, record: SourceRecord) -> SourceRecord:
         """A routed record: the routing stage dead-lettered what the policy rejects, so a
-        violation here is carried (the fail policy)."""
+        violation here is carried (the fail policy).  Its value keeps only the ``kept`` fields:
+        a routed record waits in its window with its row until its file is written, and nothing
+        after this reads the rest (the window is the routing stage's; the row is the file's)."""
+        value = record.value
         try:
-            row: object = self._assembler.project(record.value)
+            row: object = self._assembler.project(value)
         except InvalidRecord as exc:
             row = exc.violation
-        return _with_row(record, row)
+        if self._kept is not None:
+            value = {name: value[name] for name in self._kept if name in value}
+        return SourceRecord(record.topic, record.partition, record.offset, record.event_time_ms, value, row)
 
     def strict(self, record: SourceRecord) -> SourceRecord:
         """Replay's reading of a recorded record: a violation raises."""

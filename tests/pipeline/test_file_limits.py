@@ -164,6 +164,30 @@ def test_structured_files_cut_by_bytes_keep_their_trailer_checks(tmp_path):
     assert sum(e["records"] for e in created) == 300 and {e["reason"] for e in created[:-1]} == {"size"}
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_structured_business_files_cut_by_amount(tmp_path, streaming):
+    """A routed record keeps only the value fields the limits read beside its row
+    (``Projection.carried``): the amount limit still cuts each XML part within it."""
+    from lxml import etree
+
+    from tests.pipeline.test_business_files import XML
+
+    worker = {**XML, "maxRecordsPerFile": 1000, "maxAmountPerFile": "30000", "streamingAppendEnabled": streaming}
+    files, pub = run(tmp_path / "out", [r for p in partitioned(600, 3) for r in p], 3, **worker)
+    ns = {"c": "urn:example:pcs:clearing:1.1"}
+    records = 0
+    for name, body in files.items():
+        per_currency: dict[str, Decimal] = defaultdict(Decimal)
+        transactions = etree.fromstring(body).findall(".//c:Transaction", ns)
+        for transaction in transactions:
+            per_currency[transaction.findtext("c:Currency", namespaces=ns)] += \
+                Decimal(transaction.findtext("c:Amount", namespaces=ns))
+        records += len(transactions)
+        assert len(transactions) == 1 or max(per_currency.values()) <= Decimal("30000"), (name, dict(per_currency))
+    assert records + len(pub.dead) == 600
+    assert "amount" in {e["reason"] for e in pub.of_type("created")}
+
+
 def test_a_frame_larger_than_its_reserve_is_file_too_large_never_a_larger_file(tmp_path):
     p, pub, state = pipeline(tmp_path, **ONE_WINDOW, **LINES, maxBytesPerFile=2048, frameReserveBytes=1,
                              headerTemplate="H|{{ record_count }}|" + "x" * 300 + "\n")
