@@ -235,8 +235,9 @@ def test_calls_of_any_arity_give_their_function_s_result_or_its_evaluation_error
 
 
 @pytest.mark.parametrize("field", ["Amount", "debit"])
-def test_a_decimal_field_takes_an_int_as_the_full_rules_do(field):
-    """The checker's shortcut for ints (the 0 of if_(..., 0, Amount)) gives what check_value gives."""
+def test_a_decimal_field_s_shortcuts_give_what_the_full_rules_give(field):
+    """The checker's shortcuts for ints (the 0 of if_(..., 0, Amount)) and for decimals of exactly
+    the field's scale give what check_value gives; any other scale takes the full rule."""
     from stream_app.core.structured.project import check_value, field_checker
 
     pack = load_pack(pack_path(SCHEMAS_DIR, "pcs-clearing", "1.1.0"))
@@ -250,7 +251,9 @@ def test_a_decimal_field_takes_an_int_as_the_full_rules_do(field):
             return ("violation", exc.violation.rule)
         return (type(result).__name__, str(result))
 
-    for value in [0, 1, -1, 5, 999_999_999, 1_000_000_000, 10 ** 40, -(10 ** 40), True, False, Decimal("0.001")]:
+    decimals = [Decimal(text) for text in ("190.88", "0.01", "1.50", "1.5", "1.500", "1.000", "100", "1E+2", "0E-2",
+                                           "-0.01", "999999999.99", "1000000000.00", "0.001")]
+    for value in [0, 1, -1, 5, 999_999_999, 1_000_000_000, 10 ** 40, -(10 ** 40), True, False, *decimals]:
         assert outcome(checker, value) == outcome(lambda v: check_value(compiled, v), value), value
     assert outcome(checker, 0) == (("Decimal", "0") if field == "debit" else ("violation", "min"))
 
