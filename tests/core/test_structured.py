@@ -464,3 +464,21 @@ def test_a_broken_deferred_part_reports_what_rendering_on_append_reports(faults,
     finally:
         _close(assembler)
     assert deferred[0] == "error" and deferred == eager
+
+
+def test_an_aggregate_grouped_by_one_field_folds_as_one_grouped_by_several():
+    """The one-field path builds its key directly; the groups, their order and sums are those
+    of the general path (a second, constant group field shows it)."""
+    from stream_app.core.structured.aggregates import Aggregate
+    from stream_app.core.structured.pack import AggregateSpec
+
+    rows = [{"c": c, "k": "x", "v": Decimal(v)} for c, v in
+            [("EUR", "1.10"), ("USD", "2"), (None, "3"), ("EUR", "-0.10"), ("GBP", "5"), ("USD", "0.01")]]
+    one = Aggregate(AggregateSpec(name="a", fn="sum", field="v", groupBy=["c"]))
+    two = Aggregate(AggregateSpec(name="b", fn="sum", field="v", groupBy=["c", "k"]))
+    for row in rows:
+        one.add(row)
+        two.add(row)
+    assert list(one.result().items()) == [((c,), v) for (c, _), v in two.result().items()]
+    assert one.result() == {(None,): Decimal("3"), ("EUR",): Decimal("1.00"), ("GBP",): Decimal("5"),
+                            ("USD",): Decimal("2.01")}

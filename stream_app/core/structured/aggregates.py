@@ -70,14 +70,21 @@ class Aggregate:
         self._total = Fold(spec, zero)
         self._groups: dict[tuple, Fold] = {}
         self._group_by = tuple(spec.groupBy or ())
-        self.add: Callable[[Mapping[str, Any]], None] = self._add_grouped if self._group_by else self._total.add
+        self.add: Callable[[Mapping[str, Any]], None] = (
+            self._total.add if not self._group_by else self._add_by_one if len(self._group_by) == 1 else self._add_grouped)
+
+    def _add_by_one(self, row: Mapping[str, Any]) -> None:
+        """``_add_grouped`` for one group field (per currency, the common case), its key built directly."""
+        self._fold_of((row[self._group_by[0]],)).add(row)
 
     def _add_grouped(self, row: Mapping[str, Any]) -> None:
-        key = tuple([row[name] for name in self._group_by])
+        self._fold_of(tuple([row[name] for name in self._group_by])).add(row)
+
+    def _fold_of(self, key: tuple) -> Fold:
         fold = self._groups.get(key)
         if fold is None:
             fold = self._groups[key] = Fold(self.spec, self.zero)
-        fold.add(row)
+        return fold
 
     def result(self) -> Any:
         if not self.spec.groupBy:
