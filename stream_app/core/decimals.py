@@ -63,6 +63,8 @@ def quantize(value: Decimal, places: int) -> Decimal:
     InvalidOperation; the context here is as wide as the result needs.
     """
     exponent = quantum(places)
+    if value.same_quantum(exponent):  # already ``places`` decimals (most amounts): nothing to round
+        return value
     try:
         return value.quantize(exponent, rounding=ROUND_HALF_EVEN)
     except InvalidOperation:

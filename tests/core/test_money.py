@@ -148,3 +148,26 @@ def test_a_json_amount_that_is_an_object_or_list_is_bad_decimal():
         with pytest.raises(DecodeError) as err:
             decode_literal(literal)
         assert err.value.reason == "BAD_DECIMAL"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None), st.integers(min_value=0, max_value=6))
+def test_quantize_is_decimal_quantize_half_even_at_any_size(value, places):
+    """``quantize`` returns a value already at ``places`` decimals as it is; what it gives is
+    what Decimal's own quantize gives in a context wide enough for the result, digit for digit."""
+    from decimal import ROUND_HALF_EVEN
+
+    from stream_app.core.decimals import quantize
+
+    wide = Context(prec=max(28, value.adjusted() + places + 2))
+    expected = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=wide)
+    got = quantize(value, places)
+    assert got.as_tuple() == expected.as_tuple()
+
+
+def test_quantize_keeps_a_value_of_its_places_and_rounds_others():
+    from stream_app.core.decimals import quantize
+
+    for text, places, expected in [("190.88", 2, "190.88"), ("-0.00", 2, "-0.00"), ("1.5", 2, "1.50"),
+                                   ("1.500", 2, "1.50"), ("2.345", 2, "2.34"), ("2.355", 2, "2.36"), ("7", 0, "7")]:
+        assert str(quantize(Decimal(text), places)) == expected

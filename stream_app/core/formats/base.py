@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from stream_app.core.decimals import quantize, quantum
+from stream_app.core.decimals import quantize
 from stream_app.core.formats.text import TEXT_ERROR_CLASS, FieldTextViolation, TextPolicy
 from stream_app.core.structured.pack import FieldSpec
 
@@ -88,12 +88,10 @@ def text_converter(spec: FieldSpec) -> Callable[[Any], str]:
     """``render_text`` for one field, with its common case (the field's own type) prepared."""
     if spec.type == "decimal" and spec.scale is not None:
         places = spec.scale
-        exponent = quantum(places)
 
         def decimal_text(value: Any) -> str:
             if type(value) is Decimal:
-                # a value of exactly ``places`` places (projected amounts) is already quantized
-                return format(value if value.same_quantum(exponent) else quantize(value, places), "f")
+                return format(quantize(value, places), "f")
             return render_text(spec, value)
 
         return decimal_text
