@@ -150,3 +150,44 @@ def test_the_helper_is_off_by_setting(document):
     assert formatter(False)._xsd_helper is None
     made = formatter(True)
     assert isinstance(made._xsd_helper, XsdHelper)
+
+
+def _held_while_checked(made: XmlFormatter, body: bytes) -> tuple[int, str | None]:
+    """The most detail records the stream held at once while checking ``body`` in 8 KiB
+    chunks, and its verdict's error class."""
+    from stream_app.core.formats.xml import XsdStream
+
+    stream = XsdStream(made._schema, made._container_tag)
+    most = 0
+    try:
+        for chunk in in_chunks(body)():
+            stream.feed(chunk)
+            most = max(most, stream.held)
+        stream.close()
+    except FormatError as exc:
+        return most, exc.error_class
+    return most, None
+
+
+def test_the_check_holds_a_chunk_of_records_not_the_document(document):
+    """pcs-clearing puts its records in a body element; each chunk's finished records are dropped."""
+    made = formatter(False)
+    assert made._container_tag == "{urn:example:pcs:clearing:1.1}Transactions"
+    assert _held_while_checked(made, document)[0] <= 20  # 8 KiB holds about 14 records; 3,000 in all
+    assert _held_while_checked(made, broken(document))[1] == "XSD_INVALID"
+
+
+def test_the_check_holds_a_chunk_of_records_in_a_layout_without_a_body_element():
+    """pacs-008's records are children of its innermost root, beside the group header."""
+    from tests.core import test_iso20022 as iso
+
+    asm = iso.assembler()
+    body = asm.assemble(iso.cut(asm, iso.records(2000))).body
+    made = asm.formatter
+    assert isinstance(made, XmlFormatter) and made._container_tag.endswith("}FIToFICstmrCdtTrf")
+    count = body.count(b"<CdtTrfTxInf>")
+    assert count > 300
+    most, error = _held_while_checked(made, body)
+    assert error is None and most <= 20
+    at = body.rindex(b"<CdtTrfTxInf>")
+    assert _held_while_checked(made, body[:at] + b"<Unexpected/>" + body[at:])[1] == "XSD_INVALID"

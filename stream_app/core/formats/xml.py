@@ -99,13 +99,15 @@ class XmlFormatter:
         self._spec = spec
         self._encoding = encoding
         self._schema = etree.XMLSchema(etree.parse(str(xsd_path))) if xsd_path else None
-        self._record_tag = f"{{{spec.namespace}}}{spec.recordElement}" if spec.namespace else spec.recordElement
+        self._roots = spec.rootElement.split("/")  # the outermost carries namespace and root attributes
+        # The element whose children are the detail records: the body element, or the innermost root.
+        container = spec.bodyElement or self._roots[-1]
+        self._container_tag = f"{{{spec.namespace}}}{container}" if spec.namespace else container
         # Large documents are checked in a helper process (a second core; the worker's writer
         # thread waits for the verdict without the GIL); lxml holds the GIL while it parses.
-        self._xsd_helper = XsdHelper(xsd_path, self._schema, self._record_tag) if xsd_path and xsd_process else None
+        self._xsd_helper = XsdHelper(xsd_path, self._schema, self._container_tag) if xsd_path and xsd_process else None
         self._rules = compile_schematron(schematron_path) if schematron_path else None
         self._nl = "\n" if spec.indent else ""
-        self._roots = spec.rootElement.split("/")  # the outermost carries namespace and root attributes
         self._line_depth = len(self._roots)  # header and trailer elements
         self._detail_depth = self._line_depth + (1 if spec.bodyElement else 0)
         # A line's fields (name, path, attribute) -> its element tree, slot order and attribute slots.
@@ -250,7 +252,7 @@ class XmlFormatter:
             self._xsd_helper.check(chunks)
             return
         assert self._schema is not None
-        XsdStream(self._schema, self._record_tag).check(chunks())
+        XsdStream(self._schema, self._container_tag).check(chunks())
 
 
 FEED_BYTES = 1 << 16
@@ -259,12 +261,15 @@ FEED_BYTES = 1 << 16
 class XsdStream:
     """One document checked against an XSD as its bytes come (lxml's pull parser with the
     schema): ``feed`` the chunks, then ``close``, which raises ``FormatError`` (XSD_INVALID) if
-    the document is not valid.  Events come only for record elements (the XSD still checks
-    everything): each finished record and its earlier siblings are dropped, so memory stays
-    bounded.  The worker and the XSD helper process (core/formats/xsd_helper.py) both use it."""
+    the document is not valid.  The parser builds the document as it reads; after each slice the
+    finished children of ``container_tag`` (the detail records' parent) are dropped, so memory
+    stays bounded.  The XSD is checked as the bytes are parsed, whatever is dropped from the
+    tree.  Once per slice, not once per record: an event per record cost a fifth of the check.
+    The worker and the XSD helper process (core/formats/xsd_helper.py) both use it."""
 
-    def __init__(self, schema: etree.XMLSchema, record_tag: str) -> None:
-        self._parser = etree.XMLPullParser(events=("end",), tag=record_tag, schema=schema)
+    def __init__(self, schema: etree.XMLSchema, container_tag: str) -> None:
+        self._parser = etree.XMLPullParser(events=("start",), tag=container_tag, schema=schema)
+        self._container: Any = None
 
     def feed(self, chunk: bytes) -> None:
         # In slices: libxml2 refuses a buffer of more than 10 MB at once (XML_PARSE_HUGE, which
@@ -290,11 +295,18 @@ class XsdStream:
             raise xsd_error(exc) from None
         self._drop_finished()
 
+    @property
+    def held(self) -> int:
+        """The container's children held now (the last one may be still being read)."""
+        return 0 if self._container is None else len(self._container)
+
     def _drop_finished(self) -> None:
-        for _, element in self._parser.read_events():
-            element.clear(keep_tail=True)
-            while element.getprevious() is not None:
-                del element.getparent()[0]
+        if self._container is None:
+            for _, element in self._parser.read_events():
+                self._container = element
+        # every child but the last is finished: the parser is in the last one, or past it
+        if self._container is not None and len(self._container) > 1:
+            del self._container[:-1]
 
 
 def xsd_error(exc: etree.XMLSyntaxError) -> FormatError:

@@ -50,13 +50,13 @@ def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 class XsdHelper:
-    def __init__(self, xsd_path: Path, schema: Any, record_tag: str, min_bytes: int = MIN_BYTES,
+    def __init__(self, xsd_path: Path, schema: Any, container_tag: str, min_bytes: int = MIN_BYTES,
                  restart_after_s: float = 60.0) -> None:
         """``schema``: the XSD as the worker loaded it (lxml ``XMLSchema``), for the documents
         checked here; the helper loads its own from ``xsd_path``."""
         self._xsd_path = str(xsd_path)
         self._local_schema = schema
-        self._record_tag = record_tag
+        self._container_tag = container_tag
         self._min_bytes = min_bytes
         self._restart_after_s = restart_after_s
         self._restart_at = 0.0
@@ -78,7 +78,7 @@ class XsdHelper:
             if size >= self._min_bytes:
                 break
         else:  # a small document: checked here
-            XsdStream(self._local_schema, self._record_tag).check(head)
+            XsdStream(self._local_schema, self._container_tag).check(head)
             return
         pool = self._started()
         if pool is not None:
@@ -92,7 +92,7 @@ class XsdHelper:
                 # RuntimeError, CancelledError: another document's failure shut the pool down
                 self._failed(pool, exc)
         # here, from the start (``source`` is partly read)
-        XsdStream(self._local_schema, self._record_tag).check(chunks())
+        XsdStream(self._local_schema, self._container_tag).check(chunks())
 
     def _check_in(self, pool: ProcessPoolExecutor, head: list[bytes], rest: Iterator[bytes]) -> None:
         doc = next(self._ids)
@@ -129,7 +129,7 @@ class XsdHelper:
             try:
                 # spawn: the worker has threads (Faust, librdkafka), which a fork would copy mid-lock
                 self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start,
-                                                 (self._xsd_path, self._record_tag))
+                                                 (self._xsd_path, self._container_tag))
             except OSError as exc:
                 log.warning("XSD helper process could not start (%s); checking in the worker for %.0f s",
                             exc, self._restart_after_s)
@@ -160,12 +160,12 @@ class XsdHelper:
 _helper: dict[str, Any] = {}
 
 
-def _start(xsd_path: str, record_tag: str) -> None:
+def _start(xsd_path: str, container_tag: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
     from lxml import etree
 
     _helper["schema"] = etree.XMLSchema(etree.parse(xsd_path))
-    _helper["tag"] = record_tag
+    _helper["tag"] = container_tag
     _helper["documents"] = {}
 
 
