@@ -21,6 +21,7 @@ from faust.types import TP as FaustTP
 
 from stream_app.config import AppSettings
 from stream_app.live.credentials import faust_credentials
+from stream_app.live.lost_state import LostStateWatch
 from stream_app.live.runtime import LiveRuntime
 from stream_app.live.startup import BrokerProbe
 from stream_app.live.transport import (
@@ -138,6 +139,13 @@ def create_app(settings: AppSettings) -> tuple[StreamApp, LiveRuntime]:
     @app.timer(interval=0.25, name="flush-timer")
     async def flush_timer() -> None:
         await runtime.on_tick()
+
+    # Lost state is watched by a timer of its own: a tick can wait a long time for a commit round
+    # (a durable step against a cluster re-created empty never completes), and the watch must
+    # still see the new cluster and report it, so that nothing is committed there.
+    @app.timer(interval=LostStateWatch.CHECK_S, name="lost-state-watch")
+    async def lost_state_watch() -> None:
+        runtime.lost.poll()
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
