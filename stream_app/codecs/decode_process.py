@@ -12,12 +12,14 @@ n+1; and ``prefetch`` sends the whole next fetched batch while the worker still 
 finalizes and commits the one before (prefetched batches queue up in order).  Frames are
 written by a sender thread, so a full pipe (the helper busy) never stalls the worker's main
 thread, and read by a receiver thread, so the helper never waits for the main thread to read
-(it would stop a pipe's worth ahead of it).  If the helper dies, the rest of the batch (and later batches, after a restart of the
-helper) is decoded in the worker: decoding is pure, so nothing is lost or changed.
+(it would stop a pipe's worth ahead of it).  If the helper dies, the rest of the batch (and
+later batches, after a restart of the helper) is decoded in the worker: decoding is pure, so
+nothing is lost or changed.
 
-The process and its frames are ``ops/helper_process.py``'s.  A request body is ``marshal`` of a list of payloads (bytes or
-None); a response body is b"M" + ``marshal`` (or b"P" + ``pickle`` when a value holds objects
-marshal cannot carry, e.g. nested logical types) of one item per payload:
+The process and its frames are ``ops/helper_process.py``'s.  A request body is ``marshal`` of a
+list of payloads (bytes or None); a response body is b"M" + ``marshal`` (or b"P" + ``pickle``
+when a value holds objects marshal cannot carry, e.g. nested logical types) of one item per
+payload:
 ``(0, schema_id, plain value)``, or with ``carry`` when the value has a packed form
 ``(0, schema_id, packed form, plain value of the fields the routing stage reads)``,
 ``(1, reason, detail)`` for a decode error, or
@@ -29,7 +31,6 @@ from __future__ import annotations
 import logging
 import marshal
 import pickle
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -81,7 +82,7 @@ class ProcessAvroDecoder(HelperClient):
     def _send(self, chunk: Sequence[RawRecord]) -> None:
         self._send_body(marshal.dumps([raw.value for raw in chunk]))
 
-    def _receive(self, proc: subprocess.Popen) -> list:
+    def _receive(self) -> list:
         body = self._receive_body()
         return marshal.loads(body[1:]) if body[:1] == b"M" else pickle.loads(body[1:])
 
@@ -122,7 +123,7 @@ class ProcessAvroDecoder(HelperClient):
                 while sent < min(index + 1 + AHEAD, len(chunks)):
                     self._send(chunks[sent])
                     sent += 1
-                items = self._receive(proc)
+                items = self._receive()
                 if len(items) != len(chunk):
                     raise HelperGone(f"the decode helper answered {len(items)} results for {len(chunk)} records")
                 for raw, item in zip(chunk, items):

@@ -48,6 +48,11 @@ class PartLimits:
         """Any limit besides the record count."""
         return self.max_amount is not None or self.max_detail_bytes is not None
 
+    @property
+    def value_fields(self) -> tuple[str, ...]:
+        """The fields of a record's value that ``amount_of`` reads."""
+        return (self.amount_field, *((self.currency_field,) if self.currency_field else ()))
+
     def amount_of(self, record: SourceRecord) -> tuple[str, Decimal]:
         value = record.value.get(self.amount_field)
         # not a Decimal (or int): the file's totals stop it as BAD_AMOUNT when it is assembled

@@ -153,8 +153,7 @@ class HelperClient:
 
     helper_module: str = ""
     helper_name = "helper"  # in warnings and thread names
-    fallback_work = "working"  # what the worker does itself meanwhile, for the warning
-    fallback = "the worker process"
+    fallback_work = "working"  # what the worker process does itself meanwhile, for the warning
 
     def __init__(self, settings: dict[str, Any], restart_after_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -252,8 +251,8 @@ class HelperClient:
 
     def _failed(self, exc: HelperGone) -> None:
         if self._proc is not None:
-            log.warning("%s process failed (%s); %s in %s for %.0f s", self.helper_name, exc,
-                        self.fallback_work, self.fallback, self._restart_after_s)
+            log.warning("%s process failed (%s); %s in the worker process for %.0f s", self.helper_name, exc,
+                        self.fallback_work, self._restart_after_s)
             self._restart_at = self._clock() + self._restart_after_s
             self.close()
 

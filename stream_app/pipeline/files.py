@@ -148,9 +148,7 @@ class FilePipeline:
         # The live worker's ownership check, run (in the writer thread) just before a file is put
         # in place, given the partition that owns it: raises NotOwner once that is lost.
         self.confirm_owner: Callable[[TP, str], None] | None = None
-        limits = policy.part_limits
-        self._projection = Projection(assembler, None if window_scope is None else (
-            limits.amount_field, *((limits.currency_field,) if limits.currency_field else ()))) \
+        self._projection = Projection(assembler, None if window_scope is None else policy.part_limits.value_fields) \
             if isinstance(assembler, StructuredAssembler) else None
         # Streaming mode: parts are written to spool files as records arrive (flat memory).
         self._spools = PartSpools(spool_dir, assembler, self.owner_of) if spool_dir is not None else None
