@@ -52,10 +52,11 @@ def test_the_locks_pin_every_dependency_within_pyprojects_bounds():
 
 def test_ci_the_readme_and_the_image_install_the_locks():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
-    assert "pip install -q --require-hashes -r requirements/test.lock" in ci and "--no-deps -e ." in ci
+    assert "pip install -q --require-hashes --no-deps -r requirements/test.lock" in ci and "--no-deps -e ." in ci
+    assert "pip check" in ci, "a lock installed without resolving is checked complete"
     assert ci in (ROOT / "README.md").read_text(), "the README's test command is .ci/run's"
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "source=requirements/runtime.lock" in dockerfile and "--require-hashes -r /tmp/runtime.lock" in dockerfile
+    assert "source=requirements/runtime.lock" in dockerfile and "--require-hashes --no-deps -r /tmp/runtime.lock" in dockerfile
     assert "--no-deps" in dockerfile
 
 

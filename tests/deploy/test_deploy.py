@@ -330,7 +330,7 @@ def test_dockerfile_is_pinned_slim_non_root_and_runs_the_worker_under_tini():
     assert "build-essential" not in final and "/wheels" not in text and ".whl" not in text
     # the locked runtime set with hashes, from a bind mount; the package itself without resolving
     assert "--mount=type=bind,source=requirements/runtime.lock" in stages[1]
-    assert "--require-hashes -r /tmp/runtime.lock" in stages[1] and "--no-deps '.[iso20022,msk]'" in stages[1]
+    assert "--require-hashes --no-deps -r /tmp/runtime.lock" in stages[1] and "--no-deps '.[iso20022,msk]'" in stages[1]
     assert "COPY --from=build /opt/stream-app /opt/stream-app" in final
     assert re.search(r"^USER 10001", final, re.M)
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "stream-app"]' in final and 'CMD ["worker"]' in final
