@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from stream_app.core.formats.base import FormatError, Line, render_text, text_converter
-from stream_app.core.formats.xml import INVALID_XML_CHAR, XmlFormatter
+from stream_app.core.formats.xml import _NOT_VERBATIM, INVALID_XML_CHAR, XmlFormatter, representable, verbatim
 from stream_app.core.structured.pack import FieldSpec, XmlSpec
 
 xml_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12).filter(
@@ -191,3 +191,17 @@ def test_a_prefixed_namespace_and_nested_root_apply_to_every_element():
     assert [e.tag for e in root.iter()] == [f"{ns}{t}" for t in ("Document", "Batch", "Hdr", "Grp", "Id", "Txs", "Tx",
                                                                   "Amt", "Value")]
     assert root.find(f".//{ns}Amt").get("Ccy") == "EUR" and b"<n:Value>1.00</n:Value>" in data
+
+
+# Text around the shortcuts' edges: printable ASCII with and without the four specials, the
+# controls XML refuses or keeps, DEL, non-ASCII letters, non-characters and astral characters.
+_EDGE_TEXT = st.text(st.one_of(st.characters(min_codepoint=0x20, max_codepoint=0x7e),
+                               st.sampled_from('&<>"\x00\x08\t\n\r\x1f\x7f\x85\xa0é€\ufffe\uffff\U0001f600'),
+                               st.characters()), max_size=40)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_EDGE_TEXT)
+def test_the_ascii_shortcuts_answer_as_the_regexes_do(text):
+    assert representable(text) == (INVALID_XML_CHAR.search(text) is None)
+    assert verbatim(text) == (_NOT_VERBATIM.search(text) is None)
