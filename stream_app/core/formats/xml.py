@@ -154,7 +154,7 @@ class XmlFormatter:
             if value is None:
                 continue  # optional null fields are omitted
             texts.append((slot, value if type(value) is str else render_text(field, value)))
-        # One regex pass over all texts for the common case of nothing to check or escape.
+        # One pass over all texts (in C for printable ASCII) for the common case: nothing to refuse.
         joined = "".join([text for _, text in texts])
         if not representable(joined):
             bad = next(slot for slot, text in texts if INVALID_XML_CHAR.search(text))
