@@ -136,15 +136,13 @@ class LiveRuntime(Rebalancing):
                               still_current)
             elif held is not None:
                 self._held = None
-            if routed:
-                # Repartition records have nothing to decode ahead (codecs/carried.py): held,
-                # they would only wait for the next fetch or tick.  They go first: the decode
-                # helper reads the held batch meanwhile, so the routing stage finds it decoded
-                # instead of waiting for the helper with the file stage's work undone.
-                await self._process([], routed, {tp: n for tp, n in consumed.items() if tp[0] == self._repartition_topic},
-                                    still_current)
             if held is not None:
                 await self._process(*held)
+            if routed:
+                # Repartition records have nothing to decode ahead (codecs/carried.py): held,
+                # they would only wait for the next fetch or tick.
+                await self._process([], routed, {tp: n for tp, n in consumed.items() if tp[0] == self._repartition_topic},
+                                    still_current)
 
     def _split(self, raws: list[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
         """(input records, repartition records); the latter only with business files."""
