@@ -27,6 +27,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from stream_app.config import S3SinkSettings
 from stream_app.core.compression import ChunkSource
 from stream_app.core.naming import check_file_name
+from stream_app.ops.faults import failpoint
 from stream_app.sinks.base import BeforePublish, FileConflict, NotOwner, SinkError, WriteResult
 
 TRANSIENT_CODES = frozenset({
@@ -99,6 +100,7 @@ class S3Sink:
     def write(self, name: str, chunks: ChunkSource, before_publish: BeforePublish | None = None) -> WriteResult:
         key = self.key_for(name)
         try:
+            failpoint("sink.write")
             digest, size = hashlib.sha256(), 0
             for chunk in chunks():  # first pass: the checksum goes into the object's metadata
                 digest.update(chunk)
