@@ -107,7 +107,10 @@ def test_a_fetched_batch_is_windowed_once_the_next_is_with_the_decode_helper(tmp
         await runtime.on_fetched(fetched(10, 20), generation)
         assert steps == [("prefetch", 0), ("prefetch", 10), ("window", 0)]
         assert pipeline.buffered_records == 10
-        await runtime.on_tick()  # held for less than HELD_IDLE_S: it waits for the next fetch
+        # held for less than HELD_IDLE_S: it waits for the next fetch (an hour, so that a loaded
+        # machine's pause between the fetch and the tick cannot pass it)
+        monkeypatch.setattr(live_runtime, "HELD_IDLE_S", 3600.0)
+        await runtime.on_tick()
         assert steps[-1] == ("window", 0) and pipeline.buffered_records == 10
         monkeypatch.setattr(live_runtime, "HELD_IDLE_S", 0.0)
         await runtime.on_tick()  # nothing more fetched: the tick windows the held batch
