@@ -407,7 +407,8 @@ def test_deferred_detail_lines_are_rendered_while_the_xsd_check_reads_the_docume
         return write(row)
 
     assembler.write_detail = counted
-    validate = assembler.formatter.validate
+    helper = assembler.formatter._xsd_helper  # type: ignore[attr-defined]
+    check = helper.check
     seen: list[int] = []
 
     def spy(chunks):
@@ -415,9 +416,9 @@ def test_deferred_detail_lines_are_rendered_while_the_xsd_check_reads_the_docume
             for chunk in chunks():
                 seen.append(rendered[0])
                 yield chunk
-        return validate(read)
+        return check(read)
 
-    assembler.formatter.validate = spy  # type: ignore[method-assign]
+    helper.check = spy
     try:
         cut = cut_of(assembler, list(matched_records(6000, seed=5, span_hours=5)))
         assembler.assemble(cut)
@@ -425,7 +426,7 @@ def test_deferred_detail_lines_are_rendered_while_the_xsd_check_reads_the_docume
         _close(assembler)
     # the header comes before any line is rendered; then the lines arrive in groups as they are read
     assert seen[0] == 0 and 0 < seen[1] < 6000 and seen[-1] == 6000 and len(set(seen)) >= 3
-    assert assembler.formatter._xsd_helper.documents_checked == 1  # type: ignore[attr-defined]
+    assert helper.documents_checked == 1
 
 
 def _broken_rows(assembler: StructuredAssembler, faults: dict[int, str]) -> FileCut:
