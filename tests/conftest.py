@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_app.ops.hotpath import stale_extensions
 from stream_app.tools.broker import EmbeddedBroker
 from tests.apache_kafka import KAFKA_3_VERSION, KAFKA_VERSION, ApacheKafka
 from tests.helpers import EMBEDDED_BOOTSTRAPS
@@ -28,6 +29,10 @@ EMBEDDED = "embedded"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    stale = stale_extensions(Path(__file__).resolve().parents[1] / "stream_app")
+    if stale:  # the tests would run the compiled old code, not the edited source
+        pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; rebuild them with "
+                    "`.venv/bin/pip install --no-deps -e .` (docs/development.md)", returncode=4)
     config.addinivalue_line("markers", "both_brokers(kafka3=False): the broker-semantics suite, run on the "
                                        "embedded broker and on Apache Kafka 4 (kafka3=True: and on 3.9 too)")
 

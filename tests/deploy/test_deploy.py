@@ -332,6 +332,11 @@ def test_dockerfile_is_pinned_slim_non_root_and_runs_the_worker_under_tini():
     assert "--mount=type=bind,source=requirements/runtime.lock" in stages[1]
     assert "--require-hashes --no-deps -r /tmp/runtime.lock" in stages[1] and "--no-deps '.[iso20022,msk]'" in stages[1]
     assert "COPY --from=build /opt/stream-app /opt/stream-app" in final
+    # setup.py compiles the hot path in the build stage, with the mypy the test lock pins
+    assert "build-essential" in stages[1] and re.search(r"^COPY .*\bsetup\.py\b", stages[1], re.M)
+    (mypy_pin,) = [r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+                   if r.startswith("mypy")]
+    assert re.search(rf"^{re.escape(mypy_pin)} ", (ROOT / "requirements" / "test.lock").read_text(), re.M), mypy_pin
     assert re.search(r"^USER 10001", final, re.M)
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "stream-app"]' in final and 'CMD ["worker"]' in final
     assert re.search(r"tini=\S+", final) and "STREAM_APP_CONFIG=/etc/stream-app/config.yaml" in final

@@ -50,6 +50,10 @@ def test_installed_package_reads_only_its_own_files(installed):
                   "import stream_app, stream_app.resources as r; print(stream_app.__file__); print(r.AVRO_DIR)"],
                  cwd=work).split()
     assert all(str(venv) in line and str(ROOT) not in line for line in where)
+    # the wheel carries the compiled hot path (setup.py), which the demo below runs
+    build = _run([str(venv / "bin" / "python"), "-c", "from stream_app.ops.hotpath import describe; print(describe())"],
+                 cwd=work).strip()
+    assert build == "compiled (mypyc)"
 
 
 def test_every_example_preflights_from_the_wheel(installed, tmp_path):

@@ -1,0 +1,54 @@
+"""The compiled hot path (setup.py, mypyc): the suite runs it, and the pure sources give the same
+files and the same refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stream_app.ops.hotpath import HOT_MODULES, compiled_modules, describe, source_paths, stale_extensions
+from tests.ops.same_bytes import run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_suite_runs_the_compiled_hot_path():
+    if os.environ.get("STREAM_APP_PURE_PYTHON", "") not in ("", "0"):
+        pytest.skip("installed with STREAM_APP_PURE_PYTHON")
+    assert compiled_modules() == list(HOT_MODULES), "rebuild: .venv/bin/pip install --no-deps -e ."
+    assert describe() == "compiled (mypyc)"
+    assert all((ROOT / path).is_file() for path in source_paths())
+
+
+def test_the_pure_sources_write_the_same_files_and_report_the_same_errors(tmp_path):
+    pure_tree = tmp_path / "pure"
+    shutil.copytree(ROOT / "stream_app", pure_tree / "stream_app", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copy(Path(__file__).with_name("same_bytes.py"), pure_tree)
+    done = subprocess.run([sys.executable, "same_bytes.py"], cwd=pure_tree, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(pure_tree)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pure = json.loads(done.stdout)
+    here = run()
+    assert pure["build"] == "pure Python" and here["build"] == describe()
+    assert len(here["written"]) >= 14 and len(here["refused"]) >= 25  # every shipped pack wrote and refused
+    assert pure["written"] == here["written"]
+    assert pure["refused"] == here["refused"]
+
+
+def test_an_extension_older_than_its_source_is_reported(tmp_path):
+    package = tmp_path / "stream_app"
+    (package / "core").mkdir(parents=True)
+    for name in ("fresh", "edited"):
+        (package / "core" / f"{name}.py").write_text("")
+        (package / "core" / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (package / "core" / "plain.py").write_text("")
+    later = time.time() + 5
+    os.utime(package / "core" / "edited.py", (later, later))
+    assert stale_extensions(package) == ["stream_app/core/edited.py"]
