@@ -154,9 +154,6 @@ def worker(config: str | None) -> None:
     log_config = logging_config(settings.logLevel, settings.logFormat)
     logging.config.dictConfig(log_config)
     from stream_app.codecs.registry import RegistryUnavailable
-    from stream_app.ops.hotpath import describe
-
-    logging.getLogger("stream_app.worker").info("per-record hot path: %s", describe())
 
     with reported("worker"):
         wait_for_broker(settings)
@@ -172,7 +169,10 @@ def worker(config: str | None) -> None:
         except RegistryUnavailable as exc:  # registering the event schemas: the restart retries
             fail("worker", str(exc), UNREACHABLE)
     from stream_app.live.worker import run_worker
+    from stream_app.ops.hotpath import describe
 
+    # after the checks above, each of which reports a problem as the command's only line
+    logging.getLogger("stream_app.worker").info("per-record hot path: %s", describe())
     run_worker(app, settings.logLevel, log_config)
 
 

@@ -76,3 +76,17 @@ def test_demo_runs_a_worker_from_the_wheel(installed):
     assert "300 records" in printed, printed
     files = sorted(out.glob("*.xml"))
     assert files and all(f.read_bytes().startswith(b"<?xml") for f in files)
+
+
+def test_without_a_c_compiler_the_wheel_installs_pure_python(tmp_path):
+    """setup.py falls back to the pure sources when the hot path cannot be compiled: the same
+    package, the demo's first command still works on a machine without a C compiler."""
+    import zipfile
+
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], cwd=tmp_path,
+         env={"CC": "false"})
+    (wheel,) = tmp_path.glob("stream_app-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "stream_app/core/structured/project.py" in names and "stream_app/ops/hotpath.py" in names
+    assert not [n for n in names if n.endswith(".so")], "no extension module, not even a partial set"
+
