@@ -19,13 +19,14 @@ RUN --mount=type=bind,source=requirements/runtime.lock,target=/tmp/runtime.lock 
 # optional `embedded` extra and stays out of the image.
 WORKDIR /src
 # setup.py compiles the per-record hot path with mypyc (build-essential above; the pinned mypy
-# of pyproject's [build-system] is fetched into pip's build environment).
+# of pyproject's [build-system] is fetched into pip's build environment); required here, never
+# the pure fallback of a machine without a compiler.
 COPY pyproject.toml setup.py README.md ./
 COPY stream_app ./stream_app
 COPY avro ./avro
 COPY schemas ./schemas
 COPY examples ./examples
-RUN /opt/stream-app/bin/pip install --no-cache-dir --no-deps '.[iso20022,msk]' \
+RUN STREAM_APP_REQUIRE_COMPILED=1 /opt/stream-app/bin/pip install --no-cache-dir --no-deps '.[iso20022,msk]' \
  && /opt/stream-app/bin/pip check
 
 # Runtime stage: slim Python, tini as PID 1 (it reaps the decode helper process and forwards

@@ -334,6 +334,7 @@ def test_dockerfile_is_pinned_slim_non_root_and_runs_the_worker_under_tini():
     assert "COPY --from=build /opt/stream-app /opt/stream-app" in final
     # setup.py compiles the hot path in the build stage, with the mypy the test lock pins
     assert "build-essential" in stages[1] and re.search(r"^COPY .*\bsetup\.py\b", stages[1], re.M)
+    assert "RUN STREAM_APP_REQUIRE_COMPILED=1 /opt/stream-app/bin/pip install" in stages[1]  # never a pure fallback
     (mypy_pin,) = [r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
                    if r.startswith("mypy")]
     assert re.search(rf"^{re.escape(mypy_pin)} ", (ROOT / "requirements" / "test.lock").read_text(), re.M), mypy_pin
