@@ -9,6 +9,7 @@ install among them) are not processed, so nothing of the source tree can be impo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -83,7 +84,16 @@ def test_without_a_c_compiler_the_wheel_installs_pure_python(tmp_path):
     package, the demo's first command still works on a machine without a C compiler."""
     import zipfile
 
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], cwd=tmp_path,
+    # the checkout's tracked files only: its build/ holds the compiled modules of the editable install
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_symlink():  # stream_app/resources links to the top-level directories
+            (source / name).symlink_to(os.readlink(ROOT / name))
+        elif (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)], cwd=tmp_path,
          env={"CC": "false"})
     (wheel,) = tmp_path.glob("stream_app-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
