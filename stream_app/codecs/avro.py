@@ -213,8 +213,8 @@ def convert_plain(schema_id: int, reader: RecordReader, value: dict, time_field:
     """``RecordReader.convert`` with its failures (a timestamp beyond year 9999) as decode errors."""
     try:
         return reader.convert(value, time_field, time_as_millis)
-    except NotExact as exc:
-        raise DecodeError("BAD_DECIMAL", str(exc)) from None
+    except NotExact as inexact:  # one name per handler: compiled, a shared name takes the first one's type
+        raise DecodeError("BAD_DECIMAL", str(inexact)) from None
     except Exception as exc:  # OverflowError of a timestamp beyond year 9999, ...
         raise DecodeError("AVRO_DECODE_ERROR", f"bytes do not match schema {schema_id} ({type(exc).__name__})") from None
 

@@ -3,6 +3,7 @@ files and the same refusals."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -52,3 +53,29 @@ def test_an_extension_older_than_its_source_is_reported(tmp_path):
     later = time.time() + 5
     os.utime(package / "core" / "edited.py", (later, later))
     assert stale_extensions(package) == ["stream_app/core/edited.py"]
+
+
+def _handler_names(function: ast.AST) -> dict[str, set[str]]:
+    """Each ``except ... as NAME`` of one function (not of functions nested in it): its types."""
+    names: dict[str, set[str]] = {}
+    pending = list(ast.iter_child_nodes(function))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.ExceptHandler) and node.name:
+            names.setdefault(node.name, set()).add(ast.unparse(node.type) if node.type else "")
+        pending.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def test_no_compiled_function_names_two_kinds_of_exception_alike():
+    """mypyc gives ``except A as exc`` and a later ``except B as exc`` one variable of type A, so
+    catching a B raised TypeError instead (found by test_properties on convert_plain)."""
+    shared = []
+    for path in source_paths():
+        for node in ast.walk(ast.parse((ROOT / path).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                shared += [f"{path}:{node.lineno} {node.name}: {name}" for name, kinds in _handler_names(node).items()
+                           if len(kinds) > 1]
+    assert not shared
