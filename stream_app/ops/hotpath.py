@@ -1,6 +1,6 @@
 """The per-record modules that setup.py compiles with mypyc, and whether this build runs them compiled.
 
-Only the standard library is imported here: setup.py reads ``HOT_MODULES`` from this file
+Only the standard library is imported here: setup.py runs this file for ``source_paths()``
 before the package's dependencies are installed.
 """
 
