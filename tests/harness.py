@@ -105,6 +105,7 @@ class LiveWorker:
         self._next_offset = [0] * partitions
         self.proc = None
         self.web_port: int | None = None
+        self.group: list[LiveWorker] = [self]  # every replica of this app: a failure shows them all
         create_topics(bootstrap, {self.topic: partitions}, config=topic_config)
         create_topics(bootstrap, {self.journal_topic: 1, self.dead_topic: 1})
 
@@ -113,6 +114,7 @@ class LiveWorker:
         as the Helm chart runs it: target directory, spool and data directory per replica."""
         other = copy.copy(self)
         other.proc = None
+        self.group.append(other)  # the same list: shared by every replica
         other.out = tmp_path / "out"
         other.out.mkdir(parents=True, exist_ok=True)
         other.log = tmp_path / "worker.log"
@@ -182,7 +184,9 @@ class LiveWorker:
         try:
             return wait_for(met_while_alive, timeout_s, interval_s, what)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
+            others = [f"replica {other.log.parent.name}: {other.diagnosis()}"
+                      for other in self.group if other is not self and other.proc is not None]
+            raise AssertionError("\n".join([str(exc), self.diagnosis(), *others])) from None
 
     def die_at(self, point: str, timeout_s: float = 120) -> None:
         """Run until the failpoint ``point`` (``NAME=crash@N``) kills the worker by itself."""

@@ -18,16 +18,20 @@ finalized file, written to the checkpoint table and acknowledged by the broker.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import TP
 
 SCHEME = "streamapp"
+
+log = logging.getLogger(__name__)
 
 # (topic, partition) -> offset to commit, None for "nothing committable yet", or NOT_GATED for
 # topics that are not pipeline inputs (Faust's own bookkeeping applies to them).
@@ -45,6 +49,27 @@ class BatchIntake(Protocol):
 LogEndProbe = Callable[[dict[TP, int]], dict[TP, int]]
 
 
+# How long a subscription waits for its topics to be in the cluster's metadata (see subscribe).
+SUBSCRIBE_WAIT_S = 30.0
+
+
+async def topics_missing_from_metadata(client: Any, topics: set[str], timeout_s: float,
+                                       interval_s: float = 0.25) -> set[str]:
+    """The topics an aiokafka client still finds no partitions of after up to ``timeout_s``
+    (asking the cluster again every ``interval_s``); empty once every topic is listed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            cluster = await asyncio.wait_for(client.fetch_all_metadata(), max(remaining, 0.1))
+            missing = {topic for topic in topics if not cluster.partitions_for_topic(topic)}
+        except (TimeoutError, KafkaError):  # the cluster is not answering (yet)
+            missing = set(topics)
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        await asyncio.sleep(interval_s)
+
+
 class FetchWaitConsumerThread(AIOKafkaConsumerThread):
     """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``, fixed.  aiokafka keeps
     one fetch in flight per broker, and it holds a fetch back for the broker while a partition
@@ -59,6 +84,24 @@ class FetchWaitConsumerThread(AIOKafkaConsumerThread):
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
         return consumer
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        """Subscribe once the cluster's metadata lists every topic.  Faust creates the table
+        changelog topics just before it subscribes, and a broker can answer a metadata request
+        without a topic it has just created (Apache Kafka's KRaft broker applies it a moment
+        after the controller acknowledged it).  The group leader then assigns without that
+        topic (Faust's assignor logs "Ignoring missing topic"), and aiokafka asks again only
+        after ``metadata.max.age.ms`` (5 minutes): a replica that joins meanwhile takes input
+        partitions without their routing checkpoints (seen with two workers on Apache Kafka)."""
+        wanted = set(topics)
+        missing = await self.call_thread(self._topics_missing, wanted)
+        if missing:
+            log.warning("subscribing although the cluster lists no partitions of %s after %.0f s; they are "
+                        "assigned once it does", ", ".join(sorted(missing)), SUBSCRIBE_WAIT_S)
+        await super().subscribe(wanted)
+
+    async def _topics_missing(self, topics: set[str]) -> set[str]:  # runs in the consumer thread
+        return await topics_missing_from_metadata(self._ensure_consumer()._client, topics, SUBSCRIBE_WAIT_S)
 
 
 class CheckpointCommitConsumer(AIOKafkaConsumer):

@@ -141,3 +141,22 @@ def test_the_web_blueprints_the_worker_drops_are_where_it_reads_them():
     assert "faust.web.apps.production_index:blueprint" in before and app.web.blueprints.applied is False
     serve_only_own_views(app)
     assert app.web.blueprints._enabled == []
+
+
+def test_the_subscription_the_worker_delays_is_the_consumer_threads():
+    """``FetchWaitConsumerThread.subscribe`` waits for the topics in the cluster's metadata: Faust's
+    consumer still subscribes through its thread, and aiokafka still reads the metadata it asks."""
+    from aiokafka import AIOKafkaClient, AIOKafkaConsumer
+    from aiokafka.cluster import ClusterMetadata
+    from faust.transport.consumer import ThreadDelegateConsumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from stream_app.live.transport import FetchWaitConsumerThread
+
+    assert "self._thread.subscribe(topics=topics)" in inspect.getsource(ThreadDelegateConsumer.subscribe)
+    assert _params(AIOKafkaConsumerThread.subscribe) == ["self", "topics"]
+    assert inspect.iscoroutinefunction(AIOKafkaConsumerThread.subscribe)
+    assert "subscribe" in FetchWaitConsumerThread.__dict__
+    assert "self._client = AIOKafkaClient(" in inspect.getsource(AIOKafkaConsumer.__init__)
+    assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
+    assert _params(ClusterMetadata.partitions_for_topic) == ["self", "topic"]
