@@ -67,12 +67,6 @@ def repartition_partition(key: FileKey, partitions: int) -> int:
 # -- routing ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class Routed:
-    record: SourceRecord
-    key: FileKey
-
-
-@dataclass(frozen=True, slots=True)
 class Late:
     record: SourceRecord
     key: FileKey  # the closed window it belonged to
@@ -119,17 +113,18 @@ class PartitionRouter(OffsetCursor):
         closed = self.closed_before_ms
         return closed is not None and key.window_end_ms <= closed
 
-    def route(self, record: SourceRecord, now_wall_ms: int, redriven: bool = False) -> Routed | Late | None:
-        """None: already processed (re-read below the checkpoint).  ``redriven``: a late record
-        goes into the current window (see records.REDRIVE_HEADER)."""
+    def route(self, record: SourceRecord, now_wall_ms: int, redriven: bool = False) -> FileKey | Late | None:
+        """The file key the record goes to, or ``Late``; None: already processed (re-read below
+        the checkpoint).  ``redriven``: a late record goes into the current window (see
+        records.REDRIVE_HEADER)."""
         if self.already_processed(record.offset):
             return None
         self._next_offset = record.offset + 1
         self.last_record_wall_ms = now_wall_ms
         key = self._assigner.key_for(record)
-        outcome: Routed | Late
+        outcome: FileKey | Late
         if not self._is_closed(key):
-            outcome = Routed(record, key)
+            outcome = key
         else:
             target = None
             if (self._policy.late_records == "currentWindow" or redriven) and self._watermark is not None:
@@ -141,7 +136,7 @@ class PartitionRouter(OffsetCursor):
                     target = self._assigner.key_for(record, event_time_ms=target.window_end_ms)
                 if self._is_closed(target):
                     target = None
-            outcome = Routed(record, target) if target is not None else Late(record, key)
+            outcome = target if target is not None else Late(record, key)
         if self._watermark is None or record.event_time_ms > self._watermark:
             self._watermark = record.event_time_ms
         return outcome

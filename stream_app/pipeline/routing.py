@@ -153,9 +153,9 @@ class RoutingStage:
                 return
             if hand_over is not None:
                 record.carried = None  # held in a window until its file is written: not twice
-                runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(record)
+                runs.setdefault((outcome, (raw.topic, raw.partition)), []).append(record)
                 return
-            runs.setdefault((outcome.key, (raw.topic, raw.partition)), []).append(
+            runs.setdefault((outcome, (raw.topic, raw.partition)), []).append(
                 (record.offset, record.event_time_ms, carried))
 
         take_batch(raws, self._decoder.decode_many(raws), self._policy, router_of, route, self._publish_dead_letter,

@@ -239,7 +239,7 @@ def test_a_file_stage_restarted_from_its_checkpoint_writes_the_same_files(tmp_pa
 
 
 def test_a_router_restored_from_its_checkpoint_keeps_an_idle_close():
-    from stream_app.core.routing import Late, PartitionRouter, Routed
+    from stream_app.core.routing import Late, PartitionRouter
     from stream_app.core.windows import WindowAssigner, WindowPolicy
 
     policy = WindowPolicy(H, 0, 100, idle_timeout_ms=1000)
@@ -249,12 +249,12 @@ def test_a_router_restored_from_its_checkpoint_keeps_an_idle_close():
     from stream_app.core.records import SourceRecord
 
     first = router.route(SourceRecord("in", 0, 0, 10, {}), 0)
-    assert isinstance(first, Routed) and router.frontier() == 0  # no window ends at or before 0
+    assert isinstance(first, FileKey) and router.frontier() == 0  # no window ends at or before 0
     assert router.close_idle(5 * H) and router.frontier() == 5 * H  # idle: windows ended by 5 h are closed
     restored = PartitionRouter("in", 0, policy, assigner, router.checkpoint())
     late = restored.route(SourceRecord("in", 0, 1, 2 * H + 5, {}), 6 * H)
     assert isinstance(late, Late) and restored.frontier() == 5 * H
-    assert isinstance(restored.route(SourceRecord("in", 0, 2, 5 * H + 1, {}), 6 * H), Routed)
+    assert isinstance(restored.route(SourceRecord("in", 0, 2, 5 * H + 1, {}), 6 * H), FileKey)
 
 
 def test_records_routed_again_while_a_closed_window_waits_to_be_written_are_dropped():
