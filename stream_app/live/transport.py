@@ -91,8 +91,9 @@ class FetchWaitConsumerThread(AIOKafkaConsumerThread):
         without a topic it has just created (Apache Kafka's KRaft broker applies it a moment
         after the controller acknowledged it).  The group leader then assigns without that
         topic (Faust's assignor logs "Ignoring missing topic"), and aiokafka asks again only
-        after ``metadata.max.age.ms`` (5 minutes): a replica that joins meanwhile takes input
-        partitions without their routing checkpoints (seen with two workers on Apache Kafka)."""
+        after ``metadata.max.age.ms`` (5 minutes).  Until then that changelog's partitions are
+        assigned to nobody, so no replica recovers that table: two workers on Apache Kafka left
+        files unwritten for those 5 minutes (the routing checkpoints' changelog, in CI)."""
         wanted = set(topics)
         missing = await self.call_thread(self._topics_missing, wanted)
         if missing:
