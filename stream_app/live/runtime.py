@@ -126,21 +126,26 @@ class LiveRuntime(Rebalancing):
             return self._app.consumer_generation_id == generation and consumer.flow_active
 
         inputs, routed = self._split(raws)
+        # Repartition records are held too only when a prepare helper reads them ahead
+        # (structured mode); otherwise they have nothing to decode ahead (codecs/carried.py)
+        # and would only wait for the next fetch or tick.
+        hold_routed = bool(routed) and self.pipeline.prepares_ahead
         async with self._intake:
-            # read by the decode helper while the held batch is windowed
+            # read by the helpers while the held batch is windowed
             (self.routing or self.pipeline).prefetch(inputs)
+            if hold_routed:
+                self.pipeline.prefetch_routed(routed)
             held = self._held
-            if inputs:
+            if inputs or hold_routed:
                 self._held_at = time.monotonic()
-                self._held = (inputs, [], {tp: n for tp, n in consumed.items() if tp[0] != self._repartition_topic},
-                              still_current)
+                self._held = (inputs, routed if hold_routed else [],
+                              {tp: n for tp, n in consumed.items()
+                               if hold_routed or tp[0] != self._repartition_topic}, still_current)
             elif held is not None:
                 self._held = None
             if held is not None:
                 await self._process(*held)
-            if routed:
-                # Repartition records have nothing to decode ahead (codecs/carried.py): held,
-                # they would only wait for the next fetch or tick.
+            if routed and not hold_routed:
                 await self._process([], routed, {tp: n for tp, n in consumed.items() if tp[0] == self._repartition_topic},
                                     still_current)
 

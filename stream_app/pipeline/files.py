@@ -21,6 +21,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +30,7 @@ from typing import cast
 
 from stream_app.codecs import DecodeError, Decoder
 from stream_app.codecs.carried import CarriedDecoder
-from stream_app.codecs.repartition import FrontierMarker, RepartitionFormatError
+from stream_app.codecs.repartition import FrontierMarker, RepartitionFormatError, RoutedRun
 from stream_app.codecs.repartition import decode as decode_repartition
 from stream_app.core.assembly import Assembler
 from stream_app.core.records import RawRecord, SourceRecord, is_redriven
@@ -58,6 +59,7 @@ from stream_app.pipeline.intake import Projection, take_batch
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.parts import PartStates
 from stream_app.pipeline.ports import HandedOverRun, Publisher, StateStore
+from stream_app.pipeline.prepare_process import ProcessRunPreparer
 from stream_app.pipeline.spools import PartSpools
 from stream_app.pipeline.writer import FileWriter, WriteOutcome
 from stream_app.sinks.base import FileStore
@@ -88,6 +90,8 @@ class WindowScope:
     repartition_partitions: int
     sources: tuple[TP, ...]  # every input partition; a window closes once all have closed it
     decoder: CarriedDecoder  # routed values (in their carried form) -> records
+    # structured mode: routed runs prepared in a helper process (projected, lines rendered)
+    preparer: ProcessRunPreparer | None = None
 
     def owner_of(self, key: FileKey) -> TP:
         return (self.repartition_topic, repartition_partition(key, self.repartition_partitions))
@@ -122,6 +126,8 @@ class FilePipeline:
     ) -> None:
         self._policy = policy
         self._scope = window_scope
+        # Routed batches prefetched for the prepare helper, with their messages, oldest first.
+        self._read_ahead: deque[tuple[object, list[RoutedRun | FrontierMarker | str | None]]] = deque()
         self._assigner = WindowAssigner(policy, group_by)
         self._decoder = decoder
         self._assembler = assembler
@@ -251,13 +257,38 @@ class FilePipeline:
         take_batch(raws, self._decoder.decode_many(raws), self._policy, self.windower, window,
                    self._publisher.dead_letter)
 
+    @property
+    def prepares_ahead(self) -> bool:
+        """Whether routed batches are prepared in a helper process: given to ``prefetch_routed``
+        when fetched, they are best taken by ``process_routed`` a fetch later."""
+        return self._preparer() is not None
+
+    def _preparer(self) -> ProcessRunPreparer | None:
+        # a streaming part keeps its entries on disk and renders them at the write
+        return None if self._scope is None or self._spools is not None else self._scope.preparer
+
+    def prefetch_routed(self, raws: Sequence[RawRecord]) -> None:
+        """The routed batch ``process_routed`` gets next: the prepare helper starts on its runs."""
+        preparer = self._preparer()
+        if preparer is None or not raws:
+            return
+        messages = [_read_routed(raw) for raw in raws]
+        self._read_ahead.append((raws, messages))
+        preparer.prefetch(raws, [(m.source, m.records) for m in messages if type(m) is RoutedRun])
+
     def process_routed(self, raws: Sequence[RawRecord | HandedOverRun], now_wall_ms: int) -> None:
         """Window scope: a batch of the repartition topic (routed runs and close frontiers), or
         of a replay's loopback, whose runs may come as records (``HandedOverRun``)."""
         assert self._scope is not None
         decoder = self._scope.decoder
         streaming = self._spools is not None
-        for raw in raws:
+        preparer = self._preparer()
+        messages = self._messages(raws)
+        prepared: Iterator[list[SourceRecord] | DecodeError] = iter(())
+        if preparer is not None:  # each run's records, prepared ahead in the helper as this loop goes
+            prepared = preparer.prepare_many([(m.source, m.records) for m in messages if type(m) is RoutedRun], raws)
+        for raw, message in zip(raws, messages):
+            run = next(prepared) if preparer is not None and type(message) is RoutedRun else None
             tp = (raw.topic, raw.partition)
             if tp in self.damaged:
                 continue
@@ -267,32 +298,42 @@ class FilePipeline:
                 continue
             if type(raw) is HandedOverRun:
                 assert not streaming  # the spools store encoded entries (replay/run.py LoopbackSender)
-                run = raw.records
+                records = raw.records
                 if self._projection is not None:
-                    run = [self._projection.carried(record) for record in run]
-                self._handle_outputs(collector.add_records(position, raw.key, raw.source, run, now_wall_ms))
+                    records = [self._projection.carried(record) for record in records]
+                self._handle_outputs(collector.add_records(position, raw.key, raw.source, records, now_wall_ms))
                 continue
             assert type(raw) is RawRecord
-            try:
-                # the routing stage read (and validated) these values: a DecodeError is a damaged topic
-                message = decode_repartition(raw.value if raw.value is not None else b"")
-                if isinstance(message, FrontierMarker):
-                    self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
-                    continue
-                if streaming:  # the entries go to the window's spools, decoded when the window is written
-                    self._handle_outputs(collector.add_records(position, message.key, message.source,
-                                                               message.records, now_wall_ms))
-                    continue
-                records = decoder.decode_run(message.source, message.records)
-            except DecodeError as exc:
-                self._halt_damaged(raw, f"{exc.reason}: {exc.detail}")
+            if isinstance(message, FrontierMarker):
+                self._handle_outputs(collector.add_frontier(position, message.source, message.frontier))
                 continue
-            except RepartitionFormatError as exc:
-                self._halt_damaged(raw, str(exc))
+            if not isinstance(message, RoutedRun):  # the routing stage read (and validated) these
+                self._halt_damaged(raw, str(message))  # values: an error is a damaged topic
                 continue
-            if self._projection is not None:
-                records = [self._projection.carried(record) for record in records]
-            self._handle_outputs(collector.add_records(position, message.key, message.source, records, now_wall_ms))
+            if streaming:  # the entries go to the window's spools, decoded when the window is written
+                self._handle_outputs(collector.add_records(position, message.key, message.source,
+                                                           message.records, now_wall_ms))
+                continue
+            if run is None:
+                try:
+                    run = decoder.decode_run(message.source, message.records)
+                except DecodeError as exc:
+                    run = exc
+                if self._projection is not None and not isinstance(run, DecodeError):
+                    run = [self._projection.carried(record) for record in run]
+            if isinstance(run, DecodeError):
+                self._halt_damaged(raw, f"{run.reason}: {run.detail}")
+                continue
+            self._handle_outputs(collector.add_records(position, message.key, message.source, run, now_wall_ms))
+
+    def _messages(self, raws: Sequence[RawRecord | HandedOverRun]) -> list[RoutedRun | FrontierMarker | str | None]:
+        """The batch's messages: read when it was prefetched, or now.  Batches read ahead before
+        this one were dropped (a rebalance), and are forgotten."""
+        while self._read_ahead:
+            batch, messages = self._read_ahead.popleft()
+            if batch is raws:
+                return messages
+        return [_read_routed(raw) for raw in raws]
 
     def _halt_damaged(self, raw: RawRecord, why: str) -> None:
         reason = (f"repartition record {raw.topic}/{raw.partition}@{raw.offset} cannot be read "
@@ -514,3 +555,15 @@ class FilePipeline:
     def confirm_checkpoints(self) -> None:
         """Everything written by ``advance_checkpoints`` so far is durable."""
         self._checkpoints.confirm(self._windowers)
+
+
+def _read_routed(raw: RawRecord | HandedOverRun) -> RoutedRun | FrontierMarker | str | None:
+    """A repartition record's message, or why it cannot be read (None: a replay's handed-over run)."""
+    if not isinstance(raw, RawRecord):
+        return None
+    try:
+        return decode_repartition(raw.value if raw.value is not None else b"")
+    except RepartitionFormatError as exc:
+        return str(exc)
+    except DecodeError as exc:
+        return f"{exc.reason}: {exc.detail}"

@@ -26,6 +26,7 @@ from stream_app.ops.metrics import Metrics
 from stream_app.pipeline.files import FilePipeline, WindowScope
 from stream_app.pipeline.journal import Journal
 from stream_app.pipeline.ports import Publisher, RepartitionSender, StateStore, handing_over
+from stream_app.pipeline.prepare_process import ProcessRunPreparer, RunPreparer
 from stream_app.pipeline.routing import RoutingStage
 from stream_app.sinks.base import FileStore
 from stream_app.sinks.local import LocalSink
@@ -173,8 +174,40 @@ def window_scope(settings: AppSettings, sources: tuple[tuple[str, int], ...] | N
     the record fields the files read (None: all)."""
     if settings.worker.fileScope != "window":
         return None
+    decoder = build_routed_decoder(settings, fields)
     return WindowScope(settings.repartition_topic, settings.kafka.repartition_partitions,
-                       settings.input_partitions if sources is None else sources, build_routed_decoder(settings, fields))
+                       settings.input_partitions if sources is None else sources, decoder,
+                       _process_preparer(settings, decoder, fields))
+
+
+def run_preparer(settings: AppSettings, fields: frozenset[str] | None,
+                 decoder: CarriedDecoder | None = None) -> RunPreparer | None:
+    """Structured mode: what prepares a routed run's rows ahead, with their detail lines (the
+    prepare helper's, and the worker's while that helper cannot); None for a pack whose body
+    groups its records, or in template mode."""
+    worker = settings.worker
+    if worker.mode != "structured":
+        return None
+    rows = StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate,
+                               file_variables(settings)).row_preparer()
+    if rows is None:
+        return None
+    totals = worker.totals  # what maxAmountPerFile reads of a record's value
+    return RunPreparer(decoder or build_routed_decoder(settings, fields), rows,
+                       (totals.amountField, *((totals.currencyField,) if totals.currencyField else ())))
+
+
+def _process_preparer(settings: AppSettings, decoder: CarriedDecoder,
+                      fields: frozenset[str] | None) -> ProcessRunPreparer | None:
+    """With ``input.decodeProcess``, the file stage prepares routed runs in a helper process (a
+    streaming part keeps its entries on disk, and renders them at the write, as before)."""
+    if not settings.input.decodeProcess or settings.worker.streamingAppendEnabled:
+        return None
+    local = run_preparer(settings, fields, decoder)
+    if local is None:
+        return None
+    return ProcessRunPreparer({"settings": settings.model_dump(mode="json", by_alias=True),
+                               "fields": None if fields is None else sorted(fields)}, local)
 
 
 def build_routing(settings: AppSettings, state: StateStore, publisher: Publisher,

@@ -398,3 +398,41 @@ def test_the_repartition_topic_is_sized_for_the_largest_accepted_record(kafka_bo
                   config={"max.message.bytes": "1000000"})
     ensure_repartition_topic(old)
     assert limit(old.repartition_topic) == repartition_message_bytes(3_000_000)
+
+
+def _helper_processes(worker: LiveWorker, module: str) -> list[int]:
+    """The worker's child processes that run ``module`` (its helpers are started with ``-m``)."""
+    assert worker.proc is not None
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == worker.proc.pid \
+                    and module in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return found
+
+
+def test_structured_business_files_prepared_in_the_helper_are_the_reference_files(kafka_bootstrap, tmp_path):
+    """Structured business files: routed batches are held a fetch while the prepare helper
+    projects them and renders their lines; a worker killed mid-run writes, after its restart,
+    exactly the files of the reference, whose rows were prepared in the test's own process."""
+    worker = business_worker(kafka_bootstrap, tmp_path, mode="structured", schema={"id": "pcs-clearing", "version": "1.1.0"},
+                             fileNameTemplate="B_{{ window_start | ts('%Y%m%dT%H%M') }}_{{ '%03d' % part }}.xml")
+    worker.produce(interleaved(12_000, seed=6, span_hours=5))
+    reference = worker.reference_files(tmp_path)  # routed runs prepared in the test process
+    assert len(reference) >= 8 and all(body.startswith(b"<?xml") for body in reference.values())
+    worker.start()
+    try:
+        worker.wait_for(lambda: worker.files(), 120, what="the first file")
+        assert _helper_processes(worker, "stream_app.pipeline.prepare_process"), "the prepare helper runs"
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        worker.start()
+        worker.wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
+    finally:
+        worker.stop()
+    worker.assert_reference_files(tmp_path, reference)
+    log = worker.log.read_text()
+    assert "Traceback" not in log and "prepare helper process failed" not in log

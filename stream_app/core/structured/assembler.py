@@ -20,6 +20,7 @@ from stream_app.core.spool import MemorySpool, Spool
 from stream_app.core.structured.aggregates import Aggregate, Fold, sort_key
 from stream_app.core.structured.checks import TrailerCheck
 from stream_app.core.structured.pack import CompiledField, LineSpec, SchemaPack
+from stream_app.core.structured.prepared import RowPreparer, can_prepare, line_of
 from stream_app.core.structured.project import InvalidRecord, RowProjector, Violation, evaluate_fields
 from stream_app.core.template import FileNamer
 from stream_app.core.windows import FileCut, FileKey
@@ -111,10 +112,14 @@ class StructuredAssembler:
             if not isinstance(row, dict):
                 return 0  # a violation: the part stops on it
             try:
-                return len(write(row))
+                return len(line_of(row, write))
             except FormatError:
                 return 0  # the part's write stops on it and names the record
         return weigh
+
+    def row_preparer(self) -> RowPreparer | None:
+        """Projection and rendering in one step, for rows prepared ahead; None for a grouped body."""
+        return RowPreparer(self.pack, self.project, self.write_detail) if can_prepare(self.pack) else None
 
     def open_part(self, key: FileKey, part: int, spool: Spool) -> StructuredPart:
         return StructuredPart(self, key, part, spool)
@@ -211,7 +216,7 @@ class StructuredPart:
                 fold.add(row)
             return
         try:
-            self._spool.write(self._write_detail(row))
+            self._spool.write(line_of(row, self._write_detail))
             if self._pack.trailer_checks:
                 self._count_detail(row)
         except FormatError as exc:
@@ -232,7 +237,7 @@ class StructuredPart:
         while self._rendered < len(records):
             record = records[self._rendered]
             try:
-                line = write(record.row)
+                line = line_of(record.row, write)
             except FormatError as exc:
                 raise self._line_error(record, exc) from None
             group.append(line)

@@ -23,6 +23,11 @@ class Violation:
     def describe(self) -> str:
         return f"field {self.field!r} violates rule {self.rule}" + (f" ({self.detail})" if self.detail else "")
 
+    def __reduce__(self) -> tuple[type[Violation], tuple[str, str, str]]:
+        # Compiled, a frozen dataclass cannot be unpickled field by field (the prepare helper
+        # sends violations, the memory spill keeps them): rebuild it through its constructor.
+        return (Violation, (self.field, self.rule, self.detail))
+
 
 class InvalidRecord(ValueError):
     def __init__(self, violation: Violation) -> None:
