@@ -427,10 +427,8 @@ def test_structured_business_files_prepared_in_the_helper_are_the_reference_file
     try:
         worker.wait_for(lambda: worker.files(), 120, what="the first file")
         assert _helper_processes(worker, "stream_app.pipeline.prepare_process"), "the prepare helper runs"
-        os.killpg(worker.proc.pid, signal.SIGKILL)
-        worker.proc.wait()
-        worker.start()
-        worker.wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
+        worker.kill()
+        worker.start().wait_for(lambda: set(worker.files()) >= set(reference), 300, interval_s=1, what="every file")
     finally:
         worker.stop()
     worker.assert_reference_files(tmp_path, reference)
