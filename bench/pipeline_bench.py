@@ -36,6 +36,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -326,6 +327,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where pipeline.json goes")
     parser.add_argument("--broker", choices=["embedded", "apache"], default="embedded",
                         help="the broker started for the run (KAFKA_BOOTSTRAP_SERVERS: an external one)")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep the run's files, logs and broker data (printed at the end); else removed")
     args = parser.parse_args()
     XSD_PROCESS[0] = not args.xsd_in_worker
     work = Path(tempfile.mkdtemp(prefix="stream-app-bench-"))
@@ -376,6 +379,11 @@ def main() -> None:
     finally:
         if broker:
             broker.stop()
+        # hundreds of MB per run (written files, worker data, Apache Kafka's log)
+        if args.keep_work:
+            print(f"the run's files, logs and broker data: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     raw_rates = [r["records"] / r["seconds"] for r in raws]
     mean_raw = sum(raw_rates) / len(raw_rates)
     ceiling = {**raws[0], "seconds": raws[0]["records"] / mean_raw, "runs_records_per_s": [round(x) for x in raw_rates],
