@@ -6,9 +6,10 @@ pure per-record work, and with the routing stage, the writer threads and the con
 the worker's one GIL, while the machine's second core stood half idle.  ``ProcessRunPreparer``
 sends the entries of each run, in pieces, to a helper process, which decodes and projects them
 and renders their lines (``RunPreparer``, the same code the worker runs without a helper); the
-worker gets ``RenderedRow``s back (core/structured/prepared.py): the line's bytes and the few
-fields its part still folds.  Pieces are pipelined as in the decode helper: while the worker
-takes the records of one piece, the helper prepares the next.
+worker gets back, per record, the line's bytes and the few values its part still folds, and
+makes them ``RenderedRow``s (core/structured/prepared.py).  The live runtime sends a routed
+batch when it is fetched (``prefetch``) and takes it a fetch later, so the helper prepares it
+while the worker routes and writes; a batch not prefetched is sent in pipelined pieces.
 
 What a record becomes does not depend on where it was prepared (tests/pipeline/
 test_prepare_process.py): a record that breaks a pack rule carries its violation; a run with a
@@ -18,9 +19,9 @@ only the fields the part limits read (the amount and currency of ``maxAmountPerF
 
 Protocol (frames of ``ops/helper_process.py``): a request is ``marshal`` of ``((topic,
 partition), [(offset, event time, carried value), ...])``; its answer is ``pickle`` of one
-``(row, value)`` per entry, the row the parts of a ``RenderedRow`` (line, error, folded values)
-or a ``Violation``, or of ``("E", reason,
-detail)`` for a ``DecodeError``, or ``("R", message)`` when the schema registry could not be asked.
+``(row, value)`` per entry, the row a ``Prepared`` tuple (line, error, folded values) or a
+``Violation``; or of ``("E", reason, detail)`` for a ``DecodeError``, or ``("R", message)`` when
+the schema registry could not be asked.
 """
 
 from __future__ import annotations

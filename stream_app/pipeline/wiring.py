@@ -168,28 +168,33 @@ def prepare_worker_spool(settings: AppSettings) -> Path | None:
 
 
 def window_scope(settings: AppSettings, sources: tuple[tuple[str, int], ...] | None = None,
-                 fields: frozenset[str] | None = None) -> WindowScope | None:
+                 fields: frozenset[str] | None = None,
+                 assembler: TemplateAssembler | StructuredAssembler | None = None) -> WindowScope | None:
     """The file stage's view of business files; None in partition scope.  ``sources``: the input
     partitions a window waits for (all of them live; the replayed ones in a replay); ``fields``:
-    the record fields the files read (None: all)."""
+    the record fields the files read (None: all); ``assembler``: the file stage's, whose pack the
+    prepare helper's fallback uses instead of loading it again."""
     if settings.worker.fileScope != "window":
         return None
     decoder = build_routed_decoder(settings, fields)
+    structured = assembler if isinstance(assembler, StructuredAssembler) else None
     return WindowScope(settings.repartition_topic, settings.kafka.repartition_partitions,
                        settings.input_partitions if sources is None else sources, decoder,
-                       _process_preparer(settings, decoder, fields))
+                       _process_preparer(settings, decoder, fields, structured))
 
 
-def run_preparer(settings: AppSettings, fields: frozenset[str] | None,
-                 decoder: CarriedDecoder | None = None) -> RunPreparer | None:
+def run_preparer(settings: AppSettings, fields: frozenset[str] | None, decoder: CarriedDecoder | None = None,
+                 assembler: StructuredAssembler | None = None) -> RunPreparer | None:
     """Structured mode: what prepares a routed run's rows ahead, with their detail lines (the
     prepare helper's, and the worker's while that helper cannot); None for a pack whose body
-    groups its records, or in template mode."""
+    groups its records, or in template mode.  ``assembler``: one already built (else the pack
+    is loaded here, as in the helper)."""
     worker = settings.worker
     if worker.mode != "structured":
         return None
-    rows = StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate,
-                               file_variables(settings)).row_preparer()
+    if assembler is None:
+        assembler = StructuredAssembler(load_worker_pack(settings), worker.fileNameTemplate, file_variables(settings))
+    rows = assembler.row_preparer()
     if rows is None:
         return None
     totals = worker.totals  # what maxAmountPerFile reads of a record's value
@@ -197,13 +202,13 @@ def run_preparer(settings: AppSettings, fields: frozenset[str] | None,
                        (totals.amountField, *((totals.currencyField,) if totals.currencyField else ())))
 
 
-def _process_preparer(settings: AppSettings, decoder: CarriedDecoder,
-                      fields: frozenset[str] | None) -> ProcessRunPreparer | None:
+def _process_preparer(settings: AppSettings, decoder: CarriedDecoder, fields: frozenset[str] | None,
+                      assembler: StructuredAssembler | None) -> ProcessRunPreparer | None:
     """With ``input.decodeProcess``, the file stage prepares routed runs in a helper process (a
     streaming part keeps its entries on disk, and renders them at the write, as before)."""
     if not settings.input.decodeProcess or settings.worker.streamingAppendEnabled:
         return None
-    local = run_preparer(settings, fields, decoder)
+    local = run_preparer(settings, fields, decoder, assembler)
     if local is None:
         return None
     return ProcessRunPreparer({"settings": settings.model_dump(mode="json", by_alias=True),
@@ -252,7 +257,7 @@ def build_pipeline(settings: AppSettings, state: StateStore, publisher: Publishe
     """Partition scope: the whole pipeline; window scope: the file stage."""
     worker = settings.worker
     assembler = build_assembler(settings)
-    scope = window_scope(settings, sources, files_read(settings, assembler))
+    scope = window_scope(settings, sources, files_read(settings, assembler), assembler)
     decoder = build_decoder(settings)  # partition scope (window scope: the scope's decoder)
     return FilePipeline(
         window_policy(settings),
